@@ -1,0 +1,61 @@
+#!/usr/bin/env python3
+"""One entry point for the generated-world simulator.
+
+    python run_world.py                 # worker + window on the bundled default world
+    python run_world.py play ...        # the window (or --headless client)
+    python run_world.py serve ...       # the ZeroMQ worker
+    python run_world.py datagen ...     # render engine episodes into a dataset
+    python run_world.py export ...      # a recorded session -> mp4
+    python run_world.py replay ...      # re-simulate an engine recording, check every frame
+    python run_world.py train WHAT ...  # autoencoder | teacher | student | idm | classifier
+    python run_world.py eval ...        # world-model evaluation suite
+    python run_world.py bench ...       # sampler speed benchmark
+
+Each subcommand lives in its own module exposing `add_arguments(parser)` and `run(args) -> int`;
+modules are imported only when their subcommand runs, so `play` never pays for torch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+SUBCOMMANDS: dict[str, tuple[str, str]] = {
+    "play": ("controls.cli", "open the window (or a --headless client) on a world"),
+    "serve": ("world.worker", "run the ZeroMQ worker that serves worlds"),
+    "datagen": ("world.datagen", "render engine episodes with a scripted player into a dataset"),
+    "export": ("world.export", "turn a recorded session into an mp4"),
+    "replay": ("world.replay", "re-simulate an engine recording and check every frame"),
+    "train": ("model.train_cli", "train a network (autoencoder, teacher, student, idm, classifier)"),
+    "eval": ("model.evaluation.cli", "evaluate a world model against the engine"),
+    "bench": ("model.evaluation.bench", "measure sampler speed"),
+}
+
+
+def build_parser(argv: list[str]) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="run_world.py", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    wanted = argv[0] if argv and not argv[0].startswith("-") else None
+    for name, (module_name, help_text) in SUBCOMMANDS.items():
+        p = sub.add_parser(name, help=help_text)
+        if name == wanted:  # import only the module whose subcommand runs
+            module = importlib.import_module(module_name)
+            module.add_arguments(p)
+            p.set_defaults(_run=module.run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv:
+        argv = ["play"]  # no arguments: local worker + window on the default world
+    args = build_parser(argv).parse_args(argv)
+    if args.command is None:
+        build_parser([]).print_help()
+        return 2
+    return int(args._run(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,99 @@
+"""The interface every world backend implements (engine, generated).
+
+The worker only ever talks to a `Backend`: it resets it, switches its prompt and asks it for the
+next chunk of frames given one action per frame. Nothing about sockets or sessions leaks in here,
+so evaluation, benchmarks and the recorder drive backends directly with the same calls.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from world.actions import Action
+
+
+class PromptError(ValueError):
+    """A prompt the backend cannot use (empty, too long, names nothing the engine knows)."""
+
+
+class BackendError(RuntimeError):
+    """A backend that cannot be created or used (missing checkpoint, bad options)."""
+
+
+@dataclass
+class ChunkResult:
+    """One chunk of frames and what produced them.
+
+    frames: [F, H, W, 3] uint8 RGB, F == len(actions) passed to step_chunk.
+    steps: denoising steps (network evaluations that denoise) used for this chunk; 0 for the engine.
+    nfe: network evaluations in total for this chunk (steps plus any K/V refresh pass); 0 for engine.
+    extra: backend-specific facts worth recording (e.g. timesteps, theme), JSON-serialisable.
+    """
+
+    frames: np.ndarray
+    steps: int = 0
+    nfe: int = 0
+    extra: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class BackendInfo:
+    name: str
+    height: int
+    width: int
+    chunk_frames: int
+    fps: float  # nominal display rate of the world (frames per second of world time)
+    description: str = ""
+
+
+class Backend(ABC):
+    """A world that turns per-frame actions into frames, one chunk at a time."""
+
+    @property
+    @abstractmethod
+    def info(self) -> BackendInfo: ...
+
+    @abstractmethod
+    def reset(self, seed: int, prompt: str) -> np.ndarray:
+        """Start a new world. Returns the first view [H, W, 3] uint8. Raises PromptError."""
+
+    @abstractmethod
+    def set_prompt(self, prompt: str) -> None:
+        """Switch the prompt mid-stream; the next chunk uses it. Raises PromptError."""
+
+    @abstractmethod
+    def step_chunk(self, actions: Sequence[Action]) -> ChunkResult:
+        """Advance the world by len(actions) frames (normally info.chunk_frames)."""
+
+    def close(self) -> None:
+        """Free whatever the backend holds (caches, GPU memory)."""
+
+
+BackendFactory = Callable[..., Backend]
+_REGISTRY: dict[str, BackendFactory] = {}
+
+
+def register_backend(name: str, factory: BackendFactory) -> None:
+    _REGISTRY[name] = factory
+
+
+def backend_names() -> list[str]:
+    _load_builtin_backends()
+    return sorted(_REGISTRY)
+
+
+def create_backend(name: str, **options) -> Backend:
+    """Build a backend by name; options are backend-specific (e.g. checkpoint=..., device=...)."""
+    _load_builtin_backends()
+    if name not in _REGISTRY:
+        raise BackendError(f"unknown backend {name!r}; available: {', '.join(sorted(_REGISTRY))}")
+    return _REGISTRY[name](**options)
+
+
+def _load_builtin_backends() -> None:
+    # Imported lazily so that `world` stays importable without torch for the engine-only paths.
+    import world.backends  # noqa: F401  (registers "engine" and, when importable, "generated")
