@@ -1,0 +1,288 @@
+"""Checkpoints: safetensors weights plus a JSON config, never pickle.
+
+Layout of a checkpoint directory:
+
+    config.json               {"format", "version", "kind", "step", "configs", "modules", "extra"}
+    <module>.safetensors      release weights per module (fp16 by default: small enough to commit)
+    train_state.safetensors   optional: fp32 weights + optimiser tensors, for exact resume
+    train_state.json          optional: optimiser param groups and scalar state
+
+Everything is written into a temporary sibling directory first and swapped in by rename, so a
+kill at any moment leaves either the previous checkpoint or the new one, never half of one.
+Loading checks the format, the module list, every tensor name and shape, and fails with a
+`CheckpointError` that names the file and what is wrong.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+import types
+import typing
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+FORMAT = "gworld-checkpoint"
+VERSION = 1
+CONFIG_FILE = "config.json"
+TRAIN_STATE_FILE = "train_state.safetensors"
+TRAIN_STATE_JSON = "train_state.json"
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that is missing, truncated, or does not match the model asked of it."""
+
+
+# ----------------------------------------------------------------------------- configs
+
+
+def config_to_dict(config: Any) -> dict:
+    if not dataclasses.is_dataclass(config):
+        raise TypeError(f"configs must be dataclasses, got {type(config).__name__}")
+    return dataclasses.asdict(config)
+
+
+def config_from_dict(cls: type, data: dict, source: str = "config") -> Any:
+    """Build dataclass `cls` from `data`, refusing unknown keys and values of the wrong type."""
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{source}: expected an object for {cls.__name__}, got {type(data).__name__}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        raise CheckpointError(f"{source}: unknown {cls.__name__} keys {unknown}; known: {sorted(fields)}")
+    hints = typing.get_type_hints(cls)
+    values = {}
+    for name, value in data.items():
+        values[name] = _coerce(value, hints.get(name, Any), f"{source}: {cls.__name__}.{name}")
+    return cls(**values)
+
+
+def _coerce(value: Any, hint: Any, where: str) -> Any:
+    origin = typing.get_origin(hint)
+    if hint is Any:
+        return value
+    if origin in (typing.Union, types.UnionType):
+        for option in typing.get_args(hint):
+            try:
+                return _coerce(value, option, where)
+            except CheckpointError:
+                continue
+        raise CheckpointError(f"{where}: {value!r} does not match {hint}")
+    if hint is type(None):
+        if value is None:
+            return None
+        raise CheckpointError(f"{where}: expected null, got {value!r}")
+    if origin in (tuple, list):
+        if not isinstance(value, (list, tuple)):
+            raise CheckpointError(f"{where}: expected a list, got {value!r}")
+        args = [a for a in typing.get_args(hint) if a is not Ellipsis]
+        item = args[0] if args else Any
+        items = [_coerce(v, item, where) for v in value]
+        return tuple(items) if origin is tuple else items
+    if dataclasses.is_dataclass(hint):
+        return config_from_dict(hint, value, where)
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if isinstance(hint, type) and not isinstance(value, hint) or (hint is int and isinstance(value, bool)):
+        raise CheckpointError(f"{where}: expected {getattr(hint, '__name__', hint)}, got {value!r}")
+    return value
+
+
+# ----------------------------------------------------------------------------- saving
+
+
+def save_checkpoint(
+    directory: str | os.PathLike,
+    *,
+    kind: str,
+    modules: dict[str, torch.nn.Module],
+    configs: dict[str, Any],
+    step: int = 0,
+    optimizers: dict[str, torch.optim.Optimizer] | None = None,
+    extra: dict | None = None,
+    release_dtype: torch.dtype = torch.float16,
+) -> Path:
+    """Write a checkpoint directory atomically. `configs` maps names to dataclass configs."""
+    directory = Path(directory)
+    tmp = directory.with_name(directory.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    module_table = {}
+    for name, module in modules.items():
+        state = {k: _release_tensor(v, release_dtype) for k, v in _plain_state(module).items()}
+        save_file(state, str(tmp / f"{name}.safetensors"))
+        module_table[name] = {"file": f"{name}.safetensors", "dtype": str(release_dtype).removeprefix("torch.")}
+    if optimizers is not None:
+        _save_train_state(tmp, modules, optimizers)
+    meta = {
+        "format": FORMAT,
+        "version": VERSION,
+        "kind": kind,
+        "step": int(step),
+        "configs": {name: config_to_dict(c) for name, c in configs.items()},
+        "modules": module_table,
+        "extra": extra or {},
+    }
+    (tmp / CONFIG_FILE).write_text(json.dumps(meta, indent=2) + "\n")
+    _swap_in(tmp, directory)
+    return directory
+
+
+def _plain_state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    # Unwrap DDP / torch.compile so names never carry "module." or "_orig_mod." prefixes.
+    inner = getattr(module, "module", module)
+    inner = getattr(inner, "_orig_mod", inner)
+    return {k: v.detach().cpu().contiguous() for k, v in inner.state_dict().items()}
+
+
+def _release_tensor(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    return t.to(dtype) if t.is_floating_point() else t
+
+
+def _save_train_state(tmp: Path, modules: dict, optimizers: dict) -> None:
+    tensors: dict[str, torch.Tensor] = {}
+    scalars: dict[str, Any] = {"optimizers": {}}
+    for name, module in modules.items():
+        for k, v in _plain_state(module).items():
+            tensors[f"module/{name}/{k}"] = v
+    for name, opt in optimizers.items():
+        state = opt.state_dict()
+        per_param: dict[str, dict] = {}
+        for idx, slots in state["state"].items():
+            for key, value in slots.items():
+                if torch.is_tensor(value):
+                    tensors[f"optim/{name}/{idx}/{key}"] = value.detach().cpu().contiguous()
+                else:
+                    per_param.setdefault(str(idx), {})[key] = value
+        scalars["optimizers"][name] = {"param_groups": state["param_groups"], "scalars": per_param}
+    save_file(tensors, str(tmp / TRAIN_STATE_FILE))
+    (tmp / TRAIN_STATE_JSON).write_text(json.dumps(scalars) + "\n")
+
+
+def _swap_in(tmp: Path, directory: Path) -> None:
+    old = directory.with_name(directory.name + ".old")
+    shutil.rmtree(old, ignore_errors=True)
+    if directory.exists():
+        directory.rename(old)
+    tmp.rename(directory)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+# ----------------------------------------------------------------------------- loading
+
+
+def read_checkpoint_config(directory: str | os.PathLike, kind: str | None = None) -> dict:
+    """The checkpoint's config.json, validated. `kind` (e.g. "teacher") must match when given."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        old = directory.with_name(directory.name + ".old")
+        hint = f" (a previous save was interrupted; {old} holds the last good one)" if old.is_dir() else ""
+        raise CheckpointError(f"{directory}: checkpoint directory does not exist{hint}")
+    path = directory / CONFIG_FILE
+    try:
+        meta = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise CheckpointError(f"{path}: missing (not a checkpoint directory?)") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{path}: not valid JSON ({e})") from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        found = meta.get("format") if isinstance(meta, dict) else None
+        raise CheckpointError(f"{path}: not a {FORMAT} file (format={found!r})")
+    if meta.get("version") != VERSION:
+        raise CheckpointError(f"{path}: version {meta.get('version')!r}, this code reads version {VERSION}")
+    if kind is not None and meta.get("kind") != kind:
+        raise CheckpointError(f"{path}: holds a {meta.get('kind')!r} checkpoint, expected {kind!r}")
+    for key in ("configs", "modules"):
+        if not isinstance(meta.get(key), dict):
+            raise CheckpointError(f"{path}: field {key!r} missing or not an object")
+    return meta
+
+
+def load_module(directory: str | os.PathLike, name: str, module: torch.nn.Module) -> None:
+    """Load module weights `name` from a checkpoint into `module` (cast to its dtype), strictly."""
+    directory = Path(directory)
+    meta = read_checkpoint_config(directory)
+    entry = meta["modules"].get(name)
+    if entry is None:
+        raise CheckpointError(f"{directory / CONFIG_FILE}: no module {name!r}; has {sorted(meta['modules'])}")
+    path = directory / entry["file"]
+    state = _read_safetensors(path)
+    _load_strict(module, state, path)
+
+
+def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    if not path.is_file():
+        raise CheckpointError(f"{path}: missing")
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
+        raise CheckpointError(f"{path}: unreadable or truncated safetensors file ({e})") from None
+
+
+def _load_strict(module: torch.nn.Module, state: dict[str, torch.Tensor], path: Path) -> None:
+    expected = module.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    if missing or unexpected:
+        raise CheckpointError(
+            f"{path}: does not match {type(module).__name__}: missing {missing[:5]}"
+            f"{'...' if len(missing) > 5 else ''}, unexpected {unexpected[:5]}{'...' if len(unexpected) > 5 else ''}"
+        )
+    for key, tensor in state.items():
+        if tensor.shape != expected[key].shape:
+            raise CheckpointError(
+                f"{path}: tensor {key!r} has shape {tuple(tensor.shape)}, model expects {tuple(expected[key].shape)}"
+            )
+    cast = {k: v.to(expected[k].dtype) for k, v in state.items()}
+    module.load_state_dict(cast, strict=True)
+
+
+def has_train_state(directory: str | os.PathLike) -> bool:
+    d = Path(directory)
+    return (d / TRAIN_STATE_FILE).is_file() and (d / TRAIN_STATE_JSON).is_file()
+
+
+def load_train_state(
+    directory: str | os.PathLike,
+    modules: dict[str, torch.nn.Module],
+    optimizers: dict[str, torch.optim.Optimizer],
+) -> int:
+    """Restore fp32 weights and optimiser state for resuming; returns the saved step."""
+    directory = Path(directory)
+    meta = read_checkpoint_config(directory)
+    tensors = _read_safetensors(directory / TRAIN_STATE_FILE)
+    try:
+        scalars = json.loads((directory / TRAIN_STATE_JSON).read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"{directory / TRAIN_STATE_JSON}: unreadable ({e})") from None
+    for name, module in modules.items():
+        prefix = f"module/{name}/"
+        state = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+        _load_strict(getattr(module, "module", module), state, directory / TRAIN_STATE_FILE)
+    for name, opt in optimizers.items():
+        _restore_optimizer(opt, name, tensors, scalars, directory)
+    return int(meta["step"])
+
+
+def _restore_optimizer(opt, name: str, tensors: dict, scalars: dict, directory: Path) -> None:
+    saved = scalars.get("optimizers", {}).get(name)
+    if saved is None:
+        raise CheckpointError(f"{directory / TRAIN_STATE_JSON}: no optimiser state for {name!r}")
+    state: dict[int, dict] = {}
+    prefix = f"optim/{name}/"
+    for key, value in tensors.items():
+        if key.startswith(prefix):
+            idx, slot = key[len(prefix):].split("/", 1)
+            state.setdefault(int(idx), {})[slot] = value
+    for idx, slots in saved["scalars"].items():
+        state.setdefault(int(idx), {}).update(slots)
+    try:
+        opt.load_state_dict({"state": state, "param_groups": saved["param_groups"]})
+    except (ValueError, KeyError) as e:
+        raise CheckpointError(f"{directory / TRAIN_STATE_FILE}: optimiser {name!r} does not match ({e})") from None
