@@ -1,0 +1,151 @@
+"""datagen -> replay (bit-exact) and export (a decodable mp4), through the real entry point."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+
+import imageio_ffmpeg
+import numpy as np
+import pytest
+
+import run_world
+from world.actions import Action
+from world.dataset import EpisodeReader, EpisodeWriter, open_dataset
+from world.export import BAR_HEIGHT
+
+SIZE, FRAMES = 32, 61  # 61: the last chunk is short, as a killed-and-trimmed episode may be
+DATAGEN = ["datagen", "--episodes", "2", "--frames-per-episode", str(FRAMES), "--size", str(SIZE),
+           "--seed", "5", "--switch-every", "0.3", "0.6", "--no-progress"]  # fmt: skip
+
+
+def run_cli(capsys, *argv: str) -> tuple[int, str, str]:
+    code = run_world.main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def last_json(out: str) -> dict:
+    return json.loads(out.strip().splitlines()[-1])
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    root = tmp_path_factory.mktemp("data")
+    assert run_world.main([*DATAGEN, "--out", str(root)]) == 0
+    return root
+
+
+def test_datagen_writes_episodes_with_prompt_switches(dataset):
+    readers = open_dataset(dataset)
+    assert len(readers) == 2
+    for r in readers:
+        assert len(r) == FRAMES and r.frames.shape == (FRAMES, SIZE, SIZE, 3)
+        assert r.meta["source"] == "datagen" and r.meta["backend"] == "engine"
+        assert len(set(r.prompts())) > 1  # switched inside the episode...
+        assert r.meta["prompt"] == r.prompts()[0]
+        prompts, chunks = r.prompts(), r.chunk_ids()
+        for k in range(FRAMES - 1):
+            assert prompts[k] == prompts[k + 1] or chunks[k] != chunks[k + 1]  # ...only between chunks
+        assert r.frames.std() > 0 and r.actions().any()
+    assert readers[0].meta["seed"] != readers[1].meta["seed"]
+
+
+def test_datagen_resumes_and_is_deterministic(dataset, tmp_path, capsys):
+    code, out, _ = run_cli(capsys, *DATAGEN, "--out", str(dataset))
+    assert code == 0 and last_json(out)["episodes"] == 0 and last_json(out)["skipped"] == 2
+    # A fresh run with two worker processes renders the same bytes as the first run.
+    code, out, _ = run_cli(capsys, *DATAGEN, "--out", str(tmp_path), "--workers", "2")
+    summary = last_json(out)
+    assert code == 0 and summary["episodes"] == 2 and summary["frames"] == 2 * FRAMES and summary["fps"] > 0
+    first = {r.meta["seed"]: r for r in open_dataset(dataset)}
+    for r in open_dataset(tmp_path):
+        np.testing.assert_array_equal(r.frames, first[r.meta["seed"]].frames)
+        assert r.prompts() == first[r.meta["seed"]].prompts()
+
+
+def test_datagen_redoes_an_incomplete_episode(tmp_path, capsys):
+    argv = [*DATAGEN, "--episodes", "1", "--out", str(tmp_path)]
+    assert run_cli(capsys, *argv)[0] == 0
+    (episode,) = tmp_path.iterdir()
+    original = np.array(EpisodeReader(episode).frames)
+    with open(episode / "frames.u8", "r+b") as f:  # as if killed two thirds of the way
+        f.truncate(SIZE * SIZE * 3 * 40 + 5)
+    code, out, _ = run_cli(capsys, *argv)
+    assert code == 0 and last_json(out)["episodes"] == 1
+    (redone,) = tmp_path.iterdir()
+    np.testing.assert_array_equal(EpisodeReader(redone).frames, original)
+
+
+def test_replay_is_identical(dataset, capsys):
+    for episode in sorted(dataset.iterdir()):
+        code, out, _ = run_cli(capsys, "replay", str(episode))
+        assert code == 0
+        assert last_json(out) == {"frames": FRAMES, "identical": True, "first_mismatch": None,
+                                  "mismatched_frames": 0}  # fmt: skip
+
+
+def test_replay_detects_a_tampered_frame(dataset, tmp_path, capsys):
+    episode = tmp_path / "tampered"
+    src = sorted(dataset.iterdir())[0]
+    episode.mkdir()
+    for name in ("meta.json", "frames.jsonl"):
+        (episode / name).write_bytes((src / name).read_bytes())
+    data = bytearray((src / "frames.u8").read_bytes())
+    data[SIZE * SIZE * 3 * 17 + 100] ^= 1  # one bit of frame 17
+    (episode / "frames.u8").write_bytes(bytes(data))
+    code, out, _ = run_cli(capsys, "replay", str(episode))
+    assert code == 1
+    assert last_json(out) == {"frames": FRAMES, "identical": False, "first_mismatch": 17, "mismatched_frames": 1}
+
+
+def write_tiny(path, backend: str = "engine", chunks: int = 2) -> None:
+    with EpisodeWriter(path, backend=backend, seed=1, height=SIZE, width=SIZE, chunk_frames=3, fps=30,
+                       source="play") as writer:  # fmt: skip
+        for _ in range(chunks):
+            records = [{"action": Action(("forward",)).to_json(), "prompt": "desert at dusk"}] * 3
+            writer.append_chunk(np.zeros((3, SIZE, SIZE, 3), np.uint8), records)
+
+
+def test_replay_refuses_what_it_cannot_resimulate(tmp_path, capsys):
+    write_tiny(tmp_path / "gen", backend="generated")
+    code, _, err = run_cli(capsys, "replay", str(tmp_path / "gen"))
+    assert code == 2 and "'generated' backend" in err
+    code, _, err = run_cli(capsys, "replay", str(tmp_path / "missing"))
+    assert code == 2 and "missing" in err
+
+
+def decoded_frames(mp4, width: int, height: int) -> int:
+    cmd = [imageio_ffmpeg.get_ffmpeg_exe(), "-v", "error", "-i", str(mp4), "-f", "rawvideo", "-pix_fmt", "rgb24", "-"]
+    proc = subprocess.run(cmd, capture_output=True, check=True)
+    assert len(proc.stdout) % (width * height * 3) == 0
+    return len(proc.stdout) // (width * height * 3)
+
+
+@pytest.mark.parametrize("overlay", [False, True])
+def test_export_writes_a_decodable_mp4(dataset, tmp_path, capsys, overlay):
+    episode = sorted(dataset.iterdir())[0]
+    mp4 = tmp_path / "clip.mp4"
+    code, out, _ = run_cli(capsys, "export", str(episode), "--out", str(mp4), *(["--overlay"] if overlay else []))
+    summary = last_json(out)
+    assert code == 0 and mp4.stat().st_size > 0 and summary["frames"] == FRAMES
+    width, height = (max(4 * SIZE, 256), 4 * SIZE + BAR_HEIGHT) if overlay else (4 * SIZE, 4 * SIZE)
+    assert (summary["width"], summary["height"]) == (width, height)
+    assert decoded_frames(mp4, width, height) == FRAMES
+
+
+def test_export_refuses_empty_and_damaged_episodes(tmp_path, capsys):
+    write_tiny(tmp_path / "empty", chunks=0)
+    code, _, err = run_cli(capsys, "export", str(tmp_path / "empty"), "--out", str(tmp_path / "a.mp4"))
+    assert code == 1 and "no complete frames" in err and not (tmp_path / "a.mp4").exists()
+    write_tiny(tmp_path / "bad")
+    (tmp_path / "bad" / "meta.json").write_text("{")
+    code, _, err = run_cli(capsys, "export", str(tmp_path / "bad"), "--out", str(tmp_path / "b.mp4"))
+    assert code == 1 and "meta.json" in err
+
+
+def test_datagen_reports_bad_options(tmp_path, capsys):
+    code, _, err = run_cli(capsys, *DATAGEN, "--out", str(tmp_path), "--size", "4")
+    assert code == 2 and "4x4" in err
+    code, _, err = run_cli(capsys, *DATAGEN, "--out", str(tmp_path), "--episodes", "0")
+    assert code == 2 and "--episodes" in err

@@ -1,0 +1,120 @@
+"""`run_world.py replay EPISODE_DIR`: re-simulate an engine recording and compare every frame.
+
+The engine is deterministic, so an episode recorded from it (by datagen or by playing through
+the worker) must come out byte-identical when its seed, per-frame actions and prompts are fed
+back in. Replay mirrors the worker exactly: `reset(seed, prompt)`, then one `step_chunk` per
+recorded chunk, with `set_prompt` before a chunk whose prompt differs from the one in force.
+Prints {"frames", "identical", "first_mismatch", "mismatched_frames"}; exit 1 on a mismatch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from world.backend import Backend, BackendError, PromptError, create_backend
+from world.dataset import DatasetError, EpisodeReader
+
+
+class ReplayError(RuntimeError):
+    """The episode cannot be re-simulated (not an engine recording, inconsistent records)."""
+
+
+@dataclass(frozen=True)
+class ReplayResult:
+    frames: int
+    identical: bool
+    first_mismatch: int | None  # index of the first frame that differs, None when all match
+    mismatched_frames: int
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("episode", type=Path, help="episode directory recorded from the engine backend")
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        result = replay_episode(args.episode)
+    except (DatasetError, ReplayError, BackendError, PromptError) as e:
+        print(f"replay: {e}", file=sys.stderr)
+        return 2
+    print(json.dumps(asdict(result)))
+    return 0 if result.identical else 1
+
+
+def replay_episode(path: str | Path) -> ReplayResult:
+    reader = EpisodeReader(path)
+    backend = _backend_for(reader)
+    try:
+        mismatches = list(_mismatches(reader, backend))
+    finally:
+        backend.close()
+    return ReplayResult(frames=len(reader), identical=not mismatches,
+                        first_mismatch=mismatches[0] if mismatches else None,
+                        mismatched_frames=len(mismatches))  # fmt: skip
+
+
+def _backend_for(reader: EpisodeReader) -> Backend:
+    meta = reader.meta
+    if meta["backend"] != "engine":
+        raise ReplayError(
+            f"{reader.path} was recorded from the {meta['backend']!r} backend; only 'engine' recordings "
+            "are deterministic and can be re-simulated"
+        )
+    options = {"height": meta["height"], "width": meta["width"], "chunk_frames": meta["chunk_frames"],
+               **meta["options"]}  # fmt: skip
+    try:
+        return create_backend("engine", **options)
+    except TypeError as e:  # an option this engine does not take
+        raise ReplayError(f"{reader.path}: cannot rebuild the engine from meta options {options}: {e}") from e
+
+
+def chunk_spans(chunk_ids: np.ndarray) -> list[tuple[int, int]]:
+    """[start, end) frame ranges of consecutive equal chunk ids: one step_chunk call each."""
+    if len(chunk_ids) == 0:
+        return []
+    starts = [0, *(np.flatnonzero(chunk_ids[1:] != chunk_ids[:-1]) + 1).tolist()]
+    return list(zip(starts, [*starts[1:], len(chunk_ids)]))
+
+
+def _check_starts_at_reset(reader: EpisodeReader) -> None:
+    """Replay starts from reset(seed); a recording must too, and must not span a reset."""
+    index = np.array([rec.get("i", k) for k, rec in enumerate(reader.records)])
+    if index[0] != 0:
+        raise ReplayError(f"{reader.path}: recording starts at frame {index[0]} of its world, not at the "
+                          "reset; only recordings started at a reset can be re-simulated")  # fmt: skip
+    jumps = np.flatnonzero(index != np.arange(len(index)))
+    if len(jumps):
+        raise ReplayError(f"{reader.path}: frame numbering breaks at record {jumps[0]} (the world was "
+                          "reset during the recording); replay the part before it only")  # fmt: skip
+
+
+def _mismatches(reader: EpisodeReader, backend: Backend) -> Iterator[int]:
+    """Indices of frames whose re-simulated bytes differ from the recording."""
+    if len(reader) == 0:
+        return
+    _check_starts_at_reset(reader)
+    prompts, actions = reader.prompts(), reader.action_list()
+    # The worker records the prompt it reset with in meta; older recordings: the first frame's.
+    prompt = reader.meta.get("prompt") or prompts[0]
+    backend.reset(reader.meta["seed"], prompt)
+    for start, end in chunk_spans(reader.chunk_ids()):
+        if len(set(prompts[start:end])) > 1:
+            raise ReplayError(f"{reader.path}: prompt changes inside chunk at frame {start}; "
+                              "prompts can only switch between chunks")  # fmt: skip
+        if prompts[start] != prompt:
+            prompt = prompts[start]
+            backend.set_prompt(prompt)
+        frames = np.asarray(backend.step_chunk(actions[start:end]).frames)
+        recorded = reader.frames[start:end]
+        if frames.shape != recorded.shape:
+            raise ReplayError(f"{reader.path}: engine returned {list(frames.shape)} for frames "
+                              f"{start}..{end - 1}, recording has {list(recorded.shape)}")  # fmt: skip
+        differs = np.any(frames.reshape(end - start, -1) != recorded.reshape(end - start, -1), axis=1)
+        yield from (start + int(k) for k in np.flatnonzero(differs))
