@@ -71,7 +71,7 @@ def _backend_for(reader: EpisodeReader) -> Backend:
                **meta["options"]}  # fmt: skip
     try:
         return create_backend("engine", **options)
-    except TypeError as e:  # an option this engine does not take
+    except (TypeError, BackendError) as e:  # an option this engine does not take
         raise ReplayError(f"{reader.path}: cannot rebuild the engine from meta options {options}: {e}") from e
 
 

@@ -1,0 +1,68 @@
+"""The procedural reference world as a `Backend` (prompt text -> theme, actions -> frames)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from world.actions import Action
+from world.backend import Backend, BackendError, BackendInfo, ChunkResult
+from world.engine import EngineConfig, EngineWorld
+from world.themes import describe, parse_prompt
+
+OPTIONS = ("height", "width", "chunk_frames", "fps")
+
+
+class EngineBackend(Backend):
+    """Wraps EngineWorld; a prompt switch changes the look while terrain and camera carry on."""
+
+    def __init__(self, height: int = 64, width: int = 64, chunk_frames: int = 3, fps: float = 30.0,
+                 **unknown: object) -> None:
+        if unknown:
+            raise BackendError(f"unknown engine options {sorted(unknown)}; known: {', '.join(OPTIONS)}")
+        for name, value in (("height", height), ("width", width), ("chunk_frames", chunk_frames)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise BackendError(f"engine option {name} must be a positive integer, got {value!r}")
+        if min(height, width) < 8 or max(height, width) > 1024:
+            raise BackendError(f"engine frame size {height}x{width} is outside 8..1024 pixels")
+        if isinstance(fps, bool) or not isinstance(fps, (int, float)) or not fps > 0:
+            raise BackendError(f"engine option fps must be a positive number, got {fps!r}")
+        self._world = EngineWorld(EngineConfig(height=height, width=width))
+        self._info = BackendInfo("engine", height, width, chunk_frames, float(fps),
+                                 "procedural reference world (numpy voxel-space renderer)")
+        self._started = False
+
+    @property
+    def info(self) -> BackendInfo:
+        return self._info
+
+    @property
+    def world(self) -> EngineWorld:
+        return self._world
+
+    def reset(self, seed: int, prompt: str) -> np.ndarray:
+        """First view [H, W, 3] uint8. Raises PromptError before touching the current world."""
+        theme = parse_prompt(prompt)
+        self._started = True
+        return self._world.reset(seed, theme)
+
+    def set_prompt(self, prompt: str) -> None:
+        theme = parse_prompt(prompt)
+        self._require_started()
+        self._world.set_theme(theme)
+
+    def step_chunk(self, actions: Sequence[Action]) -> ChunkResult:
+        """frames [F, H, W, 3] uint8 for F = len(actions); extra holds the theme and final pose."""
+        self._require_started()
+        c = self._world.config
+        frames = np.empty((len(actions), c.height, c.width, 3), dtype=np.uint8)
+        for i, action in enumerate(actions):
+            frames[i] = self._world.step(action)
+        theme = self._world.theme
+        extra = {"theme": {**theme.to_json(), "text": describe(theme)}, "pose": self._world.state()}
+        return ChunkResult(frames=frames, steps=0, nfe=0, extra=extra)
+
+    def _require_started(self) -> None:
+        if not self._started:
+            raise BackendError("engine backend used before reset(seed, prompt)")
