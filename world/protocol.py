@@ -1,0 +1,557 @@
+"""Wire messages between clients and the worker: typed dataclasses, encode, decode, validate.
+
+docs/protocol.md is the specification; this module is its executable form. Nothing here touches
+a socket: `encode` turns a message into the multipart frames to send, `decode_request` and
+`decode_reply` turn received frames back into a message or raise `ProtocolError` carrying the
+error code the peer should hear.
+
+Framing (frames after the ROUTER identity): every message is one UTF-8 JSON header frame; a
+`Chunk` is followed by one raw payload frame holding `[F, H, W, 3]` uint8 pixels.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields
+from typing import Any, ClassVar
+
+import numpy as np
+
+from world.actions import Action, ActionError
+from world.themes import MAX_PROMPT_CHARS
+
+PROTOCOL_VERSION = 1
+
+# Size limits. A request is one header frame of at most MAX_HEADER_BYTES; the worker also sets
+# ZeroMQ's MAXMSGSIZE to MAX_TRANSPORT_FRAME_BYTES so a larger frame never reaches Python (the
+# peer's connection is dropped instead of answered).
+MAX_HEADER_BYTES = 64 * 1024
+MAX_TRANSPORT_FRAME_BYTES = 1024 * 1024
+MAX_PAYLOAD_BYTES = 64 * 1024 * 1024  # the largest chunk payload a worker may send
+MAX_QUEUED_ACTIONS = 256  # per session, across "actions" messages
+MAX_ID_CHARS = 64  # session ids, backend names, string refs, option keys
+MAX_OPTIONS = 16
+MAX_OPTION_STR_CHARS = 256
+SEED_LIMIT = 2**63  # seeds are ints in [0, SEED_LIMIT): they fit a signed 64-bit integer
+MAX_SEQ = 2**63 - 1
+_MAX_SAFE_INT = 2**53  # JSON numbers beyond this lose precision in other languages
+
+Ref = int | str | None
+
+
+class ProtocolError(ValueError):
+    """A message that cannot be accepted; `code` is the error code sent back (docs/protocol.md)."""
+
+    def __init__(self, code: str, message: str, ref: Ref = None, **extra: Any):
+        super().__init__(f"{code}: {message}")
+        self.code = code
+        self.message = message
+        self.ref = ref
+        self.extra = extra
+
+
+# Error codes (the table in docs/protocol.md). Kept as constants so a typo is a NameError.
+BAD_FRAME = "bad_frame"
+TOO_LARGE = "too_large"
+BAD_JSON = "bad_json"
+BAD_MESSAGE = "bad_message"
+BAD_VERSION = "bad_version"
+UNKNOWN_TYPE = "unknown_type"
+UNKNOWN_SESSION = "unknown_session"
+BAD_ACTION = "bad_action"
+BAD_PROMPT = "bad_prompt"
+BAD_SEED = "bad_seed"
+BAD_ACK = "bad_ack"
+UNKNOWN_BACKEND = "unknown_backend"
+BAD_OPTION = "bad_option"
+BACKEND_ERROR = "backend_error"
+QUEUE_FULL = "queue_full"
+TOO_MANY_SESSIONS = "too_many_sessions"
+BUSY = "busy"
+INTERNAL = "internal"
+ERROR_CODES = (
+    BAD_FRAME,
+    TOO_LARGE,
+    BAD_JSON,
+    BAD_MESSAGE,
+    BAD_VERSION,
+    UNKNOWN_TYPE,
+    UNKNOWN_SESSION,
+    BAD_ACTION,
+    BAD_PROMPT,
+    BAD_SEED,
+    BAD_ACK,
+    UNKNOWN_BACKEND,
+    BAD_OPTION,
+    BACKEND_ERROR,
+    QUEUE_FULL,
+    TOO_MANY_SESSIONS,
+    BUSY,
+    INTERNAL,
+)
+
+
+# ---------------------------------------------------------------------------------------------
+# Field parsers: (value) -> parsed value, raising ProtocolError with the field's error code.
+
+
+def is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _parse_ref(value: object) -> Ref:
+    if value is None or (is_int(value) and abs(value) <= _MAX_SAFE_INT):
+        return value
+    if isinstance(value, str) and len(value) <= MAX_ID_CHARS:
+        return value
+    raise ProtocolError(BAD_MESSAGE, f"ref must be an integer or a string of <= {MAX_ID_CHARS} chars")
+
+
+def _parse_id(name: str) -> Callable[[object], str]:
+    def parse(value: object) -> str:
+        if not isinstance(value, str) or not 0 < len(value) <= MAX_ID_CHARS:
+            raise ProtocolError(BAD_MESSAGE, f"{name} must be a string of 1..{MAX_ID_CHARS} chars")
+        return value
+
+    return parse
+
+
+def _parse_optional_session(value: object) -> str | None:
+    return None if value is None else _parse_id("session")(value)
+
+
+def parse_prompt(value: object) -> str:
+    """A prompt is non-blank text of at most MAX_PROMPT_CHARS characters."""
+    if not isinstance(value, str):
+        raise ProtocolError(BAD_PROMPT, f"prompt must be a string, got {type(value).__name__}")
+    if not value.strip():
+        raise ProtocolError(BAD_PROMPT, "prompt is empty")
+    if len(value) > MAX_PROMPT_CHARS:
+        raise ProtocolError(BAD_PROMPT, f"prompt has {len(value)} chars; the limit is {MAX_PROMPT_CHARS}")
+    return value
+
+
+def parse_seed(value: object) -> int:
+    if not is_int(value) or not 0 <= value < SEED_LIMIT:
+        raise ProtocolError(BAD_SEED, f"seed must be an integer in [0, 2**63), got {value!r:.40}")
+    return value
+
+
+def _parse_optional_seed(value: object) -> int | None:
+    return None if value is None else parse_seed(value)
+
+
+def _parse_action(value: object) -> Action:
+    try:
+        return Action.from_json(value)
+    except ActionError as exc:
+        raise ProtocolError(BAD_ACTION, str(exc)) from None
+
+
+def _parse_actions(value: object) -> tuple[Action, ...]:
+    if not isinstance(value, list) or not value:
+        raise ProtocolError(BAD_ACTION, "actions must be a non-empty list of actions")
+    if len(value) > MAX_QUEUED_ACTIONS:
+        raise ProtocolError(QUEUE_FULL, f"{len(value)} actions exceed the queue of {MAX_QUEUED_ACTIONS}")
+    return tuple(_parse_action(a) for a in value)
+
+
+def _parse_options(value: object) -> dict:
+    if not isinstance(value, dict) or len(value) > MAX_OPTIONS:
+        raise ProtocolError(BAD_OPTION, f"options must be an object with at most {MAX_OPTIONS} keys")
+    for key, item in value.items():
+        if not 0 < len(key) <= MAX_ID_CHARS:
+            raise ProtocolError(BAD_OPTION, f"option key must have 1..{MAX_ID_CHARS} chars")
+        scalar = item is None or isinstance(item, (bool, int, str)) or (isinstance(item, float) and math.isfinite(item))
+        if not scalar or (isinstance(item, str) and len(item) > MAX_OPTION_STR_CHARS):
+            raise ProtocolError(BAD_OPTION, f"option {key!r} must be a number, bool, null or short string")
+    return dict(value)
+
+
+def _parse_seq(value: object) -> int:
+    if not is_int(value) or not 0 <= value <= MAX_SEQ:
+        raise ProtocolError(BAD_ACK, f"seq must be an integer in [0, 2**63), got {value!r:.40}")
+    return value
+
+
+# ---------------------------------------------------------------------------------------------
+# Messages. Each class lists its JSON fields as dataclass fields; PARSERS validates requests.
+
+
+@dataclass(frozen=True)
+class Message:
+    TYPE: ClassVar[str] = ""
+    PARSERS: ClassVar[dict[str, Callable[[object], Any]]] = {}
+    REQUIRED: ClassVar[tuple[str, ...]] = ()
+
+
+# Requests: client -> worker.
+
+
+@dataclass(frozen=True)
+class Open(Message):
+    """Start a session on a fresh backend. Answered by `Opened` or an `Error`."""
+
+    TYPE: ClassVar[str] = "open"
+    PARSERS: ClassVar = {
+        "backend": _parse_id("backend"),
+        "prompt": parse_prompt,
+        "seed": parse_seed,
+        "options": _parse_options,
+        "ref": _parse_ref,
+    }
+    REQUIRED: ClassVar = ("backend", "prompt")
+    backend: str = "engine"
+    prompt: str = ""
+    seed: int = 0
+    options: dict = field(default_factory=dict)
+    ref: Ref = None
+
+
+@dataclass(frozen=True)
+class Input(Message):
+    """The held action: used for every frame generated from now on (after queued actions)."""
+
+    TYPE: ClassVar[str] = "input"
+    PARSERS: ClassVar = {"session": _parse_id("session"), "action": _parse_action, "ref": _parse_ref}
+    REQUIRED: ClassVar = ("session", "action")
+    session: str = ""
+    action: Action = Action()
+    ref: Ref = None
+
+
+@dataclass(frozen=True)
+class Actions(Message):
+    """Exact per-frame actions, consumed in order before the held input."""
+
+    TYPE: ClassVar[str] = "actions"
+    PARSERS: ClassVar = {"session": _parse_id("session"), "actions": _parse_actions, "ref": _parse_ref}
+    REQUIRED: ClassVar = ("session", "actions")
+    session: str = ""
+    actions: tuple[Action, ...] = ()
+    ref: Ref = None
+
+
+@dataclass(frozen=True)
+class Prompt(Message):
+    """Switch the prompt; the next generated chunk uses it. Answered by `Ok`."""
+
+    TYPE: ClassVar[str] = "prompt"
+    PARSERS: ClassVar = {"session": _parse_id("session"), "prompt": parse_prompt, "ref": _parse_ref}
+    REQUIRED: ClassVar = ("session", "prompt")
+    session: str = ""
+    prompt: str = ""
+    ref: Ref = None
+
+
+@dataclass(frozen=True)
+class Reset(Message):
+    """Restart the world (same seed when seed is null). Answered by `Ok`."""
+
+    TYPE: ClassVar[str] = "reset"
+    PARSERS: ClassVar = {"session": _parse_id("session"), "seed": _parse_optional_seed, "ref": _parse_ref}
+    REQUIRED: ClassVar = ("session",)
+    session: str = ""
+    seed: int | None = None
+    ref: Ref = None
+
+
+@dataclass(frozen=True)
+class Ack(Message):
+    """The client has consumed every chunk with sequence number <= seq."""
+
+    TYPE: ClassVar[str] = "ack"
+    PARSERS: ClassVar = {"session": _parse_id("session"), "seq": _parse_seq, "ref": _parse_ref}
+    REQUIRED: ClassVar = ("session", "seq")
+    session: str = ""
+    seq: int = 0
+    ref: Ref = None
+
+
+@dataclass(frozen=True)
+class Close(Message):
+    TYPE: ClassVar[str] = "close"
+    PARSERS: ClassVar = {"session": _parse_id("session"), "ref": _parse_ref}
+    REQUIRED: ClassVar = ("session",)
+    session: str = ""
+    ref: Ref = None
+
+
+@dataclass(frozen=True)
+class Ping(Message):
+    """Heartbeat. Answered by `Pong`; also keeps the sender's sessions alive."""
+
+    TYPE: ClassVar[str] = "ping"
+    PARSERS: ClassVar = {"session": _parse_optional_session, "ref": _parse_ref}
+    session: str | None = None
+    ref: Ref = None
+
+
+@dataclass(frozen=True)
+class Status(Message):
+    """Ask for worker counters (and one session's state when session is given)."""
+
+    TYPE: ClassVar[str] = "status"
+    PARSERS: ClassVar = {"session": _parse_optional_session, "ref": _parse_ref}
+    session: str | None = None
+    ref: Ref = None
+
+
+# Replies: worker -> client. Decoded leniently (unknown fields ignored) for forward compatibility.
+
+
+@dataclass(frozen=True)
+class Opened(Message):
+    TYPE: ClassVar[str] = "opened"
+    session: str = ""
+    backend: str = ""
+    height: int = 0
+    width: int = 0
+    chunk_frames: int = 0
+    fps: float = 0.0
+    description: str = ""
+    prompt: str = ""
+    seed: int = 0
+    window: int = 0  # chunks the worker runs ahead of the last ack
+    worker: str = ""  # worker instance id; a different one in a Pong means the worker restarted
+    ref: Ref = None
+
+
+@dataclass(frozen=True)
+class Ok(Message):
+    """Prompt switch or reset applied; `seq` is the first chunk generated under it."""
+
+    TYPE: ClassVar[str] = "ok"
+    request: str = ""
+    session: str = ""
+    seq: int = 0
+    epoch: int = 0
+    ref: Ref = None
+
+
+@dataclass(frozen=True)
+class Chunk(Message):
+    """One chunk of frames; the payload frame holds `shape` uint8 pixels in C order."""
+
+    TYPE: ClassVar[str] = "chunk"
+    session: str = ""
+    seq: int = 0  # per session, starts at 0, never resets, one per chunk
+    epoch: int = 0  # number of resets so far
+    chunk: int = 0  # chunk index since open/reset (the dataset's "chunk")
+    records: tuple[dict, ...] = ()  # one dataset-form record per frame
+    gen_ms: float = 0.0
+    steps: int = 0
+    nfe: int = 0
+    shape: tuple[int, int, int, int] = (0, 0, 0, 3)
+    dtype: str = "uint8"
+    extra: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Closed(Message):
+    TYPE: ClassVar[str] = "closed"
+    session: str = ""
+    reason: str = "client"  # "client" | "timeout" | "shutdown"
+    ref: Ref = None
+
+
+@dataclass(frozen=True)
+class Pong(Message):
+    TYPE: ClassVar[str] = "pong"
+    worker: str = ""
+    ref: Ref = None
+
+
+@dataclass(frozen=True)
+class StatusReply(Message):
+    TYPE: ClassVar[str] = "status"
+    worker: dict = field(default_factory=dict)
+    session: dict | None = None
+    ref: Ref = None
+
+
+@dataclass(frozen=True)
+class Error(Message):
+    TYPE: ClassVar[str] = "error"
+    code: str = INTERNAL
+    message: str = ""
+    ref: Ref = None
+    session: str | None = None
+    request: str | None = None  # the type of the request that failed, when known
+    supported: int | None = None  # set on bad_version: the version this worker speaks
+
+
+REQUEST_TYPES: dict[str, type[Message]] = {
+    c.TYPE: c for c in (Open, Input, Actions, Prompt, Reset, Ack, Close, Ping, Status)
+}
+REPLY_TYPES: dict[str, type[Message]] = {c.TYPE: c for c in (Opened, Ok, Chunk, Closed, Pong, StatusReply, Error)}
+Request = Open | Input | Actions | Prompt | Reset | Ack | Close | Ping | Status
+Reply = Opened | Ok | Chunk | Closed | Pong | StatusReply | Error
+
+# "shutdown" is deliberately not a request type: a client must never be able to stop a worker
+# that other people's sessions run on. Stop it with SIGINT/SIGTERM.
+
+
+def frame_record(i: int, chunk: int, action: Action, prompt: str, steps: int, nfe: int, t: float) -> dict:
+    """The per-frame record in the dataset form (docs/dataset.md)."""
+    return {"i": i, "chunk": chunk, "action": action.to_json(), "prompt": prompt, "steps": steps, "nfe": nfe, "t": t}
+
+
+# ---------------------------------------------------------------------------------------------
+# Encoding.
+
+
+def _jsonable(value: object) -> object:
+    if isinstance(value, Action):
+        return value.to_json()
+    if isinstance(value, (tuple, list)):
+        return [_jsonable(v) for v in value]
+    return value
+
+
+def encode(message: Message, payload: bytes | memoryview | np.ndarray | None = None) -> list[bytes]:
+    """Message -> multipart frames: [header] or, for a Chunk, [header, payload]."""
+    header = {"v": PROTOCOL_VERSION, "type": message.TYPE}
+    for f in fields(message):
+        value = getattr(message, f.name)
+        if value is not None or f.name == "ref":
+            header[f.name] = _jsonable(value)
+    frames = [json.dumps(header, separators=(",", ":"), allow_nan=False).encode()]
+    if isinstance(message, Chunk):
+        if payload is None:
+            raise ValueError("a chunk needs its payload")
+        frames.append(payload.tobytes() if isinstance(payload, np.ndarray) else bytes(payload))
+    elif payload is not None:
+        raise ValueError(f"{message.TYPE} carries no payload")
+    return frames
+
+
+def encode_chunk(message: Chunk, frames: np.ndarray) -> list[bytes]:
+    """[F, H, W, 3] uint8 frames -> [header, payload]; checks the header matches the array."""
+    if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[-1] != 3:
+        raise ValueError(f"chunk frames must be [F, H, W, 3] uint8, got {frames.shape} {frames.dtype}")
+    if tuple(frames.shape) != tuple(message.shape) or len(message.records) != frames.shape[0]:
+        raise ValueError("chunk header shape/records do not match the frames")
+    return encode(message, np.ascontiguousarray(frames))
+
+
+# ---------------------------------------------------------------------------------------------
+# Decoding.
+
+
+def _reject_constant(name: str) -> float:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def parse_header(data: bytes) -> dict:
+    """Header bytes -> JSON object, checking size, encoding, JSON syntax and the version."""
+    if len(data) > MAX_HEADER_BYTES:
+        raise ProtocolError(TOO_LARGE, f"header has {len(data)} bytes; the limit is {MAX_HEADER_BYTES}")
+    try:
+        obj = json.loads(data.decode("utf-8"), parse_constant=_reject_constant)
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        # RecursionError: deeply nested arrays inside 64 KiB are valid JSON but not a message.
+        raise ProtocolError(BAD_JSON, f"header is not UTF-8 JSON: {str(exc)[:120]}") from None
+    if not isinstance(obj, dict):
+        raise ProtocolError(BAD_MESSAGE, f"header must be a JSON object, got {type(obj).__name__}")
+    ref = _safe_ref(obj.get("ref"))
+    version = obj.get("v")
+    if not is_int(version) or version != PROTOCOL_VERSION:
+        raise ProtocolError(
+            BAD_VERSION,
+            f"protocol version {version!r:.20} not supported; this worker speaks version {PROTOCOL_VERSION}",
+            ref,
+            supported=PROTOCOL_VERSION,
+        )
+    return obj
+
+
+def _safe_ref(value: object) -> Ref:
+    try:
+        return _parse_ref(value)
+    except ProtocolError:
+        return None
+
+
+def decode_request(frames: list[bytes]) -> Request:
+    """Frames received from a client (identity already stripped) -> a validated request."""
+    if not frames:
+        raise ProtocolError(BAD_FRAME, "empty message")
+    for f in frames:
+        if len(f) > MAX_HEADER_BYTES:
+            raise ProtocolError(TOO_LARGE, f"a frame has {len(f)} bytes; the limit is {MAX_HEADER_BYTES}")
+    if len(frames) != 1:
+        raise ProtocolError(BAD_FRAME, f"a request is exactly one header frame, got {len(frames)} frames")
+    obj = parse_header(frames[0])
+    ref = _safe_ref(obj.get("ref"))
+    kind = obj.get("type")
+    cls = REQUEST_TYPES.get(kind) if isinstance(kind, str) else None
+    if cls is None:
+        known = ", ".join(REQUEST_TYPES)
+        raise ProtocolError(UNKNOWN_TYPE, f"unknown request type {kind!r:.40}; known: {known}", ref)
+    try:
+        return cls(**_parse_fields(cls, obj))
+    except ProtocolError as exc:
+        exc.ref, exc.extra["request"] = ref, kind
+        raise
+
+
+def _parse_fields(cls: type[Message], obj: Mapping) -> dict:
+    unknown = set(obj) - set(cls.PARSERS) - {"v", "type"}
+    if unknown:
+        raise ProtocolError(BAD_MESSAGE, f"unknown fields for {cls.TYPE}: {sorted(unknown)[:5]}")
+    missing = [name for name in cls.REQUIRED if name not in obj]
+    if missing:
+        raise ProtocolError(BAD_MESSAGE, f"{cls.TYPE} needs fields {missing}")
+    return {name: parse(obj[name]) for name, parse in cls.PARSERS.items() if name in obj}
+
+
+def decode_reply(frames: list[bytes]) -> tuple[Reply, np.ndarray | None]:
+    """Frames received from the worker -> (reply, frames array for a Chunk else None)."""
+    if not frames or len(frames[0]) > MAX_HEADER_BYTES:
+        raise ProtocolError(BAD_FRAME, "reply without a header of acceptable size")
+    obj = parse_header(frames[0])
+    kind = obj.get("type")
+    cls = REPLY_TYPES.get(kind) if isinstance(kind, str) else None
+    if cls is None:
+        raise ProtocolError(UNKNOWN_TYPE, f"unknown reply type {kind!r:.40}")
+    known = {f.name for f in fields(cls)}
+    try:
+        message = cls(**{k: v for k, v in obj.items() if k in known})
+    except TypeError as exc:  # pragma: no cover - dataclass init only fails on odd kwargs
+        raise ProtocolError(BAD_MESSAGE, str(exc)) from None
+    if isinstance(message, Chunk):
+        return message, _chunk_frames(message, frames)
+    if len(frames) != 1:
+        raise ProtocolError(BAD_FRAME, f"{cls.TYPE} reply must be one frame, got {len(frames)}")
+    return message, None
+
+
+def _chunk_frames(message: Chunk, frames: list[bytes]) -> np.ndarray:
+    """Validate a chunk's payload against its header; returns a writable [F, H, W, 3] array."""
+    shape = message.shape
+    ok_shape = (
+        isinstance(shape, (list, tuple))
+        and len(shape) == 4
+        and all(is_int(s) and s > 0 for s in shape)
+        and shape[3] == 3
+    )
+    if len(frames) != 2 or message.dtype != "uint8" or not ok_shape:
+        raise ProtocolError(BAD_FRAME, "chunk must be [header, payload] with a [F, H, W, 3] uint8 shape")
+    if len(frames[1]) != math.prod(shape) or len(message.records) != shape[0]:
+        raise ProtocolError(BAD_FRAME, f"chunk payload has {len(frames[1])} bytes, shape says {list(shape)}")
+    return np.frombuffer(frames[1], dtype=np.uint8).reshape(shape).copy()
+
+
+def error_for(exc: ProtocolError, session: str | None = None) -> Error:
+    """The Error reply for a ProtocolError raised while handling a request."""
+    return Error(
+        code=exc.code,
+        message=exc.message,
+        ref=exc.ref,
+        session=session,
+        request=exc.extra.get("request"),
+        supported=exc.extra.get("supported"),
+    )

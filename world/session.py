@@ -1,0 +1,165 @@
+"""One client's world inside the worker: a backend plus the input, flow-control and index state.
+
+A `Session` knows nothing about sockets. The worker's compute loop calls `produce()` when
+`can_produce()` says the client is not too far behind, and applies requests through the small
+methods below; every refusal is a `ProtocolError` carrying the code the client will see.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from collections.abc import Sequence
+
+import numpy as np
+
+from world.actions import IDLE, Action
+from world.backend import Backend, BackendInfo, PromptError
+from world.protocol import (
+    BAD_ACK,
+    BAD_PROMPT,
+    QUEUE_FULL,
+    Chunk,
+    ProtocolError,
+    frame_record,
+)
+
+
+class Session:
+    """State of one open session. `seq` counts chunks for flow control and never resets;
+    `chunk` and `i` (frame index) restart at 0 on reset, like a new dataset episode."""
+
+    def __init__(
+        self,
+        sid: str,
+        owner: bytes,
+        backend_name: str,
+        backend: Backend,
+        prompt: str,
+        seed: int,
+        max_queued: int,
+        now: float,
+    ):
+        self.sid = sid
+        self.owner = owner  # ROUTER identity of the client that opened it; only it may drive it
+        self.backend_name = backend_name
+        self.backend = backend
+        self.info: BackendInfo = backend.info
+        self.prompt = prompt
+        self.seed = seed
+        self.max_queued = max_queued
+        self.held: Action = IDLE
+        self.queue: deque[Action] = deque()
+        self.next_seq = 0
+        self.acked = -1
+        self.epoch = 0
+        self.chunk_index = 0
+        self.frame_index = 0
+        self.chunks_produced = 0
+        self.last_seen = now
+
+    # -- requests ------------------------------------------------------------------------------
+
+    def in_flight(self) -> int:
+        """Chunks sent but not yet acknowledged."""
+        return self.next_seq - 1 - self.acked
+
+    def can_produce(self, window: int) -> bool:
+        return self.in_flight() < window
+
+    def set_held(self, action: Action) -> None:
+        self.held = action
+
+    def queue_actions(self, actions: Sequence[Action]) -> None:
+        # All or nothing: a half-queued sequence would desynchronise a scripted client.
+        if len(self.queue) + len(actions) > self.max_queued:
+            raise ProtocolError(
+                QUEUE_FULL, f"{len(actions)} actions do not fit: {len(self.queue)} of {self.max_queued} queued"
+            )
+        self.queue.extend(actions)
+
+    def ack(self, seq: int) -> None:
+        if seq >= self.next_seq:
+            raise ProtocolError(BAD_ACK, f"ack {seq} for a chunk not yet sent (next seq {self.next_seq})")
+        self.acked = max(self.acked, seq)  # acks are cumulative; an old one changes nothing
+
+    def set_prompt(self, prompt: str) -> None:
+        try:
+            self.backend.set_prompt(prompt)
+        except PromptError as exc:
+            raise ProtocolError(BAD_PROMPT, str(exc)) from None
+        self.prompt = prompt
+
+    def reset(self, seed: int | None) -> None:
+        seed = self.seed if seed is None else seed
+        self.backend.reset(seed, self.prompt)
+        self.seed = seed
+        self.epoch += 1
+        self.chunk_index = 0
+        self.frame_index = 0
+        self.queue.clear()  # queued actions belonged to the old world; the held input stays
+
+    # -- generation ----------------------------------------------------------------------------
+
+    def _take_actions(self, count: int) -> list[Action]:
+        return [self.queue.popleft() if self.queue else self.held for _ in range(count)]
+
+    def produce(self) -> tuple[Chunk, np.ndarray]:
+        """Generate the next chunk: [F, H, W, 3] uint8 frames and the header describing them."""
+        info = self.info
+        F, H, W = info.chunk_frames, info.height, info.width
+        actions = self._take_actions(F)
+        start = time.perf_counter()
+        result = self.backend.step_chunk(actions)
+        gen_ms = (time.perf_counter() - start) * 1000.0
+        frames = np.asarray(result.frames)
+        if frames.shape != (F, H, W, 3) or frames.dtype != np.uint8:
+            raise RuntimeError(f"backend returned {frames.shape} {frames.dtype}, expected [{F},{H},{W},3] uint8")
+        records = tuple(
+            frame_record(
+                self.frame_index + k,
+                self.chunk_index,
+                a,
+                self.prompt,
+                result.steps,
+                result.nfe,
+                round((self.frame_index + k) / info.fps, 6),
+            )
+            for k, a in enumerate(actions)
+        )
+        header = Chunk(
+            session=self.sid,
+            seq=self.next_seq,
+            epoch=self.epoch,
+            chunk=self.chunk_index,
+            records=records,
+            gen_ms=round(gen_ms, 3),
+            steps=result.steps,
+            nfe=result.nfe,
+            shape=(F, H, W, 3),
+            extra=dict(result.extra),
+        )
+        self.next_seq += 1
+        self.chunk_index += 1
+        self.frame_index += F
+        self.chunks_produced += 1
+        return header, frames
+
+    def describe(self, now: float) -> dict:
+        """JSON-able state for status replies."""
+        return {
+            "session": self.sid,
+            "backend": self.backend_name,
+            "prompt": self.prompt,
+            "seed": self.seed,
+            "epoch": self.epoch,
+            "next_seq": self.next_seq,
+            "acked": self.acked,
+            "in_flight": self.in_flight(),
+            "queued_actions": len(self.queue),
+            "chunks_produced": self.chunks_produced,
+            "idle_s": round(now - self.last_seen, 3),
+        }
+
+    def close(self) -> None:
+        self.backend.close()
