@@ -1,0 +1,369 @@
+"""The causal diffusion transformer: chunk-by-chunk video latents from actions and a prompt.
+
+A pure network (DiT habit): `forward(x, t, actions, text, text_mask, cache)` predicts the flow
+velocity `v = eps - x0` (DESIGN.md §3) and knows nothing about noise schedules or samplers.
+
+- Tokens: each latent frame [C, 16, 16] is cut into 2x2 patches -> 8x8 = 64 tokens.
+- Conditioning per frame: sinusoidal timestep MLP + action MLP (a learned null action for
+  classifier-free guidance), summed, drive adaLN shift/scale/gate per frame (DIAMOND / Oasis
+  style action conditioning). adaLN-single (PixArt-alpha): one projection of the per-frame
+  condition shared by all blocks plus a learned per-block offset table; per-block adaLN MLPs would
+  add 3M parameters and push the fp16 checkpoint past the 16 MiB limit (DESIGN.md §5). Gates and
+  the output layer start at zero (adaLN-Zero), so the untrained network is the identity residual.
+- Self-attention: bidirectional inside a chunk (3 frames), causal across chunks, restricted to the
+  sink + recent window of `attention_span` (model/kv_cache.py). 3D RoPE on q/k with span-relative
+  frame positions, so streams are unbounded (keys cached unrotated).
+- Text: cross-attention to the projected prompt tokens plus a learned null token that is always
+  visible; dropping the prompt (classifier-free guidance) = masking every real token.
+
+Two modes, one attention rule:
+- full sequence (`cache=None`, F a multiple of the chunk): each chunk's queries attend to the
+  K/V slice `attention_span` names, which is the block-causal + sink/window mask, evaluated per
+  chunk (window-bounded cost, and the same code path as streaming).
+- streaming (`cache` given, F = one chunk): the chunk's K/V go into the cache's current slot and
+  attention reads the cached span. Equal to full sequence on the same inputs (tests/test_dit.py).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import nn
+
+from model.kv_cache import CacheLayout, KVCache, attention_span
+from model.rope import Rope3D
+
+
+@dataclass
+class DiTConfig:
+    latent_channels: int = 4
+    latent_size: int = 16
+    patch: int = 2  # 16x16 latent -> 8x8 = 64 tokens per frame
+    dim: int = 256
+    depth: int = 8
+    heads: int = 4  # head dim 64
+    mlp_ratio: float = 4.0
+    text_dim: int = 384  # MiniLM token features
+    action_dim: int = 12  # world.actions.ACTION_DIM
+    chunk_frames: int = 3  # DESIGN.md §3: chunk = 3 latent frames
+    sink_frames: int = 3  # first chunk, never evicted
+    window_frames: int = 9  # most recent frames attended, current chunk included
+    max_text_tokens: int = 32  # longer prompts are truncated
+    cfg_dropout_text: float = 0.1  # training: probability a clip loses its prompt
+    cfg_dropout_actions: float = 0.1  # training: probability a clip loses its actions
+    freq_dim: int = 256  # sinusoidal timestep features
+    rope_theta: float = 10000.0
+
+    def __post_init__(self) -> None:
+        if self.latent_size % self.patch:
+            raise ValueError(f"latent_size {self.latent_size} is not divisible by patch {self.patch}")
+        if self.dim % self.heads or (self.dim // self.heads) % 2:
+            raise ValueError(f"dim {self.dim} must split into {self.heads} heads of even size")
+        CacheLayout.from_config(self)  # validates sink/window against the chunk
+
+    @property
+    def grid(self) -> int:
+        return self.latent_size // self.patch
+
+    @property
+    def tokens_per_frame(self) -> int:
+        return self.grid**2
+
+    @property
+    def head_dim(self) -> int:
+        return self.dim // self.heads
+
+    @property
+    def latent_shape(self) -> tuple[int, int, int]:
+        return (self.latent_channels, self.latent_size, self.latent_size)
+
+
+DIT_PRESETS: dict[str, DiTConfig] = {
+    # Seconds-long tests.
+    "tiny": DiTConfig(dim=32, depth=2, heads=2),
+    # The bundled world: 8.15M parameters, so the fp16 file stays under 16 MiB (DESIGN.md §5);
+    # MLP ratio 3 rather than 4 pays for the cross-attention within that budget.
+    "default": DiTConfig(dim=256, depth=8, heads=4, mlp_ratio=3.0),
+}
+
+
+def dit_config(preset: str) -> DiTConfig:
+    if preset not in DIT_PRESETS:
+        raise ValueError(f"unknown DiT preset {preset!r}; known: {sorted(DIT_PRESETS)}")
+    return copy.deepcopy(DIT_PRESETS[preset])
+
+
+# ----------------------------------------------------------------------------- embeddings
+
+
+def timestep_features(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
+    """t [...] network time in [0, 1000] -> [..., dim] sinusoidal features (DiT)."""
+    half = dim // 2
+    freqs = torch.exp(-math.log(max_period) * torch.arange(half, device=t.device, dtype=torch.float32) / half)
+    angles = t.float()[..., None] * freqs
+    return torch.cat([torch.cos(angles), torch.sin(angles)], dim=-1)
+
+
+class TimestepEmbedder(nn.Module):
+    def __init__(self, dim: int, freq_dim: int):
+        super().__init__()
+        self.freq_dim = freq_dim
+        self.mlp = nn.Sequential(nn.Linear(freq_dim, dim), nn.SiLU(), nn.Linear(dim, dim))
+
+    def forward(self, t: torch.Tensor) -> torch.Tensor:
+        """t [B, F] -> [B, F, D]."""
+        return self.mlp(timestep_features(t, self.freq_dim))
+
+
+class ActionEmbedder(nn.Module):
+    """Per-frame action vector -> [D]; `drop` rows use a learned null action (guidance)."""
+
+    def __init__(self, action_dim: int, dim: int):
+        super().__init__()
+        self.mlp = nn.Sequential(nn.Linear(action_dim, dim), nn.SiLU(), nn.Linear(dim, dim))
+        self.null = nn.Parameter(torch.zeros(dim))
+
+    def forward(self, actions: torch.Tensor, drop: torch.Tensor | None) -> torch.Tensor:
+        """actions [B, F, A], drop [B] bool or None -> [B, F, D]."""
+        emb = self.mlp(actions)
+        if drop is None:
+            drop = torch.zeros(actions.shape[0], dtype=torch.bool, device=actions.device)
+        # torch.where keeps `null` in the graph even when nothing is dropped (DDP sees its grad).
+        return torch.where(drop[:, None, None], self.null.to(emb.dtype), emb)
+
+
+def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    return x * (1 + scale) + shift
+
+
+# ----------------------------------------------------------------------------- blocks
+
+# attend(layer, q, k, v) -> out: q/k/v [B, H, N, hd] unrotated, out [B, H, Nq, hd].
+Attend = Callable[[int, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+class SelfAttention(nn.Module):
+    def __init__(self, dim: int, heads: int):
+        super().__init__()
+        self.heads = heads
+        self.qkv = nn.Linear(dim, 3 * dim)
+        # QK-norm (Wan / Self-Forcing) keeps attention logits bounded; keys are cached after it.
+        self.q_norm = nn.RMSNorm(dim // heads, eps=1e-6)
+        self.k_norm = nn.RMSNorm(dim // heads, eps=1e-6)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor, layer: int, attend: Attend) -> torch.Tensor:
+        """x [B, N, D] -> [B, N, D]; which keys are visible is `attend`'s business."""
+        q, k, v = rearrange(self.qkv(x), "b n (three h d) -> three b h n d", three=3, h=self.heads)
+        out = attend(layer, self.q_norm(q), self.k_norm(k), v)
+        return self.proj(rearrange(out, "b h n d -> b n (h d)"))
+
+
+class CrossAttention(nn.Module):
+    def __init__(self, dim: int, heads: int):
+        super().__init__()
+        self.heads = heads
+        self.q = nn.Linear(dim, dim)
+        self.kv = nn.Linear(dim, 2 * dim)
+        self.proj = nn.Linear(dim, dim)
+
+    def text_kv(self, ctx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """ctx [B, L, D] -> K, V [B, H, L, hd]: computed once per prompt and cached."""
+        k, v = rearrange(self.kv(ctx), "b l (two h d) -> two b h l d", two=2, h=self.heads)
+        return k, v
+
+    def forward(self, x: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """x [B, N, D], k/v [B, H, L, hd], mask [B, L] bool -> [B, N, D]."""
+        q = rearrange(self.q(x), "b n (h d) -> b h n d", h=self.heads)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask[:, None, None, :])
+        return self.proj(rearrange(out, "b h n d -> b n (h d)"))
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: DiTConfig):
+        super().__init__()
+        d = cfg.dim
+        self.norm1 = nn.LayerNorm(d, elementwise_affine=False, eps=1e-6)
+        self.attn = SelfAttention(d, cfg.heads)
+        self.norm2 = nn.LayerNorm(d, eps=1e-6)
+        self.cross = CrossAttention(d, cfg.heads)
+        self.norm3 = nn.LayerNorm(d, elementwise_affine=False, eps=1e-6)
+        hidden = int(d * cfg.mlp_ratio)
+        # exact (erf) GELU: ~3x cheaper than the tanh approximation on CPU
+        self.mlp = nn.Sequential(nn.Linear(d, hidden), nn.GELU(), nn.Linear(hidden, d))
+        # adaLN-single: this block's learned offset to the shared per-frame modulation.
+        self.mod_table = nn.Parameter(torch.zeros(6, d))
+
+    def forward(self, x: torch.Tensor, mod: torch.Tensor, layer: int, attend: Attend, text: tuple) -> torch.Tensor:
+        """x [B, F, T, D], mod [B, F, 6, D] shared modulation, text (k, v, mask) -> [B, F, T, D]."""
+        B, Fr, T, D = x.shape
+        shift1, scale1, gate1, shift2, scale2, gate2 = (mod + self.mod_table).unsqueeze(2).unbind(3)  # [B,F,1,D]
+        h = modulate(self.norm1(x), shift1, scale1).reshape(B, Fr * T, D)
+        x = x + gate1 * self.attn(h, layer, attend).reshape(B, Fr, T, D)
+        x = x + self.cross(self.norm2(x).reshape(B, Fr * T, D), *text).reshape(B, Fr, T, D)
+        return x + gate2 * self.mlp(modulate(self.norm3(x), shift2, scale2))
+
+
+# ----------------------------------------------------------------------------- the network
+
+
+class CausalDiT(nn.Module):
+    def __init__(self, config: DiTConfig):
+        super().__init__()
+        self.config = cfg = config
+        self.layout = CacheLayout.from_config(cfg)
+        patch_dim = cfg.latent_channels * cfg.patch**2
+        self.patch_in = nn.Linear(patch_dim, cfg.dim)
+        self.t_embed = TimestepEmbedder(cfg.dim, cfg.freq_dim)
+        self.a_embed = ActionEmbedder(cfg.action_dim, cfg.dim)
+        self.text_proj = nn.Sequential(
+            nn.Linear(cfg.text_dim, cfg.dim), nn.GELU(), nn.Linear(cfg.dim, cfg.dim)
+        )
+        self.null_text = nn.Parameter(torch.zeros(1, cfg.dim))
+        self.adaln = nn.Sequential(nn.SiLU(), nn.Linear(cfg.dim, 6 * cfg.dim))
+        self.blocks = nn.ModuleList([Block(cfg) for _ in range(cfg.depth)])
+        self.final_norm = nn.LayerNorm(cfg.dim, elementwise_affine=False, eps=1e-6)
+        self.final_table = nn.Parameter(torch.zeros(2, cfg.dim))
+        self.final = nn.Linear(cfg.dim, patch_dim)
+        self.rope = Rope3D(cfg.head_dim, cfg.grid, self.layout.span_frames, cfg.rope_theta)
+        self.initialize_weights()
+
+    def initialize_weights(self) -> None:
+        """All initialisation in one place (DiT): xavier linears, adaLN-Zero gates and output."""
+        for m in self.modules():
+            if isinstance(m, nn.Linear):
+                nn.init.xavier_uniform_(m.weight)
+                nn.init.zeros_(m.bias)
+        for mlp in (self.t_embed.mlp, self.a_embed.mlp):
+            nn.init.normal_(mlp[0].weight, std=0.02)
+            nn.init.normal_(mlp[2].weight, std=0.02)
+        nn.init.normal_(self.a_embed.null, std=0.02)
+        nn.init.normal_(self.null_text, std=0.02)
+        # Zero: every gate/shift/scale (shared projection and per-block tables), the cross-attention
+        # output and the final layer, so each block starts as the identity and the output at 0.
+        nn.init.zeros_(self.adaln[1].weight)
+        nn.init.zeros_(self.adaln[1].bias)
+        for blk in self.blocks:
+            nn.init.zeros_(blk.mod_table)
+            nn.init.zeros_(blk.cross.proj.weight)
+        nn.init.zeros_(self.final_table)
+        nn.init.zeros_(self.final.weight)
+        nn.init.zeros_(self.final.bias)
+
+    # ------------------------------------------------------------------ pieces
+
+    def text_context(self, text: torch.Tensor, text_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """text [B, L, text_dim], mask [B, L] -> ctx [B, 1 + L', D], mask [B, 1 + L'] (null token first)."""
+        L = min(text.shape[1], self.config.max_text_tokens)
+        ctx = self.text_proj(text[:, :L])
+        null = self.null_text.to(ctx.dtype).expand(text.shape[0], 1, -1)
+        ones = torch.ones(text.shape[0], 1, dtype=torch.bool, device=text.device)
+        return torch.cat([null, ctx], 1), torch.cat([ones, text_mask[:, :L].bool()], 1)
+
+    def _text_kv(self, text: torch.Tensor, text_mask: torch.Tensor, cache: KVCache | None) -> list[tuple]:
+        """Per-layer (k, v, mask) of the prompt; computed once per prompt when streaming."""
+        if cache is None or not cache.text_ready(text):
+            ctx, mask = self.text_context(text, text_mask)
+            kv = [blk.cross.text_kv(ctx) for blk in self.blocks]
+            if cache is None:
+                return [(k, v, mask) for k, v in kv]
+            cache.set_text(text, [k for k, _ in kv], [v for _, v in kv], mask)
+        return [(k, v, cache.text_mask) for k, v in zip(cache.text_k, cache.text_v)]
+
+    def _span_attention(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """One chunk's queries q [B,H,Cq,hd] over its span k/v [B,H,Nk,hd] (chunk last), all unrotated.
+
+        RoPE positions count frames from the start of the span, so the sink sits right before the
+        window whatever the stream length (DESIGN.md §3: window-relative positions).
+        """
+        T = self.config.tokens_per_frame
+        span_frames, q_frames = k.shape[2] // T, q.shape[2] // T
+        q = self.rope.rotate(q, span_frames - q_frames)
+        k = self.rope.rotate(k, 0)
+        return F.scaled_dot_product_attention(q, k, v)
+
+    def _full_sequence_attend(self, n_chunks: int) -> Attend:
+        """Block-causal attention restricted to sink + window, evaluated chunk by chunk."""
+        T, C = self.config.tokens_per_frame, self.config.chunk_frames
+
+        def attend(layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+            outs = []
+            for i in range(n_chunks):
+                sink_end, window_start, end = attention_span(i, self.layout)
+                if sink_end == window_start:  # nothing evicted yet: one contiguous view, no copy
+                    k_span, v_span = k[:, :, : end * T], v[:, :, : end * T]
+                else:
+                    keep = [slice(0, sink_end * T), slice(window_start * T, end * T)]
+                    k_span = torch.cat([k[:, :, s] for s in keep], 2)
+                    v_span = torch.cat([v[:, :, s] for s in keep], 2)
+                outs.append(self._span_attention(q[:, :, (end - C) * T : end * T], k_span, v_span))
+            return torch.cat(outs, 2)
+
+        return attend
+
+    def _streaming_attend(self, cache: KVCache) -> Attend:
+        def attend(layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+            k_span, v_span = cache.write_current(layer, k, v)
+            return self._span_attention(q, k_span, v_span)
+
+        return attend
+
+    def condition(self, t: torch.Tensor, actions: torch.Tensor, drop_actions: torch.Tensor | None) -> torch.Tensor:
+        """Per-frame condition c [B, F, D] from t [B, F] and actions [B, F, A]."""
+        return self.t_embed(t) + self.a_embed(actions, drop_actions)
+
+    # ------------------------------------------------------------------ forward
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        t: torch.Tensor,
+        actions: torch.Tensor,
+        text: torch.Tensor,
+        text_mask: torch.Tensor,
+        cache: KVCache | None = None,
+        drop_actions: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Predict v = eps - x0.
+
+        x [B, F, C, h, w] noisy latents; t [B, F] network time in [0, 1000] (equal within a chunk);
+        actions [B, F, A]; text [B, L, text_dim] with text_mask [B, L] (all False = no prompt);
+        cache: streaming mode (F = one chunk), else full sequence (F = whole chunks);
+        drop_actions [B] bool: use the null action (guidance). Returns v [B, F, C, h, w].
+        """
+        cfg = self.config
+        B, Fr, C, h, w = x.shape
+        assert (C, h, w) == cfg.latent_shape, f"latent frames {(C, h, w)} != {cfg.latent_shape}"
+        assert t.shape == (B, Fr) and actions.shape == (B, Fr, cfg.action_dim), (t.shape, actions.shape)
+        if cache is not None:
+            assert Fr == cfg.chunk_frames, f"streaming takes one chunk of {cfg.chunk_frames} frames, got {Fr}"
+            cache.write_inputs(x, t, actions)
+            attend = self._streaming_attend(cache)
+        else:
+            assert Fr % cfg.chunk_frames == 0, f"{Fr} frames is not a whole number of chunks"
+            attend = self._full_sequence_attend(Fr // cfg.chunk_frames)
+        p = cfg.patch
+        tokens = rearrange(x, "b f c (gh p) (gw q) -> b f (gh gw) (p q c)", p=p, q=p)
+        hid = self.patch_in(tokens)  # [B, F, T, D]
+        c = self.condition(t, actions, drop_actions)  # [B, F, D]
+        mod = rearrange(self.adaln(c), "b f (six d) -> b f six d", six=6)
+        text_kv = self._text_kv(text, text_mask, cache)
+        for layer, blk in enumerate(self.blocks):
+            hid = blk(hid, mod, layer, attend, text_kv[layer])
+        shift, scale = (self.final_table + c[:, :, None, :]).unsqueeze(2).unbind(3)  # [B, F, 1, D]
+        out = self.final(modulate(self.final_norm(hid), shift, scale))
+        g = cfg.grid
+        return rearrange(out, "b f (gh gw) (p q c) -> b f c (gh p) (gw q)", gh=g, gw=g, p=p, q=p)
+
+    def new_cache(self) -> KVCache:
+        return KVCache.for_config(self.config)
+
+
+def count_parameters(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())

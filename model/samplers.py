@@ -1,0 +1,156 @@
+"""Samplers: a per-chunk noise schedule plus how one step updates the latents.
+
+A sampler is data, not a loop (STYLE.md habit 3): `model/stream.py:generate_chunk` is the one
+streaming loop and reads from the sampler
+  - `levels(i)`: the noise levels (s in (0, 1], descending, 0 excluded) chunk i is denoised through;
+  - `update`: "euler" integrates the flow ODE (teacher); "renoise" re-noises the predicted x0 to
+    the next level with fresh noise (few-step samplers, DESIGN.md §3);
+  - `refresh`: after denoising, one forward of the clean chunk at t = 0 writes its K/V; without
+    it the cache keeps K/V of the chunk's last noisy input (Diagonal Distillation);
+  - `guidance` g: v = c + g (c - u), cond and uncond (no prompt, null actions) batched; g = 0
+    runs the conditional network alone.
+
+NFE per chunk (network evaluations per stream, a batched cond + uncond forward counts 2):
+    rows * (len(levels(i)) + refresh),  rows = 2 with guidance else 1
+teacher 32 steps, g = 3: 2 * 33 = 66; uniform 4 + refresh: 5; diagonal 4-3-2-2...: 4, 3, 2, 2, ...
+
+Registry SAMPLERS: "teacher", "uniform", "diagonal"; `make_sampler(name, ...)` validates options.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from model.flow import level_grid, network_time
+
+TEACHER_STEPS = 32
+FEW_STEP_GRID = 4  # the distilled student's grid: [1000, 750, 500, 250] warped (Self-Forcing)
+DIAGONAL_SCHEDULE = (4, 3, 2)  # Diagonal Distillation release: chunk 0 4 steps, chunk 1 3, then 2
+TEACHER_GUIDANCE = 3.0
+
+
+@dataclass(frozen=True)
+class Sampler:
+    name: str
+    schedules: tuple[tuple[float, ...], ...]  # levels per chunk index; the last one repeats
+    update: str  # "euler" | "renoise"
+    refresh: bool
+    guidance: float = 0.0
+    rewarm: bool = False  # restart the schedule after a prompt switch (more steps to establish it)
+
+    def __post_init__(self) -> None:
+        if self.update not in ("euler", "renoise"):
+            raise ValueError(f"sampler update must be 'euler' or 'renoise', got {self.update!r}")
+        if not self.schedules or any(not levels for levels in self.schedules):
+            raise ValueError(f"sampler {self.name!r}: every chunk needs at least one step")
+        for levels in self.schedules:
+            if any(not 0 < s <= 1 for s in levels) or list(levels) != sorted(levels, reverse=True):
+                raise ValueError(f"sampler {self.name!r}: levels must descend within (0, 1], got {levels}")
+        if self.guidance < 0:
+            raise ValueError(f"guidance must be >= 0, got {self.guidance}")
+
+    def levels(self, chunk_index: int) -> tuple[float, ...]:
+        return self.schedules[min(chunk_index, len(self.schedules) - 1)]
+
+    @property
+    def rows(self) -> int:
+        """Network rows per stream: cond + uncond with guidance."""
+        return 2 if self.guidance > 0 else 1
+
+    def steps(self, chunk_index: int) -> int:
+        return len(self.levels(chunk_index))
+
+    def nfe(self, chunk_index: int) -> int:
+        return self.rows * (self.steps(chunk_index) + int(self.refresh))
+
+    def timesteps(self, chunk_index: int) -> list[int]:
+        """Network times of the denoising forwards (plus 0 for the refresh pass), for records."""
+        ts = [round(float(network_time(s))) for s in self.levels(chunk_index)]
+        return ts + [0] if self.refresh else ts
+
+    def describe(self) -> dict:
+        """JSON-able summary for backend info / records."""
+        return {
+            "name": self.name,
+            "steps": [len(s) for s in self.schedules],
+            "refresh": self.refresh,
+            "guidance": self.guidance,
+            "update": self.update,
+        }
+
+
+def _check_steps(name: str, value: int, most: int, what: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"sampler {name!r}: {what} must be a positive whole number, got {value!r}")
+    if value > most:
+        raise ValueError(f"sampler {name!r}: {what}={value} is more than the {most}-step grid it was trained on")
+    return value
+
+
+def teacher_sampler(steps: int = TEACHER_STEPS, shift: float = 3.0, guidance: float = TEACHER_GUIDANCE) -> Sampler:
+    """Undistilled: Euler over `steps` shifted levels, guidance, then a clean pass writes K/V."""
+    steps = _check_steps("teacher", steps, 1000, "steps")
+    return Sampler("teacher", (level_grid(steps, shift),), "euler", refresh=True, guidance=guidance)
+
+
+def uniform_sampler(steps: int = FEW_STEP_GRID, shift: float = 3.0, guidance: float = 0.0) -> Sampler:
+    """Self-Forcing style: `steps` levels [1000, 750, 500, 250] warped, re-noising, + refresh: 5 NFE."""
+    steps = _check_steps("uniform", steps, FEW_STEP_GRID, "steps")
+    return Sampler("uniform", (few_step_levels(steps, shift),), "renoise", refresh=True, guidance=guidance)
+
+
+def diagonal_sampler(
+    schedule: Sequence[int] = DIAGONAL_SCHEDULE, shift: float = 3.0, guidance: float = 0.0, rewarm: bool = False
+) -> Sampler:
+    """Diagonal Distillation: more steps early, fewer later, no refresh (K/V from the last noisy input)."""
+    if isinstance(schedule, (str, bytes)) or not isinstance(schedule, Sequence) or len(schedule) == 0:
+        raise ValueError(f"sampler 'diagonal': schedule must be a non-empty list of step counts, got {schedule!r}")
+    counts = [_check_steps("diagonal", n, FEW_STEP_GRID, f"schedule[{i}]") for i, n in enumerate(schedule)]
+    schedules = tuple(few_step_levels(n, shift) for n in counts)
+    return Sampler("diagonal", schedules, "renoise", refresh=False, guidance=guidance, rewarm=rewarm)
+
+
+def few_step_levels(steps: int, shift: float) -> tuple[float, ...]:
+    """n levels of the 4-level student grid: the first (pure noise) plus the last n - 1.
+
+    Every n >= 2 ends on the same last level, so the context noise of the K/V a no-refresh
+    sampler leaves in the cache does not depend on the chunk's step count (DESIGN.md §3: training
+    and inference must use the same context noise).
+    """
+    grid = level_grid(FEW_STEP_GRID, shift)
+    return (grid[0], *grid[FEW_STEP_GRID - steps + 1 :]) if steps > 1 else grid[:1]
+
+
+SAMPLERS: dict[str, Callable[..., Sampler]] = {
+    "teacher": teacher_sampler,
+    "uniform": uniform_sampler,
+    "diagonal": diagonal_sampler,
+}
+
+
+def make_sampler(
+    name: str,
+    *,
+    steps: int | None = None,
+    schedule: Sequence[int] | None = None,
+    guidance: float | None = None,
+    shift: float = 3.0,
+) -> Sampler:
+    """Build a registered sampler; options it does not take are an error, not silently ignored."""
+    if name not in SAMPLERS:
+        raise ValueError(f"unknown sampler {name!r}; available: {', '.join(SAMPLERS)}")
+    kwargs: dict = {"shift": shift}
+    if guidance is not None:
+        kwargs["guidance"] = float(guidance)
+    if name == "diagonal":
+        if steps is not None:
+            raise ValueError("sampler 'diagonal' takes a per-chunk schedule (e.g. [4, 3, 2]), not steps")
+        if schedule is not None:
+            kwargs["schedule"] = list(schedule)
+    else:
+        if schedule is not None:
+            raise ValueError(f"sampler {name!r} takes steps, not a per-chunk schedule (that is 'diagonal')")
+        if steps is not None:
+            kwargs["steps"] = steps
+    return SAMPLERS[name](**kwargs)

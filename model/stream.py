@@ -1,0 +1,228 @@
+"""The one streaming generation loop: the next chunk given the cache, actions and prompt.
+
+`generate_chunk` is used by everything that generates: `WorldStream` (the generated backend, hence
+the worker, evaluation and benchmarks) and training rollouts (batched, optionally with one exit
+step carrying gradient, Self-Forcing style). A sampler is a schedule read by this loop, never a
+copy of it (STYLE.md habit 3).
+
+Noise is drawn on the CPU from a seeded `torch.Generator` and moved to the device, so a stream is
+reproducible from (seed, prompts, actions) and the CPU result does not depend on thread count.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from model.device import autocast
+from model.dit import CausalDiT
+from model.flow import network_time, predict_x0
+from model.kv_cache import ChunkInputs, KVCache
+from model.samplers import Sampler
+
+Noise = Callable[[tuple[int, ...]], torch.Tensor]
+
+
+@dataclass
+class Conditioning:
+    """Per-row network inputs that stay fixed for a prompt: rows = batch * (2 with guidance).
+
+    text [R, L, text_dim], text_mask [R, L] bool, drop_actions [R] bool. With guidance the rows
+    are [cond rows..., uncond rows...]; uncond = no prompt tokens and the null action.
+    """
+
+    text: torch.Tensor
+    text_mask: torch.Tensor
+    drop_actions: torch.Tensor
+
+    @classmethod
+    def build(cls, text: torch.Tensor, text_mask: torch.Tensor, guidance: bool) -> Conditioning:
+        """text [B, L, D], mask [B, L] -> conditioning rows (doubled for guidance)."""
+        B = text.shape[0]
+        keep = torch.zeros(B, dtype=torch.bool, device=text.device)
+        if not guidance:
+            return cls(text, text_mask.bool(), keep)
+        return cls(
+            torch.cat([text, text]),
+            torch.cat([text_mask.bool(), torch.zeros_like(text_mask, dtype=torch.bool)]),
+            torch.cat([keep, ~keep]),
+        )
+
+
+@dataclass
+class ChunkOutput:
+    latents: torch.Tensor  # [B, F, C, h, w] the chunk's final x0
+    steps: int  # denoising forwards
+    nfe: int  # network evaluations per stream (cond + uncond count 2), refresh included
+    timesteps: list[int]  # network times of the forwards, 0 for the refresh pass
+
+
+def _rows(x: torch.Tensor, rows: int) -> torch.Tensor:
+    return torch.cat([x] * rows) if rows > 1 else x
+
+
+def guided_velocity(
+    dit: CausalDiT, cache: KVCache, x: torch.Tensor, s: float, actions: torch.Tensor, cond: Conditioning,
+    guidance: float,
+) -> torch.Tensor:
+    """One network evaluation of the chunk at level s (writes its K/V slot); v [B, F, C, h, w].
+
+    With guidance: v = c + g (c - u) (DESIGN.md §3), cond and uncond rows in one batch.
+    """
+    rows = 2 if guidance > 0 else 1
+    B, Fr = x.shape[:2]
+    t = torch.full((B * rows, Fr), float(network_time(s)), device=x.device, dtype=x.dtype)
+    v = dit(_rows(x, rows), t, _rows(actions, rows), cond.text, cond.text_mask, cache, cond.drop_actions)
+    if rows == 1:
+        return v
+    v_cond, v_uncond = v.chunk(2)
+    return v_cond + guidance * (v_cond - v_uncond)
+
+
+def sampler_step(sampler: Sampler, x: torch.Tensor, x0: torch.Tensor, v: torch.Tensor, s: float, s_next: float,
+                 noise: Noise) -> torch.Tensor:
+    """Move from level s to s_next (0 = done): Euler on the ODE, or re-noise x0 with fresh noise."""
+    if s_next == 0.0:
+        return x0
+    if sampler.update == "euler":
+        return x + (s_next - s) * v
+    return (1 - s_next) * x0 + s_next * noise(tuple(x.shape)).to(x)
+
+
+def generate_chunk(
+    dit: CausalDiT,
+    cache: KVCache,
+    sampler: Sampler,
+    cond: Conditioning,
+    actions: torch.Tensor,
+    noise: Noise,
+    schedule_index: int | None = None,
+    exit_step: int | None = None,
+) -> ChunkOutput:
+    """Denoise the next chunk, write its K/V and commit it. actions [B, F, A] -> latents [B, F, C, h, w].
+
+    schedule_index picks the sampler's per-chunk levels (default: the chunk's index in the stream).
+    exit_step (training rollouts): stop after that step, returning its x0 prediction; only that
+    forward runs with gradient (if grad mode is on), earlier steps and the refresh pass do not,
+    and the cached context is detached (model/kv_cache.py).
+    """
+    levels = sampler.levels(cache.chunk_index if schedule_index is None else schedule_index)
+    if exit_step is not None:
+        levels = levels[: exit_step + 1]
+    B, Fr = actions.shape[:2]
+    x = noise((B, Fr, *dit.config.latent_shape)).to(actions)
+    grad = torch.is_grad_enabled()
+    for k, s in enumerate(levels):
+        with torch.set_grad_enabled(grad and (exit_step is None or k == exit_step)):
+            v = guided_velocity(dit, cache, x, s, actions, cond, sampler.guidance)
+            x0 = predict_x0(x, v, s)
+            s_next = levels[k + 1] if k + 1 < len(levels) else 0.0
+            x = sampler_step(sampler, x, x0, v, s, s_next, noise)
+    timesteps = [round(float(network_time(s))) for s in levels]
+    if sampler.refresh:
+        with torch.no_grad():
+            write_clean(dit, cache, x.detach(), actions, cond, sampler.rows)
+        timesteps.append(0)
+    cache.commit_chunk()
+    return ChunkOutput(x, len(levels), sampler.rows * (len(levels) + int(sampler.refresh)), timesteps)
+
+
+def write_clean(dit: CausalDiT, cache: KVCache, x0: torch.Tensor, actions: torch.Tensor, cond: Conditioning,
+                rows: int) -> None:
+    """Forward the clean chunk at t = 0 so its K/V (not its output) land in the current slot."""
+    B, Fr = x0.shape[:2]
+    t = torch.zeros(B * rows, Fr, device=x0.device, dtype=x0.dtype)
+    dit(_rows(x0, rows), t, _rows(actions, rows), cond.text, cond.text_mask, cache, cond.drop_actions)
+
+
+class WorldStream:
+    """One generated world: cache, prompt, seeded noise and the sampler, chunk after chunk.
+
+    reset(seed, prompt, first_frame_latent=None) -> start a world (optionally from clean context)
+    set_prompt(prompt)                           -> new text K/V + KV-recache of the recent window
+    next_chunk(actions [F, A])                   -> ChunkOutput with latents [F, C, h, w]
+    decode(latents [F, C, h, w])                 -> frames [F, H, W, 3] uint8
+    """
+
+    def __init__(self, dit: CausalDiT, autoencoder, text_encoder, sampler: Sampler, device: torch.device):
+        self.dit, self.autoencoder, self.text_encoder = dit, autoencoder, text_encoder
+        self.sampler = sampler
+        self.device = torch.device(device)
+        self.cache = dit.new_cache()
+        self.generator = torch.Generator()
+        self.cond: Conditioning | None = None
+        self.prompt: str | None = None
+        self.chunks_since_switch = 0
+
+    def _noise(self, shape: tuple[int, ...]) -> torch.Tensor:
+        return torch.randn(shape, generator=self.generator).to(self.device)
+
+    def _encode_prompt(self, prompt: str) -> Conditioning:
+        tokens, mask = self.text_encoder.encode([prompt])  # [1, L, D], [1, L]; PromptError if empty
+        tokens, mask = torch.as_tensor(tokens).to(self.device).float(), torch.as_tensor(mask).to(self.device)
+        return Conditioning.build(tokens, mask, self.sampler.guidance > 0)
+
+    @torch.inference_mode()
+    def reset(self, seed: int, prompt: str, first_frame_latent: torch.Tensor | None = None) -> None:
+        """New world. first_frame_latent [C, h, w] or [F_chunk, C, h, w]: written as clean chunk 0
+        (a frame repeated over the chunk); without it chunk 0 is generated from the prompt alone."""
+        cond = self._encode_prompt(prompt)
+        self.generator.manual_seed(int(seed))
+        self.cache.reset()
+        self.cond, self.prompt, self.chunks_since_switch = cond, prompt, 0
+        if first_frame_latent is not None:
+            with autocast(self.device):
+                self._commit_clean_chunk(first_frame_latent)
+
+    def _commit_clean_chunk(self, latent: torch.Tensor) -> None:
+        C = self.dit.config.chunk_frames
+        latent = latent.to(self.device).float()
+        if latent.dim() == 3:
+            latent = latent.expand(C, *latent.shape)
+        if tuple(latent.shape) != (C, *self.dit.config.latent_shape):
+            raise ValueError(f"first_frame_latent must be [C, h, w] or [{C}, C, h, w], got {tuple(latent.shape)}")
+        idle = torch.zeros(1, C, self.dit.config.action_dim, device=self.device)
+        write_clean(self.dit, self.cache, latent[None], idle, self.cond, self.sampler.rows)
+        self.cache.commit_chunk()
+
+    @torch.inference_mode()
+    def set_prompt(self, prompt: str) -> int:
+        """Switch prompts mid-stream: drop the text K/V and re-run the recent window with the new
+        prompt (LongLive KV-recache; sink K/V kept). Returns the number of chunks re-run."""
+        self.cond, self.prompt = self._encode_prompt(prompt), prompt
+        self.cache.reset_text()
+        if self.sampler.rewarm:
+            self.chunks_since_switch = 0
+        cond = self.cond
+
+        def replay(inputs: ChunkInputs) -> None:
+            self.dit(inputs.x, inputs.t, inputs.actions, cond.text, cond.text_mask, self.cache, cond.drop_actions)
+
+        with autocast(self.device):
+            return self.cache.recache(replay)
+
+    @torch.inference_mode()
+    def next_chunk(self, actions: torch.Tensor | np.ndarray) -> ChunkOutput:
+        """actions [F, A] (F = chunk frames) -> ChunkOutput with latents [F, C, h, w]."""
+        if self.cond is None:
+            raise RuntimeError("WorldStream.next_chunk before reset")
+        actions = torch.as_tensor(np.asarray(actions, dtype=np.float32)).to(self.device)
+        expected = (self.dit.config.chunk_frames, self.dit.config.action_dim)
+        if tuple(actions.shape) != expected:
+            raise ValueError(f"actions must be {list(expected)}, got {list(actions.shape)}")
+        index = self.chunks_since_switch if self.sampler.rewarm else None
+        with autocast(self.device):  # bf16 on CUDA, plain fp32 on CPU
+            out = generate_chunk(self.dit, self.cache, self.sampler, self.cond, actions[None], self._noise, index)
+        self.chunks_since_switch += 1
+        out.latents = out.latents[0].float()
+        return out
+
+    @torch.inference_mode()
+    def decode(self, latents: torch.Tensor) -> np.ndarray:
+        """latents [F, C, h, w] -> frames [F, H, W, 3] uint8."""
+        from model.autoencoder import tensor_to_frames
+
+        return tensor_to_frames(self.autoencoder.decode(latents.float()))

@@ -1,0 +1,369 @@
+"""Train the teacher: a causal DiT with diffusion forcing on cached latent clips.
+
+    python run_world.py train teacher --latents CACHE --out RUN [--autoencoder AE] [--preset default]
+        [--steps N] [--batch 8] [--clip-chunks 3] [--lr] [--device auto] [--resume] [--ckpt-every N]
+        [--teacher-forcing-prob P]
+    torchrun --nproc_per_node=2 run_world.py train teacher ...          (DDP: gloo on CPU, nccl on CUDA)
+
+Writes into RUN: `checkpoint/` (a kind="world" checkpoint: pass RUN or RUN/checkpoint to the
+generated backend) and `teacher.csv` / `teacher.png`. Ctrl-C saves a checkpoint before exiting.
+
+Objective (DESIGN.md §3, "Teacher: causal diffusion forcing / teacher forcing with independent
+noise per chunk"): each chunk of a clip gets its own noise level (model/flow.py), the network
+predicts v = eps - x0 for every frame under the block-causal sink/window attention it uses when
+streaming. With probability --teacher-forcing-prob a clip's first k chunks (k random) are clean
+(t = 0) and carry no loss: that is exactly the context the teacher sampler's refresh pass writes.
+The prompt and the actions are dropped per clip for classifier-free guidance.
+
+Every save is a playable kind="world" checkpoint (model/world_model.py) whose "dit" is the EMA
+weights; "dit_online" plus the optimiser state make resuming exact. All randomness of step s
+comes from a generator seeded by (seed, s, rank) and the data order from the step number, so a
+resumed run continues the same sequence of batches and noise. Only rank 0 writes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import hashlib
+import inspect
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import Dataset, DistributedSampler
+
+from model.checkpoint import (
+    CheckpointError,
+    config_from_dict,
+    has_train_state,
+    load_train_state,
+    read_checkpoint_config,
+)
+from model.device import autocast, resolve_device
+from model.dit import DIT_PRESETS, CausalDiT, DiTConfig, count_parameters, dit_config
+from model.flow import FlowConfig, add_noise, flow_loss, network_time, sample_levels, velocity_target
+from model.runlog import RunLog, progress
+from model.world_model import KIND, WorldConfig, save_world
+
+
+@dataclass
+class TeacherTrainConfig:
+    preset: str = "default"
+    steps: int = 4000
+    batch: int = 8  # global batch (split across DDP processes)
+    clip_chunks: int = 3
+    lr: float = 3e-4
+    warmup: int = 200  # linear warm-up steps, then constant (no end date: runs continue across days)
+    weight_decay: float = 0.01
+    grad_clip: float = 1.0
+    ema_decay: float = 0.999
+    teacher_forcing_prob: float = 0.5
+    shift: float = 3.0
+    seed: int = 0
+    ckpt_every: int = 250
+    log_every: int = 10
+    text_encoder: str = "minilm"  # the encoder that made the cache's prompt tokens (from cache.json)
+
+
+@dataclass
+class Batch:
+    latents: torch.Tensor  # [B, F, C, h, w] clean latents
+    actions: torch.Tensor  # [B, F, A]
+    text: torch.Tensor  # [B, L, text_dim]
+    text_mask: torch.Tensor  # [B, L] bool
+
+
+# ----------------------------------------------------------------------------- data
+
+
+class ClipBatches:
+    """Step -> batch, deterministic: epoch e = step // per_epoch is a DistributedSampler permutation."""
+
+    def __init__(self, dataset: Dataset, text_tokens: torch.Tensor, text_mask: torch.Tensor, batch: int,
+                 rank: int, world: int, seed: int):
+        if batch % world:
+            raise ValueError(f"--batch {batch} does not split over {world} processes")
+        self.dataset, self.text_tokens, self.text_mask = dataset, text_tokens, text_mask.bool()
+        self.batch = batch // world
+        self.sampler = DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=True, seed=seed,
+                                          drop_last=True)
+        self.per_epoch = len(self.sampler) // self.batch
+        if self.per_epoch == 0:
+            raise ValueError(f"{len(dataset)} clips are too few for a batch of {batch} over {world} processes")
+        self._epoch, self._order = -1, []
+
+    def __call__(self, step: int, device: torch.device) -> Batch:
+        epoch, index = divmod(step, self.per_epoch)
+        if epoch != self._epoch:
+            self.sampler.set_epoch(epoch)
+            self._epoch, self._order = epoch, list(self.sampler)
+        items = [self.dataset[i] for i in self._order[index * self.batch : (index + 1) * self.batch]]
+        # Clips that cross a prompt switch take the prompt of their last frame: after a switch the
+        # stream re-runs its whole window with the new prompt (KV-recache), which is this situation.
+        ids = torch.stack([torch.as_tensor(it["prompt_ids"])[-1] for it in items])
+        return Batch(
+            torch.stack([torch.as_tensor(it["latents"]) for it in items]).float().to(device),
+            torch.stack([torch.as_tensor(it["actions"]) for it in items]).float().to(device),
+            self.text_tokens[ids].float().to(device),
+            self.text_mask[ids].to(device),
+        )
+
+
+# ----------------------------------------------------------------------------- objective
+
+
+def step_generator(seed: int, step: int, rank: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed * 1_000_003 + step * 1009 + rank)
+
+
+def teacher_loss(model: torch.nn.Module, batch: Batch, dit_cfg: DiTConfig, cfg: TeacherTrainConfig,
+                 gen: torch.Generator) -> torch.Tensor:
+    """Diffusion-forcing flow loss on one batch; every random draw comes from `gen` (CPU)."""
+    x0 = batch.latents
+    B, Fr = x0.shape[:2]
+    C = dit_cfg.chunk_frames
+    n_chunks = Fr // C
+    s = sample_levels(B, n_chunks, C, FlowConfig(shift=cfg.shift), gen)  # [B, F]
+    weight = torch.ones(B, Fr)
+    clean = teacher_forcing_prefix(B, n_chunks, cfg.teacher_forcing_prob, gen).repeat_interleave(C, 1)
+    s, weight = s.masked_fill(clean, 0.0), weight.masked_fill(clean, 0.0)
+    eps = torch.randn(x0.shape, generator=gen)
+    drop_text = torch.rand(B, generator=gen) < dit_cfg.cfg_dropout_text
+    drop_actions = torch.rand(B, generator=gen) < dit_cfg.cfg_dropout_actions
+    dev = x0.device
+    s, weight, eps = s.to(dev), weight.to(dev), eps.to(dev)
+    mask = batch.text_mask & ~drop_text.to(dev)[:, None]
+    v = model(add_noise(x0, eps, s), network_time(s), batch.actions, batch.text, mask,
+              drop_actions=drop_actions.to(dev))
+    return flow_loss(v, velocity_target(x0, eps), weight)
+
+
+def teacher_forcing_prefix(batch: int, n_chunks: int, prob: float, gen: torch.Generator) -> torch.Tensor:
+    """[B, n_chunks] bool: a clean prefix of 1..n-1 chunks for a `prob` fraction of clips."""
+    use = torch.rand(batch, generator=gen) < prob
+    if n_chunks < 2:
+        return torch.zeros(batch, n_chunks, dtype=torch.bool)
+    k = torch.randint(1, n_chunks, (batch,), generator=gen)
+    return (torch.arange(n_chunks)[None] < k[:, None]) & use[:, None]
+
+
+@torch.no_grad()
+def update_ema(ema: torch.nn.Module, model: torch.nn.Module, decay: float, step: int) -> None:
+    d = min(decay, (1 + step) / (10 + step))  # warm start: early EMA follows the weights closely
+    for e, p in zip(ema.parameters(), model.parameters()):
+        e.lerp_(p.detach(), 1 - d)
+
+
+def learning_rate(cfg: TeacherTrainConfig, step: int) -> float:
+    return cfg.lr * min(1.0, (step + 1) / max(1, cfg.warmup))
+
+
+# ----------------------------------------------------------------------------- the run
+
+
+@dataclass
+class Trainer:
+    """Model, EMA, optimiser and where they are saved; `train` runs the loop."""
+
+    cfg: TeacherTrainConfig
+    dit_cfg: DiTConfig
+    model: CausalDiT
+    ema: CausalDiT
+    autoencoder: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    out: Path
+    device: torch.device
+    rank: int = 0
+    world: int = 1
+    step: int = 0
+
+    @classmethod
+    def create(cls, cfg: TeacherTrainConfig, autoencoder: torch.nn.Module, out: str | Path, device: torch.device,
+               rank: int = 0, world: int = 1, resume: bool = False) -> Trainer:
+        """Fresh model, or (resume and a train state in `out`) the saved one: its architecture wins."""
+        out = Path(out)
+        dit_cfg = _resume_config(out) if resume and has_train_state(out) else dit_config(cfg.preset)
+        torch.manual_seed(cfg.seed)  # same initial weights on every rank (DDP also broadcasts them)
+        model = CausalDiT(dit_cfg).to(device)
+        ema = copy.deepcopy(model).requires_grad_(False)
+        autoencoder = autoencoder.to(device).requires_grad_(False)
+        opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.99), weight_decay=cfg.weight_decay)
+        trainer = cls(cfg, dit_cfg, model, ema, autoencoder, opt, out, device, rank, world)
+        if resume and has_train_state(out):
+            trainer.step = load_train_state(out, trainer._modules(), {"dit": opt})
+        return trainer
+
+    def _modules(self) -> dict[str, torch.nn.Module]:
+        return {"dit": self.ema, "dit_online": self.model, "autoencoder": self.autoencoder}
+
+    def save(self, log: RunLog | None = None) -> None:
+        """Rank 0 writes a playable world checkpoint (EMA as "dit") plus the resume state."""
+        if self.rank != 0:
+            return
+        world = WorldConfig(text_encoder=self.cfg.text_encoder, sampler="teacher", shift=self.cfg.shift,
+                            chunk_frames=self.dit_cfg.chunk_frames, notes={"trained_steps": self.step})
+        save_world(self.out, self.ema, self.autoencoder, world, self.step,
+                   extra_modules={"dit_online": self.model}, extra_configs={"train": self.cfg},
+                   optimizers={"dit": self.optimizer})
+        if log is not None:
+            log.plot(["loss", "grad_norm", "frames_per_s"], title="teacher")
+
+    def train(self, batches: ClipBatches, log: RunLog | None = None) -> dict[str, float]:
+        """Run to cfg.steps; returns the last step's metrics. Ctrl-C saves, then re-raises."""
+        net = self._wrapped()
+        bar = progress(self.cfg.steps, self.step, "teacher") if self.rank == 0 else None
+        t0, first, metrics = time.perf_counter(), self.step, {}
+        try:
+            while self.step < self.cfg.steps:
+                loss, grad_norm = self._one_step(net, batches(self.step, self.device))
+                self.step += 1
+                rate = (self.step - first) / max(time.perf_counter() - t0, 1e-9)
+                metrics = {"loss": loss, "grad_norm": grad_norm, "lr": learning_rate(self.cfg, self.step - 1),
+                           "steps_per_s": rate, "frames_per_s": rate * self.frames_per_step}
+                self._report(metrics, bar, log)
+        except KeyboardInterrupt:
+            self.save(log)
+            raise
+        finally:
+            if bar is not None:
+                bar.close()
+        return metrics
+
+    @property
+    def frames_per_step(self) -> int:
+        return self.cfg.batch * self.cfg.clip_chunks * self.dit_cfg.chunk_frames
+
+    def _report(self, metrics: dict[str, float], bar, log: RunLog | None) -> None:
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix(loss=f"{metrics['loss']:.4f}", steps_s=f"{metrics['steps_per_s']:.2f}",
+                            frames_s=f"{metrics['frames_per_s']:.0f}")
+        if log is not None and self.rank == 0 and (self.step % self.cfg.log_every == 0 or self.step == 1):
+            log.log(self.step, **metrics)
+        if self.step % self.cfg.ckpt_every == 0 or self.step == self.cfg.steps:
+            self.save(log)
+
+    def _wrapped(self) -> torch.nn.Module:
+        if self.world == 1:
+            return self.model
+        ids = [self.device.index] if self.device.type == "cuda" else None
+        # Buffers (RoPE tables) are derived from the config and never change: no per-step sync.
+        # Newer torch renames the switch; both spellings mean the same here.
+        params = inspect.signature(DistributedDataParallel).parameters
+        sync = {"forward_sync_buffers": False} if "forward_sync_buffers" in params else {"broadcast_buffers": False}
+        return DistributedDataParallel(self.model, device_ids=ids, **sync)
+
+    def _one_step(self, net: torch.nn.Module, batch: Batch) -> tuple[float, float]:
+        for group in self.optimizer.param_groups:
+            group["lr"] = learning_rate(self.cfg, self.step)
+        gen = step_generator(self.cfg.seed, self.step, self.rank)
+        with autocast(self.device):
+            loss = teacher_loss(net, batch, self.dit_cfg, self.cfg, gen)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
+        self.optimizer.step()
+        update_ema(self.ema, self.model, self.cfg.ema_decay, self.step)
+        if self.world > 1:  # report the mean loss over ranks
+            loss = loss.detach().clone()
+            dist.all_reduce(loss)
+            loss /= self.world
+        return float(loss.detach()), float(grad_norm)
+
+
+def _resume_config(out: Path) -> DiTConfig:
+    meta = read_checkpoint_config(out, kind=KIND)
+    return config_from_dict(DiTConfig, meta["configs"].get("dit"), f"{out}/config.json: configs.dit")
+
+
+# ----------------------------------------------------------------------------- command line
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    d = TeacherTrainConfig()
+    parser.add_argument("--latents", required=True, help="latent cache directory (run_world.py train latents)")
+    parser.add_argument("--autoencoder", default=None,
+                        help="autoencoder the cache was encoded with (default: the one the cache records)")
+    parser.add_argument("--out", required=True, help="run directory: checkpoint/ (a playable world), teacher.csv/png")
+    parser.add_argument("--preset", default=d.preset, choices=sorted(DIT_PRESETS))
+    parser.add_argument("--steps", type=int, default=d.steps, help="total optimiser steps (default %(default)s)")
+    parser.add_argument("--batch", type=int, default=d.batch, help="global batch of clips (default %(default)s)")
+    parser.add_argument("--clip-chunks", type=int, default=d.clip_chunks, help="chunks per clip (default %(default)s)")
+    parser.add_argument("--lr", type=float, default=d.lr, help="AdamW learning rate (default %(default)s)")
+    parser.add_argument("--teacher-forcing-prob", type=float, default=d.teacher_forcing_prob,
+                        help="fraction of clips with a clean context prefix (default %(default)s)")
+    parser.add_argument("--shift", type=float, default=d.shift, help="flow shift k (default %(default)s)")
+    parser.add_argument("--seed", type=int, default=d.seed)
+    parser.add_argument("--ckpt-every", type=int, default=d.ckpt_every, help="steps between checkpoints")
+    parser.add_argument("--log-every", type=int, default=d.log_every, help="steps between metric rows")
+    parser.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    parser.add_argument("--resume", action="store_true", help="continue from --out/checkpoint if it is there")
+
+
+def config_from_args(args: argparse.Namespace, text_encoder: str) -> TeacherTrainConfig:
+    return TeacherTrainConfig(
+        preset=args.preset, steps=args.steps, batch=args.batch, clip_chunks=args.clip_chunks, lr=args.lr,
+        teacher_forcing_prob=args.teacher_forcing_prob, shift=args.shift, seed=args.seed,
+        ckpt_every=args.ckpt_every, log_every=args.log_every, text_encoder=text_encoder,
+    )
+
+
+def _distributed(device_name: str) -> tuple[int, int, torch.device]:
+    """(rank, world size, device); initialises the process group under torchrun."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    device = resolve_device(device_name)
+    if world == 1:
+        return 0, 1, device
+    backend = "nccl" if device.type == "cuda" else "gloo"
+    dist.init_process_group(backend)
+    if device.type == "cuda":
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(device)
+    return dist.get_rank(), world, device
+
+
+def _cache_autoencoder(cache_meta: dict, given: str | None) -> str:
+    """The autoencoder directory to bundle: it must be the one that encoded the cache."""
+    from model.autoencoder import checkpoint_dir
+
+    recorded = cache_meta.get("autoencoder", {})
+    path = checkpoint_dir(given if given is not None else recorded.get("path", ""))
+    meta = read_checkpoint_config(path, kind="autoencoder")
+    weights = path / meta["modules"]["autoencoder"]["file"]
+    if recorded.get("sha256") and hashlib.sha256(weights.read_bytes()).hexdigest() != recorded["sha256"]:
+        raise CheckpointError(f"{weights}: not the autoencoder the latent cache was encoded with "
+                              f"({recorded.get('path')}); its latents would decode wrongly")
+    return str(path)
+
+
+def run(args: argparse.Namespace) -> int:
+    from model.autoencoder import CHECKPOINT_SUBDIR, load_autoencoder
+    from model.latents import LatentClips, read_cache_meta, text_table
+
+    cache_meta = read_cache_meta(args.latents)
+    cfg = config_from_args(args, cache_meta.get("text_encoder", "minilm"))
+    rank, world, device = _distributed(args.device)
+    try:
+        out = Path(args.out)
+        autoencoder = load_autoencoder(_cache_autoencoder(cache_meta, args.autoencoder), device)
+        trainer = Trainer.create(cfg, autoencoder, out / CHECKPOINT_SUBDIR, device, rank, world, resume=args.resume)
+        dataset = LatentClips(args.latents, cfg.clip_chunks, trainer.dit_cfg.chunk_frames)
+        tokens, mask = text_table(args.latents)
+        batches = ClipBatches(dataset, tokens, mask, cfg.batch, rank, world, cfg.seed)
+        log = RunLog(out, "teacher", resume_step=trainer.step + 1 if args.resume else None) if rank == 0 else None
+        if rank == 0:
+            print(f"teacher: {count_parameters(trainer.model) / 1e6:.2f}M parameters, {len(dataset)} clips, "
+                  f"{world} process(es) on {device}, from step {trainer.step}", flush=True)
+        metrics = trainer.train(batches, log)
+        if rank == 0 and metrics:
+            print(f"teacher: step {trainer.step}, loss {metrics['loss']:.4f}, {metrics['steps_per_s']:.2f} steps/s, "
+                  f"{metrics['frames_per_s']:.1f} frames/s -> {trainer.out}", flush=True)
+    finally:
+        if world > 1 and dist.is_initialized():
+            dist.destroy_process_group()
+    return 0

@@ -1,0 +1,158 @@
+"""A generated world in one checkpoint directory: autoencoder + causal DiT + text encoder choice.
+
+Layout (model/checkpoint.py, kind "world"):
+
+    config.json               configs {"dit": DiTConfig, "autoencoder": AutoencoderConfig,
+                              "world": WorldConfig}, modules {"dit", "autoencoder", ...}
+    dit.safetensors           the release DiT weights (EMA weights when written by training)
+    autoencoder.safetensors   the autoencoder the latents were made with
+    train_state.*             optional, for resuming training
+
+Training writes this layout directly, so every periodic checkpoint is playable by the generated
+backend. The text encoder is not stored: `WorldConfig.text_encoder` names it ("minilm" in
+releases, "hash" in tests), and it must be the one that made the training prompts' tokens.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from model.checkpoint import (
+    CONFIG_FILE,
+    CheckpointError,
+    config_from_dict,
+    load_module,
+    read_checkpoint_config,
+    save_checkpoint,
+)
+from model.dit import CausalDiT, DiTConfig, dit_config
+from model.samplers import Sampler, make_sampler
+from model.stream import WorldStream
+
+KIND = "world"
+
+
+@dataclass
+class WorldConfig:
+    text_encoder: str = "minilm"  # model.text_encoder.create_text_encoder name
+    sampler: str = "teacher"  # default sampler of this checkpoint (a teacher, or a distilled student)
+    steps: int | None = None  # sampler's steps (None: the sampler's own default)
+    schedule: list[int] | None = None  # per-chunk step counts for "diagonal"
+    guidance: float | None = None  # None: the sampler's own default (teacher 3, students 0)
+    shift: float = 3.0  # flow shift k the model was trained with (model/flow.py)
+    fps: float = 30.0  # world frames per second (display rate)
+    chunk_frames: int = 3
+    notes: dict = field(default_factory=dict)  # free-form provenance (data, steps, losses)
+
+
+@dataclass
+class WorldModel:
+    dit: CausalDiT
+    autoencoder: torch.nn.Module
+    text_encoder: object
+    config: WorldConfig
+    directory: Path
+    step: int
+    device: torch.device
+
+    def sampler(self, name: str | None = None, steps: int | None = None, schedule: list[int] | None = None,
+                guidance: float | None = None) -> Sampler:
+        """The checkpoint's default sampler, or `name` with its own defaults; explicit options win."""
+        cfg = self.config
+        if name is None or name == cfg.sampler:
+            name = cfg.sampler
+            steps = cfg.steps if steps is None else steps
+            schedule = cfg.schedule if schedule is None else schedule
+            guidance = cfg.guidance if guidance is None else guidance
+        return make_sampler(name, steps=steps, schedule=schedule, guidance=guidance, shift=cfg.shift)
+
+    def stream(self, sampler: Sampler | None = None) -> WorldStream:
+        return WorldStream(self.dit, self.autoencoder, self.text_encoder, sampler or self.sampler(), self.device)
+
+    @property
+    def image_size(self) -> int:
+        return self.autoencoder.config.image_size
+
+
+def create_text_encoder(name: str, device: torch.device):
+    """model.text_encoder.create_text_encoder, imported only when a world is loaded."""
+    from model.text_encoder import create_text_encoder as create
+
+    return create(name, device)
+
+
+def _configs(directory: Path, meta: dict) -> tuple[DiTConfig, object, WorldConfig]:
+    from model.autoencoder import AutoencoderConfig
+
+    where = directory / CONFIG_FILE
+    configs = meta["configs"]
+    missing = sorted({"dit", "autoencoder", "world"} - set(configs))
+    if missing:
+        raise CheckpointError(f"{where}: configs {missing} missing; a world needs dit, autoencoder and world")
+    try:
+        dit_cfg = config_from_dict(DiTConfig, configs["dit"], f"{where}: configs.dit")
+        ae_cfg = config_from_dict(AutoencoderConfig, configs["autoencoder"], f"{where}: configs.autoencoder")
+        world_cfg = config_from_dict(WorldConfig, configs["world"], f"{where}: configs.world")
+    except (TypeError, ValueError) as e:  # a config's own validation (__post_init__)
+        raise CheckpointError(f"{where}: invalid config ({e})") from None
+    if ae_cfg.latent_shape != dit_cfg.latent_shape:
+        raise CheckpointError(
+            f"{where}: autoencoder latents {ae_cfg.latent_shape} != DiT latents {dit_cfg.latent_shape}"
+        )
+    if world_cfg.chunk_frames != dit_cfg.chunk_frames:
+        raise CheckpointError(f"{where}: world chunk_frames {world_cfg.chunk_frames} != DiT {dit_cfg.chunk_frames}")
+    return dit_cfg, ae_cfg, world_cfg
+
+
+def load_world_model(directory: str | os.PathLike, device: str | torch.device = "cpu") -> WorldModel:
+    """Load a kind="world" checkpoint (or a training run directory holding one in checkpoint/) for
+    inference (eval mode, no grad). Raises CheckpointError
+    naming the file for a missing directory, truncated weights, wrong shapes, unknown config keys
+    or another kind of checkpoint."""
+    from model.autoencoder import Autoencoder, checkpoint_dir
+
+    directory = checkpoint_dir(directory)  # a training run directory holds it in checkpoint/
+    device = torch.device(device)
+    meta = read_checkpoint_config(directory, kind=KIND)
+    dit_cfg, ae_cfg, world_cfg = _configs(directory, meta)
+    dit, ae = CausalDiT(dit_cfg), Autoencoder(ae_cfg)
+    load_module(directory, "dit", dit)
+    load_module(directory, "autoencoder", ae)
+    dit.to(device).eval().requires_grad_(False)
+    ae.to(device).eval().requires_grad_(False)
+    text_encoder = create_text_encoder(world_cfg.text_encoder, device)
+    return WorldModel(dit, ae, text_encoder, world_cfg, directory, int(meta["step"]), device)
+
+
+def save_world(directory: str | os.PathLike, dit: torch.nn.Module, autoencoder: torch.nn.Module,
+               world: WorldConfig, step: int = 0, *, extra_modules: dict | None = None,
+               extra_configs: dict | None = None, **kwargs) -> Path:
+    """Write a playable world checkpoint atomically. extra_modules/extra_configs (e.g. the online
+    weights and the training config) ride along; kwargs go to save_checkpoint (optimizers, extra)."""
+    modules = {"dit": dit, "autoencoder": autoencoder, **(extra_modules or {})}
+    inner = getattr(dit, "module", dit)
+    configs = {"dit": inner.config, "autoencoder": autoencoder.config, "world": world, **(extra_configs or {})}
+    return save_checkpoint(directory, kind=KIND, modules=modules, configs=configs, step=step, **kwargs)
+
+
+def make_random_world(directory: str | os.PathLike, preset: str = "tiny", text_encoder: str = "hash",
+                      seed: int = 0, **world_options) -> Path:
+    """A randomly initialised world checkpoint for tests and benchmarks.
+
+    Every parameter gets small random noise on top of the normal initialisation (whose adaLN-Zero
+    gates and output layer are exactly zero), so the output depends on every input.
+    """
+    from model.autoencoder import Autoencoder, autoencoder_config
+
+    torch.manual_seed(seed)
+    dit = CausalDiT(dit_config(preset))
+    with torch.no_grad():
+        for p in dit.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    ae = Autoencoder(autoencoder_config(preset))
+    world = WorldConfig(text_encoder=text_encoder, chunk_frames=dit.config.chunk_frames, **world_options)
+    return save_world(directory, dit, ae, world)

@@ -1,0 +1,116 @@
+"""Teacher training: the objective, a playable checkpoint after one step, exact resume, the CLI."""
+
+from __future__ import annotations
+
+import argparse
+
+import pytest
+import torch
+from torch.utils.data import Dataset
+
+from model.autoencoder import Autoencoder, autoencoder_config
+from model.checkpoint import has_train_state
+from model.train_teacher import (
+    ClipBatches,
+    TeacherTrainConfig,
+    Trainer,
+    add_arguments,
+    teacher_forcing_prefix,
+)
+from model.world_model import load_world_model
+from tests.test_dit import one_thread  # noqa: F401  (autouse fixture)
+
+
+class SyntheticClips(Dataset):
+    """LatentClips stand-in: smooth random latents drifting with the 'forward' action."""
+
+    def __init__(self, n: int = 8, frames: int = 6, prompts: int = 3, seed: int = 0):
+        g = torch.Generator().manual_seed(seed)
+        base = torch.randn(n, 1, 4, 16, 16, generator=g)
+        self.actions = (torch.rand(n, frames, 12, generator=g) > 0.7).float()
+        drift = torch.cumsum(self.actions[:, :, :1, None, None], 1) * 0.1
+        self.latents = base + drift
+        self.prompt_ids = torch.randint(0, prompts, (n, 1), generator=g).expand(n, frames)
+
+    def __len__(self) -> int:
+        return len(self.latents)
+
+    def __getitem__(self, i: int) -> dict:
+        return {"latents": self.latents[i], "actions": self.actions[i], "prompt_ids": self.prompt_ids[i]}
+
+
+def text_table(prompts: int = 3, length: int = 6):
+    g = torch.Generator().manual_seed(1)
+    return torch.randn(prompts, length, 384, generator=g), torch.ones(prompts, length, dtype=torch.bool)
+
+
+def tiny_config(**overrides) -> TeacherTrainConfig:
+    base = dict(preset="tiny", steps=2, batch=4, clip_chunks=2, warmup=1, ckpt_every=1, log_every=1,
+                text_encoder="hash")
+    return TeacherTrainConfig(**{**base, **overrides})
+
+
+def make_trainer(cfg: TeacherTrainConfig, out, resume: bool = False) -> tuple[Trainer, ClipBatches]:
+    torch.manual_seed(0)
+    ae = Autoencoder(autoencoder_config("tiny"))
+    trainer = Trainer.create(cfg, ae, out, torch.device("cpu"), resume=resume)
+    tokens, mask = text_table()
+    return trainer, ClipBatches(SyntheticClips(), tokens, mask, cfg.batch, 0, 1, cfg.seed)
+
+
+def test_teacher_forcing_prefix_leaves_a_noisy_chunk():
+    g = torch.Generator().manual_seed(0)
+    clean = teacher_forcing_prefix(256, 3, 0.5, g)
+    assert clean.any() and not clean.all(dim=1).any()  # never the whole clip
+    assert not (clean[:, 1:] & ~clean[:, :-1]).any()  # a prefix: clean chunks come first
+    assert not teacher_forcing_prefix(16, 3, 0.0, g).any()
+
+
+def test_one_step_writes_a_playable_world(tmp_path):
+    trainer, batches = make_trainer(tiny_config(steps=1), tmp_path / "ckpt")
+    before = [p.clone() for p in trainer.model.parameters()]
+    metrics = trainer.train(batches)
+    assert torch.isfinite(torch.tensor(metrics["loss"])) and metrics["frames_per_s"] > 0
+    assert any(not torch.equal(a, b) for a, b in zip(before, trainer.model.parameters()))
+    assert has_train_state(tmp_path / "ckpt")
+    world = load_world_model(tmp_path / "ckpt")
+    assert world.step == 1 and world.config.sampler == "teacher" and world.config.text_encoder == "hash"
+    stream = world.stream(world.sampler(steps=2))
+    stream.reset(0, "green hills")
+    assert stream.decode(stream.next_chunk(torch.zeros(3, 12)).latents).shape == (3, 64, 64, 3)
+
+
+def test_resume_continues_exactly(tmp_path):
+    straight, batches = make_trainer(tiny_config(steps=2), tmp_path / "a")
+    straight.train(batches)
+
+    first, batches = make_trainer(tiny_config(steps=1), tmp_path / "b")
+    first.train(batches)
+    resumed, batches = make_trainer(tiny_config(steps=2), tmp_path / "b", resume=True)
+    assert resumed.step == 1
+    resumed.train(batches)
+    for a, b in zip(straight.model.parameters(), resumed.model.parameters()):
+        assert torch.equal(a, b)
+    for a, b in zip(straight.ema.parameters(), resumed.ema.parameters()):
+        assert torch.equal(a, b)
+
+
+def test_clip_batches_are_a_function_of_the_step():
+    tokens, mask = text_table()
+    a = ClipBatches(SyntheticClips(), tokens, mask, 4, 0, 1, seed=0)
+    b = ClipBatches(SyntheticClips(), tokens, mask, 4, 0, 1, seed=0)
+    assert torch.equal(a(3, torch.device("cpu")).latents, b(3, torch.device("cpu")).latents)
+    assert a(0, torch.device("cpu")).text.shape == (4, 6, 384)
+    with pytest.raises(ValueError, match="split"):
+        ClipBatches(SyntheticClips(), tokens, mask, 3, 0, 2, seed=0)
+    with pytest.raises(ValueError, match="too few"):
+        ClipBatches(SyntheticClips(n=2), tokens, mask, 4, 0, 1, seed=0)
+
+
+def test_command_line_arguments():
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    args = parser.parse_args(["--latents", "c", "--out", "o", "--batch", "8", "--clip-chunks", "3",
+                              "--teacher-forcing-prob", "0.25", "--resume", "--device", "cpu"])
+    assert (args.batch, args.clip_chunks, args.teacher_forcing_prob, args.resume) == (8, 3, 0.25, True)
+    assert args.autoencoder is None and args.preset == "default"

@@ -1,0 +1,129 @@
+"""The model as a backend: a causal DiT imagines the world chunk by chunk from actions and prompt.
+
+Options (everything else is a BackendError):
+    checkpoint    world checkpoint directory (model/world_model.py); default: the bundled
+                  assets/checkpoints/world
+    device        "auto" | "cpu" | "cuda" ...
+    sampler       "teacher" | "uniform" | "diagonal"; default: the checkpoint's own
+    steps         denoising steps for "teacher" / "uniform"
+    schedule      per-chunk step counts for "diagonal", e.g. [4, 3, 2]
+    guidance      classifier-free guidance g in c + g (c - u); 0 disables it
+    chunk_frames, height, width   accepted only when equal to the model's (clients may send them)
+
+Start of a world: there is no image to start from, so `reset` generates chunk 0 from the prompt
+alone (idle actions, no context); its frames are the first view and its K/V become the attention
+sink. Every chunk after it follows the actions. Same checkpoint + seed + prompts + actions ->
+identical frames on the same device.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from world.actions import Action, actions_to_array
+from world.backend import Backend, BackendError, BackendInfo, ChunkResult, PromptError
+
+DEFAULT_CHECKPOINT = Path(__file__).resolve().parents[2] / "assets" / "checkpoints" / "world"
+OPTIONS = ("checkpoint", "device", "sampler", "steps", "schedule", "guidance", "chunk_frames", "height", "width")
+
+
+class GeneratedBackend(Backend):
+    def __init__(
+        self,
+        checkpoint: str | None = None,
+        device: str = "auto",
+        sampler: str | None = None,
+        steps: int | None = None,
+        schedule: Sequence[int] | None = None,
+        guidance: float | None = None,
+        chunk_frames: int | None = None,
+        height: int | None = None,
+        width: int | None = None,
+        **unknown: object,
+    ) -> None:
+        if unknown:
+            raise BackendError(f"unknown generated-backend options {sorted(unknown)}; known: {', '.join(OPTIONS)}")
+        self.model = _load(checkpoint, device)
+        try:
+            self.sampler = self.model.sampler(sampler, steps=steps, schedule=schedule, guidance=guidance)
+        except ValueError as e:
+            raise BackendError(str(e)) from None
+        self._check_geometry(chunk_frames=chunk_frames, height=height, width=width)
+        self.stream = self.model.stream(self.sampler)
+        size, where = self.model.image_size, self.model.directory.resolve()
+        name = where.parent.name if where.name == "checkpoint" else where.name  # a training run's checkpoint/
+        self._info = BackendInfo(
+            "generated", size, size, self.model.dit.config.chunk_frames, float(self.model.config.fps),
+            f"causal DiT world {name} (step {self.model.step}), sampler {self.sampler.name}",
+        )
+        self._started = False
+
+    def _check_geometry(self, **wanted: int | None) -> None:
+        actual = {"chunk_frames": self.model.dit.config.chunk_frames, "height": self.model.image_size,
+                  "width": self.model.image_size}
+        for name, value in wanted.items():
+            if value is not None and value != actual[name]:
+                raise BackendError(f"this world model has {name}={actual[name]}; {name}={value!r} is not possible")
+
+    @property
+    def info(self) -> BackendInfo:
+        return self._info
+
+    def reset(self, seed: int, prompt: str) -> np.ndarray:
+        """Generate chunk 0 from the prompt alone; returns its last frame [H, W, 3] uint8."""
+        _check_prompt(prompt)
+        self.stream.reset(seed, prompt)
+        self._started = True
+        first = self._generate([Action()] * self._info.chunk_frames)
+        return first.frames[-1]
+
+    def set_prompt(self, prompt: str) -> None:
+        _check_prompt(prompt)
+        self._require_started()
+        self.stream.set_prompt(prompt)
+
+    def step_chunk(self, actions: Sequence[Action]) -> ChunkResult:
+        self._require_started()
+        if len(actions) != self._info.chunk_frames:
+            raise BackendError(f"the generated world steps {self._info.chunk_frames} frames at a time, "
+                               f"got {len(actions)} actions")
+        return self._generate(actions)
+
+    def _generate(self, actions: Sequence[Action]) -> ChunkResult:
+        out = self.stream.next_chunk(actions_to_array(actions))
+        frames = self.stream.decode(out.latents)
+        extra = {"timesteps": out.timesteps, "sampler": self.sampler.name}
+        return ChunkResult(frames=frames, steps=out.steps, nfe=out.nfe, extra=extra)
+
+    def _require_started(self) -> None:
+        if not self._started:
+            raise BackendError("generated backend used before reset(seed, prompt)")
+
+    def close(self) -> None:
+        self.stream.cache.reset()
+
+
+def _check_prompt(prompt: str) -> None:
+    """The generated world accepts any non-empty prompt (no theme parsing)."""
+    if not isinstance(prompt, str) or not prompt.strip():
+        raise PromptError("the prompt is empty; describe a world, e.g. 'green hills at noon'")
+
+
+def _load(checkpoint: str | None, device: str):
+    from model.checkpoint import CheckpointError
+    from model.device import resolve_device
+    from model.world_model import load_world_model
+
+    path = Path(checkpoint) if checkpoint is not None else DEFAULT_CHECKPOINT
+    if checkpoint is None and not path.is_dir():
+        raise BackendError(f"no bundled world checkpoint at {path}; pass checkpoint=DIR "
+                           "(train one with `run_world.py train teacher`)")
+    try:
+        return load_world_model(path, resolve_device(device))
+    except CheckpointError as e:
+        raise BackendError(f"cannot load the world checkpoint: {e}") from None
+    except RuntimeError as e:  # e.g. --device cuda without CUDA
+        raise BackendError(str(e)) from None
