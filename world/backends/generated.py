@@ -2,7 +2,7 @@
 
 Options (everything else is a BackendError):
     checkpoint    world checkpoint directory (model/world_model.py); default: the bundled
-                  assets/checkpoints/world
+                  assets/default_world
     device        "auto" | "cpu" | "cuda" ...
     sampler       "teacher" | "uniform" | "diagonal"; default: the checkpoint's own
     steps         denoising steps for "teacher" / "uniform"
@@ -26,7 +26,7 @@ import numpy as np
 from world.actions import Action, actions_to_array
 from world.backend import Backend, BackendError, BackendInfo, ChunkResult, PromptError
 
-DEFAULT_CHECKPOINT = Path(__file__).resolve().parents[2] / "assets" / "checkpoints" / "world"
+DEFAULT_CHECKPOINT = Path(__file__).resolve().parents[2] / "assets" / "default_world"
 OPTIONS = ("checkpoint", "device", "sampler", "steps", "schedule", "guidance", "chunk_frames", "height", "width")
 
 

@@ -1,0 +1,286 @@
+"""`run_world.py play`: open the window (or a --headless client) on a world.
+
+Without --connect a worker subprocess is started on a free loopback port and stopped when play
+ends, however it ends (window closed, error, Ctrl-C). Exit codes: 0 done, 1 the worker failed or
+went away, 2 bad usage (bad option, keymap, script or prompt; no display without --headless),
+130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import signal
+import sys
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+# pygame greets on stdout when imported; stdout carries play's JSON summary line.
+os.environ.setdefault("PYGAME_HIDE_SUPPORT_PROMPT", "1")
+
+def bundled_checkpoint() -> Path | None:
+    """The bundled world checkpoint (assets/default_world/), if one exists."""
+    from world.backends.generated import DEFAULT_CHECKPOINT  # no torch import: torch loads lazily there
+
+    return DEFAULT_CHECKPOINT if (DEFAULT_CHECKPOINT / "config.json").is_file() else None
+
+
+def default_backend() -> str:
+    """The default backend: "generated" once a bundled checkpoint exists, else the engine."""
+    return "generated" if bundled_checkpoint() is not None else "engine"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from world.client import DEFAULT_PROMPT
+
+    parser.add_argument("--connect", metavar="tcp://HOST:PORT", help="use a running worker (default: start one)")
+    parser.add_argument(
+        "--backend", choices=("engine", "generated"), default=None,
+        help=f"world backend (default: {default_backend()}; 'generated' once assets/default_world/ exists)",
+    )  # fmt: skip
+    parser.add_argument("--checkpoint", metavar="DIR", help="checkpoint for the generated backend (local worker)")
+    parser.add_argument("--device", help="device for the generated backend: cpu, cuda, auto (local worker)")
+    parser.add_argument("--prompt", default=DEFAULT_PROMPT, help="starting prompt (default: %(default)r)")
+    parser.add_argument("--seed", type=_non_negative_int, default=0, help="world seed (default: %(default)s)")
+    parser.add_argument("--scale", type=_positive_int, default=8, help="integer window scale (default: %(default)s)")
+    parser.add_argument("--keymap", metavar="FILE", help="key bindings overriding assets/keymap.json")
+    parser.add_argument("--mouse-sensitivity", type=float, default=1.0, help="mouse look sensitivity (default: 1)")
+    parser.add_argument("--headless", action="store_true", help="no window: scripted actions, JSON summary")
+    parser.add_argument("--frames", type=_positive_int, help="stop after N frames (headless default: 300)")
+    parser.add_argument("--record", metavar="DIR", help="record from the start into DIR (F5 toggles in the window)")
+    parser.add_argument("--realtime", action="store_true", help="headless: consume frames at the world's fps")
+    parser.add_argument("--script", metavar="FILE", help="headless: JSON list of per-frame actions")
+    parser.add_argument("--json", action="store_true", help="print the one-line JSON summary (always headless)")
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
+
+
+class UsageError(Exception):
+    """Bad combination of options or input files: exit status 2 with the message."""
+
+
+@dataclass(frozen=True)
+class Plan:
+    backend: str
+    worker_args: tuple[str, ...]
+
+
+def make_plan(args: argparse.Namespace) -> Plan:
+    backend = args.backend or ("generated" if args.checkpoint else default_backend())
+    worker_args: list[str] = []  # the worker finds the bundled world itself
+    for flag, value in (("--checkpoint", args.checkpoint), ("--device", args.device)):
+        if value is None:
+            continue
+        if args.connect:
+            raise UsageError(f"{flag} is set where the worker runs (serve {flag} ...), not with --connect")
+        if backend != "generated":
+            raise UsageError(f"{flag} applies to --backend generated only")
+        worker_args += [flag, value]
+    if not args.headless and (args.script or args.realtime):
+        raise UsageError("--script and --realtime apply to --headless runs")
+    if args.mouse_sensitivity <= 0:
+        raise UsageError("--mouse-sensitivity must be positive")
+    return Plan(backend, tuple(worker_args))
+
+
+def display_problem() -> str | None:
+    """Why no window can open here, or None. Checked before starting anything."""
+    driver = os.environ.get("SDL_VIDEODRIVER")
+    if (
+        sys.platform.startswith("linux")
+        and not driver
+        and not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"))
+    ):
+        return "no display found (neither DISPLAY nor WAYLAND_DISPLAY is set)"
+    import pygame
+
+    try:
+        pygame.display.init()
+    except pygame.error as exc:
+        return f"cannot open a display: {exc}"
+    return None
+
+
+NO_DISPLAY_HELP = (
+    "{problem}.\n"
+    "  Run without a window:      python run_world.py play --headless --frames 300\n"
+    "  Or give it a virtual one:  xvfb-run -a python run_world.py play"
+)
+
+
+@contextlib.contextmanager
+def worker_endpoint(args: argparse.Namespace, plan: Plan) -> Iterator[tuple[str, LocalWorker | None]]:
+    """The endpoint to talk to: --connect's, or a local worker's that is stopped on the way out."""
+    if args.connect:
+        yield args.connect, None
+        return
+    worker = LocalWorker(plan.worker_args)
+    try:
+        yield worker.endpoint, worker
+    finally:
+        worker.stop()
+
+
+class LocalWorker:
+    """The worker subprocess `play` starts; revived on the same port if it dies mid-session."""
+
+    def __init__(self, extra_args: tuple[str, ...]) -> None:
+        from world.worker import start_worker_process
+
+        self.extra_args = extra_args
+        print("play: starting a local worker ...", file=sys.stderr)
+        self.proc, self.endpoint = start_worker_process(extra_args=extra_args)
+
+    def revive(self) -> None:
+        from world.worker import start_worker_process
+
+        if self.proc.poll() is not None:
+            print(f"play: the local worker exited ({self.proc.returncode}); restarting it", file=sys.stderr)
+            self.proc, _ = start_worker_process(bind=self.endpoint, extra_args=self.extra_args)
+
+    def stop(self) -> None:
+        from world.worker import stop_worker_process
+
+        stop_worker_process(self.proc)
+
+
+def run(args: argparse.Namespace) -> int:
+    previous = _interrupt_on_sigterm()
+    try:
+        return _run(args)
+    except UsageError as exc:
+        print(f"play: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("play: interrupted", file=sys.stderr)
+        return 130
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _interrupt_on_sigterm() -> object:
+    """Treat SIGTERM like Ctrl-C, so that the recording is closed and the local worker stopped."""
+    if threading.current_thread() is not threading.main_thread():
+        return None  # signal handlers can only be set from the main thread
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    return signal.signal(signal.SIGTERM, interrupt)
+
+
+def _run(args: argparse.Namespace) -> int:
+    from world.worker import WorkerStartError
+
+    plan = make_plan(args)
+    prepared = _prepare_headless(args) if args.headless else _prepare_window(args)
+    try:
+        with worker_endpoint(args, plan) as (endpoint, local):
+            result = _session(args, plan, endpoint, local, prepared)
+    except WorkerStartError as exc:
+        print(f"play: the local worker did not start: {exc}", file=sys.stderr)
+        return 1
+    if result is None:
+        return 1
+    if args.headless or args.json:
+        print(json.dumps(result, separators=(", ", ": ")), flush=True)
+    return 0
+
+
+def _prepare_headless(args: argparse.Namespace) -> object:
+    from controls.headless import HeadlessError, load_script
+
+    try:
+        return load_script(args.script) if args.script else None
+    except HeadlessError as exc:
+        raise UsageError(str(exc)) from None
+
+
+def _prepare_window(args: argparse.Namespace) -> object:
+    from controls.keymap import KeymapError, load_keymap
+
+    try:
+        keymap = load_keymap(args.keymap)
+    except KeymapError as exc:
+        raise UsageError(f"bad keymap: {exc}") from None
+    problem = display_problem()
+    if problem:
+        raise UsageError(NO_DISPLAY_HELP.format(problem=problem))
+    return keymap
+
+
+def _session(args, plan: Plan, endpoint: str, local: LocalWorker | None, prepared: object) -> dict | None:
+    """Open the session and run the window or the headless client; None if the worker failed."""
+    from world.client import WorldClient, WorldConnectionError, WorldRequestError
+
+    # Opening a generated world may load a checkpoint: allow it time. Later blocking calls
+    # (reconnects) run off the window's thread, so this timeout never freezes the window.
+    client = WorldClient(endpoint, timeout_s=60.0 if plan.backend == "generated" else 10.0)
+    try:
+        info = client.open(plan.backend, args.prompt, args.seed)
+    except WorldRequestError as exc:
+        client.close()
+        raise UsageError(f"the worker refused to open the world: {exc.message}") from None
+    except WorldConnectionError as exc:
+        client.close()
+        print(f"play: {exc}", file=sys.stderr)
+        return None
+    if args.headless:
+        return _headless(args, client, info, prepared)
+    return _window(args, client, info, prepared, endpoint, local)
+
+
+def _headless(args, client, info: dict, script) -> dict | None:
+    from controls.headless import HeadlessConfig, HeadlessError, run_headless
+
+    frames = args.frames or (len(script) if script else 300)
+    config = HeadlessConfig(
+        frames=frames, seed=args.seed, prompt=args.prompt, script=script, realtime=args.realtime,
+        record_dir=Path(args.record) if args.record else None,
+    )  # fmt: skip
+    try:
+        return run_headless(client, info, config)
+    except HeadlessError as exc:
+        print(f"play: {exc}", file=sys.stderr)
+        return None
+    finally:
+        client.close()
+
+
+def _window(args, client, info: dict, keymap, endpoint: str, local: LocalWorker | None) -> dict:
+    import pygame
+
+    from controls.headless import DEFAULT_RECORD_DIR
+    from controls.input import MouseSettings
+    from controls.window import PlayWindow, WindowConfig, WorldLink
+
+    link = WorldLink(client, revive=local.revive if local else None)
+    config = WindowConfig(
+        scale=args.scale, seed=args.seed, record_dir=Path(args.record) if args.record else DEFAULT_RECORD_DIR,
+        record_on_start=bool(args.record), max_frames=args.frames,
+        mouse=MouseSettings(sensitivity=args.mouse_sensitivity), endpoint=endpoint,
+    )  # fmt: skip
+    pygame.display.init()
+    pygame.font.init()
+    try:
+        return PlayWindow(link, keymap, config).run()
+    finally:
+        link.close()
+        pygame.quit()

@@ -1,0 +1,308 @@
+"""The play client without a window, plus the pieces the window shares with it.
+
+`run_headless` drives a session with exact per-frame actions (from a script file or the scripted
+player), consumes the frames as fast as the worker delivers them (or at the world's fps with
+`realtime`), optionally records them, and returns the summary that `play` prints as one JSON line.
+
+Actions are queued just in time, one chunk at a time: the actions for chunk c + window are queued
+(then chunk c is acked) when chunk c arrives, so the worker's queue never runs dry and a frame's
+action is sent about `window` chunks before the frame comes back. The latency reported is that
+*action-to-frame* time: from queueing a chunk's actions to receiving its frames (with realtime:
+to showing its first frame).
+
+This module never imports pygame, so it runs on machines without a display or SDL.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections import deque
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from controls.pacing import FramePacer, percentiles_ms
+from world.actions import IDLE, Action, ActionError
+from world.client import ChunkEvent, ErrorEvent, WorldClient
+from world.dataset import EpisodeWriter, new_episode_path
+from world.scripted_player import ScriptedPlayer
+
+DEFAULT_RECORD_DIR = Path("recordings")
+
+
+class HeadlessError(RuntimeError):
+    """The run cannot go on (worker silent, session closed, bad script)."""
+
+
+# ---- recording (shared with the window) --------------------------------------------------------
+
+
+class Recorder:
+    """Writes the chunks shown (or consumed) into episodes under `root`, exactly as received.
+
+    One episode per world: `append` starts a new episode when the world changes (reset or
+    reconnect), because an episode has one seed and its frame indices restart with the world.
+    """
+
+    def __init__(self, root: str | Path, info: dict, options: dict | None = None, source: str = "play") -> None:
+        self.root = Path(root)
+        self.info = info
+        self.options = dict(options or {})
+        self.source = source
+        self.writer: EpisodeWriter | None = None
+        self.paths: list[Path] = []
+        self._world: object = None
+
+    @property
+    def recording(self) -> bool:
+        return self.writer is not None
+
+    @property
+    def frames(self) -> int:
+        return self.writer.frames_written if self.writer else 0
+
+    @property
+    def path(self) -> Path | None:
+        return self.paths[-1] if self.paths else None
+
+    def start(self, seed: int, prompt: str, world: object = None) -> Path:
+        self.stop()
+        path = new_episode_path(self.root, seed)
+        info = self.info
+        self.writer = EpisodeWriter(
+            path, backend=info["backend"], seed=seed, height=info["height"], width=info["width"],
+            chunk_frames=info["chunk_frames"], fps=info["fps"], source=self.source, options=self.options,
+            extra={"prompt": prompt},
+        )  # fmt: skip
+        self.paths.append(path)
+        self._world = world
+        return path
+
+    def append(self, chunk: ChunkEvent, seed: int, world: object = None, limit: int | None = None) -> None:
+        """Append a chunk (its first `limit` frames if given); `world` identifies the world it
+        belongs to, and a new one starts a new episode."""
+        if self.writer is None:
+            return
+        if world != self._world:
+            self.start(seed, chunk.records[0]["prompt"], world)
+        n = len(chunk.frames) if limit is None else limit
+        self.writer.append_chunk(chunk.frames[:n], chunk.records[:n])
+
+    def stop(self) -> Path | None:
+        if self.writer is None:
+            return None
+        self.writer.close()
+        self.writer = None
+        return self.paths[-1]
+
+
+def summary(*, frames: int, seconds: float, latency_ms: list[float], errors: int, backend: str, prompt: str,
+            record: Path | None, gen_ms: list[float], latency_kind: str) -> dict:  # fmt: skip
+    """The one-line JSON summary printed by `play --headless` (and `play --json`)."""
+    return {
+        "frames": frames,
+        "fps": round(frames / seconds, 2) if seconds > 0 else 0.0,
+        "latency_ms": percentiles_ms(latency_ms),
+        "latency_kind": latency_kind,
+        "errors": errors,
+        "backend": backend,
+        "prompt": prompt,
+        "record": str(record) if record else None,
+        "gen_ms_p50": round(float(np.median(gen_ms)), 3) if gen_ms else None,
+    }
+
+
+# ---- actions -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ScriptStep:
+    action: Action
+    prompt: str | None = None  # switch to this prompt from the chunk holding this frame on
+
+
+def load_script(path: str | Path) -> list[ScriptStep]:
+    """A JSON list with one entry per frame: {"keys": [...], "mouse": [dx, dy]}, optionally with
+    "prompt": "..." to switch prompts at that frame. Errors name the entry."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise HeadlessError(f"{path}: cannot read the action script: {exc}") from exc
+    if not isinstance(data, list) or not data:
+        raise HeadlessError(f"{path}: the action script must be a non-empty JSON list of per-frame actions")
+    steps = []
+    for k, entry in enumerate(data):
+        entry = dict(entry) if isinstance(entry, dict) else entry
+        prompt = entry.pop("prompt", None) if isinstance(entry, dict) else None
+        try:
+            if prompt is not None and (not isinstance(prompt, str) or not prompt.strip()):
+                raise ActionError("prompt must be a non-empty string")
+            steps.append(ScriptStep(Action.from_json(entry), prompt))
+        except ActionError as exc:
+            raise HeadlessError(f"{path}: entry {k}: {exc}") from None
+    return steps
+
+
+def action_steps(script: list[ScriptStep] | None, seed: int, fps: float) -> Iterator[ScriptStep]:
+    """The script's steps then idle frames, or the scripted player's endless random walk."""
+    if script is not None:
+        yield from script
+        while True:
+            yield ScriptStep(IDLE)
+    player = ScriptedPlayer(seed, switch_every_s=None, fps=fps)
+    while True:
+        yield ScriptStep(player.next_action())
+
+
+# ---- the run -----------------------------------------------------------------------------------
+
+
+@dataclass
+class HeadlessConfig:
+    frames: int
+    seed: int = 0
+    prompt: str = ""
+    script: list[ScriptStep] | None = None
+    realtime: bool = False
+    record_dir: Path | None = None
+    options: dict = field(default_factory=dict)
+    stall_s: float = 10.0  # no chunk for this long: the worker is gone, give up
+
+
+class HeadlessRun:
+    """Drives one session chunk by chunk with exact actions.
+
+    Flow control is explicit: the worker generates chunk j once it holds j + 1 acks counted from
+    the reset (the first `window` of them are the acks of the warm-up chunks, see `_prime`). So
+    "releasing" chunk j means: queue its actions, switch the prompt if it asks to, then send that
+    one ack. A prompt switch must not reach chunk j - 1, so a chunk that switches is released only
+    once chunk j - 1 has arrived; everything else is released as soon as an ack is available.
+    """
+
+    def __init__(self, client: WorldClient, info: dict, config: HeadlessConfig) -> None:
+        self.client = client
+        self.info = info
+        self.config = config
+        self.F = info["chunk_frames"]
+        self.window = max(1, int(info.get("window") or 2))
+        self.n_chunks = -(-config.frames // self.F)
+        self.steps = action_steps(config.script, config.seed, info["fps"])
+        self.acks: deque[int] = deque()  # seqs whose ack releases the next chunk
+        self.next_chunk = 0  # the next chunk (index since the reset) to release
+        self.received = -1  # highest chunk index received
+        self.planned: list[ScriptStep] | None = None  # steps of next_chunk, drawn but not yet sent
+        self.sent_at: dict[int, float] = {}  # chunk index -> when its actions were queued
+        self.latency_ms: list[float] = []
+        self.gen_ms: list[float] = []
+        self.errors = 0
+        self.done = 0  # frames consumed
+        self.last_chunk_at = time.perf_counter()
+        self.recorder = Recorder(config.record_dir, info, config.options) if config.record_dir else None
+
+    def run(self) -> dict:
+        self.acks.extend(self._prime())
+        if self.recorder:
+            self.recorder.start(self.config.seed, self.config.prompt)
+        start = time.perf_counter()
+        try:
+            self._release()
+            self._loop()
+        finally:
+            if self.recorder:
+                self.recorder.stop()
+        return summary(
+            frames=self.done, seconds=time.perf_counter() - start, latency_ms=self.latency_ms, errors=self.errors,
+            backend=self.info["backend"], prompt=self.config.prompt,
+            record=self.recorder.path if self.recorder else None, gen_ms=self.gen_ms,
+            latency_kind="action-to-frame (shown)" if self.config.realtime else "action-to-frame (received)",
+        )  # fmt: skip
+
+    def _prime(self) -> list[int]:
+        """Start the world exactly at the first scripted action; returns the warm-up chunks' seqs.
+
+        The worker starts generating the moment the session opens, with the idle held action, and
+        stops `window` chunks ahead of our (absent) acks. Once those warm-up chunks are in, a reset
+        to the same seed restarts the world while the worker still waits for acks, so nothing of
+        the new world is generated before its actions are queued.
+        """
+        seqs: list[int] = []
+        while len(seqs) < self.window:
+            seqs += [e.seq for e in self._poll(100)]
+        self.client.reset(self.config.seed)
+        return sorted(seqs)
+
+    def _release(self) -> None:
+        while self.next_chunk < self.n_chunks and self.acks:
+            j = self.next_chunk
+            if self.planned is None:
+                self.planned = [next(self.steps) for _ in range(self.F)]
+            prompts = [step.prompt for step in self.planned if step.prompt is not None]
+            if prompts and self.received < j - 1:
+                return  # wait for chunk j - 1, or the new prompt would reach it too
+            if prompts:
+                self.client.set_prompt(prompts[-1])
+            self.client.queue_actions([step.action for step in self.planned])
+            self.sent_at[j] = time.perf_counter()
+            self.client.ack(self.acks.popleft())
+            self.planned, self.next_chunk = None, j + 1
+
+    def _loop(self) -> None:
+        pacer = FramePacer(self.info["fps"]) if self.config.realtime else None
+        chunks: dict[int, ChunkEvent] = {}
+        while self.done < self.config.frames:
+            wait_ms = 50 if pacer is None else max(1, int(pacer.seconds_until_due(time.perf_counter()) * 1000))
+            for chunk in self._poll(wait_ms):
+                self.received = max(self.received, chunk.chunk)
+                if pacer is None:
+                    self._consume(chunk)
+                else:
+                    chunks[chunk.seq] = chunk
+                    pacer.push(chunk.seq, chunk.frames, chunk.records)
+                self._release()
+            while pacer is not None and self.done < self.config.frames:
+                shown = pacer.next_frame(time.perf_counter())
+                if shown is None:
+                    break
+                if shown.chunk_index == 0:
+                    self._consume(chunks.pop(shown.chunk_seq), count=False)
+                self.done += 1
+
+    def _poll(self, timeout_ms: int) -> list[ChunkEvent]:
+        """Chunks that arrived; errors are counted and reported on stderr; a silent worker ends
+        the run instead of hanging it."""
+        chunks = []
+        for event in self.client.poll(timeout_ms):
+            if isinstance(event, ChunkEvent):
+                chunks.append(event)
+                self.last_chunk_at = time.perf_counter()
+            elif isinstance(event, ErrorEvent):
+                self.errors += 1
+                print(f"play: worker error {event.code}: {event.message}", file=sys.stderr)
+                if event.code == "session_closed":
+                    raise HeadlessError(f"the worker closed the session: {event.message}")
+        if time.perf_counter() - self.last_chunk_at > self.config.stall_s or not self.client.connected:
+            raise HeadlessError(f"no frames from the worker at {self.client.address} for {self.config.stall_s:g} s")
+        return chunks
+
+    def _consume(self, chunk: ChunkEvent, count: bool = True) -> None:
+        """A chunk received (or, with realtime, starting to show): measure, record, free its ack."""
+        now = time.perf_counter()
+        if chunk.chunk in self.sent_at:
+            self.latency_ms.append((now - self.sent_at.pop(chunk.chunk)) * 1000.0)
+        self.gen_ms.append(chunk.gen_ms)
+        left = self.config.frames - self.done  # the last chunk may hold more frames than needed
+        if self.recorder:
+            self.recorder.append(chunk, self.config.seed, limit=min(left, len(chunk.frames)))
+        if count:  # with realtime the loop counts frames as they are shown
+            self.done += min(left, len(chunk.frames))
+        self.acks.append(chunk.seq)
+        self._release()
+
+
+def run_headless(client: WorldClient, info: dict, config: HeadlessConfig) -> dict:
+    return HeadlessRun(client, info, config).run()

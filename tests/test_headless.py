@@ -1,0 +1,132 @@
+"""`play --headless`: the client without a window, end to end through a real worker process."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from controls import cli
+from controls.headless import HeadlessError, load_script
+from world.client import DEFAULT_PROMPT
+from world.dataset import EpisodeReader
+from world.worker import start_worker_process, stop_worker_process
+
+REPO = Path(__file__).resolve().parent.parent
+SUMMARY_KEYS = {"frames", "fps", "latency_ms", "errors", "backend", "prompt", "record", "gen_ms_p50"}
+
+
+@pytest.fixture(scope="module")
+def worker():
+    proc, endpoint = start_worker_process()
+    yield endpoint
+    stop_worker_process(proc)
+
+
+def play(argv: list[str], capsys) -> tuple[int, list[str], str]:
+    parser = argparse.ArgumentParser()
+    cli.add_arguments(parser)
+    code = cli.run(parser.parse_args(argv))
+    out, err = capsys.readouterr()
+    return code, out.splitlines(), err
+
+
+def test_headless_command_starts_a_worker_and_prints_one_json_line():
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    argv = [sys.executable, "run_world.py", "play", "--headless", "--frames", "30", "--prompt", "desert dunes at dusk"]
+    done = subprocess.run(argv, cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.strip().splitlines()
+    assert len(lines) == 1, done.stdout  # nothing but the summary on stdout
+    result = json.loads(lines[0])
+    assert SUMMARY_KEYS <= set(result)
+    assert result["frames"] == 30 and result["fps"] > 0
+    assert result["backend"] == "engine" and result["prompt"] == "desert dunes at dusk"
+    assert result["errors"] == 0 and result["record"] is None
+    assert set(result["latency_ms"]) == {"p50", "p95", "max"} and result["latency_ms"]["p50"] > 0
+    assert result["gen_ms_p50"] > 0
+
+
+def test_script_is_applied_exactly_from_the_first_frame_and_recorded(worker, tmp_path, capsys):
+    script = [{"keys": ["forward"], "mouse": [0.0, 0.0]}] * 4 + [{"keys": [], "mouse": [0.25, -0.5]}] * 3
+    script += [{"keys": ["rise"], "mouse": [0.0, 0.0], "prompt": "snowy mountains at night"}]
+    script += [{"keys": ["turn_left"], "mouse": [0.0, 0.0]}] * 6
+    path = tmp_path / "script.json"
+    path.write_text(json.dumps(script))
+    argv = ["--connect", worker, "--headless", "--script", str(path), "--seed", "3", "--record", str(tmp_path / "rec")]
+    code, lines, err = play(argv, capsys)
+    assert code == 0, err
+    result = json.loads(lines[-1])
+    assert result["frames"] == len(script) == 14
+    reader = EpisodeReader(result["record"])
+    assert len(reader) == 14 and reader.meta["seed"] == 3 and reader.meta["source"] == "play"
+    assert [r["i"] for r in reader.records] == list(range(14))  # the world starts at the script's start
+    expected = [{k: v for k, v in step.items() if k != "prompt"} for step in script]
+    assert [r["action"] for r in reader.records] == expected
+    # A prompt switch lands on the chunk holding its frame (frame 7 -> chunk 2 = frames 6..8).
+    prompts = reader.prompts()
+    assert prompts[:6] == [DEFAULT_PROMPT] * 6 and prompts[6:] == ["snowy mountains at night"] * 8
+
+
+def test_scripted_player_run_with_realtime_pacing(worker, capsys):
+    code, lines, err = play(["--connect", worker, "--headless", "--frames", "7", "--realtime"], capsys)
+    assert code == 0, err
+    result = json.loads(lines[-1])
+    assert result["frames"] == 7 and result["errors"] == 0
+    assert result["latency_kind"].startswith("action-to-frame")
+
+
+def test_bad_script_is_a_usage_error_naming_the_entry(worker, tmp_path, capsys):
+    path = tmp_path / "bad.json"
+    path.write_text(json.dumps([{"keys": ["forward"]}, {"keys": ["jump"]}]))
+    code, lines, err = play(["--connect", worker, "--headless", "--script", str(path)], capsys)
+    assert code == 2 and lines == []
+    assert "entry 1" in err and "jump" in err
+
+
+def test_load_script_accepts_actions_with_optional_prompts(tmp_path):
+    path = tmp_path / "s.json"
+    path.write_text(json.dumps([{"keys": ["back"], "mouse": [0.1, 0.0], "prompt": "desert"}, {}]))
+    steps = load_script(path)
+    assert steps[0].action.keys == ("back",) and steps[0].prompt == "desert"
+    assert steps[1].action.keys == () and steps[1].prompt is None
+    path.write_text("[]")
+    with pytest.raises(HeadlessError, match="non-empty"):
+        load_script(path)
+
+
+def test_options_that_cannot_apply_are_usage_errors(worker, tmp_path, capsys):
+    code, _, err = play(["--connect", worker, "--headless", "--checkpoint", str(tmp_path)], capsys)
+    assert code == 2 and "--checkpoint" in err and "serve" in err
+    code, _, err = play(["--connect", worker, "--script", "x.json"], capsys)
+    assert code == 2 and "--headless" in err
+    bad = tmp_path / "keys.json"
+    bad.write_text(json.dumps({"forward": ["no-such-key"]}))
+    code, _, err = play(["--connect", worker, "--keymap", str(bad)], capsys)
+    assert code == 2 and "'forward'" in err and "no-such-key" in err
+
+
+def test_unknown_engine_prompt_is_refused_with_exit_2(worker, capsys):
+    code, lines, err = play(["--connect", worker, "--headless", "--prompt", "qwerty zxcv"], capsys)
+    assert code == 2 and lines == [] and "refused" in err
+
+
+def test_default_backend_follows_the_bundled_checkpoint(tmp_path, monkeypatch):
+    from world.backends import generated
+
+    monkeypatch.setattr(generated, "DEFAULT_CHECKPOINT", tmp_path / "default_world")
+    parser = argparse.ArgumentParser()
+    cli.add_arguments(parser)
+    assert cli.default_backend() == "engine"
+    assert cli.make_plan(parser.parse_args([])).backend == "engine"
+    (tmp_path / "default_world").mkdir()
+    (tmp_path / "default_world" / "config.json").write_text("{}")
+    assert cli.default_backend() == "generated"
+    plan = cli.make_plan(parser.parse_args([]))
+    assert plan.backend == "generated" and plan.worker_args == ()  # the worker finds it itself
+    assert cli.make_plan(parser.parse_args(["--backend", "engine"])).worker_args == ()
