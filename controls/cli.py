@@ -55,6 +55,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--realtime", action="store_true", help="headless: consume frames at the world's fps")
     parser.add_argument("--script", metavar="FILE", help="headless: JSON list of per-frame actions")
     parser.add_argument("--json", action="store_true", help="print the one-line JSON summary (always headless)")
+    parser.add_argument(
+        "--lookahead", choices=("auto", "1", "2"), default="auto",
+        help="chunks the worker generates ahead of the screen: 1 = lowest key-to-frame latency, 2 = slack "
+        "against slow chunks (default auto: 1 for engine, 2 for generated; headless: the worker's window)",
+    )  # fmt: skip
 
 
 def _positive_int(text: str) -> int:
@@ -71,6 +76,19 @@ def _non_negative_int(text: str) -> int:
     return value
 
 
+# The window's automatic lookahead per backend. The engine makes a 100 ms chunk in a few ms, so
+# one chunk ahead never starves the screen and keeps key-to-frame at 1-2 chunks; a generated
+# chunk takes about as long to make as to show, so a second chunk of slack absorbs its jitter.
+AUTO_LOOKAHEAD = {"engine": 1, "generated": 2}
+
+
+def choose_lookahead(requested: str, backend: str, headless: bool) -> int | None:
+    """The `open` request's lookahead; None leaves the worker's window (headless's default)."""
+    if requested != "auto":
+        return int(requested)
+    return None if headless else AUTO_LOOKAHEAD.get(backend)
+
+
 class UsageError(Exception):
     """Bad combination of options or input files: exit status 2 with the message."""
 
@@ -79,6 +97,8 @@ class UsageError(Exception):
 class Plan:
     backend: str
     worker_args: tuple[str, ...]
+    lookahead: int | None = None  # None: the worker's window
+    lookahead_is_auto: bool = False  # an automatic choice may fall back to the worker's window
 
 
 def make_plan(args: argparse.Namespace) -> Plan:
@@ -96,7 +116,8 @@ def make_plan(args: argparse.Namespace) -> Plan:
         raise UsageError("--script and --realtime apply to --headless runs")
     if args.mouse_sensitivity <= 0:
         raise UsageError("--mouse-sensitivity must be positive")
-    return Plan(backend, tuple(worker_args))
+    lookahead = choose_lookahead(args.lookahead, backend, args.headless)
+    return Plan(backend, tuple(worker_args), lookahead, args.lookahead == "auto")
 
 
 def display_problem() -> str | None:
@@ -234,7 +255,7 @@ def _session(args, plan: Plan, endpoint: str, local: LocalWorker | None, prepare
     # (reconnects) run off the window's thread, so this timeout never freezes the window.
     client = WorldClient(endpoint, timeout_s=60.0 if plan.backend == "generated" else 10.0)
     try:
-        info = client.open(plan.backend, args.prompt, args.seed)
+        info = _open(client, plan, args)
     except WorldRequestError as exc:
         client.close()
         raise UsageError(f"the worker refused to open the world: {exc.message}") from None
@@ -245,6 +266,20 @@ def _session(args, plan: Plan, endpoint: str, local: LocalWorker | None, prepare
     if args.headless:
         return _headless(args, client, info, prepared)
     return _window(args, client, info, prepared, endpoint, local)
+
+
+def _open(client, plan: Plan, args: argparse.Namespace) -> dict:
+    """Open the session. An automatic lookahead above the window of a worker started with a
+    smaller `serve --window` falls back to that window instead of refusing to play."""
+    from world.client import WorldRequestError
+    from world.protocol import BAD_LOOKAHEAD
+
+    try:
+        return client.open(plan.backend, args.prompt, args.seed, lookahead=plan.lookahead)
+    except WorldRequestError as exc:
+        if exc.code != BAD_LOOKAHEAD or not plan.lookahead_is_auto:
+            raise
+    return client.open(plan.backend, args.prompt, args.seed)
 
 
 def _headless(args, client, info: dict, script) -> dict | None:

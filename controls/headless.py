@@ -41,11 +41,27 @@ class HeadlessError(RuntimeError):
 # ---- recording (shared with the window) --------------------------------------------------------
 
 
+# Chunk facts (ChunkResult.extra, sent in every chunk header) that hold for the whole episode and
+# belong in meta.json: the engine's version lets replay tell an old engine from a real mismatch.
+META_FACTS = ("engine_version",)
+
+
+@dataclass(frozen=True)
+class _Planned:
+    """An episode started but not yet written: its meta needs facts from the first chunk."""
+
+    path: Path
+    seed: int
+    prompt: str
+
+
 class Recorder:
     """Writes the chunks shown (or consumed) into episodes under `root`, exactly as received.
 
     One episode per world: `append` starts a new episode when the world changes (reset or
     reconnect), because an episode has one seed and its frame indices restart with the world.
+    `start` only picks the episode's path; the episode is written from its first chunk on, whose
+    facts (the worker's engine version) go into meta.json.
     """
 
     def __init__(self, root: str | Path, info: dict, options: dict | None = None, source: str = "play") -> None:
@@ -55,11 +71,12 @@ class Recorder:
         self.source = source
         self.writer: EpisodeWriter | None = None
         self.paths: list[Path] = []
+        self._planned: _Planned | None = None
         self._world: object = None
 
     @property
     def recording(self) -> bool:
-        return self.writer is not None
+        return self.writer is not None or self._planned is not None
 
     @property
     def frames(self) -> int:
@@ -70,14 +87,10 @@ class Recorder:
         return self.paths[-1] if self.paths else None
 
     def start(self, seed: int, prompt: str, world: object = None) -> Path:
+        """Start a new episode (written from the next appended chunk on); returns its path."""
         self.stop()
         path = new_episode_path(self.root, seed)
-        info = self.info
-        self.writer = EpisodeWriter(
-            path, backend=info["backend"], seed=seed, height=info["height"], width=info["width"],
-            chunk_frames=info["chunk_frames"], fps=info["fps"], source=self.source, options=self.options,
-            extra={"prompt": prompt},
-        )  # fmt: skip
+        self._planned = _Planned(path, seed, prompt)
         self.paths.append(path)
         self._world = world
         return path
@@ -85,14 +98,32 @@ class Recorder:
     def append(self, chunk: ChunkEvent, seed: int, world: object = None, limit: int | None = None) -> None:
         """Append a chunk (its first `limit` frames if given); `world` identifies the world it
         belongs to, and a new one starts a new episode."""
-        if self.writer is None:
+        if not self.recording:
             return
         if world != self._world:
             self.start(seed, chunk.records[0]["prompt"], world)
+        if self.writer is None:
+            self.writer = self._open(self._planned, chunk)
+            self._planned = None
         n = len(chunk.frames) if limit is None else limit
         self.writer.append_chunk(chunk.frames[:n], chunk.records[:n])
 
+    def _open(self, planned: _Planned, first: ChunkEvent) -> EpisodeWriter:
+        info = self.info
+        facts = {k: first.extra[k] for k in META_FACTS if k in first.extra}
+        return EpisodeWriter(
+            planned.path, backend=info["backend"], seed=planned.seed, height=info["height"], width=info["width"],
+            chunk_frames=info["chunk_frames"], fps=info["fps"], source=self.source, options=self.options,
+            extra={"prompt": planned.prompt, **facts},
+        )  # fmt: skip
+
     def stop(self) -> Path | None:
+        """Close the episode; returns its path, or None if nothing was recorded (nothing is left
+        on disk then)."""
+        if self._planned is not None:  # started, but no chunk came: there is no episode
+            self._planned = None
+            self.paths.pop()
+            return None
         if self.writer is None:
             return None
         self.writer.close()

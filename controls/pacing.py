@@ -3,8 +3,8 @@
 Chunks arrive in bursts (F frames at once, whenever the worker finishes one); the player should see
 one frame every 1/fps seconds. `FramePacer` holds received chunks and hands out one frame per tick,
 telling the caller when a chunk *starts* being shown so that it can ack it then: the worker runs at
-most two chunks ahead of the last ack, so acking at display time keeps it two chunks ahead of the
-screen rather than of the socket. Nothing here touches pygame or sockets, so it is tested alone.
+most `lookahead` chunks (1 or 2) ahead of the last ack, so acking at display time keeps it that far
+ahead of the screen rather than of the socket. Nothing here touches pygame or sockets, so it is tested alone.
 """
 
 from __future__ import annotations

@@ -281,7 +281,7 @@ class PlayWindow:
     def _toggle_record(self) -> None:
         if self.recorder.recording:
             frames, path = self.recorder.frames, self.recorder.stop()
-            self._say(f"saved {frames} frames: {_short(path)}")
+            self._say(f"saved {frames} frames: {_short(path)}" if path else "recording stopped: no frames shown")
         else:
             path = self.recorder.start(self.seed, self.prompt, self._world_key())
             self._say(f"recording to {_short(path)}")

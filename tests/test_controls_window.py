@@ -24,6 +24,7 @@ from controls.pacing import FramePacer, KeyLatency  # noqa: E402
 from controls.window import PlayWindow, WindowConfig, WorldLink  # noqa: E402
 from world.client import WorldClient  # noqa: E402
 from world.dataset import EpisodeReader  # noqa: E402
+from world.engine import ENGINE_VERSION  # noqa: E402
 from world.worker import start_worker_process, stop_worker_process  # noqa: E402
 
 GUARD_S = 30.0  # a stuck loop fails the test instead of hanging it; not a performance bound
@@ -43,9 +44,11 @@ def make_window(worker, tmp_path, monkeypatch):
     pygame.font.init()
     opened: list[PlayWindow] = []
 
-    def make(endpoint: str = worker, prompt: str = "green hills at noon", **config) -> PlayWindow:
+    def make(
+        endpoint: str = worker, prompt: str = "green hills at noon", lookahead: int | None = None, **config
+    ) -> PlayWindow:
         client = WorldClient(endpoint, timeout_s=5.0)
-        client.open("engine", prompt, seed=7)
+        client.open("engine", prompt, seed=7, lookahead=lookahead)
         config.setdefault("record_dir", tmp_path / "recordings")
         window = PlayWindow(WorldLink(client, retry_s=0.2), km.load_keymap(), WindowConfig(seed=7, **config))
         opened.append(window)
@@ -113,6 +116,20 @@ def test_window_streams_walks_acks_and_renders_the_hud(make_window):
     assert window.summary()["frames"] == window.frames_shown
 
 
+def test_lookahead_1_keeps_one_chunk_ahead_of_the_screen_and_still_streams(make_window):
+    window = make_window(lookahead=1)
+    assert window.link.info["window"] == 1
+    run_frames(window, 3)
+    in_flight = []
+    for up in (False, True):
+        press(pygame.K_w, up=up)
+        run_until(window, lambda up=up: shown_keys(window) == (() if up else ("forward",)))
+        run_frames(window, 6)
+        in_flight.append(window.link.client.status().session["in_flight"])
+    assert max(in_flight) <= 1 and window.pacer.buffered <= 2 * window.link.info["chunk_frames"]
+    assert len(window.latency.all_samples_ms) == 2 and window.errors == 0
+
+
 def test_prompt_box_types_and_applies_a_prompt_mid_stream(make_window):
     window = make_window()
     run_frames(window, 3)
@@ -164,6 +181,7 @@ def test_f5_records_a_loadable_episode_of_the_chunks_shown(make_window, tmp_path
     assert not window.recorder.recording
     reader = EpisodeReader(window.recorder.path)
     assert reader.meta["source"] == "play" and reader.meta["backend"] == "engine"
+    assert reader.meta["engine_version"] == ENGINE_VERSION  # from the chunks the worker sent
     assert reader.meta["seed"] == 7 and reader.path.parent == tmp_path / "recordings"
     assert len(reader) >= 21 and len(reader) % 3 == 0  # whole chunks, as received
     first = reader.records[0]["i"]  # the world's own frame index: where in the world recording began

@@ -12,6 +12,7 @@ import pytest
 import run_world
 from world.actions import Action
 from world.dataset import EpisodeReader, EpisodeWriter, open_dataset
+from world.engine import ENGINE_VERSION
 from world.export import BAR_HEIGHT
 
 SIZE, FRAMES = 32, 61  # 61: the last chunk is short, as a killed-and-trimmed episode may be
@@ -42,6 +43,8 @@ def test_datagen_writes_episodes_with_prompt_switches(dataset):
     for r in readers:
         assert len(r) == FRAMES and r.frames.shape == (FRAMES, SIZE, SIZE, 3)
         assert r.meta["source"] == "datagen" and r.meta["backend"] == "engine"
+        assert r.meta["engine_version"] == ENGINE_VERSION
+        assert not any("engine_version" in rec for rec in r.records)  # in meta only, not per chunk
         assert len(set(r.prompts())) > 1  # switched inside the episode...
         assert r.meta["prompt"] == r.prompts()[0]
         prompts, chunks = r.prompts(), r.chunk_ids()
@@ -82,21 +85,57 @@ def test_replay_is_identical(dataset, capsys):
         code, out, _ = run_cli(capsys, "replay", str(episode))
         assert code == 0
         assert last_json(out) == {"frames": FRAMES, "identical": True, "first_mismatch": None,
-                                  "mismatched_frames": 0}  # fmt: skip
+                                  "mismatched_frames": 0, "engine_version_recorded": ENGINE_VERSION,
+                                  "engine_version_now": ENGINE_VERSION, "message": None}  # fmt: skip
+
+
+def tampered_copy(src, dst, meta_changes: dict | None = None, missing: tuple[str, ...] = ()):
+    """A copy of episode `src` with one bit of frame 17 flipped and meta.json edited."""
+    dst.mkdir()
+    meta = {k: v for k, v in {**json.loads((src / "meta.json").read_text()), **(meta_changes or {})}.items()
+            if k not in missing}  # fmt: skip
+    (dst / "meta.json").write_text(json.dumps(meta))
+    (dst / "frames.jsonl").write_bytes((src / "frames.jsonl").read_bytes())
+    data = bytearray((src / "frames.u8").read_bytes())
+    data[SIZE * SIZE * 3 * 17 + 100] ^= 1
+    (dst / "frames.u8").write_bytes(bytes(data))
+    return dst
 
 
 def test_replay_detects_a_tampered_frame(dataset, tmp_path, capsys):
-    episode = tmp_path / "tampered"
-    src = sorted(dataset.iterdir())[0]
-    episode.mkdir()
-    for name in ("meta.json", "frames.jsonl"):
-        (episode / name).write_bytes((src / name).read_bytes())
-    data = bytearray((src / "frames.u8").read_bytes())
-    data[SIZE * SIZE * 3 * 17 + 100] ^= 1  # one bit of frame 17
-    (episode / "frames.u8").write_bytes(bytes(data))
-    code, out, _ = run_cli(capsys, "replay", str(episode))
+    episode = tampered_copy(sorted(dataset.iterdir())[0], tmp_path / "tampered")
+    code, out, err = run_cli(capsys, "replay", str(episode))
     assert code == 1
-    assert last_json(out) == {"frames": FRAMES, "identical": False, "first_mismatch": 17, "mismatched_frames": 1}
+    result = last_json(out)
+    assert {k: result[k] for k in ("frames", "identical", "first_mismatch", "mismatched_frames")} == {
+        "frames": FRAMES, "identical": False, "first_mismatch": 17, "mismatched_frames": 1}  # fmt: skip
+    assert result["engine_version_recorded"] == result["engine_version_now"] == ENGINE_VERSION
+    assert "same engine version" in result["message"] and "real mismatch" in result["message"]
+    assert result["message"] in err
+
+
+def test_replay_says_when_the_recording_comes_from_another_engine_version(dataset, tmp_path, capsys):
+    src = sorted(dataset.iterdir())[0]
+    older = tampered_copy(src, tmp_path / "older", {"engine_version": ENGINE_VERSION - 1})
+    code, out, _ = run_cli(capsys, "replay", str(older))
+    result = last_json(out)
+    assert code == 1 and result["first_mismatch"] == 17
+    assert (result["engine_version_recorded"], result["engine_version_now"]) == (ENGINE_VERSION - 1, ENGINE_VERSION)
+    assert f"recorded with engine version {ENGINE_VERSION - 1}" in result["message"]
+    assert "not a determinism bug" in result["message"]
+    unversioned = tampered_copy(src, tmp_path / "unversioned", missing=("engine_version",))
+    code, out, _ = run_cli(capsys, "replay", str(unversioned))
+    result = last_json(out)
+    assert code == 1 and result["engine_version_recorded"] is None and "does not say" in result["message"]
+    # A matching replay stays identical whatever version it claims: the frames decide, not the meta.
+    relabelled = tmp_path / "relabelled"
+    relabelled.mkdir()
+    for name in ("frames.u8", "frames.jsonl"):
+        (relabelled / name).write_bytes((src / name).read_bytes())
+    meta = {**json.loads((src / "meta.json").read_text()), "engine_version": ENGINE_VERSION + 1}
+    (relabelled / "meta.json").write_text(json.dumps(meta))
+    code, out, _ = run_cli(capsys, "replay", str(relabelled))
+    assert code == 0 and last_json(out)["identical"] and last_json(out)["message"] is None
 
 
 def write_tiny(path, backend: str = "engine", chunks: int = 2) -> None:

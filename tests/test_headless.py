@@ -9,12 +9,16 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from controls import cli
-from controls.headless import HeadlessError, load_script
-from world.client import DEFAULT_PROMPT
+from controls.headless import HeadlessError, Recorder, load_script
+from world import protocol as P
+from world.client import DEFAULT_PROMPT, ChunkEvent, WorldRequestError
 from world.dataset import EpisodeReader
+from world.engine import ENGINE_VERSION
+from world.replay import replay_episode
 from world.worker import start_worker_process, stop_worker_process
 
 REPO = Path(__file__).resolve().parent.parent
@@ -71,6 +75,10 @@ def test_script_is_applied_exactly_from_the_first_frame_and_recorded(worker, tmp
     # A prompt switch lands on the chunk holding its frame (frame 7 -> chunk 2 = frames 6..8).
     prompts = reader.prompts()
     assert prompts[:6] == [DEFAULT_PROMPT] * 6 and prompts[6:] == ["snowy mountains at night"] * 8
+    # The worker's engine version (sent in the chunks) is in meta, and replay re-simulates it bit for bit.
+    assert reader.meta["engine_version"] == ENGINE_VERSION
+    result = replay_episode(reader.path)
+    assert result.identical and result.engine_version_recorded == ENGINE_VERSION
 
 
 def test_scripted_player_run_with_realtime_pacing(worker, capsys):
@@ -130,3 +138,72 @@ def test_default_backend_follows_the_bundled_checkpoint(tmp_path, monkeypatch):
     plan = cli.make_plan(parser.parse_args([]))
     assert plan.backend == "generated" and plan.worker_args == ()  # the worker finds it itself
     assert cli.make_plan(parser.parse_args(["--backend", "engine"])).worker_args == ()
+
+
+def test_lookahead_choice_follows_the_backend_and_headless_keeps_the_worker_window(tmp_path, monkeypatch):
+    from world.backends import generated
+
+    monkeypatch.setattr(generated, "DEFAULT_CHECKPOINT", tmp_path / "absent")
+    parser = argparse.ArgumentParser()
+    cli.add_arguments(parser)
+    plan = cli.make_plan(parser.parse_args([]))
+    assert (plan.lookahead, plan.lookahead_is_auto) == (1, True)  # the engine: lowest latency
+    assert cli.make_plan(parser.parse_args(["--backend", "generated"])).lookahead == 2  # slack for slow chunks
+    assert cli.make_plan(parser.parse_args(["--headless"])).lookahead is None  # the worker's window
+    plan = cli.make_plan(parser.parse_args(["--headless", "--lookahead", "2"]))
+    assert (plan.lookahead, plan.lookahead_is_auto) == (2, False)
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--lookahead", "0"])
+
+
+class RefusingClient:
+    """Refuses any open that asks for a lookahead, like a worker started with a smaller --window."""
+
+    def __init__(self) -> None:
+        self.opens: list[int | None] = []
+
+    def open(self, backend, prompt, seed, lookahead=None) -> dict:
+        self.opens.append(lookahead)
+        if lookahead is not None:
+            raise WorldRequestError(P.BAD_LOOKAHEAD, "lookahead 2 is above this worker's window of 1")
+        return {"window": 1}
+
+
+def test_an_automatic_lookahead_falls_back_to_the_worker_window_but_an_explicit_one_is_refused():
+    parser = argparse.ArgumentParser()
+    cli.add_arguments(parser)
+    args = parser.parse_args(["--backend", "generated"])
+    client = RefusingClient()
+    assert cli._open(client, cli.make_plan(args), args) == {"window": 1}
+    assert client.opens == [2, None]
+    args = parser.parse_args(["--backend", "generated", "--lookahead", "2"])
+    with pytest.raises(WorldRequestError):
+        cli._open(RefusingClient(), cli.make_plan(args), args)
+
+
+def test_headless_with_lookahead_1_runs_the_script_exactly(worker, tmp_path, capsys):
+    script = [{"keys": ["forward"], "mouse": [0.0, 0.0]}] * 5 + [{"keys": ["left"], "mouse": [0.0, 0.0]}] * 4
+    path = tmp_path / "script.json"
+    path.write_text(json.dumps(script))
+    argv = ["--connect", worker, "--headless", "--script", str(path), "--lookahead", "1", "--record", str(tmp_path)]
+    code, lines, err = play(argv, capsys)
+    assert code == 0, err
+    reader = EpisodeReader(json.loads(lines[-1])["record"])
+    assert [r["action"] for r in reader.records] == script and [r["i"] for r in reader.records] == list(range(9))
+
+
+def test_recorder_writes_an_episode_only_once_a_chunk_arrives(tmp_path):
+    info = {"backend": "engine", "height": 4, "width": 4, "chunk_frames": 2, "fps": 30.0}
+    recorder = Recorder(tmp_path, info)
+    path = recorder.start(seed=1, prompt="desert")
+    assert recorder.recording and not path.exists()  # meta.json needs the first chunk's facts
+    assert recorder.stop() is None and recorder.path is None and not recorder.recording
+    assert list(tmp_path.iterdir()) == []  # nothing recorded, nothing left behind
+    path = recorder.start(seed=1, prompt="desert")
+    records = [{"i": k, "chunk": 0, "action": {"keys": [], "mouse": [0, 0]}, "prompt": "desert"} for k in range(2)]
+    chunk = ChunkEvent(0, np.zeros((2, 4, 4, 3), np.uint8), records, 1.0, 0, 0, extra={"engine_version": 7, "pose": {}})
+    recorder.append(chunk, seed=1)
+    assert recorder.stop() == path
+    reader = EpisodeReader(path)
+    assert len(reader) == 2 and reader.meta["engine_version"] == 7 and reader.meta["prompt"] == "desert"
+    assert "pose" not in reader.meta  # only episode-wide facts go into meta

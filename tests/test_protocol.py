@@ -17,6 +17,7 @@ WALK = Action(("forward", "turn_left"), 0.25, -0.5)
 
 REQUESTS = [
     P.Open(backend="engine", prompt="green hills at noon", seed=7, options={"height": 32}, ref=1),
+    P.Open(backend="engine", prompt="green hills at noon", lookahead=1, ref=2),
     P.Input(session=SID, action=WALK, ref="input-1"),
     P.Actions(session=SID, actions=(WALK, Action(), Action(("rise",))), ref=3),
     P.Prompt(session=SID, prompt="snowy mountains at dusk in fog", ref=4),
@@ -160,12 +161,32 @@ def test_chunk_with_wrong_payload_is_rejected_by_the_client():
         (header(type="open", backend="engine", prompt="hills", options={"a": [1]}), P.BAD_OPTION),
         (header(type="open", backend="engine", prompt="hills", options={"": 1}), P.BAD_OPTION),
         (header(type="open", backend="engine", prompt="hills", options={str(i): i for i in range(17)}), P.BAD_OPTION),
+        (header(type="open", backend="engine", prompt="hills", lookahead=0), P.BAD_LOOKAHEAD),
+        (header(type="open", backend="engine", prompt="hills", lookahead=-1), P.BAD_LOOKAHEAD),
+        (header(type="open", backend="engine", prompt="hills", lookahead=1.5), P.BAD_LOOKAHEAD),
+        (header(type="open", backend="engine", prompt="hills", lookahead=1.0), P.BAD_LOOKAHEAD),
+        (header(type="open", backend="engine", prompt="hills", lookahead="2"), P.BAD_LOOKAHEAD),
+        (header(type="open", backend="engine", prompt="hills", lookahead=True), P.BAD_LOOKAHEAD),
+        (header(type="open", backend="engine", prompt="hills", lookahead=2**60), P.BAD_LOOKAHEAD),
         (header(type="open", backend=None, prompt="hills"), P.BAD_MESSAGE),
         (header(type="open", prompt="hills"), P.BAD_MESSAGE),
     ],
 )
 def test_bad_requests_get_their_code(frames, code):
     assert code_of(frames) == code
+
+
+def test_lookahead_is_optional_and_omitted_from_the_wire_when_unset():
+    frames = P.encode(P.Open(backend="engine", prompt="hills"))
+    assert "lookahead" not in json.loads(frames[0])  # a worker without the field accepts this open
+    assert P.decode_request(frames).lookahead is None
+    assert P.decode_request(header(type="open", backend="engine", prompt="hills", lookahead=None)).lookahead is None
+    assert P.decode_request(header(type="open", backend="engine", prompt="hills", lookahead=3)).lookahead == 3
+    with pytest.raises(P.ProtocolError) as info:
+        P.decode_request(header(type="open", backend="engine", prompt="hills", lookahead=0, ref=5))
+    error = P.error_for(info.value)
+    assert (error.code, error.ref, error.request) == (P.BAD_LOOKAHEAD, 5, "open")
+    assert "lookahead" in error.message
 
 
 def test_errors_carry_ref_request_and_supported_version():

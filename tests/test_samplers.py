@@ -25,7 +25,8 @@ def test_schedules():
     assert uniform_sampler(shift=1.0).levels(0) == (1.0, 0.75, 0.5, 0.25)  # Self-Forcing [1000, 750, 500, 250]
     diag = diagonal_sampler((4, 3, 2), shift=1.0)
     assert [diag.steps(i) for i in range(6)] == [4, 3, 2, 2, 2, 2]
-    assert diag.levels(1) == (1.0, 0.5, 0.25) and diag.levels(5) == (1.0, 0.25)
+    # every chunk ends on the context level (default t = 100); the grid is even before the shift
+    assert diag.levels(1) == pytest.approx((1.0, 0.4, 0.1)) and diag.levels(5) == pytest.approx((1.0, 0.1))
     assert sum(diag.nfe(i) for i in range(7)) == 17  # DESIGN.md §3: 17 NFE over 7 chunks
     assert sum(uniform_sampler().nfe(i) for i in range(7)) == 35  # ... against Self-Forcing's 35
     teacher = teacher_sampler(32, guidance=3.0)
@@ -101,7 +102,7 @@ def test_cache_holds_kv_of_the_last_input():
     cfg = net.config
     text, mask = torch.randn(1, 4, cfg.text_dim), torch.ones(1, 4, dtype=torch.bool)
     actions = torch.zeros(1, cfg.chunk_frames, cfg.action_dim)
-    for sampler, level in ((uniform_sampler(), 0.0), (diagonal_sampler([4, 3, 2]), uniform_sampler().levels(0)[-1])):
+    for sampler, level in ((uniform_sampler(), 0.0), (diagonal_sampler([4, 3, 2]), diagonal_sampler().context_level)):
         cache = net.new_cache()
         cond = Conditioning.build(text, mask, False)
         with torch.no_grad():

@@ -15,6 +15,7 @@ import zmq
 import tests.fakes  # noqa: F401  (registers the "fake" backend in this process)
 from tests.fakes import FakeBackend, fake_frame
 from world import protocol as P
+from world import worker as worker_module
 from world.actions import Action
 from world.backend import create_backend
 from world.client import ChunkEvent, ErrorEvent, WorldClient, WorldConnectionError, WorldRequestError
@@ -69,6 +70,40 @@ def test_open_streams_window_chunks_then_waits_for_acks():
     m, frames = chunks[1]
     assert m.records[0]["i"] == 3 and m.records[0]["chunk"] == 1 and m.records[0]["prompt"] == "hills"
     assert np.array_equal(frames[0], fake_frame(5, 3, Action(), "hills", 16, 16))
+
+
+def max_in_flight(c: Core, sid: str, chunks: int) -> int:
+    """Stream `chunks` chunks, acking each only after the worker had every chance to run ahead
+    (produce until it stops); returns the most unacknowledged chunks seen."""
+    most, acked = 0, -1
+    while acked < chunks - 1:
+        produced = c.produce_all()
+        (status,) = c.send(P.Status(session=sid))
+        most = max(most, status.session["in_flight"])
+        assert produced or status.session["in_flight"], "the session stalled"
+        acked += 1
+        c.send(P.Ack(session=sid, seq=acked))
+    return most
+
+
+@pytest.mark.parametrize("lookahead, expected", [(1, 1), (2, 2), (None, 2)])
+def test_session_lookahead_bounds_the_chunks_run_ahead(lookahead, expected):
+    c = Core(window=2)
+    (opened,) = c.send(P.Open(backend="fake", prompt="hills", lookahead=lookahead))
+    assert opened.window == expected  # the effective lookahead
+    assert max_in_flight(c, opened.session, chunks=6) == expected
+    (status,) = c.send(P.Status(session=opened.session))
+    assert status.session["window"] == expected and status.worker["window"] == 2
+
+
+def test_lookahead_above_the_worker_window_is_refused_before_a_backend_is_built(monkeypatch):
+    built = []
+    monkeypatch.setattr(worker_module, "create_backend", lambda name, **o: built.append(name))
+    c = Core(window=2)
+    (error,) = c.send(P.Open(backend="fake", prompt="hills", lookahead=3, ref=4))
+    assert (error.code, error.ref, error.request) == (P.BAD_LOOKAHEAD, 4, "open")
+    assert "lookahead 3" in error.message and "window of 2" in error.message
+    assert not c.core.sessions and built == []
 
 
 def test_queued_actions_come_first_then_held_input():
@@ -339,7 +374,7 @@ def test_client_notices_a_restarted_worker_and_reconnects():
     proc, endpoint = start_worker_process(extra_args=FAKE_MODULE)
     client = WorldClient(endpoint, heartbeat_s=0.1, liveness_s=1.0, timeout_s=10)
     try:
-        client.open("fake", "hills", seed=4)
+        assert client.open("fake", "hills", seed=4, lookahead=1)["window"] == 1
         collect(client, 2)
         assert client.connected
         stop_worker_process(proc)
@@ -350,7 +385,7 @@ def test_client_notices_a_restarted_worker_and_reconnects():
                 break
         assert not client.connected
         info = client.reconnect()
-        assert info["seed"] == 4 and client.connected
+        assert info["seed"] == 4 and info["window"] == 1 and client.connected  # the lookahead is kept
         chunks = collect(client, 2)
         assert chunks[0].seq == 0 and chunks[0].records[0]["i"] == 0
     finally:

@@ -95,12 +95,13 @@ Event = ChunkEvent | ErrorEvent | StatusEvent
 
 @dataclass
 class _OpenSpec:
-    """What `reconnect` re-opens: the last backend/options, current prompt and seed."""
+    """What `reconnect` re-opens: the last backend/options/lookahead, current prompt and seed."""
 
     backend: str
     prompt: str
     seed: int
     options: dict
+    lookahead: int | None = None
 
 
 class WorldClient:
@@ -178,17 +179,25 @@ class WorldClient:
     # -- session ---------------------------------------------------------------------------------
 
     def open(
-        self, backend: str = "engine", prompt: str = DEFAULT_PROMPT, seed: int = 0, options: dict | None = None
+        self,
+        backend: str = "engine",
+        prompt: str = DEFAULT_PROMPT,
+        seed: int = 0,
+        options: dict | None = None,
+        lookahead: int | None = None,
     ) -> dict:
-        """Open a session; returns its info. Raises WorldRequestError if refused (bad prompt,
-        unknown backend, ...) and WorldConnectionError if the worker does not answer in timeout_s."""
+        """Open a session; returns its info. `lookahead`: chunks the worker may generate ahead of
+        our last ack (1..the worker's window; None: the worker's window); info["window"] is the
+        value in force. Raises WorldRequestError if refused (bad prompt, unknown backend, bad
+        lookahead, ...) and WorldConnectionError if the worker does not answer in timeout_s."""
         if self.session is not None:
             self._send(P.Close(session=self.session))  # the old session's chunks are then ignored
             self.session = None
         ref = self._next_ref()
-        self._send(
-            P.Open(backend=backend, prompt=prompt, seed=seed, options=dict(options or {}), ref=ref), required=True
+        request = P.Open(
+            backend=backend, prompt=prompt, seed=seed, options=dict(options or {}), lookahead=lookahead, ref=ref
         )
+        self._send(request, required=True)
         try:
             reply = self._wait_for(ref, self.timeout_s)
         except WorldConnectionError:
@@ -199,7 +208,7 @@ class WorldClient:
             raise WorldRequestError(reply.code, reply.message)
         if not isinstance(reply, P.Opened):
             raise WorldRequestError(P.BAD_MESSAGE, f"unexpected reply {reply.TYPE} to open")
-        self._spec = _OpenSpec(backend, prompt, seed, dict(options or {}))
+        self._spec = _OpenSpec(backend, prompt, seed, dict(options or {}), lookahead)
         self.session, self._worker, self._lost = reply.session, reply.worker, False
         self._reset_ref = None
         self.info = {k: getattr(reply, k) for k in INFO_FIELDS}
@@ -207,7 +216,8 @@ class WorldClient:
 
     def reconnect(self, address: str | None = None) -> dict:
         """New socket (to `address` if given, e.g. a restarted worker on a new port), then re-open
-        a session with the last backend, options, prompt and seed and re-send the held input.
+        a session with the last backend, options, lookahead, prompt and seed and re-send the held
+        input.
         The world restarts from its first frame. Raises like open()."""
         if self._spec is None:
             raise RuntimeError("nothing to reconnect: open() was never successful")
@@ -215,7 +225,7 @@ class WorldClient:
         self.address = address or self.address
         self._new_socket()
         spec = self._spec
-        info = self.open(spec.backend, spec.prompt, spec.seed, spec.options)
+        info = self.open(spec.backend, spec.prompt, spec.seed, spec.options, spec.lookahead)
         if self._held is not None:
             self.send_input(self._held)
         return info
@@ -246,7 +256,7 @@ class WorldClient:
         self._send(P.Reset(session=self._require_session(), seed=seed, ref=ref))
 
     def ack(self, chunk_seq: int) -> None:
-        """Acknowledge every chunk up to chunk_seq; the worker stays <= window chunks ahead of this."""
+        """Acknowledge every chunk up to chunk_seq; the worker stays <= info["window"] chunks ahead."""
         self._send(P.Ack(session=self._require_session(), seq=chunk_seq))
 
     def request_status(self) -> None:

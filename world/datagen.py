@@ -192,8 +192,9 @@ def render_episode(out: Path, config: DatagenConfig, plan: EpisodePlan,
         player = ScriptedPlayer(plan.player_seed, switch_every_s=switch_every_s, fps=info.fps)
         prompt = player.next_prompt()
         backend.reset(plan.world_seed, prompt)
-        extra = {"prompt": prompt, "datagen": {"episode": plan.index, "player_seed": plan.player_seed,
-                                               "player": "scripted", "config": config.to_json()}}  # fmt: skip
+        extra = {"prompt": prompt, "engine_version": backend.engine_version,  # replay checks it
+                 "datagen": {"episode": plan.index, "player_seed": plan.player_seed, "player": "scripted",
+                             "config": config.to_json()}}  # fmt: skip
         with EpisodeWriter(new_episode_path(out, plan.world_seed), backend=BACKEND, seed=plan.world_seed,
                            height=info.height, width=info.width, chunk_frames=info.chunk_frames, fps=info.fps,
                            source="datagen", extra=extra) as writer:  # fmt: skip
@@ -220,7 +221,9 @@ def _render_chunks(backend, player: ScriptedPlayer, writer: EpisodeWriter, frame
             for k, a in enumerate(actions)
         ]  # fmt: skip
         # Chunk facts (engine: theme, camera pose) hold after the chunk's last frame: record them there.
-        records[-1].update((k, v) for k, v in result.extra.items() if k not in records[-1])
+        # The engine version is the same for every chunk and already in meta.json.
+        facts = {k: v for k, v in result.extra.items() if k not in records[-1] and k != "engine_version"}
+        records[-1].update(facts)
         writer.append_chunk(result.frames, records)
         on_frames(len(actions))
 

@@ -34,6 +34,11 @@ from world.render import (
 from world.terrain import F_HEIGHT, ChunkCache, TerrainConfig, field_chunks, height_grid
 from world.themes import Theme
 
+# Version of the engine's output. Bump it with any change that alters rendered bytes for the same
+# seed, prompts and actions (physics, terrain, colours, renderer, defaults): recordings store it,
+# so `replay` can tell "recorded with another engine" from a determinism bug.
+ENGINE_VERSION = 1
+
 
 @dataclass(frozen=True)
 class EngineConfig:

@@ -64,6 +64,7 @@ BAD_ACTION = "bad_action"
 BAD_PROMPT = "bad_prompt"
 BAD_SEED = "bad_seed"
 BAD_ACK = "bad_ack"
+BAD_LOOKAHEAD = "bad_lookahead"
 UNKNOWN_BACKEND = "unknown_backend"
 BAD_OPTION = "bad_option"
 BACKEND_ERROR = "backend_error"
@@ -83,6 +84,7 @@ ERROR_CODES = (
     BAD_PROMPT,
     BAD_SEED,
     BAD_ACK,
+    BAD_LOOKAHEAD,
     UNKNOWN_BACKEND,
     BAD_OPTION,
     BACKEND_ERROR,
@@ -170,6 +172,16 @@ def _parse_options(value: object) -> dict:
     return dict(value)
 
 
+def parse_lookahead(value: object) -> int | None:
+    """Chunks a session may run ahead of its last ack: an integer >= 1, or null for the worker's
+    window. The upper bound is the worker's `--window`, which only the worker knows and checks."""
+    if value is None:
+        return None
+    if not is_int(value) or not 1 <= value <= _MAX_SAFE_INT:
+        raise ProtocolError(BAD_LOOKAHEAD, f"lookahead must be an integer >= 1, got {value!r:.40}")
+    return value
+
+
 def _parse_seq(value: object) -> int:
     if not is_int(value) or not 0 <= value <= MAX_SEQ:
         raise ProtocolError(BAD_ACK, f"seq must be an integer in [0, 2**63), got {value!r:.40}")
@@ -200,6 +212,7 @@ class Open(Message):
         "prompt": parse_prompt,
         "seed": parse_seed,
         "options": _parse_options,
+        "lookahead": parse_lookahead,
         "ref": _parse_ref,
     }
     REQUIRED: ClassVar = ("backend", "prompt")
@@ -207,6 +220,9 @@ class Open(Message):
     prompt: str = ""
     seed: int = 0
     options: dict = field(default_factory=dict)
+    # Chunks generated ahead of the last ack for this session, 1..worker window; None: the
+    # worker's window. Fewer means lower key-to-frame latency but less slack against stalls.
+    lookahead: int | None = None
     ref: Ref = None
 
 
@@ -314,7 +330,7 @@ class Opened(Message):
     description: str = ""
     prompt: str = ""
     seed: int = 0
-    window: int = 0  # chunks the worker runs ahead of the last ack
+    window: int = 0  # chunks the worker runs ahead of the last ack: the session's effective lookahead
     worker: str = ""  # worker instance id; a different one in a Pong means the worker restarted
     ref: Ref = None
 

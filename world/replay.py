@@ -4,7 +4,9 @@ The engine is deterministic, so an episode recorded from it (by datagen or by pl
 the worker) must come out byte-identical when its seed, per-frame actions and prompts are fed
 back in. Replay mirrors the worker exactly: `reset(seed, prompt)`, then one `step_chunk` per
 recorded chunk, with `set_prompt` before a chunk whose prompt differs from the one in force.
-Prints {"frames", "identical", "first_mismatch", "mismatched_frames"}; exit 1 on a mismatch.
+Prints {"frames", "identical", "first_mismatch", "mismatched_frames", "engine_version_recorded",
+"engine_version_now", "message"}; exit 1 on a mismatch. The versions tell a recording made by
+another engine version (expected to differ: re-record it) from a real determinism failure.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import numpy as np
 
 from world.backend import Backend, BackendError, PromptError, create_backend
 from world.dataset import DatasetError, EpisodeReader
+from world.engine import ENGINE_VERSION
 
 
 class ReplayError(RuntimeError):
@@ -32,6 +35,9 @@ class ReplayResult:
     identical: bool
     first_mismatch: int | None  # index of the first frame that differs, None when all match
     mismatched_frames: int
+    engine_version_recorded: int | None  # meta["engine_version"]; None: recorded before versions were stored
+    engine_version_now: int
+    message: str | None  # on a mismatch: what it most likely means
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -44,6 +50,8 @@ def run(args: argparse.Namespace) -> int:
     except (DatasetError, ReplayError, BackendError, PromptError) as e:
         print(f"replay: {e}", file=sys.stderr)
         return 2
+    if result.message:
+        print(f"replay: {result.message}", file=sys.stderr)
     print(json.dumps(asdict(result)))
     return 0 if result.identical else 1
 
@@ -55,9 +63,31 @@ def replay_episode(path: str | Path) -> ReplayResult:
         mismatches = list(_mismatches(reader, backend))
     finally:
         backend.close()
-    return ReplayResult(frames=len(reader), identical=not mismatches,
-                        first_mismatch=mismatches[0] if mismatches else None,
-                        mismatched_frames=len(mismatches))  # fmt: skip
+    recorded = reader.meta.get("engine_version")
+    first = mismatches[0] if mismatches else None
+    return ReplayResult(frames=len(reader), identical=not mismatches, first_mismatch=first,
+                        mismatched_frames=len(mismatches), engine_version_recorded=recorded,
+                        engine_version_now=ENGINE_VERSION,
+                        message=None if first is None else mismatch_message(first, recorded))  # fmt: skip
+
+
+def mismatch_message(first: int, recorded: object) -> str:
+    """Why frames may differ: another engine version is expected to; the same one is not."""
+    where = f"frame {first} differs from the recording"
+    if recorded is None:
+        return (
+            f"{where}; the episode does not say which engine version recorded it (it predates "
+            f"versioned recordings), so it may simply be older than this engine (version {ENGINE_VERSION})"
+        )
+    if recorded != ENGINE_VERSION:
+        return (
+            f"{where}: it was recorded with engine version {recorded} and this is version {ENGINE_VERSION}, "
+            "whose frames are expected to differ; re-record it with this engine (not a determinism bug)"
+        )
+    return (
+        f"{where} with the same engine version ({ENGINE_VERSION}): a real mismatch (a determinism bug, "
+        "another machine or numpy build, or an altered recording)"
+    )
 
 
 def _backend_for(reader: EpisodeReader) -> Backend:

@@ -1,8 +1,9 @@
 """One client's world inside the worker: a backend plus the input, flow-control and index state.
 
 A `Session` knows nothing about sockets. The worker's compute loop calls `produce()` when
-`can_produce()` says the client is not too far behind, and applies requests through the small
-methods below; every refusal is a `ProtocolError` carrying the code the client will see.
+`can_produce()` says the client is less than the session's lookahead behind, and applies
+requests through the small methods below; every refusal is a `ProtocolError` carrying the code
+the client will see.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ class Session:
         seed: int,
         max_queued: int,
         now: float,
+        lookahead: int,
     ):
         self.sid = sid
         self.owner = owner  # ROUTER identity of the client that opened it; only it may drive it
@@ -48,6 +50,7 @@ class Session:
         self.prompt = prompt
         self.seed = seed
         self.max_queued = max_queued
+        self.lookahead = lookahead  # chunks generated ahead of the last ack (flow-control window)
         self.held: Action = IDLE
         self.queue: deque[Action] = deque()
         self.next_seq = 0
@@ -64,8 +67,8 @@ class Session:
         """Chunks sent but not yet acknowledged."""
         return self.next_seq - 1 - self.acked
 
-    def can_produce(self, window: int) -> bool:
-        return self.in_flight() < window
+    def can_produce(self) -> bool:
+        return self.in_flight() < self.lookahead
 
     def set_held(self, action: Action) -> None:
         self.held = action
@@ -155,6 +158,7 @@ class Session:
             "epoch": self.epoch,
             "next_seq": self.next_seq,
             "acked": self.acked,
+            "window": self.lookahead,
             "in_flight": self.in_flight(),
             "queued_actions": len(self.queue),
             "chunks_produced": self.chunks_produced,

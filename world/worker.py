@@ -7,9 +7,10 @@ Two threads, each owning its sockets (the vLLM engine-core / ZeroMQ-guide split)
   compute loop through a bounded queue. It also forwards the compute loop's outgoing messages
   (received on an inproc PAIR) to the ROUTER.
 - The compute loop (`WorkerCore` driven by `_compute_loop`) applies requests to sessions, expires
-  silent sessions and round-robins one chunk at a time over the sessions whose clients are no
-  more than `window` chunks behind. It never touches the ROUTER, so a slow backend cannot stall
-  the socket, and a failing request is answered with an error, never raised out of the loop.
+  silent sessions and round-robins one chunk at a time over the sessions whose clients are fewer
+  than their session's lookahead (the client's choice, at most `window`) chunks behind. It never
+  touches the ROUTER, so a slow backend cannot stall the socket, and a failing request is
+  answered with an error, never raised out of the loop.
 
 Memory is bounded everywhere: the inbound queue has a size (the I/O thread stops reading when it
 is full, which pushes back per peer through ZeroMQ's fair queueing), HWMs are finite, action
@@ -54,7 +55,7 @@ class WorkerConfig:
     bind: str = DEFAULT_BIND
     session_timeout_s: float = 30.0
     max_sessions: int = 8
-    window: int = 2  # chunks generated ahead of the client's last ack
+    window: int = 2  # chunks generated ahead of the client's last ack; the largest lookahead granted
     max_queued_actions: int = P.MAX_QUEUED_ACTIONS
     inbound_queue: int = 1024  # decoded requests waiting for the compute loop
     hwm: int = 1000  # ZeroMQ send/receive high-water marks (messages)
@@ -172,7 +173,7 @@ class WorkerCore:
         order = list(self.sessions.values())
         for k in range(len(order)):
             session = order[(self._rr + k) % len(order)]
-            if session.can_produce(self.config.window):
+            if session.can_produce():
                 self._rr = (self._rr + k + 1) % len(order)
                 return self._produce(session)
         return []
@@ -225,6 +226,7 @@ class WorkerCore:
         req: P.Open = item.request
         if len(self.sessions) >= self.config.max_sessions:
             raise P.ProtocolError(P.TOO_MANY_SESSIONS, f"the worker serves at most {self.config.max_sessions} sessions")
+        lookahead = self._lookahead(req.lookahead)  # checked before a backend is built
         backend = self._create_backend(req.backend, req.options)
         try:
             self._check_info(backend.info)
@@ -245,6 +247,7 @@ class WorkerCore:
             req.seed,
             self.config.max_queued_actions,
             item.received,
+            lookahead,
         )
         self.sessions[sid] = session
         self.stats.sessions_opened += 1
@@ -259,11 +262,21 @@ class WorkerCore:
             description=info.description,
             prompt=req.prompt,
             seed=req.seed,
-            window=self.config.window,
+            window=session.lookahead,
             worker=self.instance,
             ref=req.ref,
         )
         return [_out(item.identity, opened)]
+
+    def _lookahead(self, requested: int | None) -> int:
+        """The session's window: the client's lookahead, at most the operator's --window (which
+        bounds every session's memory and the worker's run-ahead work)."""
+        window = self.config.window
+        if requested is None:
+            return window
+        if requested > window:
+            raise P.ProtocolError(P.BAD_LOOKAHEAD, f"lookahead {requested} is above this worker's window of {window}")
+        return requested
 
     def _create_backend(self, name: str, options: dict):
         if name not in backend_names():
@@ -586,7 +599,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--max-sessions", type=int, default=8, help="concurrent sessions (default %(default)s)")
     parser.add_argument(
-        "--window", type=int, default=2, help="chunks generated ahead of a client's last ack (default %(default)s)"
+        "--window",
+        type=int,
+        default=2,
+        help="chunks generated ahead of a client's last ack; the most a session's lookahead may ask for "
+        "(default %(default)s)",
     )
     parser.add_argument("--device", default=None, help="device for the generated backend (cpu, cuda, auto)")
     parser.add_argument("--checkpoint", default=None, help="checkpoint directory for the generated backend")

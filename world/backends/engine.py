@@ -8,7 +8,7 @@ import numpy as np
 
 from world.actions import Action
 from world.backend import Backend, BackendError, BackendInfo, ChunkResult
-from world.engine import EngineConfig, EngineWorld
+from world.engine import ENGINE_VERSION, EngineConfig, EngineWorld
 from world.themes import describe, parse_prompt
 
 OPTIONS = ("height", "width", "chunk_frames", "fps")
@@ -41,6 +41,11 @@ class EngineBackend(Backend):
     def world(self) -> EngineWorld:
         return self._world
 
+    @property
+    def engine_version(self) -> int:
+        """world.engine.ENGINE_VERSION: which engine's bytes this backend renders."""
+        return ENGINE_VERSION
+
     def reset(self, seed: int, prompt: str) -> np.ndarray:
         """First view [H, W, 3] uint8. Raises PromptError before touching the current world."""
         theme = parse_prompt(prompt)
@@ -53,14 +58,19 @@ class EngineBackend(Backend):
         self._world.set_theme(theme)
 
     def step_chunk(self, actions: Sequence[Action]) -> ChunkResult:
-        """frames [F, H, W, 3] uint8 for F = len(actions); extra holds the theme and final pose."""
+        """frames [F, H, W, 3] uint8 for F = len(actions); extra holds the theme, the final pose and
+        the engine version (so a client recording the stream over the wire can store it)."""
         self._require_started()
         c = self._world.config
         frames = np.empty((len(actions), c.height, c.width, 3), dtype=np.uint8)
         for i, action in enumerate(actions):
             frames[i] = self._world.step(action)
         theme = self._world.theme
-        extra = {"theme": {**theme.to_json(), "text": describe(theme)}, "pose": self._world.state()}
+        extra = {
+            "theme": {**theme.to_json(), "text": describe(theme)},
+            "pose": self._world.state(),
+            "engine_version": ENGINE_VERSION,
+        }
         return ChunkResult(frames=frames, steps=0, nfe=0, extra=extra)
 
     def _require_started(self) -> None:

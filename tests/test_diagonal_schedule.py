@@ -1,0 +1,166 @@
+"""The diagonal schedule: per-chunk steps and timesteps, the context level, no refresh pass, refusal
+of unworkable schedules at construction, and one context noise for training and inference."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from model.distill import sample_exits, self_forcing_rollout
+from model.samplers import CONTEXT_NOISE, diagonal_sampler, make_sampler, uniform_sampler
+from model.stream import Conditioning, generate_chunk
+from model.world_model import load_world_model, make_random_world
+from tests.test_dit import one_thread, random_dit  # noqa: F401  (one_thread: autouse fixture)
+from world.actions import Action
+from world.backend import BackendError, create_backend
+
+
+class RecordingDiT(torch.nn.Module):
+    """Wraps a DiT; records (first frame of the chunk being written, t) of every cached forward."""
+
+    def __init__(self, dit):
+        super().__init__()
+        self.dit, self.config, self.calls = dit, dit.config, []
+
+    def forward(self, x, t, actions, text, text_mask, cache=None, drop_actions=None):
+        if cache is not None:
+            self.calls.append((cache.next_frame, float(t[0, 0])))
+        return self.dit(x, t, actions, text, text_mask, cache, drop_actions)
+
+    def new_cache(self):
+        return self.dit.new_cache()
+
+    def per_chunk(self) -> list[list[float]]:
+        """Network times of each chunk's forwards, in order (the last one wrote its K/V)."""
+        chunks: dict[int, list[float]] = {}
+        for frame, t in self.calls:
+            chunks.setdefault(frame, []).append(t)
+        return [chunks[f] for f in sorted(chunks)]
+
+
+def conditioning(cfg, batch: int = 1) -> Conditioning:
+    text, mask = torch.randn(batch, 4, cfg.text_dim), torch.ones(batch, 4, dtype=torch.bool)
+    return Conditioning.build(text, mask, False)
+
+
+def stream_chunks(net, sampler, n: int) -> list:
+    cache, cond = net.new_cache(), conditioning(net.config)
+    gen = torch.Generator().manual_seed(0)
+    actions = torch.zeros(1, net.config.chunk_frames, net.config.action_dim)
+    with torch.no_grad():
+        return [generate_chunk(net, cache, sampler, cond, actions, lambda s: torch.randn(s, generator=gen))
+                for _ in range(n)], cache
+
+
+def test_bookkeeping_of_the_default_schedule():
+    diag, uni = diagonal_sampler(), uniform_sampler()
+    assert [diag.steps(i) for i in range(7)] == [4, 3, 2, 2, 2, 2, 2]
+    assert [diag.nfe(i) for i in range(7)] == [4, 3, 2, 2, 2, 2, 2]
+    assert sum(diag.nfe(i) for i in range(7)) == 17 and sum(uni.nfe(i) for i in range(7)) == 35
+    assert diag.context_noise == CONTEXT_NOISE == 100
+    assert diag.timesteps(0) == [1000, 864, 625, 100]  # shift 3: 4 levels, even before the shift
+    assert diag.timesteps(1) == [1000, 625, 100] and diag.timesteps(6) == [1000, 100]
+    assert uni.timesteps(0)[-1] == 0 and uni.context_noise == 0  # Self-Forcing: refresh writes clean K/V
+    for i in range(7):  # the last forward of every chunk runs at the context level
+        assert diag.levels(i)[-1] == diag.context_level == pytest.approx(0.1)
+    assert diag.describe()["context_noise"] == 100
+
+
+def test_configurable_schedule_and_context_noise():
+    diag = make_sampler("diagonal", schedule=[3, 3, 2, 4], context_noise=199)
+    assert [diag.steps(i) for i in range(6)] == [3, 3, 2, 4, 4, 4]
+    assert all(diag.timesteps(i)[-1] == 199 for i in range(6))
+    assert all(diag.timesteps(i)[0] == 1000 for i in range(6))
+    grid = set(diag.levels(3))
+    assert all(set(diag.levels(i)) <= grid for i in range(3))  # every chunk uses levels of the one grid
+
+
+@pytest.mark.parametrize(
+    "build, message",
+    [
+        (lambda: diagonal_sampler([]), "non-empty"),
+        (lambda: diagonal_sampler([0]), "positive"),
+        (lambda: diagonal_sampler([3, -1]), "positive"),
+        (lambda: diagonal_sampler([4, 5]), "more than the 4-step grid"),
+        (lambda: diagonal_sampler([4, 1]), r"schedule\[1\]=1 step would write K/V of pure noise"),
+        (lambda: diagonal_sampler(context_noise=0), "context_noise"),
+        (lambda: diagonal_sampler(context_noise=1000), "context_noise"),
+        (lambda: diagonal_sampler(context_noise=-5), "context_noise"),
+        (lambda: diagonal_sampler(context_noise="100"), "context_noise"),
+        (lambda: make_sampler("uniform", context_noise=100), "option of 'diagonal'"),
+        (lambda: make_sampler("teacher", context_noise=100), "option of 'diagonal'"),
+    ],
+)
+def test_unworkable_schedules_are_refused_at_construction(build, message):
+    with pytest.raises(ValueError, match=message):
+        build()
+
+
+def test_a_session_with_an_unworkable_schedule_is_refused_when_it_opens(tmp_path):
+    world = make_random_world(tmp_path / "w", sampler="diagonal", context_noise=0.0)
+    with pytest.raises(BackendError, match="context_noise"):
+        create_backend("generated", checkpoint=str(world), device="cpu")
+    good = make_random_world(tmp_path / "g")
+    with pytest.raises(BackendError, match="pure noise"):
+        create_backend("generated", checkpoint=str(good), device="cpu", sampler="diagonal", schedule=[2, 1])
+
+
+def test_diagonal_never_runs_a_refresh_pass():
+    net = RecordingDiT(random_dit())
+    outs, cache = stream_chunks(net, diagonal_sampler([4, 3, 2]), 5)
+    per_chunk = net.per_chunk()
+    assert [len(ts) for ts in per_chunk] == [4, 3, 2, 2, 2]  # one forward per step, nothing else
+    assert all(t > 0 for ts in per_chunk for t in ts)  # never a clean (t = 0) pass
+    assert [ts[-1] for ts in per_chunk] == [CONTEXT_NOISE] * 5  # the K/V-writing forward
+    assert [round(t) for t in per_chunk[1]] == diagonal_sampler().timesteps(1) == outs[1].timesteps
+    held = cache.inputs.t[0, : cache.n_ctx]
+    assert torch.equal(held, torch.full_like(held, CONTEXT_NOISE))  # what the cache holds as context
+
+
+def test_uniform_refreshes_with_a_clean_pass():
+    net = RecordingDiT(random_dit())
+    stream_chunks(net, uniform_sampler(), 2)
+    assert [ts[-1] for ts in net.per_chunk()] == [0.0, 0.0] and [len(ts) for ts in net.per_chunk()] == [5, 5]
+
+
+def test_training_rollout_writes_context_at_the_inference_level():
+    """Self-forcing rollouts exit at random steps; each chunk's K/V still land at context_noise."""
+    sampler = make_sampler("diagonal", schedule=[4, 3, 2], context_noise=150)
+    net = RecordingDiT(random_dit())
+    cfg = net.config
+    gen = torch.Generator().manual_seed(3)
+    B, n = 2, 4
+    initial = torch.randn(B, n * cfg.chunk_frames, *cfg.latent_shape, generator=gen)
+    actions = torch.zeros(B, n * cfg.chunk_frames, cfg.action_dim)
+    for exits in ([0, 0, 0, 0], [3, 2, 1, 1], sample_exits(sampler, n, gen)):
+        net.calls.clear()
+        roll = self_forcing_rollout(net, sampler, conditioning(cfg, B), actions, initial, exits,
+                                    lambda s: torch.randn(s, generator=gen))
+        assert torch.equal(roll.context_t, torch.full_like(roll.context_t, 150.0))
+        assert [ts[-1] for ts in net.per_chunk()] == [150.0] * n
+        for ts, exit_step, i in zip(net.per_chunk(), exits, range(n)):  # steps up to the exit, + context pass
+            last = exit_step == sampler.steps(i) - 1
+            assert len(ts) == exit_step + 1 + (0 if last else 1)
+    # Inference with the same sampler: its K/V-writing forwards run at the same level.
+    net.calls.clear()
+    stream_chunks(net, sampler, n)
+    assert [ts[-1] for ts in net.per_chunk()] == [150.0] * n
+
+
+def test_the_checkpoint_context_noise_drives_inference(tmp_path):
+    world_dir = make_random_world(tmp_path / "w", sampler="diagonal", schedule=[4, 3, 2], context_noise=250.0)
+    world = load_world_model(world_dir)
+    assert world.sampler() == make_sampler("diagonal", schedule=[4, 3, 2], context_noise=250.0)
+    assert world.sampler("diagonal", schedule=[2]).context_noise == 250.0  # a property of the weights
+    stream = world.stream()
+    stream.reset(0, "green hills")
+    for _ in range(3):
+        out = stream.next_chunk(np.zeros((3, 12), dtype=np.float32))
+        assert out.timesteps[-1] == 250
+    held = stream.cache.inputs.t[0, : stream.cache.n_ctx]
+    assert torch.equal(held, torch.full_like(held, 250.0))
+    b = create_backend("generated", checkpoint=str(world_dir), device="cpu")
+    b.reset(0, "desert")
+    assert b.step_chunk([Action()] * 3).extra["timesteps"] == world.sampler().timesteps(1)
+    assert world.sampler().timesteps(1)[-1] == 250
