@@ -7,12 +7,22 @@ streaming loop and reads from the sampler
     the next level with fresh noise (few-step samplers, DESIGN.md §3);
   - `refresh`: after denoising, one forward of the clean chunk at t = 0 writes its K/V; without
     it the cache keeps K/V of the chunk's last noisy input (Diagonal Distillation);
+  - `context_noise`: network time of the K/V every committed chunk leaves as context: 0 for a
+    refresh sampler; for "diagonal" an explicit level (default t = 100, the paper's best ablation
+    point, DESIGN.md §3) on which every chunk's LAST denoising forward runs. Inference (the
+    checkpoint's WorldConfig.context_noise) and distillation (model/train_student.py) build their
+    sampler from the same value, so training's context is written exactly as inference's is;
   - `guidance` g: v = c + g (c - u), cond and uncond (no prompt, null actions) batched; g = 0
     runs the conditional network alone.
 
 NFE per chunk (network evaluations per stream, a batched cond + uncond forward counts 2):
     rows * (len(levels(i)) + refresh),  rows = 2 with guidance else 1
 teacher 32 steps, g = 3: 2 * 33 = 66; uniform 4 + refresh: 5; diagonal 4-3-2-2...: 4, 3, 2, 2, ...
+
+The diagonal grid: 4 levels from pure noise down to the context level, evenly spaced before the
+shift (s = 1, ..., context_noise / 1000); a chunk of n steps takes the first level and the last
+n - 1, so every chunk ends on the context level whatever its step count. A 1-step chunk would
+write K/V of pure noise and is refused.
 
 Registry SAMPLERS: "teacher", "uniform", "diagonal"; `make_sampler(name, ...)` validates options.
 """
@@ -22,11 +32,12 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from model.flow import level_grid, network_time
+from model.flow import TIME_SCALE, level_grid, network_time, shift_level
 
 TEACHER_STEPS = 32
 FEW_STEP_GRID = 4  # the distilled student's grid: [1000, 750, 500, 250] warped (Self-Forcing)
 DIAGONAL_SCHEDULE = (4, 3, 2)  # Diagonal Distillation release: chunk 0 4 steps, chunk 1 3, then 2
+CONTEXT_NOISE = 100.0  # DESIGN.md §3: diagonal forcing is best at context noise t = 100 of 1000
 TEACHER_GUIDANCE = 3.0
 
 
@@ -38,6 +49,7 @@ class Sampler:
     refresh: bool
     guidance: float = 0.0
     rewarm: bool = False  # restart the schedule after a prompt switch (more steps to establish it)
+    context_noise: float = 0.0  # network time of the K/V a committed chunk leaves (0: refresh pass)
 
     def __post_init__(self) -> None:
         if self.update not in ("euler", "renoise"):
@@ -49,6 +61,24 @@ class Sampler:
                 raise ValueError(f"sampler {self.name!r}: levels must descend within (0, 1], got {levels}")
         if self.guidance < 0:
             raise ValueError(f"guidance must be >= 0, got {self.guidance}")
+        self._check_context()
+
+    def _check_context(self) -> None:
+        """The context level is what the last forward of every chunk writes: state it, never imply it."""
+        if self.refresh:
+            if self.context_noise != 0.0:
+                raise ValueError(f"sampler {self.name!r}: a refresh pass writes clean K/V (context_noise 0), "
+                                 f"got {self.context_noise}")
+            return
+        for levels in self.schedules:
+            if abs(levels[-1] - self.context_level) > 1e-9:
+                raise ValueError(f"sampler {self.name!r}: without a refresh pass every chunk must end at its "
+                                 f"context level {self.context_level:g}, got levels {levels}")
+
+    @property
+    def context_level(self) -> float:
+        """Noise level s of the K/V every committed chunk leaves in the cache."""
+        return self.context_noise / TIME_SCALE
 
     def levels(self, chunk_index: int) -> tuple[float, ...]:
         return self.schedules[min(chunk_index, len(self.schedules) - 1)]
@@ -77,6 +107,7 @@ class Sampler:
             "refresh": self.refresh,
             "guidance": self.guidance,
             "update": self.update,
+            "context_noise": self.context_noise,
         }
 
 
@@ -101,23 +132,50 @@ def uniform_sampler(steps: int = FEW_STEP_GRID, shift: float = 3.0, guidance: fl
 
 
 def diagonal_sampler(
-    schedule: Sequence[int] = DIAGONAL_SCHEDULE, shift: float = 3.0, guidance: float = 0.0, rewarm: bool = False
+    schedule: Sequence[int] = DIAGONAL_SCHEDULE, shift: float = 3.0, guidance: float = 0.0, rewarm: bool = False,
+    context_noise: float = CONTEXT_NOISE,
 ) -> Sampler:
-    """Diagonal Distillation: more steps early, fewer later, no refresh (K/V from the last noisy input)."""
+    """Diagonal Distillation: more steps early, fewer later, no refresh; each chunk's last forward
+    runs at `context_noise` (network time), so that is the K/V the next chunks attend to."""
     if isinstance(schedule, (str, bytes)) or not isinstance(schedule, Sequence) or len(schedule) == 0:
         raise ValueError(f"sampler 'diagonal': schedule must be a non-empty list of step counts, got {schedule!r}")
     counts = [_check_steps("diagonal", n, FEW_STEP_GRID, f"schedule[{i}]") for i, n in enumerate(schedule)]
-    schedules = tuple(few_step_levels(n, shift) for n in counts)
-    return Sampler("diagonal", schedules, "renoise", refresh=False, guidance=guidance, rewarm=rewarm)
+    for i, n in enumerate(counts):
+        if n < 2:
+            raise ValueError(f"sampler 'diagonal': schedule[{i}]=1 step would write K/V of pure noise; every chunk "
+                             f"needs >= 2 steps so its last forward runs at context_noise")
+    grid = diagonal_grid(shift, _check_context_noise(context_noise))
+    schedules = tuple((grid[0], *grid[FEW_STEP_GRID - n + 1 :]) for n in counts)
+    return Sampler("diagonal", schedules, "renoise", refresh=False, guidance=guidance, rewarm=rewarm,
+                   context_noise=float(context_noise))
+
+
+def _check_context_noise(context_noise: float) -> float:
+    if isinstance(context_noise, bool) or not isinstance(context_noise, (int, float)) or not (
+        0 < context_noise < TIME_SCALE
+    ):
+        raise ValueError(f"sampler 'diagonal': context_noise must be a network time strictly between 0 and "
+                         f"{TIME_SCALE:g}, got {context_noise!r}")
+    return float(context_noise)
+
+
+def _unshift_level(s: float, k: float) -> float:
+    """Inverse of shift_level: s = s' / (k - (k - 1) s')."""
+    return s / (k - (k - 1) * s)
+
+
+def diagonal_grid(shift: float, context_noise: float = CONTEXT_NOISE) -> tuple[float, ...]:
+    """The student's 4 levels: 1 (pure noise) down to context_noise / 1000, even before the shift."""
+    last = context_noise / TIME_SCALE
+    u_last = _unshift_level(last, shift)
+    n = FEW_STEP_GRID - 1
+    head = tuple(float(shift_level(1.0 - j * (1.0 - u_last) / n, shift)) for j in range(n))
+    return (*head, last)
 
 
 def few_step_levels(steps: int, shift: float) -> tuple[float, ...]:
-    """n levels of the 4-level student grid: the first (pure noise) plus the last n - 1.
-
-    Every n >= 2 ends on the same last level, so the context noise of the K/V a no-refresh
-    sampler leaves in the cache does not depend on the chunk's step count (DESIGN.md §3: training
-    and inference must use the same context noise).
-    """
+    """n levels of the Self-Forcing grid [1000, 750, 500, 250] (warped): the first plus the last n - 1
+    (the uniform sampler; its refresh pass, not its last level, writes the context)."""
     grid = level_grid(FEW_STEP_GRID, shift)
     return (grid[0], *grid[FEW_STEP_GRID - steps + 1 :]) if steps > 1 else grid[:1]
 
@@ -136,6 +194,7 @@ def make_sampler(
     schedule: Sequence[int] | None = None,
     guidance: float | None = None,
     shift: float = 3.0,
+    context_noise: float | None = None,
 ) -> Sampler:
     """Build a registered sampler; options it does not take are an error, not silently ignored."""
     if name not in SAMPLERS:
@@ -148,9 +207,14 @@ def make_sampler(
             raise ValueError("sampler 'diagonal' takes a per-chunk schedule (e.g. [4, 3, 2]), not steps")
         if schedule is not None:
             kwargs["schedule"] = list(schedule)
+        if context_noise is not None:
+            kwargs["context_noise"] = context_noise
     else:
         if schedule is not None:
             raise ValueError(f"sampler {name!r} takes steps, not a per-chunk schedule (that is 'diagonal')")
+        if context_noise is not None:
+            raise ValueError(f"sampler {name!r} writes clean context with its refresh pass; context_noise is "
+                             f"an option of 'diagonal'")
         if steps is not None:
             kwargs["steps"] = steps
     return SAMPLERS[name](**kwargs)

@@ -24,6 +24,7 @@ from model.kv_cache import ChunkInputs, KVCache
 from model.samplers import Sampler
 
 Noise = Callable[[tuple[int, ...]], torch.Tensor]
+StepHook = Callable[[float, torch.Tensor], None]  # (level s, the forward's input x [B, F, C, h, w])
 
 
 @dataclass
@@ -57,7 +58,7 @@ class ChunkOutput:
     latents: torch.Tensor  # [B, F, C, h, w] the chunk's final x0
     steps: int  # denoising forwards
     nfe: int  # network evaluations per stream (cond + uncond count 2), refresh included
-    timesteps: list[int]  # network times of the forwards, 0 for the refresh pass
+    timesteps: list[int]  # network times of the forwards, the K/V-writing context pass last (0 = refresh)
 
 
 def _rows(x: torch.Tensor, rows: int) -> torch.Tensor:
@@ -101,41 +102,68 @@ def generate_chunk(
     noise: Noise,
     schedule_index: int | None = None,
     exit_step: int | None = None,
+    initial: torch.Tensor | None = None,
+    on_step: StepHook | None = None,
 ) -> ChunkOutput:
     """Denoise the next chunk, write its K/V and commit it. actions [B, F, A] -> latents [B, F, C, h, w].
 
     schedule_index picks the sampler's per-chunk levels (default: the chunk's index in the stream).
     exit_step (training rollouts): stop after that step, returning its x0 prediction; only that
-    forward runs with gradient (if grad mode is on), earlier steps and the refresh pass do not,
-    and the cached context is detached (model/kv_cache.py).
+    forward runs with gradient (if grad mode is on), earlier steps and context writes do not, and
+    the cached context is detached (model/kv_cache.py). A no-refresh sampler that exits before its
+    last step re-noises the exit's x0 to the context level and writes that chunk's K/V with one
+    no-grad forward, so a training rollout leaves the same context noise in the cache as inference
+    (diagonal forcing, DESIGN.md §3). initial [B, F, C, h, w]: the pure-noise start (default: drawn
+    from `noise`). on_step(s, x): called with each forward's input x at level s (ODE trajectories).
     """
     levels = sampler.levels(cache.chunk_index if schedule_index is None else schedule_index)
-    if exit_step is not None:
-        levels = levels[: exit_step + 1]
+    run = levels if exit_step is None else levels[: exit_step + 1]
     B, Fr = actions.shape[:2]
-    x = noise((B, Fr, *dit.config.latent_shape)).to(actions)
+    x = noise((B, Fr, *dit.config.latent_shape)).to(actions) if initial is None else initial.to(actions)
     grad = torch.is_grad_enabled()
-    for k, s in enumerate(levels):
+    for k, s in enumerate(run):
+        if on_step is not None:
+            on_step(s, x)
         with torch.set_grad_enabled(grad and (exit_step is None or k == exit_step)):
             v = guided_velocity(dit, cache, x, s, actions, cond, sampler.guidance)
             x0 = predict_x0(x, v, s)
-            s_next = levels[k + 1] if k + 1 < len(levels) else 0.0
+            s_next = run[k + 1] if k + 1 < len(run) else 0.0
             x = sampler_step(sampler, x, x0, v, s, s_next, noise)
-    timesteps = [round(float(network_time(s))) for s in levels]
-    if sampler.refresh:
+    timesteps = [round(float(network_time(s))) for s in run]
+    context = _context_pass(sampler, x.detach(), exited_early=len(run) < len(levels), noise=noise)
+    if context is not None:
         with torch.no_grad():
-            write_clean(dit, cache, x.detach(), actions, cond, sampler.rows)
-        timesteps.append(0)
+            write_context(dit, cache, context, sampler.context_level, actions, cond, sampler.rows)
+        timesteps.append(round(sampler.context_noise))
     cache.commit_chunk()
-    return ChunkOutput(x, len(levels), sampler.rows * (len(levels) + int(sampler.refresh)), timesteps)
+    nfe = sampler.rows * (len(run) + int(context is not None))
+    return ChunkOutput(x, len(run), nfe, timesteps)
+
+
+def _context_pass(sampler: Sampler, x0: torch.Tensor, exited_early: bool, noise: Noise) -> torch.Tensor | None:
+    """Input of the extra K/V-writing forward, if one is needed: the clean chunk (refresh), or the
+    chunk re-noised to the context level after an early training exit; None when the last
+    denoising forward already ran at the context level."""
+    if sampler.refresh:
+        return x0
+    if not exited_early:
+        return None
+    s = sampler.context_level
+    return (1 - s) * x0 + s * noise(tuple(x0.shape)).to(x0)
+
+
+def write_context(dit: CausalDiT, cache: KVCache, x: torch.Tensor, s: float, actions: torch.Tensor,
+                  cond: Conditioning, rows: int) -> None:
+    """Forward the chunk x at level s so its K/V (not its output) land in the current slot."""
+    B, Fr = x.shape[:2]
+    t = torch.full((B * rows, Fr), float(network_time(s)), device=x.device, dtype=x.dtype)
+    dit(_rows(x, rows), t, _rows(actions, rows), cond.text, cond.text_mask, cache, cond.drop_actions)
 
 
 def write_clean(dit: CausalDiT, cache: KVCache, x0: torch.Tensor, actions: torch.Tensor, cond: Conditioning,
                 rows: int) -> None:
     """Forward the clean chunk at t = 0 so its K/V (not its output) land in the current slot."""
-    B, Fr = x0.shape[:2]
-    t = torch.zeros(B * rows, Fr, device=x0.device, dtype=x0.dtype)
-    dit(_rows(x0, rows), t, _rows(actions, rows), cond.text, cond.text_mask, cache, cond.drop_actions)
+    write_context(dit, cache, x0, 0.0, actions, cond, rows)
 
 
 class WorldStream:

@@ -42,6 +42,10 @@ class WorldConfig:
     sampler: str = "teacher"  # default sampler of this checkpoint (a teacher, or a distilled student)
     steps: int | None = None  # sampler's steps (None: the sampler's own default)
     schedule: list[int] | None = None  # per-chunk step counts for "diagonal"
+    # Network time of the diagonal sampler's context K/V (None: model.samplers.CONTEXT_NOISE). A
+    # property of the weights: the distillation run writes the value it trained with, and every
+    # diagonal sampler built from this checkpoint uses it (DESIGN.md §3, diagonal forcing).
+    context_noise: float | None = None
     guidance: float | None = None  # None: the sampler's own default (teacher 3, students 0)
     shift: float = 3.0  # flow shift k the model was trained with (model/flow.py)
     fps: float = 30.0  # world frames per second (display rate)
@@ -68,7 +72,9 @@ class WorldModel:
             steps = cfg.steps if steps is None else steps
             schedule = cfg.schedule if schedule is None else schedule
             guidance = cfg.guidance if guidance is None else guidance
-        return make_sampler(name, steps=steps, schedule=schedule, guidance=guidance, shift=cfg.shift)
+        context_noise = cfg.context_noise if name == "diagonal" else None
+        return make_sampler(name, steps=steps, schedule=schedule, guidance=guidance, shift=cfg.shift,
+                            context_noise=context_noise)
 
     def stream(self, sampler: Sampler | None = None) -> WorldStream:
         return WorldStream(self.dit, self.autoencoder, self.text_encoder, sampler or self.sampler(), self.device)
@@ -108,9 +114,11 @@ def _configs(directory: Path, meta: dict) -> tuple[DiTConfig, object, WorldConfi
     return dit_cfg, ae_cfg, world_cfg
 
 
-def load_world_model(directory: str | os.PathLike, device: str | torch.device = "cpu") -> WorldModel:
+def load_world_model(directory: str | os.PathLike, device: str | torch.device = "cpu",
+                     with_text_encoder: bool = True) -> WorldModel:
     """Load a kind="world" checkpoint (or a training run directory holding one in checkpoint/) for
-    inference (eval mode, no grad). Raises CheckpointError
+    inference (eval mode, no grad); training that reads cached prompt tokens passes
+    with_text_encoder=False (text_encoder is then None). Raises CheckpointError
     naming the file for a missing directory, truncated weights, wrong shapes, unknown config keys
     or another kind of checkpoint."""
     from model.autoencoder import Autoencoder, checkpoint_dir
@@ -124,7 +132,7 @@ def load_world_model(directory: str | os.PathLike, device: str | torch.device = 
     load_module(directory, "autoencoder", ae)
     dit.to(device).eval().requires_grad_(False)
     ae.to(device).eval().requires_grad_(False)
-    text_encoder = create_text_encoder(world_cfg.text_encoder, device)
+    text_encoder = create_text_encoder(world_cfg.text_encoder, device) if with_text_encoder else None
     return WorldModel(dit, ae, text_encoder, world_cfg, directory, int(meta["step"]), device)
 
 

@@ -1,0 +1,508 @@
+"""Distil the teacher into the few-step diagonal student: ODE-pair initialisation, then DMD.
+
+    python run_world.py train student --stage init --teacher T --latents CACHE --out RUN [--pairs 256]
+        [--steps N] [--batch 8] [--schedule 4,3,2] [--context-noise 100] [--device auto] [--resume]
+        [--max-minutes M]
+    python run_world.py train student --stage dmd --teacher T --out RUN [--init RUN/init] [--steps N]
+        [--batch 4] [--generator-every 5] [--device auto] [--resume] [--max-minutes M]
+
+RUN/ode_pairs/   the teacher's ODE trajectories under latent-cache actions (model/ode_pairs.py),
+                 made once by the init stage (resumable per shard) and read by both stages
+RUN/init/        checkpoint/ + student_init.csv/png: the student regressed onto the pairs (CausVid)
+RUN/dmd/         checkpoint/ + student_dmd.csv/png: the distilled student (pass RUN/dmd to the
+                 generated backend; its default sampler is "diagonal")
+
+Both checkpoints are playable kind="world" directories whose WorldConfig records the diagonal
+schedule and `context_noise`: the run builds ONE sampler from them (`StudentTrainConfig.sampler`),
+its rollouts write context K/V at that level, and inference rebuilds the identical sampler from
+the checkpoint (DESIGN.md §3: training and inference must use the same context noise).
+
+DMD stage (DESIGN.md §3): Self-Forcing rollouts of the generator with the diagonal schedule and
+the KV cache, one random exit step per chunk with gradient; DMD + flow DMD on temporal
+differences + dx regression onto the teacher's pair (model/distill.py); the critic (fake score,
+initialised from the teacher) trains every step on detached samples, the generator every
+`generator_every`-th; AdamW betas (0, 0.999); "dit" in the checkpoint is the generator's EMA.
+
+All randomness of step s comes from a generator seeded by (seed, s) and the data order from the
+step, so `--resume` continues exactly; `--max-minutes` saves and stops (rerun with --resume).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import dataclasses
+import hashlib
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+
+from model.checkpoint import (
+    TRAIN_STATE_FILE,
+    CheckpointError,
+    has_train_state,
+    load_module,
+    load_train_state,
+    read_checkpoint_config,
+)
+from model.device import autocast, resolve_device
+from model.distill import (
+    DMDConfig,
+    critic_loss,
+    generator_losses,
+    motion,
+    ode_regression_loss,
+    sample_exits,
+    self_forcing_rollout,
+)
+from model.dit import CausalDiT, count_parameters
+from model.ode_pairs import OdePairs, OdePairsConfig, OdePairsError, build_ode_pairs, pairs_complete, pairs_meta
+from model.runlog import RunLog, progress
+from model.samplers import CONTEXT_NOISE, DIAGONAL_SCHEDULE, Sampler, diagonal_grid, make_sampler
+from model.stream import Conditioning
+from model.train_teacher import step_generator, update_ema
+from model.world_model import KIND, WorldConfig, load_world_model, save_world
+
+PAIRS_SUBDIR = "ode_pairs"
+STAGES = ("init", "dmd")
+
+
+@dataclass
+class StudentTrainConfig:
+    stage: str = "dmd"  # "init" (ODE regression) | "dmd" (distribution matching)
+    steps: int = 2000
+    batch: int = 4
+    lr: float = 1e-5  # generator (init: the student)
+    critic_lr: float = 1e-5
+    betas: tuple[float, float] = (0.0, 0.999)  # DESIGN.md §3 (DMD): AdamW betas (0, 0.999)
+    weight_decay: float = 0.01
+    grad_clip: float = 10.0
+    ema_decay: float = 0.99  # generator EMA, updated on generator steps
+    generator_every: int = 5  # critic every step, generator every 5th
+    schedule: list[int] = field(default_factory=lambda: list(DIAGONAL_SCHEDULE))
+    context_noise: float = CONTEXT_NOISE  # THE context level: rollouts, checkpoint, inference
+    shift: float = 3.0  # the teacher's flow shift (taken from its WorldConfig)
+    dmd: DMDConfig = field(default_factory=DMDConfig)
+    pairs: OdePairsConfig = field(default_factory=OdePairsConfig)
+    seed: int = 0
+    ckpt_every: int = 100
+    log_every: int = 10
+    text_encoder: str = "minilm"  # the teacher's (and the latent cache's) text encoder
+
+    def __post_init__(self) -> None:
+        if self.stage not in STAGES:
+            raise ValueError(f"stage must be one of {STAGES}, got {self.stage!r}")
+        if min(self.steps, self.batch, self.generator_every, self.ckpt_every, self.log_every) < 1:
+            raise ValueError("steps, batch, generator_every, ckpt_every and log_every must be >= 1")
+        self.sampler()  # a schedule that cannot work is refused here, before any work
+
+    def sampler(self) -> Sampler:
+        """The run's diagonal sampler: its rollouts use it, its checkpoints record it."""
+        return make_sampler("diagonal", schedule=self.schedule, shift=self.shift, context_noise=self.context_noise)
+
+
+STUDENT_PRESETS: dict[str, StudentTrainConfig] = {
+    # CausVid regression: an ordinary supervised problem, ordinary AdamW.
+    "init": StudentTrainConfig(stage="init", steps=1000, batch=8, lr=1e-4, betas=(0.9, 0.999), ckpt_every=100),
+    "dmd": StudentTrainConfig(stage="dmd", steps=2000, batch=4, lr=1e-5, critic_lr=1e-5, ckpt_every=50),
+}
+
+
+@dataclass
+class Teacher:
+    dit: CausalDiT  # frozen, eval
+    autoencoder: torch.nn.Module
+    world: WorldConfig
+    identity: dict  # {"step", "sha256"} of its weights: ODE pairs belong to exactly one teacher
+
+
+def load_teacher(path: str | Path, device: torch.device) -> Teacher:
+    model = load_world_model(path, device, with_text_encoder=False)
+    meta = read_checkpoint_config(model.directory, kind=KIND)
+    weights = model.directory / meta["modules"]["dit"]["file"]
+    identity = {"step": model.step, "sha256": hashlib.sha256(weights.read_bytes()).hexdigest()}
+    return Teacher(model.dit, model.autoencoder, model.config, identity)
+
+
+def trainable_copy(dit: CausalDiT) -> CausalDiT:
+    return copy.deepcopy(dit).requires_grad_(True).train()
+
+
+def load_start_weights(directory: Path, dit: CausalDiT) -> None:
+    """A checkpoint's "dit": fp32 from its train state when it has one, else the fp16 release file."""
+    if not has_train_state(directory):
+        load_module(directory, "dit", dit)
+        return
+    prefix = "module/dit/"
+    state = {k[len(prefix):]: v for k, v in load_file(str(directory / TRAIN_STATE_FILE)).items()
+             if k.startswith(prefix)}
+    try:
+        dit.load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        raise CheckpointError(f"{directory / TRAIN_STATE_FILE}: its dit does not match the teacher's ({e})") from None
+
+
+def make_optimizer(params, lr: float, cfg: StudentTrainConfig) -> torch.optim.Optimizer:
+    return torch.optim.AdamW(params, lr=lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay)
+
+
+# ----------------------------------------------------------------------------- the loop
+
+
+class StageTrainer:
+    """The loop every stage shares: steps, metrics, checkpoints, deadline; subclasses own one step."""
+
+    name = ""
+    plot_keys: tuple[str, ...] = ()
+
+    def __init__(self, cfg: StudentTrainConfig, teacher: Teacher, pairs: OdePairs, out: str | Path,
+                 device: torch.device):
+        self.cfg, self.teacher, self.pairs, self.device = cfg, teacher, pairs, device
+        self.out = Path(out)
+        self.sampler = cfg.sampler()
+        self.step = 0
+        self.stopped = False  # True when the deadline ended the run before cfg.steps
+
+    @property
+    def checkpoint(self) -> Path:
+        return self.out / "checkpoint"
+
+    def modules(self) -> dict[str, torch.nn.Module]:
+        raise NotImplementedError
+
+    def optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        raise NotImplementedError
+
+    def one_step(self) -> dict[str, float]:
+        raise NotImplementedError
+
+    def resume(self) -> None:
+        if has_train_state(self.checkpoint):
+            self.step = load_train_state(self.checkpoint, self.modules(), self.optimizers())
+
+    def world_config(self) -> WorldConfig:
+        t = self.teacher.world
+        return WorldConfig(text_encoder=self.cfg.text_encoder, sampler="diagonal", schedule=list(self.cfg.schedule),
+                           context_noise=self.cfg.context_noise, shift=self.cfg.shift, fps=t.fps,
+                           chunk_frames=t.chunk_frames,
+                           notes={"stage": self.name, "trained_steps": self.step, "teacher": self.teacher.identity})
+
+    def save(self, log: RunLog | None = None) -> None:
+        """A playable world ("dit" = release weights) plus everything resuming needs."""
+        modules = self.modules()
+        release = modules.pop("dit")
+        modules.pop("autoencoder")
+        save_world(self.checkpoint, release, self.teacher.autoencoder, self.world_config(), self.step,
+                   extra_modules=modules, extra_configs={"train": self.cfg}, optimizers=self.optimizers())
+        if log is not None:
+            log.plot(self.plot_keys, title=f"student {self.name}")
+
+    @property
+    def frames_per_step(self) -> int:
+        return self.cfg.batch * self.pairs.x0.shape[1]
+
+    def train(self, log: RunLog | None = None, deadline: float | None = None) -> dict[str, float]:
+        """Run to cfg.steps or the deadline (time.monotonic()); Ctrl-C saves, then re-raises."""
+        bar = progress(self.cfg.steps, self.step, f"student {self.name}")
+        t0, first, metrics = time.perf_counter(), self.step, {}
+        try:
+            while self.step < self.cfg.steps:
+                metrics = self.one_step()
+                self.step += 1
+                rate = (self.step - first) / max(time.perf_counter() - t0, 1e-9)
+                metrics.update(steps_per_s=rate, frames_per_s=rate * self.frames_per_step)
+                self._report(metrics, bar, log)
+                if deadline is not None and time.monotonic() > deadline and self.step < self.cfg.steps:
+                    self.stopped = True
+                    self.save(log)
+                    break
+        except KeyboardInterrupt:
+            self.save(log)
+            raise
+        finally:
+            bar.close()
+        return metrics
+
+    def _report(self, metrics: dict[str, float], bar, log: RunLog | None) -> None:
+        bar.update(1)
+        bar.set_postfix({k: f"{metrics[k]:.4g}" for k in self.plot_keys[:2] if k in metrics},
+                        steps_s=f"{metrics['steps_per_s']:.3f}")
+        if log is not None and (self.step % self.cfg.log_every == 0 or self.step == 1):
+            log.log(self.step, **metrics)
+        if self.step % self.cfg.ckpt_every == 0 or self.step == self.cfg.steps:
+            self.save(log)
+
+
+class InitTrainer(StageTrainer):
+    """CausVid: regress the student's few-step outputs onto the teacher's ODE pairs."""
+
+    name = "init"
+    plot_keys = ("loss", "grad_norm", "steps_per_s")
+
+    def __init__(self, cfg: StudentTrainConfig, teacher: Teacher, pairs: OdePairs, out: str | Path,
+                 device: torch.device):
+        super().__init__(cfg, teacher, pairs, out, device)
+        self.student = trainable_copy(teacher.dit)  # the student starts as the teacher (CausVid)
+        self.optimizer = make_optimizer(self.student.parameters(), cfg.lr, cfg)
+
+    def modules(self) -> dict[str, torch.nn.Module]:
+        return {"dit": self.student, "autoencoder": self.teacher.autoencoder}
+
+    def optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        return {"dit": self.optimizer}
+
+    def one_step(self) -> dict[str, float]:
+        gen = step_generator(self.cfg.seed, self.step, 0)
+        b = self.pairs.batch(self.step, self.cfg.batch, self.cfg.seed, self.device)
+        with autocast(self.device):
+            loss = ode_regression_loss(self.student, b.states, b.x0, self.pairs.grid, self.sampler, b.actions, b.text,
+                                       b.text_mask, gen)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.student.parameters(), self.cfg.grad_clip)
+        self.optimizer.step()
+        return {"loss": float(loss.detach()), "grad_norm": float(grad_norm)}
+
+
+class DMDTrainer(StageTrainer):
+    """Self-Forcing DMD with diagonal forcing and flow distribution matching."""
+
+    name = "dmd"
+    plot_keys = ("loss_gen", "loss_critic", "loss_dmd", "loss_flow_dmd", "loss_flow_reg", "grad_norm",
+                 "critic_grad_norm", "motion", "motion_teacher", "steps_per_s")
+
+    def __init__(self, cfg: StudentTrainConfig, teacher: Teacher, pairs: OdePairs, out: str | Path,
+                 device: torch.device, init: str | Path | None = None):
+        super().__init__(cfg, teacher, pairs, out, device)
+        self.generator = trainable_copy(teacher.dit)
+        if init is not None:  # the init stage's student (or any world checkpoint of this architecture)
+            load_start_weights(init, self.generator)
+        self.ema = copy.deepcopy(self.generator).requires_grad_(False)
+        self.critic = trainable_copy(teacher.dit)  # fake score starts as the real one
+        self.gen_opt = make_optimizer(self.generator.parameters(), cfg.lr, cfg)
+        self.critic_opt = make_optimizer(self.critic.parameters(), cfg.critic_lr, cfg)
+        self._last_gen: dict[str, float] = {}
+
+    def modules(self) -> dict[str, torch.nn.Module]:
+        return {"dit": self.ema, "dit_online": self.generator, "critic": self.critic,
+                "autoencoder": self.teacher.autoencoder}
+
+    def optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        return {"dit": self.gen_opt, "critic": self.critic_opt}
+
+    def one_step(self) -> dict[str, float]:
+        cfg = self.cfg
+        gen = step_generator(cfg.seed, self.step, 0)
+        b = self.pairs.batch(self.step, cfg.batch, cfg.seed, self.device)
+        update_generator = self.step % cfg.generator_every == 0
+        x = self.rollout(b, gen, grad=update_generator)
+        if update_generator:
+            self._last_gen = self._generator_update(x, b, gen)
+        metrics = {**self._last_gen, **self._critic_update(x.detach(), b, gen)}
+        metrics.update(motion=motion(x), motion_teacher=motion(b.x0))
+        return metrics
+
+    def rollout(self, b, gen: torch.Generator, grad: bool) -> torch.Tensor:
+        """Generator samples [B, F, C, h, w] from the pair's noise under its actions and prompt."""
+        C = self.generator.config.chunk_frames
+        exits = sample_exits(self.sampler, b.x0.shape[1] // C, gen)
+        cond = Conditioning.build(b.text, b.text_mask, False)
+        noise = lambda shape: torch.randn(shape, generator=gen).to(self.device)  # noqa: E731
+        with autocast(self.device), torch.set_grad_enabled(grad):
+            return self_forcing_rollout(self.generator, self.sampler, cond, b.actions, b.noise, exits,
+                                        noise).latents
+
+    def _generator_update(self, x: torch.Tensor, b, gen: torch.Generator) -> dict[str, float]:
+        with autocast(self.device):
+            losses = generator_losses(x, self.teacher.dit, self.critic, b.actions, b.text, b.text_mask, b.x0,
+                                      self.cfg.shift, self.cfg.dmd, gen)
+        self.gen_opt.zero_grad(set_to_none=True)
+        losses.total.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.generator.parameters(), self.cfg.grad_clip)
+        self.gen_opt.step()
+        self.critic_opt.zero_grad(set_to_none=True)  # the fake score took no part in this update
+        update_ema(self.ema, self.generator, self.cfg.ema_decay, self.step // self.cfg.generator_every)
+        return {**losses.metrics(), "grad_norm": float(grad_norm)}
+
+    def _critic_update(self, x: torch.Tensor, b, gen: torch.Generator) -> dict[str, float]:
+        with autocast(self.device):
+            loss = critic_loss(self.critic, x, b.actions, b.text, b.text_mask, self.cfg.shift, self.cfg.dmd, gen)
+        self.critic_opt.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.critic.parameters(), self.cfg.grad_clip)
+        self.critic_opt.step()
+        return {"loss_critic": float(loss.detach()), "critic_grad_norm": float(grad_norm)}
+
+
+# ----------------------------------------------------------------------------- command line
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--stage", required=True, choices=STAGES,
+                        help="init: make ODE pairs once and regress onto them; dmd: distribution matching")
+    parser.add_argument("--teacher", required=True, help="teacher world checkpoint (or its training --out dir)")
+    parser.add_argument("--latents", help="latent cache (init stage: source of actions and prompts for the pairs)")
+    parser.add_argument("--out", required=True, help="student run directory: ode_pairs/, init/, dmd/")
+    parser.add_argument("--init", help="dmd: generator start (default: OUT/init; any world checkpoint works)")
+    parser.add_argument("--schedule", type=_int_list, help="diagonal steps per chunk, e.g. 4,3,2 (default: "
+                        "the resumed/init checkpoint's, else 4,3,2)")
+    parser.add_argument("--context-noise", type=float, help=f"network time of the context K/V (default: the "
+                        f"resumed/init checkpoint's, else {CONTEXT_NOISE:g})")
+    for name, kind, text in (
+        ("steps", int, "total steps of this stage"), ("batch", int, "rollouts/pairs per step"),
+        ("lr", float, "generator (init: student) learning rate"), ("critic-lr", float, "critic learning rate"),
+        ("generator-every", int, "dmd: generator update every N critic steps"),
+        ("ema-decay", float, "dmd: generator EMA decay"), ("ckpt-every", int, "steps between checkpoints"),
+        ("log-every", int, "steps between metric rows"), ("seed", int, "seed of data order and noise"),
+    ):
+        parser.add_argument(f"--{name}", type=kind, help=f"{text} (default: the stage's preset)")
+    d, p = DMDConfig(), OdePairsConfig()
+    parser.add_argument("--guidance", type=float, default=d.guidance, help="dmd: real-score guidance g")
+    parser.add_argument("--spatial-weight", type=float, default=d.spatial_weight, help="dmd: DMD loss weight")
+    parser.add_argument("--flow-weight", type=float, default=d.flow_weight, help="dmd: flow DMD weight w")
+    parser.add_argument("--flow-regression-weight", type=float, default=d.flow_regression_weight,
+                        help="dmd: weight of the dx regression onto the teacher's pair")
+    parser.add_argument("--pairs", type=int, default=p.pairs, help="init: teacher rollouts to cache")
+    parser.add_argument("--pair-shard", type=int, default=p.shard, help="init: rollouts per batched teacher run")
+    parser.add_argument("--clip-chunks", type=int, default=p.clip_chunks,
+                        help="init: chunks per pair rollout (the dmd stage rolls out as many as its pairs have)")
+    parser.add_argument("--teacher-steps", type=int, default=p.teacher_steps, help="init: teacher Euler steps")
+    parser.add_argument("--teacher-guidance", type=float, default=p.guidance, help="init: teacher guidance")
+    parser.add_argument("--held-fraction", type=float, default=p.held_fraction,
+                        help="init: share of rollouts holding one action throughout")
+    parser.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    parser.add_argument("--resume", action="store_true", help="continue this stage from OUT/STAGE/checkpoint")
+    parser.add_argument("--max-minutes", type=float, help="save and stop after this long (rerun with --resume)")
+    parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice; 1 on a busy CPU)")
+
+
+def _int_list(text: str) -> list[int]:
+    try:
+        return [int(v) for v in text.replace(" ", "").split(",") if v]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated step counts like 4,3,2, got {text!r}") from None
+
+
+def _recorded_diagonal(directory: Path) -> dict:
+    """schedule / context_noise a world checkpoint records (empty when there is none)."""
+    from model.autoencoder import checkpoint_dir
+
+    try:
+        world = read_checkpoint_config(checkpoint_dir(directory), kind=KIND)["configs"]["world"]
+    except CheckpointError:
+        return {}
+    return {k: world[k] for k in ("schedule", "context_noise") if world.get(k) is not None}
+
+
+def config_from_args(args: argparse.Namespace, teacher: WorldConfig, sources: list[Path]) -> StudentTrainConfig:
+    """The stage preset, overridden by explicit arguments; schedule / context_noise default to the
+    first checkpoint in `sources` (resumed stage, then init) that records them."""
+    preset = STUDENT_PRESETS[args.stage]
+    recorded: dict = {}
+    for source in reversed(sources):
+        recorded.update(_recorded_diagonal(source))
+    overrides = {k: getattr(args, k) for k in ("steps", "batch", "lr", "critic_lr", "generator_every", "ema_decay",
+                                               "ckpt_every", "log_every", "seed") if getattr(args, k) is not None}
+    for key in ("schedule", "context_noise"):
+        value = getattr(args, key)
+        if value is not None:
+            overrides[key] = value
+        elif key in recorded:
+            overrides[key] = recorded[key]
+    dmd = DMDConfig(guidance=args.guidance, spatial_weight=args.spatial_weight, flow_weight=args.flow_weight,
+                    flow_regression_weight=args.flow_regression_weight)
+    pairs = OdePairsConfig(pairs=args.pairs, clip_chunks=args.clip_chunks, shard=args.pair_shard,
+                           teacher_steps=args.teacher_steps, guidance=args.teacher_guidance,
+                           held_fraction=args.held_fraction, seed=overrides.get("seed", preset.seed))
+    return dataclasses.replace(preset, **overrides, dmd=dmd, pairs=pairs, shift=teacher.shift,
+                               text_encoder=teacher.text_encoder)
+
+
+def ensure_pairs(args: argparse.Namespace, cfg: StudentTrainConfig, teacher: Teacher, directory: Path,
+                 device: torch.device, deadline: float | None) -> bool:
+    """Make (or finish) the ODE pairs; True when complete. Needs --latents unless already complete."""
+    from model.latents import LatentClips, read_cache_meta, text_table
+
+    grid = diagonal_grid(cfg.shift, cfg.context_noise)
+    if pairs_complete(directory, pairs_meta(cfg.pairs, grid, cfg.shift, teacher.identity)):
+        return True
+    if args.latents is None:
+        raise SystemExit("train student --stage init: --latents is required to make the ODE pairs")
+    cache_encoder = read_cache_meta(args.latents).get("text_encoder")
+    if cache_encoder != teacher.world.text_encoder:
+        raise SystemExit(f"latent cache prompts were encoded with {cache_encoder!r}, the teacher uses "
+                         f"{teacher.world.text_encoder!r}")
+    clips = LatentClips(args.latents, cfg.pairs.clip_chunks, teacher.dit.config.chunk_frames)
+    tokens, mask = text_table(args.latents)
+    print(f"ode pairs: {cfg.pairs.shards} shards of {cfg.pairs.shard} teacher rollouts "
+          f"({cfg.pairs.teacher_steps} steps, guidance {cfg.pairs.guidance:g}) from {len(clips)} clips", flush=True)
+    return build_ode_pairs(teacher.dit, clips, tokens, mask, directory, cfg.pairs, grid, cfg.shift,
+                           teacher.identity, device, deadline)
+
+
+def load_pairs(directory: Path, teacher: Teacher) -> OdePairs:
+    pairs = OdePairs(directory)
+    if pairs.meta.get("teacher") != teacher.identity:
+        raise OdePairsError(f"{directory}: made with teacher {pairs.meta.get('teacher')}, this teacher is "
+                            f"{teacher.identity}; delete {directory} (the init stage remakes it) or pass the "
+                            f"teacher the pairs came from")
+    return pairs
+
+
+def run(args: argparse.Namespace) -> int:
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise SystemExit("train student runs in one process (no DDP): start it without torchrun")
+    threads = torch.get_num_threads()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    try:
+        return _run(args)
+    finally:
+        torch.set_num_threads(threads)  # in-process callers (tests) get theirs back
+
+
+def _run(args: argparse.Namespace) -> int:
+    device = resolve_device(args.device)
+    deadline = time.monotonic() + 60 * args.max_minutes if args.max_minutes else None
+    out = Path(args.out)
+    stage_dir = out / args.stage
+    init_dir = Path(args.init) if args.init else out / "init"
+    teacher = load_teacher(args.teacher, device)
+    sources = [stage_dir] if args.resume else []
+    cfg = config_from_args(args, teacher.world, sources + ([init_dir] if args.stage == "dmd" else []))
+    if args.stage == "init" and not ensure_pairs(args, cfg, teacher, out / PAIRS_SUBDIR, device, deadline):
+        print("student init: --max-minutes reached while making ODE pairs; rerun the same command to continue",
+              flush=True)
+        return 0
+    pairs = load_pairs(out / PAIRS_SUBDIR, teacher)
+    trainer = _create(cfg, teacher, pairs, stage_dir, device, init_dir, args.resume)
+    log = RunLog(stage_dir, f"student_{args.stage}", resume_step=trainer.step + 1 if args.resume else None)
+    print(f"student {args.stage}: {count_parameters(teacher.dit) / 1e6:.2f}M parameters, {len(pairs)} pairs, "
+          f"schedule {cfg.schedule}, context noise t={cfg.context_noise:g}, on {device}, from step {trainer.step}",
+          flush=True)
+    metrics = trainer.train(log, deadline)
+    state = "stopped at --max-minutes (rerun with --resume)" if trainer.stopped else "done"
+    rate = metrics.get("steps_per_s", 0.0)
+    print(f"student {args.stage}: step {trainer.step}/{cfg.steps}, {rate:.3f} steps/s, {state} -> "
+          f"{trainer.checkpoint}", flush=True)
+    return 0
+
+
+def _create(cfg: StudentTrainConfig, teacher: Teacher, pairs: OdePairs, stage_dir: Path, device: torch.device,
+            init_dir: Path, resume: bool) -> StageTrainer:
+    if cfg.stage == "init":
+        trainer: StageTrainer = InitTrainer(cfg, teacher, pairs, stage_dir, device)
+    else:
+        from model.autoencoder import checkpoint_dir
+
+        if not (checkpoint_dir(init_dir) / "config.json").exists():
+            raise SystemExit(f"train student --stage dmd: no init checkpoint in {init_dir}; run --stage init "
+                             f"first (or pass --init DIR, e.g. the teacher)")
+        trainer = DMDTrainer(cfg, teacher, pairs, stage_dir, device, checkpoint_dir(init_dir))
+    if resume:
+        trainer.resume()
+    return trainer
