@@ -56,23 +56,29 @@ class BaseTextEncoder(ABC):
             raise TypeError("encode takes a list of prompts, not a single string")
         for p in prompts:
             _check_prompt(p)
-        missing = list(dict.fromkeys(p for p in prompts if p not in self._cache))
+        # Rows for this call are collected before the LRU evicts anything: a batch may hold more
+        # distinct prompts than the cache keeps.
+        unique = list(dict.fromkeys(prompts))
+        found = {p: self._lookup(p) for p in unique if p in self._cache}
+        missing = [p for p in unique if p not in found]
         if missing:
-            self._fill(missing)
-        rows = [self._lookup(p) for p in prompts]
+            found.update(self._fill(missing))
+        rows = [found[p] for p in prompts]
         tokens = torch.stack([r[0] for r in rows]) if rows else torch.zeros(0, self.max_tokens, self.dim)
         mask = torch.stack([r[1] for r in rows]) if rows else torch.zeros(0, self.max_tokens, dtype=torch.bool)
         assert tokens.shape == (len(prompts), self.max_tokens, self.dim) and mask.shape == tokens.shape[:2]
         return tokens, mask
 
-    def _fill(self, prompts: list[str]) -> None:
+    def _fill(self, prompts: list[str]) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
         tokens, mask, lengths = self._embed(prompts)
+        rows = {}
         for p, t, m, n in zip(prompts, tokens, mask, lengths):
             if n > self.max_tokens - 1:
                 self._warn_truncated(p, n)
-            self._cache[p] = (t.float().to(self.device), m.to(self.device))
+            rows[p] = self._cache[p] = (t.float().to(self.device), m.to(self.device))
         while len(self._cache) > self.cache_size:
             self._cache.popitem(last=False)
+        return rows
 
     def _lookup(self, prompt: str) -> tuple[torch.Tensor, torch.Tensor]:
         self._cache.move_to_end(prompt)

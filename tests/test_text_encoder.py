@@ -102,3 +102,14 @@ def test_minilm_truncation_and_errors(minilm):
     assert mask.all()
     with pytest.raises(PromptError):
         minilm.encode([" "])
+
+
+def test_a_batch_with_more_prompts_than_the_cache_holds():
+    encoder = create_text_encoder("hash", "cpu")
+    encoder.cache_size = 4
+    prompts = [f"prompt number {i}" for i in range(10)]
+    tokens, mask = encoder.encode(prompts + prompts[:2])
+    assert tokens.shape[0] == 12 and mask.shape[0] == 12
+    assert torch.equal(tokens[0], tokens[10])  # a repeated prompt gets the same row
+    again, _ = encoder.encode(prompts[:1])  # evicted, re-embedded: still the same
+    assert torch.equal(again[0], tokens[0])
