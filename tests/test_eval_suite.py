@@ -6,7 +6,6 @@ suite (engine = ceiling, identical re-simulation, random world ~ chance), not ab
 """
 
 import json
-import math
 from dataclasses import replace
 
 import numpy as np
@@ -173,4 +172,14 @@ def test_frames_to_agree():
     labels = np.array([[0, 0, 0], [1, 2, 0], [0, 0, 0], [1, 2, 0], [1, 2, 0], [1, 2, 0]])
     assert frames_to_agree(labels, target, stable=2) == 4
     assert frames_to_agree(labels[:2], target, stable=2) is None
-    assert not math.isnan(frames_to_agree(labels, target, stable=1))
+    assert frames_to_agree(labels, target, stable=1) == 2
+
+
+def test_cli_rejects_a_bad_prompt_file_before_running(nets, tmp_path, capsys):
+    bad = tmp_path / "bad.txt"
+    bad.write_text("green hills\tgrassland,noon\n")
+    args = ["eval", "--backend", "engine", "--idm", str(nets[0]), "--classifier", str(nets[1]), "--quick",
+            "--prompts", str(bad), "--out", str(tmp_path / "never")]  # fmt: skip
+    assert run_world.main(args) == 2
+    assert "bad.txt:1" in capsys.readouterr().err
+    assert not (tmp_path / "never").exists()

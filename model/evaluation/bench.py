@@ -1,0 +1,288 @@
+"""`run_world.py bench`: how fast each sampler of one checkpoint generates, in one run.
+
+    python run_world.py bench                                  # bundled world, every sampler
+    python run_world.py bench --samplers uniform,diagonal --chunks 100 --json
+    python run_world.py bench --backend engine --json          # the engine's own row
+
+Per sampler: sustained FPS after warm-up (step_chunk returns decoded uint8 frames, so decoding
+is included), first-chunk latency (reset + first chunk, warm and cold), per-chunk latency p50/p95,
+NFE per chunk, peak memory, and the generator's achieved GFLOP/s against this machine's measured
+fp32 matmul GFLOP/s. FLOPs per chunk are counted, not estimated: one extra chunk runs under
+torch's FlopCounterMode, which adds up the FLOPs of every matmul, convolution and attention op
+dispatched (decoder included; elementwise ops are not counted, so the fraction is a lower bound).
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import resource
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from world.actions import Action
+from world.backend import Backend, BackendError, create_backend
+from world.scripted_player import ScriptedPlayer
+
+DEFAULT_PROMPT = "green hills at noon"
+
+
+@dataclass
+class SamplerRow:
+    fps: float
+    first_chunk_ms: float  # reset + first chunk, after a warm-up run (what a user's reset costs)
+    cold_first_chunk_ms: float  # the very first reset + chunk of a freshly loaded backend
+    chunk_ms_p50: float
+    chunk_ms_p95: float
+    nfe_per_chunk: float  # mean over the timed (steady-state) chunks
+    nfe_first_chunks: list[int]  # the first chunks after reset (diagonal: 4, 3, 2, ...)
+    peak_mem_mb: float
+    chunks: int
+    gflop_per_chunk: float | None = None
+    achieved_gflops: float | None = None
+    matmul_fraction: float | None = None
+
+
+# ----------------------------------------------------------------------------- machine
+
+
+def matmul_gflops(device: str = "cpu", seconds: float = 1.0) -> float:
+    """Measured fp32 torch matmul throughput: n x n products, best of a few timed batches."""
+    import torch
+
+    dev = torch.device(device)
+    n = 4096 if dev.type == "cuda" else 512
+    a, b = torch.randn(n, n, device=dev), torch.randn(n, n, device=dev)
+    best, deadline = 0.0, time.perf_counter() + seconds
+    while time.perf_counter() < deadline or best == 0.0:
+        _sync(dev)
+        t0 = time.perf_counter()
+        for _ in range(8):
+            a @ b
+        _sync(dev)
+        best = max(best, 8 * 2 * n**3 / (time.perf_counter() - t0) / 1e9)
+    return best
+
+
+def _sync(device) -> None:
+    import torch
+
+    if getattr(device, "type", device) == "cuda":
+        torch.cuda.synchronize()
+
+
+# ----------------------------------------------------------------------------- memory
+
+
+def reset_peak_memory(device: str) -> None:
+    """Start a new peak-memory window: VmHWM via /proc (Linux >= 4.0), CUDA peak stats."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        pass  # elsewhere ru_maxrss is a whole-process peak; the first sampler's row is exact
+    if device.startswith("cuda"):
+        import torch
+
+        torch.cuda.reset_peak_memory_stats()
+
+
+def peak_memory_mb(device: str) -> float:
+    """Peak host RSS since reset_peak_memory (or process start); CUDA: peak allocated."""
+    if device.startswith("cuda"):
+        import torch
+
+        return torch.cuda.max_memory_allocated() / 2**20
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # kB on Linux
+
+
+# ----------------------------------------------------------------------------- timing
+
+
+def bench_actions(n_frames: int, seed: int = 0) -> list[Action]:
+    player = ScriptedPlayer(seed, switch_every_s=None)
+    return [player.next_action() for _ in range(n_frames)]
+
+
+def chunk_actions(actions: list[Action], k: int, f: int) -> list[Action]:
+    """The actions of chunk k (cycling through `actions`, whose length is a multiple of f)."""
+    start = (k % (len(actions) // f)) * f
+    return actions[start : start + f]
+
+
+def time_chunks(backend: Backend, actions: list[Action], n: int, device: str, budget_s: float) -> tuple[list, list]:
+    """Step n chunks (or until budget_s runs out, at least 3); (seconds per chunk, nfe per chunk)."""
+    f = backend.info.chunk_frames
+    secs, nfe = [], []
+    start = time.perf_counter()
+    for i in range(n):
+        t0 = time.perf_counter()
+        result = backend.step_chunk(chunk_actions(actions, i, f))
+        _sync(device)
+        secs.append(time.perf_counter() - t0)
+        nfe.append(result.nfe)
+        if i >= 2 and time.perf_counter() - start > budget_s:
+            break
+    return secs, nfe
+
+
+def first_chunk_ms(backend: Backend, actions: list[Action], seed: int, prompt: str, device: str) -> tuple[float, list]:
+    """reset + first chunk in ms, and the NFE of the first few chunks after it."""
+    f = backend.info.chunk_frames
+    t0 = time.perf_counter()
+    backend.reset(seed, prompt)
+    first = backend.step_chunk(actions[:f])
+    _sync(device)
+    ms = 1000 * (time.perf_counter() - t0)
+    return ms, [first.nfe] + [backend.step_chunk(chunk_actions(actions, k, f)).nfe for k in (1, 2)]
+
+
+def count_flops(backend: Backend, actions: list[Action]) -> float | None:
+    """FLOPs of one chunk (matmul/conv/attention ops) via torch's FlopCounterMode; None for numpy."""
+    if backend.info.name == "engine":
+        return None
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counter = FlopCounterMode(display=False)
+    with counter:
+        backend.step_chunk(actions[: backend.info.chunk_frames])
+    return float(counter.get_total_flops())
+
+
+def bench_backend(backend: Backend, args: argparse.Namespace, device: str, gflops: float | None) -> SamplerRow:
+    f = backend.info.chunk_frames
+    actions = bench_actions(max(3, args.chunks + args.warmup) * f, args.seed)
+    reset_peak_memory(device)
+    cold_ms, _ = first_chunk_ms(backend, actions, args.seed, args.prompt, device)
+    warm_ms, nfe_first = first_chunk_ms(backend, actions, args.seed, args.prompt, device)
+    time_chunks(backend, actions, args.warmup, device, budget_s=args.max_seconds)  # warm-up: cache full
+    secs, nfe = time_chunks(backend, actions, args.chunks, device, budget_s=args.max_seconds)
+    peak = peak_memory_mb(device)
+    flops = count_flops(backend, actions)
+    mean_s = float(np.mean(secs))
+    row = SamplerRow(
+        fps=f * len(secs) / float(np.sum(secs)), first_chunk_ms=warm_ms, cold_first_chunk_ms=cold_ms,
+        chunk_ms_p50=1000 * float(np.percentile(secs, 50)), chunk_ms_p95=1000 * float(np.percentile(secs, 95)),
+        nfe_per_chunk=float(np.mean(nfe)), nfe_first_chunks=nfe_first, peak_mem_mb=peak, chunks=len(secs),
+    )  # fmt: skip
+    if flops is not None:
+        row.gflop_per_chunk = flops / 1e9
+        row.achieved_gflops = flops / mean_s / 1e9
+        row.matmul_fraction = row.achieved_gflops / gflops if gflops else None
+    return row
+
+
+# ----------------------------------------------------------------------------- command
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--backend", default="generated", choices=("generated", "engine"))
+    parser.add_argument("--checkpoint", help="world checkpoint directory (default: the bundled one)")
+    parser.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    parser.add_argument("--samplers", help="comma-separated sampler names (default: every registered sampler)")
+    parser.add_argument("--chunks", type=int, default=60, help="timed chunks per sampler")
+    parser.add_argument("--warmup", type=int, default=5, help="untimed chunks before timing (fills the cache)")
+    parser.add_argument(
+        "--max-seconds",
+        type=float,
+        default=30.0,
+        help="stop timing a sampler after this long (slow teachers), keeping >= 3 chunks",
+    )
+    parser.add_argument("--prompt", default=DEFAULT_PROMPT)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--matmul-seconds", type=float, default=1.0, help="time spent measuring matmul GFLOP/s")
+    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    parser.add_argument("--out", help="also write the JSON here")
+    parser.add_argument("--json", action="store_true", help="last stdout line: one JSON object")
+
+
+def sampler_names(args: argparse.Namespace) -> list[str]:
+    if args.backend == "engine":
+        return ["engine"]
+    if args.samplers:
+        return [s.strip() for s in args.samplers.split(",") if s.strip()]
+    from model.samplers import SAMPLERS
+
+    return list(SAMPLERS)
+
+
+def open_backend(args: argparse.Namespace, name: str) -> Backend:
+    if args.backend == "engine":
+        return create_backend("engine")
+    options = {"device": args.device, "sampler": name}
+    if args.checkpoint:
+        options["checkpoint"] = args.checkpoint
+    return create_backend("generated", **options)
+
+
+def ratios(rows: dict[str, SamplerRow]) -> dict[str, float]:
+    """Throughput ratios fps(A) / fps(B) for every ordered pair of samplers."""
+    return {f"{a}/{b}": rows[a].fps / rows[b].fps for a, b in itertools.permutations(rows, 2)}
+
+
+def run(args: argparse.Namespace) -> int:
+    from model.device import resolve_device
+    from model.evaluation.train_common import set_threads
+
+    set_threads(args.threads)
+    try:
+        device = str(resolve_device(args.device))
+    except RuntimeError as e:
+        print(f"bench: {e}", file=sys.stderr)
+        return 2
+    gflops = matmul_gflops(device, args.matmul_seconds)
+    rows: dict[str, SamplerRow] = {}
+    for name in sampler_names(args):
+        try:
+            backend = open_backend(args, name)
+        except BackendError as e:
+            print(f"bench: {e}", file=sys.stderr)
+            return 2
+        rows[name] = bench_backend(backend, args, device, gflops)
+        backend.close()
+        print(f"bench: {name}: {rows[name].fps:.1f} FPS, p50 {rows[name].chunk_ms_p50:.1f} ms/chunk", file=sys.stderr)
+    report = {
+        "device": device, "backend": args.backend, "checkpoint": args.checkpoint, "matmul_gflops": gflops,
+        "threads": _threads(),
+        "samplers": {k: asdict(v) for k, v in rows.items()}, "ratios": ratios(rows),
+    }  # fmt: skip
+    print(table(report))
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(report, indent=1) + "\n")
+    if args.json:
+        print(json.dumps(report))
+    return 0
+
+
+def _threads() -> int:
+    import torch
+
+    return torch.get_num_threads()
+
+
+def table(report: dict) -> str:
+    lines = [
+        f"device {report['device']} ({report['threads']} threads), fp32 matmul {report['matmul_gflops']:.1f} GFLOP/s",
+        "| sampler | FPS | first chunk ms | chunk ms p50 | p95 | NFE/chunk | peak MB | GFLOP/s | of matmul |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for name, r in report["samplers"].items():
+        ach = f"{r['achieved_gflops']:.1f}" if r["achieved_gflops"] is not None else "-"
+        frac = f"{100 * r['matmul_fraction']:.0f}%" if r["matmul_fraction"] is not None else "-"
+        lines.append(
+            f"| {name} | {r['fps']:.1f} | {r['first_chunk_ms']:.0f} | {r['chunk_ms_p50']:.1f} | "
+            f"{r['chunk_ms_p95']:.1f} | {r['nfe_per_chunk']:.2f} | {r['peak_mem_mb']:.0f} | {ach} | {frac} |"
+        )
+    lines += [f"ratio {k}: {v:.2f}x" for k, v in report["ratios"].items()]
+    return "\n".join(lines)

@@ -1,0 +1,155 @@
+"""`run_world.py eval`: score a world (generated or the engine itself) against the engine.
+
+    python run_world.py eval --quick                                  # the bundled generated world
+    python run_world.py eval --backend engine --json                  # the sanity row (ceiling)
+    python run_world.py eval --checkpoint runs/student --sampler diagonal --out runs/eval/student
+
+Writes results.json, report.md and PNG plots into --out (default runs/eval/<backend>-<time>/);
+with --json the last stdout line is one JSON object with the headline numbers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import replace
+from datetime import datetime
+from pathlib import Path
+
+from model.checkpoint import CheckpointError
+from model.device import resolve_device
+from model.evaluation.config import EVAL_PRESETS, EvalConfig
+from model.evaluation.measure_actions import measure_actions
+from model.evaluation.measure_drift import measure_drift
+from model.evaluation.measure_fidelity import measure_fidelity
+from model.evaluation.measure_prompts import measure_prompts, measure_switches, read_prompt_file
+from model.evaluation.readers import IDMReader, ThemeReader, load_classifier, load_idm
+from model.evaluation.report import headline, markdown, write_outputs
+from model.evaluation.rollout import Worlds
+from model.evaluation.train_common import set_threads
+from world.backend import Backend, BackendError, create_backend
+
+MEASURES: tuple[str, ...] = ("actions", "prompts", "switch", "fidelity", "drift")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--backend", default="generated", choices=("generated", "engine"))
+    parser.add_argument("--checkpoint", help="generated world checkpoint directory (default: the bundled one)")
+    parser.add_argument("--sampler", help="sampler of the generated world (default: the checkpoint's)")
+    parser.add_argument("--device", default="auto", help="auto | cpu | cuda (world, IDM and classifier)")
+    parser.add_argument("--idm", default="assets/idm", help="inverse-dynamics checkpoint")
+    parser.add_argument("--classifier", default="assets/classifier", help="theme classifier checkpoint")
+    parser.add_argument("--prompts", help="extra prompts to score: prompt<TAB>biome,time_of_day,weather per line")
+    parser.add_argument("--quick", action="store_true", help="every measure on a small sample (< 1 min on CPU)")
+    parser.add_argument("--measures", default=",".join(MEASURES), help=f"subset of {','.join(MEASURES)}")
+    parser.add_argument(
+        "--drift-script",
+        default="pan",
+        choices=("pan", "walk"),
+        help="actions of the long stream: pan (turn in place) or walk (scripted play)",
+    )
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", help="output directory (default runs/eval/<backend>-<time>)")
+    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    parser.add_argument("--json", action="store_true", help="last stdout line: one JSON object of headline numbers")
+
+
+def open_worlds(args: argparse.Namespace) -> Worlds:
+    """The world under test plus an engine at the same resolution and chunk size."""
+    if args.backend == "engine":
+        engine = create_backend("engine")
+        return Worlds(engine, engine, same=True)
+    options = {"device": args.device}
+    if args.checkpoint:
+        options["checkpoint"] = args.checkpoint
+    if args.sampler:
+        options["sampler"] = args.sampler
+    world = create_backend("generated", **options)
+    info = world.info
+    engine = create_backend("engine", height=info.height, width=info.width, chunk_frames=info.chunk_frames)
+    return Worlds(world, engine, same=False)
+
+
+def check_resolution(world: Backend, idm: IDMReader, cls: ThemeReader) -> None:
+    h, w = world.info.height, world.info.width
+    for name, c in (("IDM", idm.config), ("classifier", cls.config)):
+        if (c.height, c.width) != (h, w):
+            raise ValueError(f"the {name} was trained on {c.height}x{c.width} frames but the world renders {h}x{w}")
+
+
+def evaluate(
+    worlds: Worlds,
+    idm: IDMReader,
+    cls: ThemeReader,
+    cfg: EvalConfig,
+    measures: tuple[str, ...] = MEASURES,
+    prompt_file: str | None = None,
+    log: Callable[[str], None] = lambda s: print(s, file=sys.stderr),
+) -> dict:
+    """Run the chosen measures; returns every number (plus '_strip_*' frames for the plots)."""
+    check_resolution(worlds.world, idm, cls)
+    steps: dict[str, Callable[[], dict]] = {
+        "actions": lambda: measure_actions(worlds, idm, cfg),
+        "prompts": lambda: measure_prompts(worlds, cls, cfg, prompt_file),
+        "switch": lambda: measure_switches(worlds, cls, cfg),
+        "fidelity": lambda: measure_fidelity(worlds, cfg),
+        "drift": lambda: measure_drift(worlds, cls, cfg, show=False),
+    }
+    results: dict = {"drift_reference_s": cfg.drift_reference_s, "timings_s": {}}
+    for name in measures:
+        t0 = time.perf_counter()
+        part = steps[name]()
+        if "_strip" in part:
+            results[f"_strip_{name}"] = part.pop("_strip")
+        results.update(part)
+        results["timings_s"][name] = round(time.perf_counter() - t0, 2)
+        log(f"eval: {name} done in {results['timings_s'][name]:.1f} s")
+    return results
+
+
+def _parse_measures(text: str) -> tuple[str, ...]:
+    names = tuple(m.strip() for m in text.split(",") if m.strip())
+    unknown = [m for m in names if m not in MEASURES]
+    if unknown or not names:
+        raise ValueError(f"--measures: unknown {unknown}; choose from {','.join(MEASURES)}")
+    return names
+
+
+def run(args: argparse.Namespace) -> int:
+    t0 = time.perf_counter()
+    set_threads(args.threads)
+    try:
+        measures = _parse_measures(args.measures)
+        if args.prompts:
+            read_prompt_file(args.prompts)  # a bad file fails now, not after minutes of rollouts
+        device = resolve_device(args.device)
+        idm, cls = load_idm(args.idm, device), load_classifier(args.classifier, device)
+        worlds = open_worlds(args)
+    except (CheckpointError, BackendError, ValueError, RuntimeError, OSError) as e:
+        print(f"eval: {e}", file=sys.stderr)
+        return 2
+    cfg = replace(EVAL_PRESETS["quick" if args.quick else "full"], seed=args.seed, drift_script=args.drift_script)
+    try:
+        results = evaluate(worlds, idm, cls, cfg, measures, args.prompts)
+    except ValueError as e:  # bad --prompts file, resolution mismatch
+        print(f"eval: {e}", file=sys.stderr)
+        return 2
+    finally:
+        worlds.world.close()
+        worlds.engine.close()
+    out = Path(args.out or f"runs/eval/{args.backend}-{datetime.now():%Y%m%d-%H%M%S}")
+    results.update(
+        backend=args.backend, world=worlds.world.info.description, checkpoint=args.checkpoint,
+        sampler=args.sampler, device=str(device),
+        quick=args.quick, idm=args.idm, classifier=args.classifier, seed=args.seed,
+        seconds=time.perf_counter() - t0, out=str(out),
+    )  # fmt: skip
+    write_outputs(results, out)
+    print(markdown(results))
+    print(f"wrote {out}/results.json, report.md and plots", file=sys.stderr)
+    if args.json:
+        print(json.dumps(headline(results)))
+    return 0

@@ -1,0 +1,66 @@
+"""Action accuracy: roll the probe script out and read the actions back with the IDM.
+
+The ceiling is the same IDM reading the engine under the same probe, so the ratio isolates the
+world: an IDM that confuses two motions on the engine is not held against the model.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from model.evaluation.config import EvalConfig
+from model.evaluation.idm import mouse_to_bins
+from model.evaluation.probe import probe_actions, probe_segments
+from model.evaluation.readers import ActionReading, IDMReader
+from model.evaluation.rollout import Worlds
+from model.evaluation.scores import score_actions
+from world.themes import EXAMPLE_PROMPTS
+
+
+def _concat(readings: list[ActionReading]) -> ActionReading:
+    return ActionReading(*(np.concatenate([getattr(r, f) for r in readings]) for f in ("keys", "mouse_bins", "valid")))
+
+
+def _segment_match(
+    reading: ActionReading, actions: np.ndarray, mask: np.ndarray, names: list[str], idm: IDMReader
+) -> dict:
+    """Per probe segment: fraction of scored frames whose whole reading equals the command."""
+    n_keys = reading.keys.shape[1]
+    exact = (reading.keys == (actions[:, :n_keys] > 0.5)).all(1) & (
+        reading.mouse_bins == mouse_to_bins(actions[:, n_keys:], idm.config)
+    ).all(1)
+    use = mask & reading.valid
+    out = {}
+    for name in dict.fromkeys(names):
+        sel = use & (np.array(names) == name)
+        out[name] = float(exact[sel].mean()) if sel.any() else float("nan")
+    return out
+
+
+def measure_actions(worlds: Worlds, idm: IDMReader, cfg: EvalConfig) -> dict:
+    segments = probe_segments(cfg.probe_hold)
+    actions, scored, seg_names = probe_actions(segments, cfg.settle_frames, idm.config.after)
+    gen_r, ref_r, acts, masks, names = [], [], [], [], []
+    for w in range(cfg.probe_worlds):
+        gen, ref = worlds.both(cfg.seed + w, EXAMPLE_PROMPTS[w % len(EXAMPLE_PROMPTS)], actions)
+        gen_r.append(idm.read(gen.frames))
+        ref_r.append(gen_r[-1] if worlds.same else idm.read(ref.frames))
+        acts.append(gen.actions)
+        masks.append(np.concatenate([[False], scored]))  # frame 0 is the reset view: no action
+        names += ["reset", *seg_names]
+    acts_all, mask_all = np.concatenate(acts), np.concatenate(masks)
+    world = score_actions(_concat(gen_r), acts_all, mask_all, idm.config)
+    engine = score_actions(_concat(ref_r), acts_all, mask_all, idm.config)
+    ratio = world["macro_f1"] / engine["macro_f1"] if engine["macro_f1"] > 0 else float("nan")
+    return {
+        "action_f1": world["macro_f1"],
+        "action_f1_ceiling": engine["macro_f1"],
+        "action_ratio_to_ceiling": ratio,
+        "action_f1_chance": world["chance_macro_f1"],
+        "action_f1_idm_heldout": idm.meta.get("extra", {}).get("heldout", {}).get("macro_f1", float("nan")),
+        "action_frames_scored": world["frames"],
+        "action_per_action_f1": world["per_action"],
+        "action_per_action_f1_ceiling": engine["per_action"],
+        "action_segment_exact": _segment_match(_concat(gen_r), acts_all, mask_all, names, idm),
+        "action_segment_exact_ceiling": _segment_match(_concat(ref_r), acts_all, mask_all, names, idm),
+    }

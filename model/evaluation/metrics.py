@@ -1,0 +1,124 @@
+"""Image and score metrics used by the evaluation suite; numpy in, floats out.
+
+Frames are uint8 RGB `[..., H, W, 3]` unless a function says otherwise. Every function is pure
+and tested on inputs whose answer is known (identical frames, grey frames, shifted features).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy import linalg
+from scipy.ndimage import gaussian_filter
+
+# PSNR of identical frames is infinite; reports need a number, so it is capped here. 100 dB is
+# far above anything two different 8-bit frames can reach (one grey level of error everywhere
+# already gives 48 dB), so a capped value unambiguously means "bit-identical".
+PSNR_CAP_DB = 100.0
+
+
+def _as_float(frames: np.ndarray) -> np.ndarray:
+    return np.asarray(frames, dtype=np.float64)
+
+
+def psnr(a: np.ndarray, b: np.ndarray, cap: float = PSNR_CAP_DB) -> float:
+    """Peak signal-to-noise ratio in dB of two uint8 images/stacks of the same shape, capped."""
+    if a.shape != b.shape:
+        raise ValueError(f"psnr: shapes differ {a.shape} vs {b.shape}")
+    mse = float(np.mean((_as_float(a) - _as_float(b)) ** 2))
+    if mse == 0.0:
+        return cap
+    return min(cap, 10.0 * np.log10(255.0**2 / mse))
+
+
+def psnr_per_frame(a: np.ndarray, b: np.ndarray, cap: float = PSNR_CAP_DB) -> np.ndarray:
+    """[F] capped PSNR of each frame pair of two [F, H, W, 3] stacks."""
+    return np.array([psnr(x, y, cap) for x, y in zip(a, b)], dtype=np.float64)
+
+
+def ssim(a: np.ndarray, b: np.ndarray, sigma: float = 1.5) -> float:
+    """Structural similarity of two uint8 [H, W, 3] images (Wang et al. 2004), mean over channels.
+
+    Gaussian window sigma 1.5 truncated at 11x11, K1=0.01, K2=0.03, data range 255: the standard
+    constants, so values compare with published numbers.
+    """
+    if a.shape != b.shape or a.ndim != 3:
+        raise ValueError(f"ssim: expects two [H, W, C] images of one shape, got {a.shape} and {b.shape}")
+    c1, c2 = (0.01 * 255) ** 2, (0.03 * 255) ** 2
+    x, y = _as_float(a), _as_float(b)
+    blur = lambda im: gaussian_filter(im, sigma=(sigma, sigma, 0), truncate=3.5)  # noqa: E731
+    mx, my = blur(x), blur(y)
+    vx, vy, cxy = blur(x * x) - mx * mx, blur(y * y) - my * my, blur(x * y) - mx * my
+    s = ((2 * mx * my + c1) * (2 * cxy + c2)) / ((mx * mx + my * my + c1) * (vx + vy + c2))
+    return float(s.mean())
+
+
+def ssim_per_frame(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """[F] SSIM of each frame pair of two [F, H, W, 3] stacks."""
+    return np.array([ssim(x, y) for x, y in zip(a, b)], dtype=np.float64)
+
+
+def hsv_saturation(frames: np.ndarray) -> np.ndarray:
+    """Mean HSV saturation (max-min)/max in [0, 1] per frame; [..., H, W, 3] -> [...].
+
+    Black pixels (max 0) count as saturation 0, as in the usual HSV conversion.
+    """
+    x = _as_float(frames)
+    hi, lo = x.max(axis=-1), x.min(axis=-1)
+    sat = np.where(hi > 0, (hi - lo) / np.maximum(hi, 1e-12), 0.0)
+    return sat.mean(axis=(-1, -2))
+
+
+def rms_contrast(frames: np.ndarray) -> np.ndarray:
+    """RMS contrast per frame: std of luma (BT.601) scaled to [0, 1]; [..., H, W, 3] -> [...]."""
+    x = _as_float(frames) / 255.0
+    luma = x[..., 0] * 0.299 + x[..., 1] * 0.587 + x[..., 2] * 0.114
+    return luma.std(axis=(-1, -2))
+
+
+def frechet_distance(feats_a: np.ndarray, feats_b: np.ndarray) -> float:
+    """Frechet distance between Gaussians fitted to two feature sets [N, D] and [M, D].
+
+    |mu_a - mu_b|^2 + Tr(S_a + S_b - 2 (S_a S_b)^(1/2)), the FID formula on our own features.
+    """
+    if feats_a.ndim != 2 or feats_b.ndim != 2 or feats_a.shape[1] != feats_b.shape[1]:
+        raise ValueError(f"frechet_distance: need [N, D] and [M, D], got {feats_a.shape} and {feats_b.shape}")
+    if len(feats_a) < 2 or len(feats_b) < 2:
+        raise ValueError("frechet_distance: need at least 2 samples per set")
+    a, b = _as_float(feats_a), _as_float(feats_b)
+    mu_a, mu_b = a.mean(0), b.mean(0)
+    cov_a, cov_b = np.atleast_2d(np.cov(a, rowvar=False)), np.atleast_2d(np.cov(b, rowvar=False))
+    covmean = _sqrtm_product(cov_a, cov_b)
+    value = float(np.sum((mu_a - mu_b) ** 2) + np.trace(cov_a) + np.trace(cov_b) - 2.0 * np.trace(covmean))
+    return max(0.0, value)  # tiny negative values are round-off for identical sets
+
+
+def _sqrtm_product(cov_a: np.ndarray, cov_b: np.ndarray) -> np.ndarray:
+    # sqrtm of a product of PSD matrices can pick up imaginary round-off or fail on singular
+    # covariances (few samples per minute in --quick); a small ridge keeps it well defined.
+    covmean = linalg.sqrtm(cov_a @ cov_b)
+    if not np.isfinite(covmean).all():
+        ridge = np.eye(len(cov_a)) * 1e-6
+        covmean = linalg.sqrtm((cov_a + ridge) @ (cov_b + ridge))
+    return np.real(covmean)
+
+
+def f1_binary(truth: np.ndarray, pred: np.ndarray) -> float:
+    """F1 of boolean arrays; nan when the label is absent from both truth and prediction."""
+    truth, pred = np.asarray(truth, bool), np.asarray(pred, bool)
+    tp = float(np.sum(truth & pred))
+    denom = float(truth.sum() + pred.sum())
+    return float("nan") if denom == 0 else 2.0 * tp / denom
+
+
+def f1_macro_classes(truth: np.ndarray, pred: np.ndarray, n_classes: int) -> float:
+    """Macro F1 over the classes of integer labels that occur in truth or prediction."""
+    scores = [f1_binary(truth == c, pred == c) for c in range(n_classes)]
+    defined = [s for s in scores if not np.isnan(s)]
+    return float(np.mean(defined)) if defined else float("nan")
+
+
+def nanmean(values) -> float:
+    """Mean of the finite values, nan when there are none (no RuntimeWarning)."""
+    arr = np.asarray(list(values), dtype=np.float64)
+    arr = arr[np.isfinite(arr)]
+    return float(arr.mean()) if arr.size else float("nan")

@@ -1,0 +1,193 @@
+"""Evaluation outputs: results.json (every number), report.md (a table), PNG plots."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+
+from model.evaluation.scores import ACTION_NAMES
+
+# (key in results, label, engine/ceiling key, target as text); the order of report.md's table.
+TABLE: tuple[tuple[str, str, str | None, str], ...] = (
+    ("action_f1", "action macro F1 (IDM on probe)", "action_f1_ceiling", ""),
+    ("action_ratio_to_ceiling", "action F1 / engine (ceiling)", None, ">= 0.90"),
+    ("action_f1_chance", "action macro F1 at chance (shuffled)", None, ""),
+    ("prompt_accuracy", "prompt accuracy, train phrasings (joint)", "prompt_accuracy_engine", ">= 0.90"),
+    ("prompt_accuracy_heldout", "prompt accuracy, held-out phrasings", "prompt_accuracy_heldout_engine", ">= 0.90"),
+    ("prompt_ratio_to_engine", "prompt accuracy / engine, train phrasings", None, ""),
+    ("prompt_ratio_to_engine_heldout", "prompt accuracy / engine, held-out phrasings", None, ""),
+    ("prompt_accuracy_file", "prompt accuracy, --prompts file", "prompt_accuracy_file_engine", ">= 0.90"),
+    ("prompt_accuracy_chance", "prompt accuracy at chance (shuffled)", None, ""),
+    ("switch_chunks", "prompt switch: chunks until agreement (median)", "switch_chunks_engine", "<= 2"),
+    ("switch_frames", "prompt switch: frames until agreement (median)", "switch_frames_engine", ""),
+    ("switch_success", "prompt switches that took effect", "switch_success_engine", ""),
+    ("psnr_1chunk", "PSNR dB, next chunk", None, ""),
+    ("ssim_1chunk", "SSIM, next chunk", None, ""),
+    ("psnr_10chunk", "PSNR dB, 10 chunks", None, ""),
+    ("ssim_10chunk", "SSIM, 10 chunks", None, ""),
+    ("fd_mean", "Frechet distance to engine (mean per segment)", None, ""),
+    ("drift_saturation_pct", "saturation drift % (10 s windows vs first 10 s)", "drift_saturation_pct_engine", "<= 10"),
+    ("drift_contrast_pct", "RMS contrast drift % (10 s windows vs first 10 s)", "drift_contrast_pct_engine", "<= 10"),
+)
+HEADLINE_KEYS = (
+    "backend", "world", "checkpoint", "sampler", "quick",
+    "action_f1", "action_f1_ceiling", "action_ratio_to_ceiling", "action_f1_chance",
+    "prompt_accuracy", "prompt_accuracy_heldout", "prompt_accuracy_file", "prompt_accuracy_chance",
+    "prompt_accuracy_engine", "prompt_ratio_to_engine", "prompt_ratio_to_engine_heldout",
+    "switch_frames", "switch_chunks", "psnr_1chunk", "ssim_1chunk", "psnr_10chunk", "ssim_10chunk", "fidelity_mode",
+    "fd_mean", "fd_per_segment", "drift_script", "drift_saturation_pct", "drift_contrast_pct",
+    "drift_saturation_pct_engine", "drift_contrast_pct_engine", "seconds", "out",
+)  # fmt: skip
+
+
+def clean(obj):
+    """JSON-safe copy: numpy scalars -> Python, nan/inf -> None, private '_' keys dropped."""
+    if isinstance(obj, dict):
+        return {k: clean(v) for k, v in obj.items() if not str(k).startswith("_")}
+    if isinstance(obj, (list, tuple)):
+        return [clean(v) for v in obj]
+    if isinstance(obj, (np.floating, float)):
+        return float(obj) if math.isfinite(obj) else None
+    if isinstance(obj, np.integer):
+        return int(obj)
+    return obj
+
+
+def headline(results: dict) -> dict:
+    return clean({k: results[k] for k in HEADLINE_KEYS if k in results})
+
+
+def _fmt(v) -> str:
+    if v is None or (isinstance(v, float) and not math.isfinite(v)):
+        return "n/a"
+    if isinstance(v, float):
+        return f"{v:.3f}" if abs(v) < 100 else f"{v:.1f}"
+    return str(v)
+
+
+def markdown(results: dict) -> str:
+    r = results
+    lines = [
+        f"# Evaluation: {r.get('backend')} {r.get('checkpoint') or ''} {r.get('sampler') or ''}".rstrip(),
+        "",
+        f"World: {r.get('world', '')}.",
+        "",
+        f"{'quick' if r.get('quick') else 'full'} run, {r.get('seconds', 0):.0f} s, device {r.get('device')}, "
+        f"IDM `{r.get('idm')}`, classifier `{r.get('classifier')}`; fidelity mode: {r.get('fidelity_mode')}.",
+        "",
+        "| measure | world | engine (ceiling / reference) | target |",
+        "| --- | --- | --- | --- |",
+    ]
+    for key, label, ref, target in TABLE:
+        if key in r:
+            lines.append(f"| {label} | {_fmt(r[key])} | {_fmt(r.get(ref)) if ref else ''} | {target} |")
+    lines += ["", "Per-action F1 (world / engine):", "", "| action | world | engine |", "| --- | --- | --- |"]
+    w, e = r.get("action_per_action_f1", {}), r.get("action_per_action_f1_ceiling", {})
+    lines += [f"| {a} | {_fmt(w.get(a))} | {_fmt(e.get(a))} |" for a in ACTION_NAMES if a in w]
+    if r.get("fd_per_segment"):
+        segs = ", ".join(_fmt(x) for x in r["fd_per_segment"])
+        lines += ["", f"Frechet distance per {r.get('fd_segment_s'):.0f} s segment: {segs}"]
+    return "\n".join(lines) + "\n"
+
+
+def write_outputs(results: dict, out: Path) -> dict[str, Path]:
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {"json": out / "results.json", "markdown": out / "report.md"}
+    paths["json"].write_text(json.dumps(clean(results), indent=1) + "\n")
+    paths["markdown"].write_text(markdown(results))
+    paths.update(plot_all(results, out))
+    return paths
+
+
+# ----------------------------------------------------------------------------- plots
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_all(results: dict, out: Path) -> dict[str, Path]:
+    paths = {}
+    if "curves" in results:
+        paths["drift_png"] = plot_drift(results, out / "eval_drift.png")
+    if "action_per_action_f1" in results:
+        paths["f1_png"] = plot_action_f1(results, out / "eval_action_f1.png")
+    strips = [
+        (name, results[k])
+        for name, k in (("fidelity", "_strip_fidelity"), ("drift", "_strip_drift"))
+        if results.get(k) is not None
+    ]
+    if strips:
+        paths["strip_png"] = plot_strips(strips, out / "eval_strips.png")
+    return paths
+
+
+def plot_drift(results: dict, path: Path) -> Path:
+    plt, c = _plt(), results["curves"]
+    fd = results.get("fd_per_segment") or []
+    win = results.get("drift_reference_s", 10)
+    fig, axes = plt.subplots(1, 3 if fd else 2, figsize=(13 if fd else 9, 3.2))
+    for ax, key, title in ((axes[0], "saturation", "HSV saturation"), (axes[1], "contrast", "RMS contrast")):
+        ax.plot(c[f"{key}_pct"], label="world, per s", lw=0.6, alpha=0.5)
+        ax.plot(c[f"{key}_engine_pct"], label="engine, per s", lw=0.6, alpha=0.5, ls="--")
+        for suffix, style in (("", "-"), ("_engine", "--")):
+            windows = c.get(f"{key}{suffix}_window_pct", [])
+            xs = np.arange(len(windows) + 1) * (len(c[f"{key}_pct"]) // max(1, len(windows)))
+            ax.stairs(windows, xs, lw=2, ls=style, label=f"{'engine' if suffix else 'world'}, {win:.0f} s windows")
+        ax.axhspan(-10, 10, color="green", alpha=0.08, label="target +-10%")
+        ax.set_title(f"{title}: % vs first {win:.0f} s ({results.get('drift_script', '')})")
+        ax.set_xlabel("second")
+        ax.legend(fontsize=6)
+    if fd:
+        axes[2].plot(np.arange(1, len(fd) + 1), fd, marker="o")
+        axes[2].set_title(f"Frechet distance per {results.get('fd_segment_s', 60):.0f} s")
+        axes[2].set_xlabel("segment")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def plot_action_f1(results: dict, path: Path) -> Path:
+    plt = _plt()
+    w, e = results["action_per_action_f1"], results["action_per_action_f1_ceiling"]
+    names = [a for a in ACTION_NAMES if a in w]
+    x = np.arange(len(names))
+    val = lambda d, a: d.get(a) if d.get(a) is not None and math.isfinite(d.get(a)) else 0.0  # noqa: E731
+    fig, ax = plt.subplots(figsize=(10, 3.2))
+    ax.bar(x - 0.2, [val(w, a) for a in names], 0.4, label="world")
+    ax.bar(x + 0.2, [val(e, a) for a in names], 0.4, label="engine (ceiling)")
+    ax.set_xticks(x, names, rotation=35, ha="right", fontsize=8)
+    ax.set_ylim(0, 1)
+    ax.set_ylabel("F1")
+    ax.set_title("per-action F1 of the IDM's reading of the probe")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def plot_strips(strips: list[tuple[str, tuple[np.ndarray, np.ndarray]]], path: Path, cols: int = 8) -> Path:
+    """Rows: world over engine for each strip (fidelity frames, drift-stream frames)."""
+    plt = _plt()
+    fig, axes = plt.subplots(2 * len(strips), 1, figsize=(cols * 1.1, 2.4 * len(strips)), squeeze=False)
+    for s, (name, (gen, ref)) in enumerate(strips):
+        idx = np.linspace(0, len(gen) - 1, min(cols, len(gen))).round().astype(int)
+        for r, (label, frames) in enumerate((("world", gen), ("engine", ref))):
+            ax = axes[2 * s + r, 0]
+            ax.imshow(np.concatenate(list(frames[idx]), axis=1))
+            ax.set_axis_off()
+            ax.set_title(f"{name}: {label}", fontsize=8, loc="left")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path

@@ -1,0 +1,151 @@
+"""The small supervised training loop shared by the IDM and the theme classifier.
+
+A `Task` owns the network, its data and its loss; this loop owns the optimiser, schedule,
+held-out evaluation, metrics log, checkpoints and resume. Stopping with Ctrl-C saves a
+checkpoint first; running the same command again continues from it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+import torch
+from torch import nn
+
+from model.checkpoint import (
+    CheckpointError,
+    has_train_state,
+    load_train_state,
+    read_checkpoint_config,
+    save_checkpoint,
+)
+from model.device import autocast
+from model.runlog import RunLog, progress
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    steps: int = 3000
+    batch: int = 64
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    warmup: int = 100
+    eval_every: int = 250
+    save_every: int = 500
+    log_every: int = 25
+    seed: int = 0
+
+
+class Task(Protocol):
+    kind: str  # checkpoint kind and module name: "idm" or "classifier"
+    model: nn.Module
+    config: object  # the network's dataclass config
+
+    def sample(self, rng: np.random.Generator, batch: int) -> dict[str, torch.Tensor]: ...
+
+    def loss(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]: ...
+
+    def evaluate(self) -> dict[str, float]: ...
+
+
+def lr_at(step: int, cfg: TrainConfig) -> float:
+    """Linear warm-up, then cosine decay to 10% of the peak."""
+    if step < cfg.warmup:
+        return cfg.lr * (step + 1) / cfg.warmup
+    frac = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
+    return cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, frac))))
+
+
+class Trainer:
+    def __init__(
+        self, task: Task, out: str | Path, cfg: TrainConfig, device: torch.device, extra: dict, log_dir: str | Path
+    ):
+        self.task, self.out, self.cfg, self.device, self.extra = task, Path(out), cfg, device, dict(extra)
+        task.model.to(device)
+        self.opt = torch.optim.AdamW(task.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        self.step = self._maybe_resume()
+        # The log lives beside, not inside, the checkpoint: save_checkpoint swaps the whole directory.
+        self.log = RunLog(log_dir, "metrics", resume_step=self.step if self.step > 0 else None)
+        # A fresh generator per (seed, step) makes a resumed run draw new batches, not replay old ones.
+        self.rng = np.random.default_rng([cfg.seed, self.step])
+
+    def _maybe_resume(self) -> int:
+        if not has_train_state(self.out):
+            return 0
+        saved = read_checkpoint_config(self.out, kind=self.task.kind)["configs"].get(self.task.kind)
+        if saved != _jsonable(asdict(self.task.config)):
+            raise CheckpointError(
+                f"{self.out}: holds a {self.task.kind} with a different network config; "
+                "use a new --out or the same --preset and data resolution"
+            )
+        step = load_train_state(self.out, {self.task.kind: self.task.model}, {self.task.kind: self.opt})
+        print(f"resuming {self.task.kind} training from step {step} in {self.out}", file=sys.stderr)
+        return step
+
+    def save(self, heldout: dict[str, float] | None = None) -> None:
+        if heldout is not None:
+            self.extra["heldout"] = heldout
+        save_checkpoint(
+            self.out,
+            kind=self.task.kind,
+            modules={self.task.kind: self.task.model},
+            configs={self.task.kind: self.task.config, "train": self.cfg},
+            step=self.step,
+            optimizers={self.task.kind: self.opt},
+            extra=self.extra,
+        )
+
+    def train_step(self) -> dict[str, float]:
+        for g in self.opt.param_groups:
+            g["lr"] = lr_at(self.step, self.cfg)
+        batch = {k: v.to(self.device) for k, v in self.task.sample(self.rng, self.cfg.batch).items()}
+        self.task.model.train()
+        with autocast(self.device):
+            loss, metrics = self.task.loss(batch)
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        self.opt.step()
+        self.step += 1
+        return {"loss": loss.item(), **metrics}
+
+    def evaluate(self) -> dict[str, float]:
+        self.task.model.eval()
+        result = self.task.evaluate()
+        self.log.log(self.step, **{f"heldout/{k}": v for k, v in result.items() if math.isfinite(v)})
+        return result
+
+    def run(self) -> dict[str, float]:
+        """Train to cfg.steps (from wherever a previous run stopped); returns held-out metrics."""
+        bar = progress(self.cfg.steps, initial=self.step, desc=f"train {self.task.kind}")
+        heldout = self.extra.get("heldout")
+        try:
+            while self.step < self.cfg.steps:
+                metrics = self.train_step()
+                bar.update()
+                if self.step % self.cfg.log_every == 0:
+                    self.log.log(self.step, **metrics)
+                    bar.set_postfix(loss=f"{metrics['loss']:.4f}")
+                if self.step % self.cfg.eval_every == 0:
+                    heldout = self.evaluate()
+                if self.step % self.cfg.save_every == 0:
+                    self.save(heldout)
+        except KeyboardInterrupt:
+            print(f"\nstopped at step {self.step}; saving so the same command resumes", file=sys.stderr)
+            self.save(heldout)
+            raise
+        finally:
+            bar.close()
+        heldout = self.evaluate()
+        self.save(heldout)
+        self.log.plot(title=f"{self.task.kind} training")
+        return heldout
+
+
+def _jsonable(obj):
+    return json.loads(json.dumps(obj))
