@@ -202,7 +202,9 @@ class HeadlessConfig:
     realtime: bool = False
     record_dir: Path | None = None
     options: dict = field(default_factory=dict)
-    stall_s: float = 10.0  # no chunk for this long: the worker is gone, give up
+    # No chunk for this long gives up. A dead worker is caught sooner by the heartbeat (`connected`);
+    # this only bounds a live worker that stopped producing, and a teacher chunk can take seconds.
+    stall_s: float = 120.0
 
 
 class HeadlessRun:
