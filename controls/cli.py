@@ -16,7 +16,7 @@ import signal
 import sys
 import threading
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 # pygame greets on stdout when imported; stdout carries play's JSON summary line.
@@ -44,6 +44,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )  # fmt: skip
     parser.add_argument("--checkpoint", metavar="DIR", help="checkpoint for the generated backend (local worker)")
     parser.add_argument("--device", help="device for the generated backend: cpu, cuda, auto (local worker)")
+    parser.add_argument("--sampler", choices=("teacher", "uniform", "diagonal"),
+                        help="generated backend: sampler for this session (default: the checkpoint's own)")
+    parser.add_argument("--steps", type=_positive_int, help="generated backend: denoising steps (teacher, uniform)")
     parser.add_argument("--prompt", default=DEFAULT_PROMPT, help="starting prompt (default: %(default)r)")
     parser.add_argument("--seed", type=_non_negative_int, default=0, help="world seed (default: %(default)s)")
     parser.add_argument("--scale", type=_positive_int, default=8, help="integer window scale (default: %(default)s)")
@@ -99,6 +102,7 @@ class Plan:
     worker_args: tuple[str, ...]
     lookahead: int | None = None  # None: the worker's window
     lookahead_is_auto: bool = False  # an automatic choice may fall back to the worker's window
+    options: dict = field(default_factory=dict)  # session options sent with `open` (sampler, steps)
 
 
 def make_plan(args: argparse.Namespace) -> Plan:
@@ -112,12 +116,15 @@ def make_plan(args: argparse.Namespace) -> Plan:
         if backend != "generated":
             raise UsageError(f"{flag} applies to --backend generated only")
         worker_args += [flag, value]
+    session_options = {k: v for k, v in (("sampler", args.sampler), ("steps", args.steps)) if v is not None}
+    if session_options and backend != "generated":
+        raise UsageError("--sampler and --steps apply to --backend generated only")
     if not args.headless and (args.script or args.realtime):
         raise UsageError("--script and --realtime apply to --headless runs")
     if args.mouse_sensitivity <= 0:
         raise UsageError("--mouse-sensitivity must be positive")
     lookahead = choose_lookahead(args.lookahead, backend, args.headless)
-    return Plan(backend, tuple(worker_args), lookahead, args.lookahead == "auto")
+    return Plan(backend, tuple(worker_args), lookahead, args.lookahead == "auto", session_options)
 
 
 def display_problem() -> str | None:
@@ -264,8 +271,8 @@ def _session(args, plan: Plan, endpoint: str, local: LocalWorker | None, prepare
         print(f"play: {exc}", file=sys.stderr)
         return None
     if args.headless:
-        return _headless(args, client, info, prepared)
-    return _window(args, client, info, prepared, endpoint, local)
+        return _headless(args, client, info, prepared, plan.options)
+    return _window(args, client, info, prepared, endpoint, local, plan.options)
 
 
 def _open(client, plan: Plan, args: argparse.Namespace) -> dict:
@@ -275,20 +282,20 @@ def _open(client, plan: Plan, args: argparse.Namespace) -> dict:
     from world.protocol import BAD_LOOKAHEAD
 
     try:
-        return client.open(plan.backend, args.prompt, args.seed, lookahead=plan.lookahead)
+        return client.open(plan.backend, args.prompt, args.seed, options=plan.options, lookahead=plan.lookahead)
     except WorldRequestError as exc:
         if exc.code != BAD_LOOKAHEAD or not plan.lookahead_is_auto:
             raise
-    return client.open(plan.backend, args.prompt, args.seed)
+    return client.open(plan.backend, args.prompt, args.seed, options=plan.options)
 
 
-def _headless(args, client, info: dict, script) -> dict | None:
+def _headless(args, client, info: dict, script, options: dict) -> dict | None:
     from controls.headless import HeadlessConfig, HeadlessError, run_headless
 
     frames = args.frames or (len(script) if script else 300)
     config = HeadlessConfig(
         frames=frames, seed=args.seed, prompt=args.prompt, script=script, realtime=args.realtime,
-        record_dir=Path(args.record) if args.record else None,
+        record_dir=Path(args.record) if args.record else None, options=options,
     )  # fmt: skip
     try:
         return run_headless(client, info, config)
@@ -299,7 +306,7 @@ def _headless(args, client, info: dict, script) -> dict | None:
         client.close()
 
 
-def _window(args, client, info: dict, keymap, endpoint: str, local: LocalWorker | None) -> dict:
+def _window(args, client, info: dict, keymap, endpoint: str, local: LocalWorker | None, options: dict) -> dict:
     import pygame
 
     from controls.headless import DEFAULT_RECORD_DIR
@@ -310,7 +317,7 @@ def _window(args, client, info: dict, keymap, endpoint: str, local: LocalWorker 
     config = WindowConfig(
         scale=args.scale, seed=args.seed, record_dir=Path(args.record) if args.record else DEFAULT_RECORD_DIR,
         record_on_start=bool(args.record), max_frames=args.frames,
-        mouse=MouseSettings(sensitivity=args.mouse_sensitivity), endpoint=endpoint,
+        mouse=MouseSettings(sensitivity=args.mouse_sensitivity), endpoint=endpoint, options=options,
     )  # fmt: skip
     pygame.display.init()
     pygame.font.init()

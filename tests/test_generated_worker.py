@@ -72,7 +72,7 @@ def test_generated_world_streams_through_the_worker_and_switches_prompt(worker):
 def test_play_headless_on_a_generated_checkpoint_records_and_reports_fps(world_dir, tmp_path):
     argv = [sys.executable, "run_world.py", "play", "--headless", "--backend", "generated",
             "--checkpoint", str(world_dir), "--device", "cpu", "--frames", "9", "--prompt", "green hills",
-            "--record", str(tmp_path)]
+            "--sampler", "diagonal", "--record", str(tmp_path)]
     done = subprocess.run(argv, cwd=REPO, env={**os.environ, "PYTHONUNBUFFERED": "1"},
                           capture_output=True, text=True, timeout=180)
     assert done.returncode == 0, done.stderr
@@ -81,4 +81,12 @@ def test_play_headless_on_a_generated_checkpoint_records_and_reports_fps(world_d
     assert result["errors"] == 0
     episode = EpisodeReader(result["record"])
     assert episode.meta["backend"] == "generated" and len(episode) == 9
-    assert all(r["steps"] >= 1 for r in episode.records)
+    assert episode.meta["options"] == {"sampler": "diagonal"}
+    steps = [episode.records[i]["steps"] for i in range(0, 9, 3)]
+    assert steps == sorted(steps, reverse=True) and steps[0] > steps[-1]  # diagonal: fewer steps later
+
+
+def test_sampler_options_are_refused_for_the_engine():
+    argv = [sys.executable, "run_world.py", "play", "--headless", "--sampler", "diagonal", "--frames", "3"]
+    done = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2 and "--backend generated" in done.stderr

@@ -162,7 +162,7 @@ class RefusingClient:
     def __init__(self) -> None:
         self.opens: list[int | None] = []
 
-    def open(self, backend, prompt, seed, lookahead=None) -> dict:
+    def open(self, backend, prompt, seed, options=None, lookahead=None) -> dict:
         self.opens.append(lookahead)
         if lookahead is not None:
             raise WorldRequestError(P.BAD_LOOKAHEAD, "lookahead 2 is above this worker's window of 1")
