@@ -180,3 +180,16 @@ def test_rewarm_restarts_the_diagonal_schedule_after_a_switch(world_dir):
     assert [stream.next_chunk(idle).steps for _ in range(3)] == [4, 3, 2]
     assert stream.set_prompt("snowy mountains in fog") == 2  # chunks 1 and 2: the window after the sink
     assert [stream.next_chunk(idle).steps for _ in range(2)] == [4, 3]
+
+
+def test_without_a_checkpoint_the_default_world_wins_over_the_teacher(tmp_path, monkeypatch, world_dir):
+    from world.backends import generated
+
+    monkeypatch.setattr(generated, "DEFAULT_CHECKPOINT", tmp_path / "default_world")
+    monkeypatch.setattr(generated, "TEACHER_CHECKPOINT", tmp_path / "teacher")
+    with pytest.raises(BackendError, match="no bundled world checkpoint"):
+        generated._load(None, "cpu")
+    monkeypatch.setattr(generated, "TEACHER_CHECKPOINT", world_dir)
+    assert generated._bundled() == world_dir
+    monkeypatch.setattr(generated, "DEFAULT_CHECKPOINT", world_dir.parent)  # not a checkpoint: skipped
+    assert generated._bundled() == world_dir

@@ -2,7 +2,7 @@
 
 Options (everything else is a BackendError):
     checkpoint    world checkpoint directory (model/world_model.py); default: the bundled
-                  assets/default_world
+                  assets/default_world, else the bundled teacher assets/teacher
     device        "auto" | "cpu" | "cuda" ...
     sampler       "teacher" | "uniform" | "diagonal"; default: the checkpoint's own
     steps         denoising steps for "teacher" / "uniform"
@@ -26,7 +26,9 @@ import numpy as np
 from world.actions import Action, actions_to_array
 from world.backend import Backend, BackendError, BackendInfo, ChunkResult, PromptError
 
-DEFAULT_CHECKPOINT = Path(__file__).resolve().parents[2] / "assets" / "default_world"
+ASSETS = Path(__file__).resolve().parents[2] / "assets"
+DEFAULT_CHECKPOINT = ASSETS / "default_world"  # the bundled default world (the distilled student)
+TEACHER_CHECKPOINT = ASSETS / "teacher"  # the bundled teacher: used when no default world is bundled
 OPTIONS = ("checkpoint", "device", "sampler", "steps", "schedule", "guidance", "chunk_frames", "height", "width")
 
 
@@ -112,15 +114,19 @@ def _check_prompt(prompt: str) -> None:
         raise PromptError("the prompt is empty; describe a world, e.g. 'green hills at noon'")
 
 
+def _bundled() -> Path | None:
+    return next((p for p in (DEFAULT_CHECKPOINT, TEACHER_CHECKPOINT) if (p / "config.json").is_file()), None)
+
+
 def _load(checkpoint: str | None, device: str):
     from model.checkpoint import CheckpointError
     from model.device import resolve_device
     from model.world_model import load_world_model
 
-    path = Path(checkpoint) if checkpoint is not None else DEFAULT_CHECKPOINT
-    if checkpoint is None and not path.is_dir():
-        raise BackendError(f"no bundled world checkpoint at {path}; pass checkpoint=DIR "
-                           "(train one with `run_world.py train teacher`)")
+    path = Path(checkpoint) if checkpoint is not None else _bundled()
+    if path is None:
+        raise BackendError(f"no bundled world checkpoint at {DEFAULT_CHECKPOINT} or {TEACHER_CHECKPOINT}; "
+                           "pass checkpoint=DIR (train one with `run_world.py train teacher`)")
     try:
         return load_world_model(path, resolve_device(device))
     except CheckpointError as e:
