@@ -39,6 +39,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--backend", default="generated", choices=("generated", "engine"))
     parser.add_argument("--checkpoint", help="generated world checkpoint directory (default: the bundled one)")
     parser.add_argument("--sampler", help="sampler of the generated world (default: the checkpoint's)")
+    parser.add_argument("--steps", type=int, help="denoising steps of the teacher/uniform sampler (default: its own)")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda (world, IDM and classifier)")
     parser.add_argument("--idm", default="assets/idm", help="inverse-dynamics checkpoint")
     parser.add_argument("--classifier", default="assets/classifier", help="theme classifier checkpoint")
@@ -67,6 +68,8 @@ def open_worlds(args: argparse.Namespace) -> Worlds:
         options["checkpoint"] = args.checkpoint
     if args.sampler:
         options["sampler"] = args.sampler
+    if args.steps:
+        options["steps"] = args.steps
     world = create_backend("generated", **options)
     info = world.info
     engine = create_backend("engine", height=info.height, width=info.width, chunk_frames=info.chunk_frames)
@@ -143,7 +146,7 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out or f"runs/eval/{args.backend}-{datetime.now():%Y%m%d-%H%M%S}")
     results.update(
         backend=args.backend, world=worlds.world.info.description, checkpoint=args.checkpoint,
-        sampler=args.sampler, device=str(device),
+        sampler=args.sampler, steps=args.steps, device=str(device),
         quick=args.quick, idm=args.idm, classifier=args.classifier, seed=args.seed,
         seconds=time.perf_counter() - t0, out=str(out),
     )  # fmt: skip

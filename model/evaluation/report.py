@@ -33,7 +33,7 @@ TABLE: tuple[tuple[str, str, str | None, str], ...] = (
     ("drift_contrast_pct", "RMS contrast drift % (10 s windows vs first 10 s)", "drift_contrast_pct_engine", "<= 10"),
 )
 HEADLINE_KEYS = (
-    "backend", "world", "checkpoint", "sampler", "quick",
+    "backend", "world", "checkpoint", "sampler", "steps", "quick",
     "action_f1", "action_f1_ceiling", "action_ratio_to_ceiling", "action_f1_chance",
     "prompt_accuracy", "prompt_accuracy_heldout", "prompt_accuracy_file", "prompt_accuracy_chance",
     "prompt_accuracy_engine", "prompt_ratio_to_engine", "prompt_ratio_to_engine_heldout",
@@ -71,7 +71,8 @@ def _fmt(v) -> str:
 def markdown(results: dict) -> str:
     r = results
     lines = [
-        f"# Evaluation: {r.get('backend')} {r.get('checkpoint') or ''} {r.get('sampler') or ''}".rstrip(),
+        f"# Evaluation: {r.get('backend')} {r.get('checkpoint') or ''} {r.get('sampler') or ''}"
+        f"{' ' + str(r['steps']) + ' steps' if r.get('steps') else ''}".rstrip(),
         "",
         f"World: {r.get('world', '')}.",
         "",
