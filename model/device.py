@@ -22,3 +22,16 @@ def autocast(device: torch.device) -> contextlib.AbstractContextManager:
     if device.type == "cuda":
         return torch.autocast("cuda", dtype=torch.bfloat16)
     return contextlib.nullcontext()
+
+
+@contextlib.contextmanager
+def torch_threads(n: int | None):
+    """Run with `n` intra-op threads (None or 0: leave torch's choice), restoring the previous
+    count afterwards so in-process callers (tests, notebooks) get theirs back."""
+    previous = torch.get_num_threads()
+    if n:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)

@@ -49,7 +49,7 @@ from model.checkpoint import (
     read_checkpoint_config,
     save_checkpoint,
 )
-from model.device import autocast, resolve_device
+from model.device import autocast, resolve_device, torch_threads
 from model.runlog import RunLog, progress
 
 __all__ = ["TrainConfig", "TRAIN_PRESETS", "FrameSplit", "AutoencoderTrainer", "load_autoencoder", "add_arguments",
@@ -355,13 +355,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    threads = torch.get_num_threads()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    try:
+    with torch_threads(args.threads):
         return _run(args)
-    finally:
-        torch.set_num_threads(threads)  # in-process callers (tests, notebooks) get theirs back
 
 
 def _run(args: argparse.Namespace) -> int:

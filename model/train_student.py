@@ -49,7 +49,7 @@ from model.checkpoint import (
     load_train_state,
     read_checkpoint_config,
 )
-from model.device import autocast, resolve_device
+from model.device import autocast, resolve_device, torch_threads
 from model.distill import (
     DMDConfig,
     critic_loss,
@@ -456,13 +456,8 @@ def load_pairs(directory: Path, teacher: Teacher) -> OdePairs:
 def run(args: argparse.Namespace) -> int:
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise SystemExit("train student runs in one process (no DDP): start it without torchrun")
-    threads = torch.get_num_threads()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    try:
+    with torch_threads(args.threads):
         return _run(args)
-    finally:
-        torch.set_num_threads(threads)  # in-process callers (tests) get theirs back
 
 
 def _run(args: argparse.Namespace) -> int:

@@ -23,6 +23,7 @@ from model.autoencoder import (
 )
 from model.checkpoint import CheckpointError, load_train_state, save_checkpoint
 from run_world import main
+from tests.test_dit import one_thread  # noqa: F401  (autouse fixture)
 from world.actions import KEYS, Action
 from world.dataset import EpisodeWriter
 
@@ -55,15 +56,6 @@ def write_dataset(root: Path, episodes: int = 3, frames: int = 12, chunk_frames:
                             "prompt": prompts[(c // chunk_frames + e) % len(prompts)]} for j in range(n)]
                 writer.append_chunk(video[c : c + n], records)
     return root
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One torch thread: on a shared CPU two spinning threads can run several times slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def tiny_ae(seed: int = 0) -> Autoencoder:

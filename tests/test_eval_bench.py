@@ -3,18 +3,9 @@
 import json
 
 import pytest
-import torch
 
 import run_world
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models gain nothing from intra-op threads; on a busy machine their barriers dominate."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+from tests.test_dit import one_thread  # noqa: F401  (autouse fixture)
 
 
 def _bench(capsys, *args):

@@ -24,6 +24,7 @@ from model.evaluation.rollout import Worlds, rollout
 from model.evaluation.train_classifier import ClassifierTask
 from model.evaluation.train_idm import IDMTask
 from model.evaluation.trainer import TrainConfig, Trainer
+from tests.test_dit import one_thread  # noqa: F401  (autouse fixture)
 from world.backend import create_backend
 from world.themes import all_themes, describe, parse_prompt
 
@@ -33,15 +34,6 @@ TINY = EvalConfig(
     drift_seconds=2.0, drift_reference_s=1.0, fd_segment_s=1.0, strip_frames=4,
 )  # fmt: skip
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny nets gain nothing from intra-op threads, and on a busy machine their barriers cost
-    ~20x; one thread keeps these tests fast and steady. Restored afterwards."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def _train(task, out, steps):

@@ -19,16 +19,7 @@ from model.evaluation.idm import (
     mouse_to_bins,
 )
 from model.evaluation.readers import load_classifier, load_idm, sliding_windows
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny nets gain nothing from intra-op threads, and on a busy machine their barriers cost
-    ~20x; one thread keeps these tests fast and steady. Restored afterwards."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+from tests.test_dit import one_thread  # noqa: F401  (autouse fixture)
 
 
 def test_matching_costs_find_a_known_shift():
