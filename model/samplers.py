@@ -19,10 +19,17 @@ NFE per chunk (network evaluations per stream, a batched cond + uncond forward c
     rows * (len(levels(i)) + refresh),  rows = 2 with guidance else 1
 teacher 32 steps, g = 3: 2 * 33 = 66; uniform 4 + refresh: 5; diagonal 4-3-2-2...: 4, 3, 2, 2, ...
 
-The diagonal grid: 4 levels from pure noise down to the context level, evenly spaced before the
-shift (s = 1, ..., context_noise / 1000); a chunk of n steps takes the first level and the last
-n - 1, so every chunk ends on the context level whatever its step count. A 1-step chunk would
-write K/V of pure noise and is refused.
+The diagonal grid: max(4, max(schedule)) levels from pure noise down to the context level, evenly
+spaced before the shift (s = 1, ..., context_noise / 1000); a chunk of n steps takes the first level
+and the last n - 1, so every chunk ends on the context level whatever its step count. A 1-step chunk
+would write K/V of pure noise and is refused; more steps than the teacher's 32-step grid are refused
+too (the student cannot be sampled finer than the trajectories it was distilled from).
+
+A schedule whose largest count exceeds 4 (e.g. the paper figure's 5-4-3-2) runs on a FINER grid than
+the student was distilled on (model/ode_pairs.py and model/train_student.py always use the 4-level
+`diagonal_grid(shift, context_noise)`): an inference-time ablation. Every intermediate level moves
+with the grid, so even its 4-, 3- and 2-step chunks are not the distilled ones (only the first and
+the context level are shared); distillation itself must stay on the 4-level grid.
 
 Registry SAMPLERS: "teacher", "uniform", "diagonal"; `make_sampler(name, ...)` validates options.
 """
@@ -111,10 +118,14 @@ class Sampler:
         }
 
 
-def _check_steps(name: str, value: int, most: int, what: str) -> int:
+def _check_positive(name: str, value: int, what: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ValueError(f"sampler {name!r}: {what} must be a positive whole number, got {value!r}")
-    if value > most:
+    return value
+
+
+def _check_steps(name: str, value: int, most: int, what: str) -> int:
+    if _check_positive(name, value, what) > most:
         raise ValueError(f"sampler {name!r}: {what}={value} is more than the {most}-step grid it was trained on")
     return value
 
@@ -137,17 +148,41 @@ def diagonal_sampler(
 ) -> Sampler:
     """Diagonal Distillation: more steps early, fewer later, no refresh; each chunk's last forward
     runs at `context_noise` (network time), so that is the K/V the next chunks attend to."""
+    counts = check_diagonal_schedule(schedule)
+    size = max(FEW_STEP_GRID, *counts)  # > 4 only for a finer-than-distilled ablation (module docstring)
+    grid = diagonal_grid(shift, _check_context_noise(context_noise), size)
+    schedules = tuple((grid[0], *grid[size - n + 1 :]) for n in counts)
+    return Sampler("diagonal", schedules, "renoise", refresh=False, guidance=guidance, rewarm=rewarm,
+                   context_noise=float(context_noise))
+
+
+def check_diagonal_schedule(schedule: Sequence[int]) -> list[int]:
+    """Per-chunk step counts of a diagonal schedule, each a whole number in [2, TEACHER_STEPS]."""
     if isinstance(schedule, (str, bytes)) or not isinstance(schedule, Sequence) or len(schedule) == 0:
         raise ValueError(f"sampler 'diagonal': schedule must be a non-empty list of step counts, got {schedule!r}")
-    counts = [_check_steps("diagonal", n, FEW_STEP_GRID, f"schedule[{i}]") for i, n in enumerate(schedule)]
+    counts = [_check_positive("diagonal", n, f"schedule[{i}]") for i, n in enumerate(schedule)]
     for i, n in enumerate(counts):
         if n < 2:
             raise ValueError(f"sampler 'diagonal': schedule[{i}]=1 step would write K/V of pure noise; every chunk "
                              f"needs >= 2 steps so its last forward runs at context_noise")
-    grid = diagonal_grid(shift, _check_context_noise(context_noise))
-    schedules = tuple((grid[0], *grid[FEW_STEP_GRID - n + 1 :]) for n in counts)
-    return Sampler("diagonal", schedules, "renoise", refresh=False, guidance=guidance, rewarm=rewarm,
-                   context_noise=float(context_noise))
+        if n > TEACHER_STEPS:
+            raise ValueError(f"sampler 'diagonal': schedule[{i}]={n} is more steps than the teacher's grid "
+                             f"({TEACHER_STEPS} steps); the student cannot be sampled finer than the trajectories "
+                             f"it was distilled from")
+    return counts
+
+
+def parse_schedule(text: str) -> list[int]:
+    """Schedule "4,3,2" -> [4, 3, 2]: the schedule as one string, for command lines and session options (the
+    protocol carries scalars only). Only the syntax is checked here; check_diagonal_schedule does the rest."""
+    pieces = [p.strip() for p in str(text).split(",")]
+    if not any(pieces):
+        raise ValueError(f"sampler 'diagonal': schedule must be a non-empty list of step counts, got {text!r}")
+    try:
+        return [int(p) for p in pieces]
+    except ValueError:
+        raise ValueError(f"sampler 'diagonal': schedule must be comma-separated whole numbers such as 4,3,2, "
+                         f"got {text!r}") from None
 
 
 def _check_context_noise(context_noise: float) -> float:
@@ -164,11 +199,14 @@ def _unshift_level(s: float, k: float) -> float:
     return s / (k - (k - 1) * s)
 
 
-def diagonal_grid(shift: float, context_noise: float = CONTEXT_NOISE) -> tuple[float, ...]:
-    """The student's 4 levels: 1 (pure noise) down to context_noise / 1000, even before the shift."""
+def diagonal_grid(shift: float, context_noise: float = CONTEXT_NOISE, size: int = FEW_STEP_GRID) -> tuple[float, ...]:
+    """`size` levels from 1 (pure noise) down to context_noise / 1000, even before the shift. The
+    default size is the student's distilled 4-level grid (ODE pairs, training, the 4-3-2 schedule)."""
+    if isinstance(size, bool) or not isinstance(size, int) or size < 2:
+        raise ValueError(f"diagonal grid size must be a whole number >= 2 (noise and context level), got {size!r}")
     last = context_noise / TIME_SCALE
     u_last = _unshift_level(last, shift)
-    n = FEW_STEP_GRID - 1
+    n = size - 1
     head = tuple(float(shift_level(1.0 - j * (1.0 - u_last) / n, shift)) for j in range(n))
     return (*head, last)
 

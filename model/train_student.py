@@ -62,7 +62,7 @@ from model.distill import (
 from model.dit import CausalDiT, count_parameters
 from model.ode_pairs import OdePairs, OdePairsConfig, OdePairsError, build_ode_pairs, pairs_complete, pairs_meta
 from model.runlog import RunLog, progress
-from model.samplers import CONTEXT_NOISE, DIAGONAL_SCHEDULE, Sampler, diagonal_grid, make_sampler
+from model.samplers import CONTEXT_NOISE, DIAGONAL_SCHEDULE, FEW_STEP_GRID, Sampler, diagonal_grid, make_sampler
 from model.stream import Conditioning
 from model.train_teacher import step_generator, update_ema
 from model.world_model import KIND, WorldConfig, load_world_model, save_world
@@ -99,6 +99,9 @@ class StudentTrainConfig:
         if min(self.steps, self.batch, self.generator_every, self.ckpt_every, self.log_every) < 1:
             raise ValueError("steps, batch, generator_every, ckpt_every and log_every must be >= 1")
         self.sampler()  # a schedule that cannot work is refused here, before any work
+        if max(self.schedule) > FEW_STEP_GRID:  # the ODE pairs and rollouts live on the 4-level grid
+            raise ValueError(f"distillation trains on the {FEW_STEP_GRID}-level diagonal grid; schedule "
+                             f"{list(self.schedule)} has more steps per chunk (5-4-3-2 is an inference ablation)")
 
     def sampler(self) -> Sampler:
         """The run's diagonal sampler: its rollouts use it, its checkpoints record it."""

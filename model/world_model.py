@@ -44,7 +44,8 @@ class WorldConfig:
     schedule: list[int] | None = None  # per-chunk step counts for "diagonal"
     # Network time of the diagonal sampler's context K/V (None: model.samplers.CONTEXT_NOISE). A
     # property of the weights: the distillation run writes the value it trained with, and every
-    # diagonal sampler built from this checkpoint uses it (DESIGN.md §3, diagonal forcing).
+    # diagonal sampler built from this checkpoint uses it (DESIGN.md §3, diagonal forcing) unless a
+    # session names another one explicitly (an inference-time ablation, WorldModel.sampler).
     context_noise: float | None = None
     guidance: float | None = None  # None: the sampler's own default (teacher 3, students 0)
     shift: float = 3.0  # flow shift k the model was trained with (model/flow.py)
@@ -64,15 +65,20 @@ class WorldModel:
     device: torch.device
 
     def sampler(self, name: str | None = None, steps: int | None = None, schedule: list[int] | None = None,
-                guidance: float | None = None) -> Sampler:
-        """The checkpoint's default sampler, or `name` with its own defaults; explicit options win."""
+                guidance: float | None = None, context_noise: float | None = None) -> Sampler:
+        """The checkpoint's default sampler, or `name` with its own defaults; explicit options win.
+
+        context_noise (diagonal only; make_sampler refuses it for the refresh samplers) defaults to
+        the checkpoint's WorldConfig.context_noise whichever schedule is asked for: it belongs to the
+        weights, so another value is an explicit ablation, never a silent default."""
         cfg = self.config
         if name is None or name == cfg.sampler:
             name = cfg.sampler
             steps = cfg.steps if steps is None else steps
             schedule = cfg.schedule if schedule is None else schedule
             guidance = cfg.guidance if guidance is None else guidance
-        context_noise = cfg.context_noise if name == "diagonal" else None
+        if name == "diagonal" and context_noise is None:
+            context_noise = cfg.context_noise
         return make_sampler(name, steps=steps, schedule=schedule, guidance=guidance, shift=cfg.shift,
                             context_noise=context_noise)
 

@@ -8,7 +8,15 @@ import pytest
 import torch
 
 from model.distill import sample_exits, self_forcing_rollout
-from model.samplers import CONTEXT_NOISE, diagonal_sampler, make_sampler, uniform_sampler
+from model.samplers import (
+    CONTEXT_NOISE,
+    FEW_STEP_GRID,
+    diagonal_grid,
+    diagonal_sampler,
+    make_sampler,
+    parse_schedule,
+    uniform_sampler,
+)
 from model.stream import Conditioning, generate_chunk
 from model.world_model import load_world_model, make_random_world
 from tests.test_dit import one_thread, random_dit  # noqa: F401  (one_thread: autouse fixture)
@@ -76,13 +84,63 @@ def test_configurable_schedule_and_context_noise():
     assert all(set(diag.levels(i)) <= grid for i in range(3))  # every chunk uses levels of the one grid
 
 
+# diagonal_grid(3.0) and diagonal_grid(1.0) before the grid size became a parameter: ODE pairs,
+# training and the default 4-3-2 sampler depend on these exact values.
+OLD_GRID_SHIFT_3 = (1.0, 0.8636363636363635, 0.6249999999999999, 0.1)
+OLD_GRID_SHIFT_1 = (1.0, 0.7, 0.4, 0.1)
+
+
+def test_the_default_grid_is_unchanged():
+    assert diagonal_grid(3.0) == diagonal_grid(3.0, CONTEXT_NOISE, FEW_STEP_GRID) == OLD_GRID_SHIFT_3  # bit for bit
+    assert diagonal_grid(1.0) == OLD_GRID_SHIFT_1
+    assert diagonal_sampler().levels(0) == OLD_GRID_SHIFT_3
+    assert diagonal_sampler([4, 3, 2, 4]).levels(3) == OLD_GRID_SHIFT_3  # max 4: still the distilled grid
+
+
+def test_a_schedule_longer_than_the_distilled_grid_runs_on_a_finer_one():
+    """The paper figure's 5-4-3-2: a 5-level grid (an inference-time ablation, see model/samplers.py)."""
+    diag = make_sampler("diagonal", schedule=[5, 4, 3, 2])
+    grid = diagonal_grid(3.0, CONTEXT_NOISE, 5)
+    assert len(grid) == 5 and grid[0] == 1.0 and grid[-1] == pytest.approx(0.1)
+    assert [diag.steps(i) for i in range(6)] == [5, 4, 3, 2, 2, 2]
+    assert [diag.nfe(i) for i in range(5)] == [5, 4, 3, 2, 2]
+    assert diag.levels(0) == grid and diag.levels(1) == (grid[0], *grid[2:]) and diag.levels(3) == (1.0, grid[-1])
+    assert diag.timesteps(0) == [1000, 904, 763, 534, 100]  # shift 3, even before the shift
+    for i in range(6):  # every chunk still ends on the context level: the K/V it leaves is unchanged
+        assert diag.levels(i)[-1] == diag.context_level and diag.timesteps(i)[-1] == CONTEXT_NOISE
+    assert diag.levels(1) != diagonal_sampler().levels(0)  # its 4-step chunk is not the distilled one
+    assert make_sampler("diagonal", schedule=[32, 2]).steps(0) == 32  # as fine as the teacher, no finer
+    with pytest.raises(ValueError, match=r"schedule\[0\]=33 is more steps than the teacher's grid"):
+        make_sampler("diagonal", schedule=[33])
+    with pytest.raises(ValueError, match="grid size"):
+        diagonal_grid(3.0, CONTEXT_NOISE, 1)
+
+
+def test_a_long_schedule_streams_with_the_steps_it_reports():
+    net = RecordingDiT(random_dit())
+    outs, _ = stream_chunks(net, diagonal_sampler([5, 4, 3, 2]), 5)
+    assert [len(ts) for ts in net.per_chunk()] == [5, 4, 3, 2, 2] == [o.nfe for o in outs]
+    assert [ts[-1] for ts in net.per_chunk()] == [CONTEXT_NOISE] * 5
+
+
+def test_schedule_strings():
+    assert parse_schedule("5, 4,3,2") == [5, 4, 3, 2]
+    for bad, message in (("", "non-empty"), ("4,,2", "comma-separated"), ("4.5", "comma-separated")):
+        with pytest.raises(ValueError, match=message):
+            parse_schedule(bad)
+
+
 @pytest.mark.parametrize(
     "build, message",
     [
         (lambda: diagonal_sampler([]), "non-empty"),
         (lambda: diagonal_sampler([0]), "positive"),
         (lambda: diagonal_sampler([3, -1]), "positive"),
-        (lambda: diagonal_sampler([4, 5]), "more than the 4-step grid"),
+        (lambda: diagonal_sampler([4, 33]), r"schedule\[1\]=33 is more steps than the teacher's grid"),
+        (lambda: diagonal_sampler([4, True]), r"schedule\[1\] must be a positive whole number"),
+        (lambda: diagonal_sampler([4, 3.0]), r"schedule\[1\] must be a positive whole number"),
+        (lambda: diagonal_sampler("432"), "non-empty list"),
+        (lambda: diagonal_sampler(4), "non-empty list"),
         (lambda: diagonal_sampler([4, 1]), r"schedule\[1\]=1 step would write K/V of pure noise"),
         (lambda: diagonal_sampler(context_noise=0), "context_noise"),
         (lambda: diagonal_sampler(context_noise=1000), "context_noise"),
@@ -153,6 +211,9 @@ def test_the_checkpoint_context_noise_drives_inference(tmp_path):
     world = load_world_model(world_dir)
     assert world.sampler() == make_sampler("diagonal", schedule=[4, 3, 2], context_noise=250.0)
     assert world.sampler("diagonal", schedule=[2]).context_noise == 250.0  # a property of the weights
+    assert world.sampler("diagonal", context_noise=150).context_noise == 150.0  # unless a session asks otherwise
+    assert create_backend("generated", checkpoint=str(world_dir), device="cpu", context_noise=150).sampler == (
+        make_sampler("diagonal", schedule=[4, 3, 2], context_noise=150))
     stream = world.stream()
     stream.reset(0, "green hills")
     for _ in range(3):

@@ -16,6 +16,7 @@ import run_world
 from model.evaluation.cli import evaluate
 from model.evaluation.config import EvalConfig
 from model.evaluation.data import Episode, split_episodes
+from model.evaluation.idm import IDMConfig
 from model.evaluation.measure_prompts import frames_to_agree, prompt_sets, read_prompt_file
 from model.evaluation.metrics import PSNR_CAP_DB
 from model.evaluation.probe import probe_segments
@@ -89,6 +90,8 @@ def test_engine_is_the_ceiling(engine_results):
     assert r["prompt_accuracy_heldout_engine"] == r["prompt_accuracy_engine"]
     assert r["drift_saturation_pct"] == r["drift_saturation_pct_engine"]
     assert r["fidelity_mode"] == "reset"
+    assert r["motion_world"] == r["motion_engine"] > 0 and r["motion_ratio"] == 1.0  # the probe moves the camera
+    assert r["idm_moving_world"] == r["idm_moving_engine"] > 0.5  # the probe is mostly movement
 
 
 def test_random_world_scores_near_chance(nets, engine_results, tmp_path):
@@ -106,6 +109,30 @@ def test_random_world_scores_near_chance(nets, engine_results, tmp_path):
     factors = r["prompt_factor_accuracy"]
     assert factors["biome"] < 0.7  # 8 biomes: a world that ignores the prompt cannot be read as it
     assert r["prompt_accuracy"] <= r["prompt_accuracy_engine"]
+    assert r["motion_world"] > 0 and r["motion_ratio"] == pytest.approx(r["motion_world"] / r["motion_engine"])
+    assert 0 <= r["idm_moving_world"] <= 1
+
+
+def test_motion_measures():
+    from model.evaluation.measure_actions import frame_motion, moving_share
+    from model.evaluation.readers import ActionReading
+
+    still = np.zeros((4, 8, 8, 3), np.uint8)
+    assert frame_motion(still) == (0.0, 3) and frame_motion(still[:1]) == (0.0, 0)
+    flicker = still.copy()
+    flicker[1::2] = 255  # every pair differs by the full range: no uint8 wrap-around
+    assert frame_motion(flicker) == (3.0, 3)
+
+    class FakeIDM:
+        config = IDMConfig()  # 5 mouse bins: bin 2 is "still"
+
+    keys = np.zeros((4, 10), bool)
+    keys[1, 0] = True  # forward
+    bins = np.full((4, 2), 2)
+    bins[2, 1] = 4  # looking up fast
+    reading = ActionReading(keys, bins, np.array([True, True, True, False]))
+    assert moving_share(reading, np.ones(4, bool), FakeIDM()) == pytest.approx(2 / 3)  # frame 3 is not valid
+    assert moving_share(reading, np.array([True, False, False, False]), FakeIDM()) == 0.0
 
 
 def test_outputs_are_written(engine_results, tmp_path):
@@ -116,6 +143,7 @@ def test_outputs_are_written(engine_results, tmp_path):
     for key in ("drift_png", "f1_png", "strip_png"):
         assert paths[key].stat().st_size > 1000
     assert "| action F1 / engine (ceiling) | 1.000 |" in markdown(results)
+    assert "| motion / engine | 1.000 |" in markdown(results)
 
 
 def test_cli_engine_quick_json(nets, tmp_path, capsys):
@@ -133,6 +161,40 @@ def test_cli_engine_quick_json(nets, tmp_path, capsys):
         assert key in last
     assert last["psnr_1chunk"] == PSNR_CAP_DB
     assert (out / "results.json").is_file() and (out / "report.md").is_file()
+
+
+def test_cli_sampler_options_are_recorded(nets, tmp_path, capsys, monkeypatch):
+    from model.evaluation import cli
+    from model.world_model import make_random_world
+
+    monkeypatch.setitem(cli.EVAL_PRESETS, "quick", replace(TINY, probe_hold=3))
+    ckpt = make_random_world(tmp_path / "random")
+    out = tmp_path / "eval"
+    base = ["eval", "--checkpoint", str(ckpt), "--device", "cpu", "--idm", str(nets[0]), "--classifier", str(nets[1]),
+            "--measures", "actions", "--quick"]  # fmt: skip
+    rc = run_world.main([*base, "--sampler", "diagonal", "--schedule", "3,2", "--context-noise", "250",
+                         "--out", str(out), "--json"])  # fmt: skip
+    assert rc == 0
+    last = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert (last["sampler"], last["schedule"], last["context_noise"]) == ("diagonal", [3, 2], 250.0)
+    assert "motion_ratio" in last and "idm_moving_world" in last
+    data = json.loads((out / "results.json").read_text())
+    assert data["schedule"] == [3, 2] and data["context_noise"] == 250.0
+    assert data["sampler_config"]["steps"] == [3, 2] and data["sampler_config"]["context_noise"] == 250.0
+    assert "diagonal 3-2 context t=250" in (out / "report.md").read_text().splitlines()[0]
+    for extra, message in (
+        (["--sampler", "diagonal", "--schedule", "4,1"], "pure noise"),
+        (["--sampler", "diagonal", "--schedule", "4,x"], "comma-separated"),
+        (["--sampler", "diagonal", "--schedule", "40"], "more steps than the teacher's grid"),
+        (["--sampler", "diagonal", "--context-noise", "0"], "context_noise"),
+        (["--sampler", "uniform", "--context-noise", "250"], "option of 'diagonal'"),
+    ):
+        assert run_world.main([*base, *extra, "--out", str(tmp_path / "never")]) == 2, extra
+        assert message in capsys.readouterr().err
+    engine = ["eval", "--backend", "engine", "--idm", str(nets[0]), "--schedule", "4,3,2", "--quick"]
+    assert run_world.main(engine) == 2
+    assert "--schedule: options of --backend generated only" in capsys.readouterr().err
+    assert not (tmp_path / "never").exists()
 
 
 def test_cli_reports_missing_checkpoints(tmp_path, capsys):

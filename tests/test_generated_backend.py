@@ -151,11 +151,51 @@ def test_prompts_and_options_are_validated(world_dir):
         b.step_chunk(WALK[:2])
     with pytest.raises(BackendError, match="unknown generated-backend options"):
         backend(world_dir, colour="blue")
-    with pytest.raises(BackendError, match="more than"):
-        backend(world_dir, sampler="diagonal", schedule=[9, 2])
+    with pytest.raises(BackendError, match="more steps than the teacher's grid"):
+        backend(world_dir, sampler="diagonal", schedule=[40, 2])
     with pytest.raises(BackendError, match="chunk_frames=3"):
         backend(world_dir, chunk_frames=4)
     backend(world_dir, sampler="diagonal", chunk_frames=3, height=64, width=64)  # the model's own geometry
+
+
+def test_context_noise_and_schedule_are_session_options_checked_when_it_opens(world_dir):
+    for options, message in (
+        ({"sampler": "diagonal", "context_noise": 0}, "context_noise must be a network time strictly between"),
+        ({"sampler": "diagonal", "context_noise": 1000}, "context_noise"),
+        ({"sampler": "diagonal", "context_noise": "250"}, "context_noise"),
+        ({"sampler": "uniform", "context_noise": 250}, "option of 'diagonal'"),
+        ({"context_noise": 250}, "option of 'diagonal'"),  # the checkpoint's own sampler: the teacher
+        ({"sampler": "diagonal", "schedule": [0]}, r"schedule\[0\] must be a positive whole number"),
+        ({"sampler": "diagonal", "schedule": []}, "non-empty"),
+        ({"sampler": "diagonal", "schedule": [40]}, r"schedule\[0\]=40 is more steps than the teacher's grid"),
+        ({"sampler": "diagonal", "schedule": "4,x"}, "comma-separated"),
+    ):
+        with pytest.raises(BackendError, match=message):
+            backend(world_dir, **options)
+    b = backend(world_dir, sampler="diagonal", schedule=[3, 2], context_noise=250)
+    assert b.sampler.describe()["context_noise"] == 250.0 and b.sampler.describe()["steps"] == [3, 2]
+    assert b.sampler.timesteps(0)[-1] == b.sampler.timesteps(1)[-1] == 250
+    assert "diagonal 3-2 steps, context t=250" in b.info.description
+    b.reset(0, "green hills at noon")
+    assert b.step_chunk(WALK).extra["timesteps"] == [1000, 250]
+    default = backend(world_dir, sampler="diagonal")  # no option: the checkpoint's (here the library default)
+    assert default.sampler.context_noise == load_world_model(world_dir).sampler("diagonal").context_noise == 100.0
+
+
+def test_a_schedule_longer_than_the_distilled_grid_streams(world_dir):
+    b = backend(world_dir, sampler="diagonal", schedule=[5, 4, 3, 2])
+    assert backend(world_dir, sampler="diagonal", schedule="5,4,3,2").sampler == b.sampler  # protocol form
+    b.reset(1, "desert dunes at dusk")  # chunk 0: 5 steps
+    results = [b.step_chunk(WALK) for _ in range(4)]
+    assert [(r.steps, r.nfe) for r in results] == [(4, 4), (3, 3), (2, 2), (2, 2)]
+    assert all(r.extra["timesteps"][-1] == 100 for r in results)
+
+
+def test_world_model_sampler_takes_context_noise(world_dir):
+    world = load_world_model(world_dir)
+    assert world.sampler("diagonal", schedule=[2], context_noise=300).timesteps(0) == [1000, 300]
+    with pytest.raises(ValueError, match="option of 'diagonal'"):
+        world.sampler("teacher", context_noise=300)
 
 
 def test_stream_can_start_from_a_clean_latent(world_dir):

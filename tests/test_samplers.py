@@ -39,7 +39,7 @@ def test_schedules():
         (lambda: diagonal_sampler([]), "non-empty"),
         (lambda: diagonal_sampler([4, 0]), r"schedule\[1\]"),
         (lambda: diagonal_sampler([4, -2]), "positive"),
-        (lambda: diagonal_sampler([5, 3]), "more than the 4-step grid"),
+        (lambda: diagonal_sampler([33, 3]), r"schedule\[0\]=33 is more steps than the teacher's grid"),
         (lambda: diagonal_sampler([2.5]), "whole number"),
         (lambda: uniform_sampler(0), "positive"),
         (lambda: uniform_sampler(8), "more than"),

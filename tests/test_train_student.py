@@ -187,6 +187,8 @@ def test_unworkable_schedules_are_refused_before_training():
         StudentTrainConfig(schedule=[3, 1])
     with pytest.raises(ValueError, match="context_noise"):
         StudentTrainConfig(context_noise=1000.0)
+    with pytest.raises(ValueError, match="4-level diagonal grid"):
+        StudentTrainConfig(schedule=[5, 4, 3, 2])  # playable as an ablation, not trainable on the pairs
 
 
 # ----------------------------------------------------------------------------- command line

@@ -3,6 +3,7 @@
     python run_world.py eval --quick                                  # the bundled generated world
     python run_world.py eval --backend engine --json                  # the sanity row (ceiling)
     python run_world.py eval --checkpoint runs/student --sampler diagonal --out runs/eval/student
+    python run_world.py eval --checkpoint runs/student --sampler diagonal --schedule 5,4,3,2 --context-noise 250
 
 Writes results.json, report.md and PNG plots into --out (default runs/eval/<backend>-<time>/);
 with --json the last stdout line is one JSON object with the headline numbers.
@@ -30,6 +31,7 @@ from model.evaluation.readers import IDMReader, ThemeReader, load_classifier, lo
 from model.evaluation.report import headline, markdown, write_outputs
 from model.evaluation.rollout import Worlds
 from model.evaluation.train_common import set_threads
+from model.samplers import parse_schedule
 from world.backend import Backend, BackendError, create_backend
 
 MEASURES: tuple[str, ...] = ("actions", "prompts", "switch", "fidelity", "drift")
@@ -40,6 +42,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint", help="generated world checkpoint directory (default: the bundled one)")
     parser.add_argument("--sampler", help="sampler of the generated world (default: the checkpoint's)")
     parser.add_argument("--steps", type=int, help="denoising steps of the teacher/uniform sampler (default: its own)")
+    parser.add_argument("--schedule", help="per-chunk steps of the diagonal sampler, e.g. 4,3,2 (default: the "
+                        "checkpoint's); counts above 4 run on a finer grid than the student was distilled on")
+    parser.add_argument("--context-noise", type=float, help="network time (0, 1000) of the diagonal sampler's "
+                        "context K/V (default: the checkpoint's, the value it was distilled with)")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda (world, IDM and classifier)")
     parser.add_argument("--idm", default="assets/idm", help="inverse-dynamics checkpoint")
     parser.add_argument("--classifier", default="assets/classifier", help="theme classifier checkpoint")
@@ -58,19 +64,30 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="last stdout line: one JSON object of headline numbers")
 
 
-def open_worlds(args: argparse.Namespace) -> Worlds:
-    """The world under test plus an engine at the same resolution and chunk size."""
+GENERATED_ONLY = ("checkpoint", "sampler", "steps", "schedule", "context_noise")
+
+
+def parse_world_options(args: argparse.Namespace) -> dict:
+    """The generated backend's options from the command line (results.json records them). Only the
+    syntax is checked here; the backend checks the values when it is built, before any rollout."""
+    given = {k: getattr(args, k, None) for k in GENERATED_ONLY}
+    if args.backend == "engine":
+        named = [f"--{k.replace('_', '-')}" for k, v in given.items() if v is not None]
+        if named:  # silently scoring the engine under a sampler option would mislabel the run
+            raise ValueError(f"{', '.join(named)}: options of --backend generated only, not of the engine")
+        return {}
+    if given["schedule"] is not None:
+        given["schedule"] = parse_schedule(given["schedule"])
+    return {k: v for k, v in given.items() if v is not None}
+
+
+def open_worlds(args: argparse.Namespace, options: dict) -> Worlds:
+    """The world under test (`options`: parse_world_options) plus an engine at the same resolution
+    and chunk size."""
     if args.backend == "engine":
         engine = create_backend("engine")
         return Worlds(engine, engine, same=True)
-    options = {"device": args.device}
-    if args.checkpoint:
-        options["checkpoint"] = args.checkpoint
-    if args.sampler:
-        options["sampler"] = args.sampler
-    if args.steps:
-        options["steps"] = args.steps
-    world = create_backend("generated", **options)
+    world = create_backend("generated", device=args.device, **options)
     info = world.info
     engine = create_backend("engine", height=info.height, width=info.width, chunk_frames=info.chunk_frames)
     return Worlds(world, engine, same=False)
@@ -121,16 +138,23 @@ def _parse_measures(text: str) -> tuple[str, ...]:
     return names
 
 
+def _sampler_config(world: Backend) -> dict | None:
+    """The sampler the run actually used (checkpoint defaults filled in); None for the engine."""
+    sampler = getattr(world, "sampler", None)
+    return sampler.describe() if sampler is not None else None
+
+
 def run(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     set_threads(args.threads)
     try:
         measures = _parse_measures(args.measures)
+        options = parse_world_options(args)  # syntax errors now; the backend checks values when it opens
         if args.prompts:
             read_prompt_file(args.prompts)  # a bad file fails now, not after minutes of rollouts
         device = resolve_device(args.device)
         idm, cls = load_idm(args.idm, device), load_classifier(args.classifier, device)
-        worlds = open_worlds(args)
+        worlds = open_worlds(args, options)
     except (CheckpointError, BackendError, ValueError, RuntimeError, OSError) as e:
         print(f"eval: {e}", file=sys.stderr)
         return 2
@@ -146,7 +170,8 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out or f"runs/eval/{args.backend}-{datetime.now():%Y%m%d-%H%M%S}")
     results.update(
         backend=args.backend, world=worlds.world.info.description, checkpoint=args.checkpoint,
-        sampler=args.sampler, steps=args.steps, device=str(device),
+        sampler=args.sampler, steps=args.steps, schedule=options.get("schedule"),
+        context_noise=args.context_noise, sampler_config=_sampler_config(worlds.world), device=str(device),
         quick=args.quick, idm=args.idm, classifier=args.classifier, seed=args.seed,
         seconds=time.perf_counter() - t0, out=str(out),
     )  # fmt: skip

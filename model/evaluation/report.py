@@ -15,6 +15,9 @@ TABLE: tuple[tuple[str, str, str | None, str], ...] = (
     ("action_f1", "action macro F1 (IDM on probe)", "action_f1_ceiling", ""),
     ("action_ratio_to_ceiling", "action F1 / engine (ceiling)", None, ">= 0.90"),
     ("action_f1_chance", "action macro F1 at chance (shuffled)", None, ""),
+    ("motion_world", "motion: mean abs frame difference on the probe (0-1)", "motion_engine", ""),
+    ("motion_ratio", "motion / engine", None, ""),
+    ("idm_moving_world", "frames the IDM reads as moving (not idle)", "idm_moving_engine", ""),
     ("prompt_accuracy", "prompt accuracy, train phrasings (joint)", "prompt_accuracy_engine", ">= 0.90"),
     ("prompt_accuracy_heldout", "prompt accuracy, held-out phrasings", "prompt_accuracy_heldout_engine", ">= 0.90"),
     ("prompt_ratio_to_engine", "prompt accuracy / engine, train phrasings", None, ""),
@@ -33,8 +36,9 @@ TABLE: tuple[tuple[str, str, str | None, str], ...] = (
     ("drift_contrast_pct", "RMS contrast drift % (10 s windows vs first 10 s)", "drift_contrast_pct_engine", "<= 10"),
 )
 HEADLINE_KEYS = (
-    "backend", "world", "checkpoint", "sampler", "steps", "quick",
+    "backend", "world", "checkpoint", "sampler", "steps", "schedule", "context_noise", "quick",
     "action_f1", "action_f1_ceiling", "action_ratio_to_ceiling", "action_f1_chance",
+    "motion_world", "motion_engine", "motion_ratio", "idm_moving_world", "idm_moving_engine",
     "prompt_accuracy", "prompt_accuracy_heldout", "prompt_accuracy_file", "prompt_accuracy_chance",
     "prompt_accuracy_engine", "prompt_ratio_to_engine", "prompt_ratio_to_engine_heldout",
     "switch_frames", "switch_chunks", "psnr_1chunk", "ssim_1chunk", "psnr_10chunk", "ssim_10chunk", "fidelity_mode",
@@ -72,7 +76,9 @@ def markdown(results: dict) -> str:
     r = results
     lines = [
         f"# Evaluation: {r.get('backend')} {r.get('checkpoint') or ''} {r.get('sampler') or ''}"
-        f"{' ' + str(r['steps']) + ' steps' if r.get('steps') else ''}".rstrip(),
+        f"{' ' + str(r['steps']) + ' steps' if r.get('steps') else ''}"
+        f"{' ' + '-'.join(map(str, r['schedule'])) if r.get('schedule') else ''}"
+        f"{' context t=' + format(r['context_noise'], 'g') if r.get('context_noise') is not None else ''}".rstrip(),
         "",
         f"World: {r.get('world', '')}.",
         "",

@@ -6,9 +6,16 @@ Options (everything else is a BackendError):
     device        "auto" | "cpu" | "cuda" ...
     sampler       "teacher" | "uniform" | "diagonal"; default: the checkpoint's own
     steps         denoising steps for "teacher" / "uniform"
-    schedule      per-chunk step counts for "diagonal", e.g. [4, 3, 2]
+    schedule      per-chunk step counts for "diagonal", e.g. [4, 3, 2] or the string "4,3,2" (session
+                  options over the protocol are scalars); each in [2, 32]; counts above 4 run on a
+                  finer grid than the student was distilled on (an ablation, model/samplers.py)
+    context_noise "diagonal" only: network time in (0, 1000) of the context K/V every chunk leaves;
+                  default: the checkpoint's (the value it was distilled with; others are ablations)
     guidance      classifier-free guidance g in c + g (c - u); 0 disables it
     chunk_frames, height, width   accepted only when equal to the model's (clients may send them)
+
+Every option is checked when the backend is built (the session opens): a bad one is a
+BackendError then, never an error in the middle of a stream.
 
 Start of a world: there is no image to start from, so `reset` generates chunk 0 from the prompt
 alone (idle actions, no context); its frames are the first view and its K/V become the attention
@@ -20,16 +27,21 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from world.actions import Action, actions_to_array
 from world.backend import Backend, BackendError, BackendInfo, ChunkResult, PromptError
 
+if TYPE_CHECKING:  # model (torch) is imported only once a world is built
+    from model.samplers import Sampler
+
 ASSETS = Path(__file__).resolve().parents[2] / "assets"
 DEFAULT_CHECKPOINT = ASSETS / "default_world"  # the bundled default world (the distilled student)
 TEACHER_CHECKPOINT = ASSETS / "teacher"  # the bundled teacher: used when no default world is bundled
-OPTIONS = ("checkpoint", "device", "sampler", "steps", "schedule", "guidance", "chunk_frames", "height", "width")
+OPTIONS = ("checkpoint", "device", "sampler", "steps", "schedule", "context_noise", "guidance", "chunk_frames",
+           "height", "width")
 
 
 class GeneratedBackend(Backend):
@@ -39,7 +51,8 @@ class GeneratedBackend(Backend):
         device: str = "auto",
         sampler: str | None = None,
         steps: int | None = None,
-        schedule: Sequence[int] | None = None,
+        schedule: Sequence[int] | str | None = None,
+        context_noise: float | None = None,
         guidance: float | None = None,
         chunk_frames: int | None = None,
         height: int | None = None,
@@ -49,8 +62,13 @@ class GeneratedBackend(Backend):
         if unknown:
             raise BackendError(f"unknown generated-backend options {sorted(unknown)}; known: {', '.join(OPTIONS)}")
         self.model = _load(checkpoint, device)
+        from model.samplers import parse_schedule  # model (torch) is imported only once a world is built
+
         try:
-            self.sampler = self.model.sampler(sampler, steps=steps, schedule=schedule, guidance=guidance)
+            if isinstance(schedule, str):
+                schedule = parse_schedule(schedule)
+            self.sampler = self.model.sampler(sampler, steps=steps, schedule=schedule, guidance=guidance,
+                                              context_noise=context_noise)
         except ValueError as e:
             raise BackendError(str(e)) from None
         self._check_geometry(chunk_frames=chunk_frames, height=height, width=width)
@@ -59,7 +77,7 @@ class GeneratedBackend(Backend):
         name = where.parent.name if where.name == "checkpoint" else where.name  # a training run's checkpoint/
         self._info = BackendInfo(
             "generated", size, size, self.model.dit.config.chunk_frames, float(self.model.config.fps),
-            f"causal DiT world {name} (step {self.model.step}), sampler {self.sampler.name}",
+            f"causal DiT world {name} (step {self.model.step}), sampler {_summary(self.sampler)}",
         )
         self._started = False
 
@@ -106,6 +124,15 @@ class GeneratedBackend(Backend):
 
     def close(self) -> None:
         self.stream.cache.reset()
+
+
+def _summary(sampler: Sampler) -> str:
+    """Sampler summary such as "diagonal 4-3-2 steps, context t=100": enough to tell two sessions'
+    samplers apart in records (BackendInfo.description, results.json "world")."""
+    text = f"{sampler.name} {'-'.join(str(n) for n in sampler.describe()['steps'])} steps"
+    if not sampler.refresh:
+        text += f", context t={sampler.context_noise:g}"
+    return text + (f", guidance {sampler.guidance:g}" if sampler.guidance > 0 else "")
 
 
 def _check_prompt(prompt: str) -> None:
