@@ -1,0 +1,42 @@
+"""model.showcase: engine and world columns side by side, held keys and a prompt switch row."""
+
+from __future__ import annotations
+
+import numpy as np
+from PIL import Image
+
+from model.showcase import Scenario, main, parse_world, rollout, scenarios_for
+from model.world_model import make_random_world
+from tests.test_dit import one_thread  # noqa: F401  (autouse fixture)
+from world.backend import create_backend
+
+
+def test_a_switch_row_switches_the_prompt_halfway():
+    engine = create_backend("engine")
+    plain = rollout(engine, 3, Scenario("green grassland hills at noon", ("forward",)), 4)
+    switched = rollout(engine, 3, Scenario("green grassland hills at noon", ("forward",), "desert dunes at night"), 4)
+    half = 1 + 2 * engine.info.chunk_frames  # first view + the chunks before the switch
+    assert plain.shape == switched.shape == (1 + 4 * engine.info.chunk_frames, 64, 64, 3)
+    np.testing.assert_array_equal(plain[:half], switched[:half])
+    assert not np.array_equal(plain[half:], switched[half:])
+    rows = scenarios_for(("a", "b"), (("forward",), ("turn_left",)), "c")
+    assert len(rows) == 5 and rows[-1].switch_to == "c"
+
+
+def test_showcase_writes_one_column_per_world(tmp_path):
+    world = make_random_world(tmp_path / "w", sampler="diagonal", schedule=[2])
+    out = tmp_path / "show"
+    assert main(["--world", f"a={world}@diagonal", "--world", f"b={world}@uniform", "--switch", "desert at night",
+                 "--chunks", "2", "--out", str(out), "--device", "cpu"]) == 0
+    png = Image.open(out.with_suffix(".png"))
+    gif = Image.open(out.with_suffix(".gif"))
+    assert gif.n_frames == 1 + 2 * 3
+    assert png.height == 7 * (3 * (64 + 2) + 14 + 2)  # 6 key rows + the switch row, 3 columns each
+
+
+def test_bad_world_specs_are_refused(tmp_path, capsys):
+    assert main(["--out", str(tmp_path / "x")]) == 2
+    assert "at least one world" in capsys.readouterr().err
+    assert main(["--world", "no-label", "--out", str(tmp_path / "x")]) == 2
+    assert "LABEL=CHECKPOINT" in capsys.readouterr().err
+    assert parse_world("d=assets/x@diagonal") == ("d", {"checkpoint": "assets/x", "sampler": "diagonal"})
