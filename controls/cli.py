@@ -292,7 +292,7 @@ def _open(client, plan: Plan, args: argparse.Namespace) -> dict:
 def _headless(args, client, info: dict, script, options: dict) -> dict | None:
     from controls.headless import HeadlessConfig, HeadlessError, run_headless
 
-    frames = args.frames or (len(script) if script else 300)
+    frames = args.frames or (None if script else 300)  # None: the whole script (after a reset view, if any)
     config = HeadlessConfig(
         frames=frames, seed=args.seed, prompt=args.prompt, script=script, realtime=args.realtime,
         record_dir=Path(args.record) if args.record else None, options=options,

@@ -10,6 +10,11 @@ action is sent about `window` chunks before the frame comes back. The latency re
 *action-to-frame* time: from queueing a chunk's actions to receiving its frames (with realtime:
 to showing its first frame).
 
+A world whose first chunk after a reset is its reset view (the generated world, docs/protocol.md)
+shows that chunk before any action: the run releases it without actions, it counts towards the
+frames (and is recorded, so a recording still starts at the reset), and the actions start with
+chunk 1. The run learns this from the first chunk after the session opened (`_prime`).
+
 This module never imports pygame, so it runs on machines without a display or SDL.
 """
 
@@ -195,7 +200,7 @@ def action_steps(script: list[ScriptStep] | None, seed: int, fps: float) -> Iter
 
 @dataclass
 class HeadlessConfig:
-    frames: int
+    frames: int | None  # frames to consume, reset view included; None: the whole script plus the reset view
     seed: int = 0
     prompt: str = ""
     script: list[ScriptStep] | None = None
@@ -223,7 +228,8 @@ class HeadlessRun:
         self.config = config
         self.F = info["chunk_frames"]
         self.window = max(1, int(info.get("window") or 2))
-        self.n_chunks = -(-config.frames // self.F)
+        self.n_chunks = 0 if config.frames is None else -(-config.frames // self.F)
+        self.reset_view = False  # the world's chunk 0 after a reset is its reset view (no actions); see _prime
         self.steps = action_steps(config.script, config.seed, info["fps"])
         self.acks: deque[int] = deque()  # seqs whose ack releases the next chunk
         self.next_chunk = 0  # the next chunk (index since the reset) to release
@@ -239,6 +245,11 @@ class HeadlessRun:
 
     def run(self) -> dict:
         self.acks.extend(self._prime())
+        if self.config.frames is None:
+            if self.config.script is None:
+                raise HeadlessError("frames=None needs a script (it means: the whole script)")
+            self.config.frames = len(self.config.script) + (self.F if self.reset_view else 0)
+        self.n_chunks = -(-self.config.frames // self.F)
         if self.recorder:
             self.recorder.start(self.config.seed, self.config.prompt)
         start = time.perf_counter()
@@ -261,17 +272,25 @@ class HeadlessRun:
         The worker starts generating the moment the session opens, with the idle held action, and
         stops `window` chunks ahead of our (absent) acks. Once those warm-up chunks are in, a reset
         to the same seed restarts the world while the worker still waits for acks, so nothing of
-        the new world is generated before its actions are queued.
+        the new world is generated before its actions are queued. The first of them tells whether
+        this world starts with a reset view (every reset of it then does).
         """
         seqs: list[int] = []
         while len(seqs) < self.window:
-            seqs += [e.seq for e in self._poll(100)]
+            for event in self._poll(100):
+                seqs.append(event.seq)
+                if event.chunk == 0 and event.extra.get("reset_view"):
+                    self.reset_view = True
         self.client.reset(self.config.seed)
         return sorted(seqs)
 
     def _release(self) -> None:
         while self.next_chunk < self.n_chunks and self.acks:
             j = self.next_chunk
+            if j == 0 and self.reset_view:  # made by the reset: no actions, no prompt, no latency sample
+                self.client.ack(self.acks.popleft())
+                self.next_chunk = 1
+                continue
             if self.planned is None:
                 self.planned = [next(self.steps) for _ in range(self.F)]
             prompts = [step.prompt for step in self.planned if step.prompt is not None]

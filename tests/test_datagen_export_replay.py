@@ -154,6 +154,22 @@ def test_replay_refuses_what_it_cannot_resimulate(tmp_path, capsys):
     assert code == 2 and "missing" in err
 
 
+def test_replay_refuses_a_reset_view_the_engine_cannot_make(tmp_path, capsys):
+    """A first chunk marked as a reset view needs a backend whose reset makes one; the engine's
+    does not, so such an engine recording is inconsistent (a mark elsewhere is refused too)."""
+    for name, marked in (("first", 0), ("later", 1)):
+        with EpisodeWriter(tmp_path / name, backend="engine", seed=1, height=SIZE, width=SIZE, chunk_frames=3,
+                           fps=30, source="play") as writer:  # fmt: skip
+            for k in range(2):
+                record = {"action": Action().to_json(), "prompt": "desert at dusk"}
+                record.update({"reset_view": True} if k == marked else {})
+                writer.append_chunk(np.zeros((3, SIZE, SIZE, 3), np.uint8), [record] * 3)
+    code, _, err = run_cli(capsys, "replay", str(tmp_path / "first"))
+    assert code == 2 and "reset view" in err and "produces none" in err
+    code, _, err = run_cli(capsys, "replay", str(tmp_path / "later"))
+    assert code == 2 and "not in the first chunk" in err
+
+
 def decoded_frames(mp4, width: int, height: int) -> int:
     cmd = [imageio_ffmpeg.get_ffmpeg_exe(), "-v", "error", "-i", str(mp4), "-f", "rawvideo", "-pix_fmt", "rgb24", "-"]
     proc = subprocess.run(cmd, capture_output=True, check=True)

@@ -20,6 +20,9 @@ def test_engine_row(capsys):
     assert row["fps"] > 0 and row["nfe_per_chunk"] == 0 and row["peak_mem_mb"] > 0
     assert row["chunk_ms_p95"] >= row["chunk_ms_p50"] > 0
     assert row["matmul_fraction"] is None  # numpy renderer: no torch FLOPs to count
+    # No reset view: the user's first frames come from the first step_chunk.
+    assert row["first_frames_ms"] == row["reset_plus_step_ms"] == row["first_chunk_ms"] > 0
+    assert row["nfe_first_chunks"] == [0, 0, 0]
 
 
 def test_samplers_on_one_checkpoint(capsys, tmp_path):
@@ -35,6 +38,10 @@ def test_samplers_on_one_checkpoint(capsys, tmp_path):
         assert row["gflop_per_chunk"] > 0 and 0 < row["matmul_fraction"]
         assert row["first_chunk_ms"] > 0 and row["peak_mem_mb"] > 0
     assert uni["gflop_per_chunk"] > diag["gflop_per_chunk"]  # more network evaluations per chunk
+    for row in (uni, diag):  # the reset view is the first chunk: the user waits for the reset only
+        assert 0 < row["first_frames_ms"] < row["reset_plus_step_ms"]
+        assert row["first_chunk_ms"] == row["first_frames_ms"] and row["cold_first_chunk_ms"] > 0
+    assert diag["nfe_first_chunks"] == [4, 3, 2]  # reset view (chunk 0), then chunks 1 and 2
 
 
 def test_unknown_sampler_is_a_clear_error(capsys, tmp_path):

@@ -233,3 +233,29 @@ def test_without_a_checkpoint_the_default_world_wins_over_the_teacher(tmp_path, 
     assert generated._bundled() == world_dir
     monkeypatch.setattr(generated, "DEFAULT_CHECKPOINT", world_dir.parent)  # not a checkpoint: skipped
     assert generated._bundled() == world_dir
+
+
+def test_reset_chunk_is_chunk_zero_handed_over_once(world_dir):
+    b = backend(world_dir, sampler="diagonal")
+    first = b.reset(5, "green hills at noon")
+    chunk = b.take_reset_chunk()
+    assert chunk.frames.shape == (3, 64, 64, 3) and chunk.frames.dtype == np.uint8
+    assert np.array_equal(chunk.frames[-1], first)  # reset's first view is the chunk's last frame
+    assert (chunk.steps, chunk.nfe) == (4, 4)  # chunk 0 of the diagonal 4-3-2 schedule
+    assert b.take_reset_chunk() is None  # once
+    assert (b.step_chunk(WALK).nfe, b.take_reset_chunk()) == (3, None)
+    # Taken or not, it does not change the stream: the same seed gives the same chunk 0 and chunk 1.
+    b.reset(5, "green hills at noon")
+    after_untaken = b.step_chunk(WALK)
+    assert b.take_reset_chunk() is None  # stepping past it drops it
+    b.reset(5, "green hills at noon")
+    assert np.array_equal(b.take_reset_chunk().frames, chunk.frames)
+    assert np.array_equal(b.step_chunk(WALK).frames, after_untaken.frames)
+    b.close()
+    assert b.take_reset_chunk() is None
+
+
+def test_the_engine_has_no_reset_chunk():
+    engine = create_backend("engine")
+    engine.reset(0, "green hills at noon")
+    assert engine.take_reset_chunk() is None

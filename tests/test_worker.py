@@ -70,6 +70,10 @@ def test_open_streams_window_chunks_then_waits_for_acks():
     m, frames = chunks[1]
     assert m.records[0]["i"] == 3 and m.records[0]["chunk"] == 1 and m.records[0]["prompt"] == "hills"
     assert np.array_equal(frames[0], fake_frame(5, 3, Action(), "hills", 16, 16))
+    # No reset chunk from this backend (like the engine): chunk 0 is the first step_chunk, no reset view.
+    m0, frames0 = chunks[0]
+    assert m0.chunk == 0 and "reset_view" not in m0.extra and not any("reset_view" in r for r in m0.records)
+    assert np.array_equal(frames0[0], fake_frame(5, 0, Action(), "hills", 16, 16))
 
 
 def max_in_flight(c: Core, sid: str, chunks: int) -> int:

@@ -69,6 +69,21 @@ class Backend(ABC):
     def step_chunk(self, actions: Sequence[Action]) -> ChunkResult:
         """Advance the world by len(actions) frames (normally info.chunk_frames)."""
 
+    def take_reset_chunk(self) -> ChunkResult | None:
+        """The chunk the last `reset` already produced, to be shown as the world's first chunk.
+
+        A backend whose reset generates a whole chunk to get its first view (the generated world:
+        chunk 0 from the prompt alone, with idle actions) returns it here, so the frames the user
+        waits for after a reset are not thrown away and generated again: the worker streams it as
+        chunk 0 (the "reset view", records with the idle action `Action()`), and actions start
+        with the chunk after it. It is returned once: later calls, and any call after the first
+        `step_chunk` since the reset, return None. Frames [info.chunk_frames, H, W, 3] uint8.
+
+        Default None: the reset produces only the single first view `reset` returns (the engine),
+        and the first chunk after a reset is the first `step_chunk`.
+        """
+        return None
+
     def close(self) -> None:
         """Free whatever the backend holds (caches, GPU memory)."""
 

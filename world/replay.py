@@ -3,7 +3,12 @@
 The engine is deterministic, so an episode recorded from it (by datagen or by playing through
 the worker) must come out byte-identical when its seed, per-frame actions and prompts are fed
 back in. Replay mirrors the worker exactly: `reset(seed, prompt)`, then one `step_chunk` per
-recorded chunk, with `set_prompt` before a chunk whose prompt differs from the one in force.
+recorded chunk, with `set_prompt` before a chunk whose prompt differs from the one in force. A
+recording whose first chunk is a reset view (records with `"reset_view": true`, docs/dataset.md:
+a generated world's chunk 0, made by the reset itself) is compared with the backend's
+`take_reset_chunk()` instead of a step; recordings without the flag replay as before.
+`frame_mismatches(reader, backend)` runs that comparison with any backend the caller built (the
+generated world is deterministic on one device); `replay_episode` rebuilds the engine from meta.
 Prints {"frames", "identical", "first_mismatch", "mismatched_frames", "engine_version_recorded",
 "engine_version_now", "message"}; exit 1 on a mismatch. The versions tell a recording made by
 another engine version (expected to differ: re-record it) from a real determinism failure.
@@ -125,6 +130,17 @@ def _check_starts_at_reset(reader: EpisodeReader) -> None:
                           "reset during the recording); replay the part before it only")  # fmt: skip
 
 
+def frame_mismatches(reader: EpisodeReader, backend: Backend) -> list[int]:
+    """Indices of the frames whose bytes, re-simulated on `backend` (which the caller built to
+    match the recording, and closes), differ from the recording. Raises ReplayError."""
+    return list(_mismatches(reader, backend))
+
+
+def is_reset_view(record: dict) -> bool:
+    """Whether a frame record belongs to a reset view (the chunk a backend's reset produced)."""
+    return record.get("reset_view") is True
+
+
 def _mismatches(reader: EpisodeReader, backend: Backend) -> Iterator[int]:
     """Indices of frames whose re-simulated bytes differ from the recording."""
     if len(reader) == 0:
@@ -134,14 +150,25 @@ def _mismatches(reader: EpisodeReader, backend: Backend) -> Iterator[int]:
     # The worker records the prompt it reset with in meta; older recordings: the first frame's.
     prompt = reader.meta.get("prompt") or prompts[0]
     backend.reset(reader.meta["seed"], prompt)
-    for start, end in chunk_spans(reader.chunk_ids()):
+    for k, (start, end) in enumerate(chunk_spans(reader.chunk_ids())):
         if len(set(prompts[start:end])) > 1:
             raise ReplayError(f"{reader.path}: prompt changes inside chunk at frame {start}; "
                               "prompts can only switch between chunks")  # fmt: skip
-        if prompts[start] != prompt:
-            prompt = prompts[start]
-            backend.set_prompt(prompt)
-        frames = np.asarray(backend.step_chunk(actions[start:end]).frames)
+        view = any(is_reset_view(r) for r in reader.records[start:end])
+        if view and k != 0:
+            raise ReplayError(f"{reader.path}: frame {start} is marked as a reset view but is not in the "
+                              "first chunk; only a reset's own chunk can be one")  # fmt: skip
+        if view:  # made by the reset itself, with the reset's prompt: nothing to step or switch
+            result = backend.take_reset_chunk()
+            if result is None:
+                raise ReplayError(f"{reader.path}: the recording starts with a reset view, but this "
+                                  f"{backend.info.name!r} backend's reset produces none")  # fmt: skip
+            frames = np.asarray(result.frames)[: end - start]  # a recording may keep part of the chunk
+        else:
+            if prompts[start] != prompt:
+                prompt = prompts[start]
+                backend.set_prompt(prompt)
+            frames = np.asarray(backend.step_chunk(actions[start:end]).frames)
         recorded = reader.frames[start:end]
         if frames.shape != recorded.shape:
             raise ReplayError(f"{reader.path}: engine returned {list(frames.shape)} for frames "

@@ -4,6 +4,12 @@ A `Session` knows nothing about sockets. The worker's compute loop calls `produc
 `can_produce()` says the client is less than the session's lookahead behind, and applies
 requests through the small methods below; every refusal is a `ProtocolError` carrying the code
 the client will see.
+
+Reset view: when a backend's reset already produced a whole chunk (`Backend.take_reset_chunk`,
+the generated world's chunk 0), the first chunk after open/reset is that chunk, not a new
+`step_chunk`: its records carry the idle action (what generated it) and `"reset_view": true`, its
+header `extra["reset_view"] = True`, and its `gen_ms` is the wall time of the reset that made it.
+It consumes no queued or held action: those start with the next chunk.
 """
 
 from __future__ import annotations
@@ -11,11 +17,12 @@ from __future__ import annotations
 import time
 from collections import deque
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
 from world.actions import IDLE, Action
-from world.backend import Backend, BackendInfo, PromptError
+from world.backend import Backend, BackendInfo, ChunkResult, PromptError
 from world.protocol import (
     BAD_ACK,
     BAD_PROMPT,
@@ -24,6 +31,15 @@ from world.protocol import (
     ProtocolError,
     frame_record,
 )
+
+
+@dataclass(frozen=True)
+class ResetView:
+    """A chunk the backend's reset already produced, waiting to be sent as the world's chunk 0."""
+
+    result: ChunkResult
+    prompt: str  # the prompt it was generated with (a switch before it is sent does not change it)
+    gen_ms: float  # wall time of the reset that generated it
 
 
 class Session:
@@ -41,6 +57,7 @@ class Session:
         max_queued: int,
         now: float,
         lookahead: int,
+        reset_ms: float = 0.0,
     ):
         self.sid = sid
         self.owner = owner  # ROUTER identity of the client that opened it; only it may drive it
@@ -60,6 +77,8 @@ class Session:
         self.frame_index = 0
         self.chunks_produced = 0
         self.last_seen = now
+        # The worker reset the backend before building the session (reset_ms: how long that took).
+        self.reset_view: ResetView | None = self._take_reset_view(reset_ms)
 
     # -- requests ------------------------------------------------------------------------------
 
@@ -95,7 +114,10 @@ class Session:
 
     def reset(self, seed: int | None) -> None:
         seed = self.seed if seed is None else seed
+        self.reset_view = None
+        start = time.perf_counter()
         self.backend.reset(seed, self.prompt)
+        self.reset_view = self._take_reset_view((time.perf_counter() - start) * 1000.0)
         self.seed = seed
         self.epoch += 1
         self.chunk_index = 0
@@ -107,14 +129,24 @@ class Session:
     def _take_actions(self, count: int) -> list[Action]:
         return [self.queue.popleft() if self.queue else self.held for _ in range(count)]
 
+    def _take_reset_view(self, reset_ms: float) -> ResetView | None:
+        result = self.backend.take_reset_chunk()
+        return None if result is None else ResetView(result, self.prompt, round(reset_ms, 3))
+
     def produce(self) -> tuple[Chunk, np.ndarray]:
-        """Generate the next chunk: [F, H, W, 3] uint8 frames and the header describing them."""
+        """Generate the next chunk: [F, H, W, 3] uint8 frames and the header describing them.
+
+        Right after open/reset, a pending reset view is sent instead (see the module docstring)."""
         info = self.info
         F, H, W = info.chunk_frames, info.height, info.width
-        actions = self._take_actions(F)
-        start = time.perf_counter()
-        result = self.backend.step_chunk(actions)
-        gen_ms = (time.perf_counter() - start) * 1000.0
+        view, self.reset_view = self.reset_view, None
+        if view is not None:
+            actions, prompt, result, gen_ms = [IDLE] * F, view.prompt, view.result, view.gen_ms
+        else:
+            actions, prompt = self._take_actions(F), self.prompt
+            start = time.perf_counter()
+            result = self.backend.step_chunk(actions)
+            gen_ms = (time.perf_counter() - start) * 1000.0
         frames = np.asarray(result.frames)
         if frames.shape != (F, H, W, 3) or frames.dtype != np.uint8:
             raise RuntimeError(f"backend returned {frames.shape} {frames.dtype}, expected [{F},{H},{W},3] uint8")
@@ -123,13 +155,17 @@ class Session:
                 self.frame_index + k,
                 self.chunk_index,
                 a,
-                self.prompt,
+                prompt,
                 result.steps,
                 result.nfe,
                 round((self.frame_index + k) / info.fps, 6),
             )
             for k, a in enumerate(actions)
         )
+        extra = dict(result.extra)
+        if view is not None:
+            records = tuple({**r, "reset_view": True} for r in records)
+            extra["reset_view"] = True
         header = Chunk(
             session=self.sid,
             seq=self.next_seq,
@@ -140,7 +176,7 @@ class Session:
             steps=result.steps,
             nfe=result.nfe,
             shape=(F, H, W, 3),
-            extra=dict(result.extra),
+            extra=extra,
         )
         self.next_seq += 1
         self.chunk_index += 1

@@ -230,7 +230,9 @@ class WorkerCore:
         backend = self._create_backend(req.backend, req.options)
         try:
             self._check_info(backend.info)
+            start = time.perf_counter()
             backend.reset(req.seed, req.prompt)
+            reset_ms = (time.perf_counter() - start) * 1000.0  # the reset view's gen_ms, if it has one
         except PromptError as exc:
             backend.close()
             raise P.ProtocolError(P.BAD_PROMPT, str(exc)) from None
@@ -248,6 +250,7 @@ class WorkerCore:
             self.config.max_queued_actions,
             item.received,
             lookahead,
+            reset_ms=reset_ms,
         )
         self.sessions[sid] = session
         self.stats.sessions_opened += 1
