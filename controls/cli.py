@@ -47,6 +47,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--sampler", choices=("teacher", "uniform", "diagonal"),
                         help="generated backend: sampler for this session (default: the checkpoint's own)")
     parser.add_argument("--steps", type=_positive_int, help="generated backend: denoising steps (teacher, uniform)")
+    parser.add_argument("--schedule", metavar="4,3,2",
+                        help="generated backend, diagonal sampler: steps per chunk (the last one repeats)")
+    parser.add_argument("--context-noise", type=float, metavar="T",
+                        help="generated backend, diagonal sampler: network time of the context K/V (default: the "
+                        "checkpoint's, the level it was distilled with)")
     parser.add_argument("--prompt", default=DEFAULT_PROMPT, help="starting prompt (default: %(default)r)")
     parser.add_argument("--seed", type=_non_negative_int, default=0, help="world seed (default: %(default)s)")
     parser.add_argument("--scale", type=_positive_int, default=8, help="integer window scale (default: %(default)s)")
@@ -116,9 +121,10 @@ def make_plan(args: argparse.Namespace) -> Plan:
         if backend != "generated":
             raise UsageError(f"{flag} applies to --backend generated only")
         worker_args += [flag, value]
-    session_options = {k: v for k, v in (("sampler", args.sampler), ("steps", args.steps)) if v is not None}
+    session_options = {k: v for k, v in (("sampler", args.sampler), ("steps", args.steps), ("schedule", args.schedule),
+                                         ("context_noise", args.context_noise)) if v is not None}
     if session_options and backend != "generated":
-        raise UsageError("--sampler and --steps apply to --backend generated only")
+        raise UsageError("--sampler, --steps, --schedule and --context-noise apply to --backend generated only")
     if not args.headless and (args.script or args.realtime):
         raise UsageError("--script and --realtime apply to --headless runs")
     if args.mouse_sensitivity <= 0:

@@ -207,3 +207,13 @@ def test_recorder_writes_an_episode_only_once_a_chunk_arrives(tmp_path):
     reader = EpisodeReader(path)
     assert len(reader) == 2 and reader.meta["engine_version"] == 7 and reader.meta["prompt"] == "desert"
     assert "pose" not in reader.meta  # only episode-wide facts go into meta
+
+
+def test_diagonal_ablation_options_are_session_options_of_the_generated_world():
+    parser = argparse.ArgumentParser()
+    cli.add_arguments(parser)
+    args = ["--backend", "generated", "--schedule", "5,4,3,2", "--context-noise", "250"]
+    plan = cli.make_plan(parser.parse_args(args))
+    assert plan.options == {"schedule": "5,4,3,2", "context_noise": 250.0}
+    with pytest.raises(cli.UsageError, match="--backend generated only"):
+        cli.make_plan(parser.parse_args(["--backend", "engine", "--schedule", "2,2"]))
