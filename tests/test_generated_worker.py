@@ -92,7 +92,8 @@ def test_play_headless_on_a_generated_checkpoint_records_and_reports_fps(world_d
 
 
 def test_sampler_options_are_refused_for_the_engine():
-    argv = [sys.executable, "run_world.py", "play", "--headless", "--sampler", "diagonal", "--frames", "3"]
+    argv = [sys.executable, "run_world.py", "play", "--headless", "--backend", "engine", "--sampler", "diagonal",
+            "--frames", "3"]
     done = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=60)
     assert done.returncode == 2 and "--backend generated" in done.stderr
 

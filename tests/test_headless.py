@@ -50,7 +50,8 @@ def test_headless_command_starts_a_worker_and_prints_one_json_line():
     result = json.loads(lines[0])
     assert SUMMARY_KEYS <= set(result)
     assert result["frames"] == 30 and result["fps"] > 0
-    assert result["backend"] == "engine" and result["prompt"] == "desert dunes at dusk"
+    # the default world: generated once assets/default_world is bundled, else the engine
+    assert result["backend"] == cli.default_backend() and result["prompt"] == "desert dunes at dusk"
     assert result["errors"] == 0 and result["record"] is None
     assert set(result["latency_ms"]) == {"p50", "p95", "max"} and result["latency_ms"]["p50"] > 0
     assert result["gen_ms_p50"] > 0
@@ -62,7 +63,8 @@ def test_script_is_applied_exactly_from_the_first_frame_and_recorded(worker, tmp
     script += [{"keys": ["turn_left"], "mouse": [0.0, 0.0]}] * 6
     path = tmp_path / "script.json"
     path.write_text(json.dumps(script))
-    argv = ["--connect", worker, "--headless", "--script", str(path), "--seed", "3", "--record", str(tmp_path / "rec")]
+    argv = ["--connect", worker, "--backend", "engine", "--headless", "--script", str(path), "--seed", "3", "--record",
+            str(tmp_path / "rec")]
     code, lines, err = play(argv, capsys)
     assert code == 0, err
     result = json.loads(lines[-1])
@@ -120,7 +122,8 @@ def test_options_that_cannot_apply_are_usage_errors(worker, tmp_path, capsys):
 
 
 def test_unknown_engine_prompt_is_refused_with_exit_2(worker, capsys):
-    code, lines, err = play(["--connect", worker, "--headless", "--prompt", "qwerty zxcv"], capsys)
+    argv = ["--connect", worker, "--backend", "engine", "--headless", "--prompt", "qwerty zxcv"]
+    code, lines, err = play(argv, capsys)
     assert code == 2 and lines == [] and "refused" in err
 
 
@@ -185,7 +188,8 @@ def test_headless_with_lookahead_1_runs_the_script_exactly(worker, tmp_path, cap
     script = [{"keys": ["forward"], "mouse": [0.0, 0.0]}] * 5 + [{"keys": ["left"], "mouse": [0.0, 0.0]}] * 4
     path = tmp_path / "script.json"
     path.write_text(json.dumps(script))
-    argv = ["--connect", worker, "--headless", "--script", str(path), "--lookahead", "1", "--record", str(tmp_path)]
+    argv = ["--connect", worker, "--backend", "engine", "--headless", "--script", str(path), "--lookahead", "1",
+            "--record", str(tmp_path)]
     code, lines, err = play(argv, capsys)
     assert code == 0, err
     reader = EpisodeReader(json.loads(lines[-1])["record"])
