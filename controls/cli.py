@@ -52,6 +52,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--context-noise", type=float, metavar="T",
                         help="generated backend, diagonal sampler: network time of the context K/V (default: the "
                         "checkpoint's, the level it was distilled with)")
+    parser.add_argument("--rewarm", action="store_const", const=True, default=None,
+                        help="generated backend, diagonal sampler: restart the schedule after each prompt switch")
     parser.add_argument("--prompt", default=DEFAULT_PROMPT, help="starting prompt (default: %(default)r)")
     parser.add_argument("--seed", type=_non_negative_int, default=0, help="world seed (default: %(default)s)")
     parser.add_argument("--scale", type=_positive_int, default=8, help="integer window scale (default: %(default)s)")
@@ -122,9 +124,11 @@ def make_plan(args: argparse.Namespace) -> Plan:
             raise UsageError(f"{flag} applies to --backend generated only")
         worker_args += [flag, value]
     session_options = {k: v for k, v in (("sampler", args.sampler), ("steps", args.steps), ("schedule", args.schedule),
-                                         ("context_noise", args.context_noise)) if v is not None}
+                                         ("context_noise", args.context_noise), ("rewarm", args.rewarm))
+                       if v is not None}
     if session_options and backend != "generated":
-        raise UsageError("--sampler, --steps, --schedule and --context-noise apply to --backend generated only")
+        raise UsageError("--sampler, --steps, --schedule, --context-noise and --rewarm apply to --backend generated "
+                         "only")
     if not args.headless and (args.script or args.realtime):
         raise UsageError("--script and --realtime apply to --headless runs")
     if args.mouse_sensitivity <= 0:

@@ -115,6 +115,7 @@ class Sampler:
             "guidance": self.guidance,
             "update": self.update,
             "context_noise": self.context_noise,
+            "rewarm": self.rewarm,
         }
 
 
@@ -233,6 +234,7 @@ def make_sampler(
     guidance: float | None = None,
     shift: float = 3.0,
     context_noise: float | None = None,
+    rewarm: bool | None = None,
 ) -> Sampler:
     """Build a registered sampler; options it does not take are an error, not silently ignored."""
     if name not in SAMPLERS:
@@ -247,12 +249,19 @@ def make_sampler(
             kwargs["schedule"] = list(schedule)
         if context_noise is not None:
             kwargs["context_noise"] = context_noise
+        if rewarm is not None:
+            if not isinstance(rewarm, bool):
+                raise ValueError(f"sampler 'diagonal': rewarm must be true or false, got {rewarm!r}")
+            kwargs["rewarm"] = rewarm
     else:
         if schedule is not None:
             raise ValueError(f"sampler {name!r} takes steps, not a per-chunk schedule (that is 'diagonal')")
         if context_noise is not None:
             raise ValueError(f"sampler {name!r} writes clean context with its refresh pass; context_noise is "
                              f"an option of 'diagonal'")
+        if rewarm:
+            raise ValueError(f"sampler {name!r} takes the same steps for every chunk; rewarm (restart the "
+                             f"schedule after a prompt switch) is an option of 'diagonal'")
         if steps is not None:
             kwargs["steps"] = steps
     return SAMPLERS[name](**kwargs)

@@ -65,7 +65,8 @@ class WorldModel:
     device: torch.device
 
     def sampler(self, name: str | None = None, steps: int | None = None, schedule: list[int] | None = None,
-                guidance: float | None = None, context_noise: float | None = None) -> Sampler:
+                guidance: float | None = None, context_noise: float | None = None,
+                rewarm: bool | None = None) -> Sampler:
         """The checkpoint's default sampler, or `name` with its own defaults; explicit options win.
 
         context_noise (diagonal only; make_sampler refuses it for the refresh samplers) defaults to
@@ -80,7 +81,7 @@ class WorldModel:
         if name == "diagonal" and context_noise is None:
             context_noise = cfg.context_noise
         return make_sampler(name, steps=steps, schedule=schedule, guidance=guidance, shift=cfg.shift,
-                            context_noise=context_noise)
+                            context_noise=context_noise, rewarm=rewarm)
 
     def stream(self, sampler: Sampler | None = None) -> WorldStream:
         return WorldStream(self.dit, self.autoencoder, self.text_encoder, sampler or self.sampler(), self.device)

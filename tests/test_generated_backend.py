@@ -259,3 +259,19 @@ def test_the_engine_has_no_reset_chunk():
     engine = create_backend("engine")
     engine.reset(0, "green hills at noon")
     assert engine.take_reset_chunk() is None
+
+
+def test_rewarm_is_a_session_option_of_the_diagonal_sampler(world_dir):
+    backend = create_backend("generated", checkpoint=str(world_dir), device="cpu", sampler="diagonal", rewarm=True)
+    assert backend.sampler.rewarm and backend.sampler.describe()["rewarm"]
+    assert "re-warm" in backend.info.description
+    backend.reset(0, "green hills")
+    idle = [Action()] * 3
+    assert [backend.step_chunk(idle).steps for _ in range(2)] == [3, 2]  # chunk 0 (4 steps) was the reset
+    backend.set_prompt("snowy mountains in fog")
+    assert [backend.step_chunk(idle).steps for _ in range(2)] == [4, 3]
+    plain = create_backend("generated", checkpoint=str(world_dir), device="cpu", sampler="diagonal")
+    assert not plain.sampler.rewarm
+    for bad in ({"sampler": "uniform", "rewarm": True}, {"sampler": "diagonal", "rewarm": "yes"}):
+        with pytest.raises(BackendError, match="rewarm"):
+            create_backend("generated", checkpoint=str(world_dir), device="cpu", **bad)

@@ -46,6 +46,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "checkpoint's); counts above 4 run on a finer grid than the student was distilled on")
     parser.add_argument("--context-noise", type=float, help="network time (0, 1000) of the diagonal sampler's "
                         "context K/V (default: the checkpoint's, the value it was distilled with)")
+    parser.add_argument("--rewarm", action="store_const", const=True, default=None,
+                        help="diagonal sampler: restart its schedule after each prompt switch")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda (world, IDM and classifier)")
     parser.add_argument("--idm", default="assets/idm", help="inverse-dynamics checkpoint")
     parser.add_argument("--classifier", default="assets/classifier", help="theme classifier checkpoint")
@@ -64,7 +66,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="last stdout line: one JSON object of headline numbers")
 
 
-GENERATED_ONLY = ("checkpoint", "sampler", "steps", "schedule", "context_noise")
+GENERATED_ONLY = ("checkpoint", "sampler", "steps", "schedule", "context_noise", "rewarm")
 
 
 def parse_world_options(args: argparse.Namespace) -> dict:
@@ -171,7 +173,8 @@ def run(args: argparse.Namespace) -> int:
     results.update(
         backend=args.backend, world=worlds.world.info.description, checkpoint=args.checkpoint,
         sampler=args.sampler, steps=args.steps, schedule=options.get("schedule"),
-        context_noise=args.context_noise, sampler_config=_sampler_config(worlds.world), device=str(device),
+        context_noise=args.context_noise, rewarm=args.rewarm, sampler_config=_sampler_config(worlds.world),
+        device=str(device),
         quick=args.quick, idm=args.idm, classifier=args.classifier, seed=args.seed,
         seconds=time.perf_counter() - t0, out=str(out),
     )  # fmt: skip

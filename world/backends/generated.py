@@ -11,6 +11,8 @@ Options (everything else is a BackendError):
                   finer grid than the student was distilled on (an ablation, model/samplers.py)
     context_noise "diagonal" only: network time in (0, 1000) of the context K/V every chunk leaves;
                   default: the checkpoint's (the value it was distilled with; others are ablations)
+    rewarm        "diagonal" only, true/false: after a prompt switch, restart the schedule (4, 3, 2, ...)
+                  so the new appearance gets more steps (DESIGN.md §3, "going beyond"); default false
     guidance      classifier-free guidance g in c + g (c - u); 0 disables it
     chunk_frames, height, width   accepted only when equal to the model's (clients may send them)
 
@@ -42,8 +44,8 @@ if TYPE_CHECKING:  # model (torch) is imported only once a world is built
 ASSETS = Path(__file__).resolve().parents[2] / "assets"
 DEFAULT_CHECKPOINT = ASSETS / "default_world"  # the bundled default world (the distilled student)
 TEACHER_CHECKPOINT = ASSETS / "teacher"  # the bundled teacher: used when no default world is bundled
-OPTIONS = ("checkpoint", "device", "sampler", "steps", "schedule", "context_noise", "guidance", "chunk_frames",
-           "height", "width")
+OPTIONS = ("checkpoint", "device", "sampler", "steps", "schedule", "context_noise", "rewarm", "guidance",
+           "chunk_frames", "height", "width")
 
 
 class GeneratedBackend(Backend):
@@ -55,6 +57,7 @@ class GeneratedBackend(Backend):
         steps: int | None = None,
         schedule: Sequence[int] | str | None = None,
         context_noise: float | None = None,
+        rewarm: bool | None = None,
         guidance: float | None = None,
         chunk_frames: int | None = None,
         height: int | None = None,
@@ -70,7 +73,7 @@ class GeneratedBackend(Backend):
             if isinstance(schedule, str):
                 schedule = parse_schedule(schedule)
             self.sampler = self.model.sampler(sampler, steps=steps, schedule=schedule, guidance=guidance,
-                                              context_noise=context_noise)
+                                              context_noise=context_noise, rewarm=rewarm)
         except ValueError as e:
             raise BackendError(str(e)) from None
         self._check_geometry(chunk_frames=chunk_frames, height=height, width=width)
@@ -145,6 +148,8 @@ def _summary(sampler: Sampler) -> str:
     text = f"{sampler.name} {'-'.join(str(n) for n in sampler.describe()['steps'])} steps"
     if not sampler.refresh:
         text += f", context t={sampler.context_noise:g}"
+    if sampler.rewarm:
+        text += ", re-warm after switches"
     return text + (f", guidance {sampler.guidance:g}" if sampler.guidance > 0 else "")
 
 
