@@ -12,12 +12,12 @@ import argparse
 import contextlib
 import json
 import os
-import signal
 import sys
-import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from controls.interrupts import sigterm_as_keyboard_interrupt
 
 # pygame greets on stdout when imported; stdout carries play's JSON summary line.
 os.environ.setdefault("PYGAME_HIDE_SUPPORT_PROMPT", "1")
@@ -199,29 +199,15 @@ class LocalWorker:
 
 
 def run(args: argparse.Namespace) -> int:
-    previous = _interrupt_on_sigterm()
     try:
-        return _run(args)
+        with sigterm_as_keyboard_interrupt():  # the recording is closed and the local worker stopped
+            return _run(args)
     except UsageError as exc:
         print(f"play: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("play: interrupted", file=sys.stderr)
         return 130
-    finally:
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
-
-
-def _interrupt_on_sigterm() -> object:
-    """Treat SIGTERM like Ctrl-C, so that the recording is closed and the local worker stopped."""
-    if threading.current_thread() is not threading.main_thread():
-        return None  # signal handlers can only be set from the main thread
-
-    def interrupt(signum: int, frame: object) -> None:
-        raise KeyboardInterrupt
-
-    return signal.signal(signal.SIGTERM, interrupt)
 
 
 def _run(args: argparse.Namespace) -> int:

@@ -11,6 +11,17 @@ from pathlib import Path
 from tqdm import tqdm
 
 
+def agg_pyplot():
+    """matplotlib.pyplot on the file-only Agg backend (servers, CI: no display), imported lazily
+    because matplotlib is slow to import and most commands never plot."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
 class RunLog:
     """Appends one row per logged step to `<directory>/<name>.csv` and draws `<name>.png`.
 
@@ -59,10 +70,7 @@ class RunLog:
         """One panel per metric against step; returns the PNG path (None when nothing is logged)."""
         if not self.rows:
             return None
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        plt = agg_pyplot()
 
         keys = [k for k in (keys or self._columns()) if k != "step"]
         fig, axes = plt.subplots(len(keys), 1, figsize=(7, 2.4 * len(keys)), squeeze=False)

@@ -62,7 +62,15 @@ from model.distill import (
 from model.dit import CausalDiT, count_parameters
 from model.ode_pairs import OdePairs, OdePairsConfig, OdePairsError, build_ode_pairs, pairs_complete, pairs_meta
 from model.runlog import RunLog, progress
-from model.samplers import CONTEXT_NOISE, DIAGONAL_SCHEDULE, FEW_STEP_GRID, Sampler, diagonal_grid, make_sampler
+from model.samplers import (
+    CONTEXT_NOISE,
+    DIAGONAL_SCHEDULE,
+    FEW_STEP_GRID,
+    Sampler,
+    diagonal_grid,
+    make_sampler,
+    parse_schedule,
+)
 from model.stream import Conditioning
 from model.train_teacher import step_generator, update_ema
 from model.world_model import KIND, WorldConfig, load_world_model, save_world
@@ -351,7 +359,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--latents", help="latent cache (init stage: source of actions and prompts for the pairs)")
     parser.add_argument("--out", required=True, help="student run directory: ode_pairs/, init/, dmd/")
     parser.add_argument("--init", help="dmd: generator start (default: OUT/init; any world checkpoint works)")
-    parser.add_argument("--schedule", type=_int_list, help="diagonal steps per chunk, e.g. 4,3,2 (default: "
+    parser.add_argument("--schedule", type=_schedule, help="diagonal steps per chunk, e.g. 4,3,2 (default: "
                         "the resumed/init checkpoint's, else 4,3,2)")
     parser.add_argument("--context-noise", type=float, help=f"network time of the context K/V (default: the "
                         f"resumed/init checkpoint's, else {CONTEXT_NOISE:g})")
@@ -383,11 +391,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice; 1 on a busy CPU)")
 
 
-def _int_list(text: str) -> list[int]:
+def _schedule(text: str) -> list[int]:
+    """--schedule 4,3,2: the syntax the eval and play options share (model.samplers.parse_schedule)."""
     try:
-        return [int(v) for v in text.replace(" ", "").split(",") if v]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated step counts like 4,3,2, got {text!r}") from None
+        return parse_schedule(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def _recorded_diagonal(directory: Path) -> dict:

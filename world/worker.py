@@ -31,7 +31,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -672,14 +672,16 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 def start_worker_process(
-    bind: str = "tcp://127.0.0.1:0", extra_args: Sequence[str] = (), timeout_s: float = 30.0
+    bind: str = "tcp://127.0.0.1:0", extra_args: Sequence[str] = (), timeout_s: float = 30.0,
+    env: Mapping[str, str] | None = None,
 ) -> tuple[subprocess.Popen, str]:
     """Launch `python run_world.py serve --bind BIND ...` and wait (bounded) for its READY line.
 
-    Returns (process, endpoint). stderr is inherited so the worker's log shows up with ours.
+    Returns (process, endpoint). stderr is inherited so the worker's log shows up with ours; `env`
+    replaces the environment it starts with (default: ours).
     """
     cmd = [sys.executable, str(REPO_ROOT / "run_world.py"), "serve", "--bind", bind, *extra_args]
-    proc = subprocess.Popen(cmd, cwd=REPO_ROOT, stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(cmd, cwd=REPO_ROOT, stdout=subprocess.PIPE, text=True, env=env)
     try:
         endpoint = _wait_ready(proc, timeout_s)
     except BaseException:

@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import os
 import resource
 import sys
 import time
@@ -103,18 +104,32 @@ def reset_peak_memory(device: str) -> None:
         torch.cuda.reset_peak_memory_stats()
 
 
+def read_status(pid: int) -> tuple[float, float] | None:
+    """(VmRSS, VmHWM) of process `pid` in MiB from /proc/<pid>/status; None once the process is gone
+    (or without /proc)."""
+    try:
+        text = (Path("/proc") / str(pid) / "status").read_text()
+    except OSError:  # FileNotFoundError, ProcessLookupError
+        return None
+    fields = {}
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        if key in ("VmRSS", "VmHWM"):
+            fields[key] = int(value.split()[0]) / 1024.0  # kB
+    if len(fields) < 2:
+        return None  # a zombie has no memory lines: it is gone for our purposes
+    return fields["VmRSS"], fields["VmHWM"]
+
+
 def peak_memory_mb(device: str) -> float:
     """Peak host RSS since reset_peak_memory (or process start); CUDA: peak allocated."""
     if device.startswith("cuda"):
         import torch
 
         return torch.cuda.max_memory_allocated() / 2**20
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
+    status = read_status(os.getpid())
+    if status is not None:
+        return status[1]
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # kB on Linux
 
 

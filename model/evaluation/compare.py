@@ -23,6 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
+from model.runlog import agg_pyplot
+
 MISSING = "—"  # the run did not measure this
 UNDEFINED = "n/a"  # measured, but undefined (null in results.json)
 
@@ -181,10 +183,7 @@ def _value(r: dict, key: str, absolute: bool) -> float:
 
 
 def plot(runs: Sequence[Run], path: Path, title: str) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")  # files only, no display (servers, CI)
-    import matplotlib.pyplot as plt
+    plt = agg_pyplot()
 
     fig, axes = plt.subplots(1, 2, figsize=(max(8.0, 2.2 + 1.2 * len(runs)), 3.6))
     width = 0.8 / len(runs)

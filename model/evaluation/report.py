@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from model.evaluation.scores import ACTION_NAMES
+from model.runlog import agg_pyplot
 
 # (key in results, label, engine/ceiling key, target as text); the order of report.md's table.
 TABLE: tuple[tuple[str, str, str | None, str], ...] = (
@@ -112,15 +113,6 @@ def write_outputs(results: dict, out: Path) -> dict[str, Path]:
 # ----------------------------------------------------------------------------- plots
 
 
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
 def plot_all(results: dict, out: Path) -> dict[str, Path]:
     paths = {}
     if "curves" in results:
@@ -138,7 +130,7 @@ def plot_all(results: dict, out: Path) -> dict[str, Path]:
 
 
 def plot_drift(results: dict, path: Path) -> Path:
-    plt, c = _plt(), results["curves"]
+    plt, c = agg_pyplot(), results["curves"]
     fd = results.get("fd_per_segment") or []
     win = results.get("drift_reference_s", 10)
     fig, axes = plt.subplots(1, 3 if fd else 2, figsize=(13 if fd else 9, 3.2))
@@ -164,7 +156,7 @@ def plot_drift(results: dict, path: Path) -> Path:
 
 
 def plot_action_f1(results: dict, path: Path) -> Path:
-    plt = _plt()
+    plt = agg_pyplot()
     w, e = results["action_per_action_f1"], results["action_per_action_f1_ceiling"]
     names = [a for a in ACTION_NAMES if a in w]
     x = np.arange(len(names))
@@ -185,7 +177,7 @@ def plot_action_f1(results: dict, path: Path) -> Path:
 
 def plot_strips(strips: list[tuple[str, tuple[np.ndarray, np.ndarray]]], path: Path, cols: int = 8) -> Path:
     """Rows: world over engine for each strip (fidelity frames, drift-stream frames)."""
-    plt = _plt()
+    plt = agg_pyplot()
     fig, axes = plt.subplots(2 * len(strips), 1, figsize=(cols * 1.1, 2.4 * len(strips)), squeeze=False)
     for s, (name, (gen, ref)) in enumerate(strips):
         idx = np.linspace(0, len(gen) - 1, min(cols, len(gen))).round().astype(int)

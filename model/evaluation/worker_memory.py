@@ -34,7 +34,6 @@ Reported (JSON summary, plot, final lines on stdout):
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import math
 import os
@@ -49,6 +48,9 @@ from pathlib import Path
 import numpy as np
 
 from controls.headless import HeadlessConfig, HeadlessError, HeadlessRun, ScriptStep
+from controls.interrupts import sigterm_as_keyboard_interrupt
+from model.evaluation.bench import read_status
+from model.runlog import agg_pyplot
 from world.client import ChunkEvent, WorldClient, WorldConnectionError, WorldRequestError
 from world.scripted_player import ScriptedPlayer
 from world.themes import EXAMPLE_PROMPTS
@@ -162,22 +164,6 @@ def require_proc() -> None:
             f"{PROC}/self/status not found (platform {sys.platform}): worker_memory reads the worker's "
             "VmRSS/VmHWM from /proc/<pid>/status and needs Linux with /proc mounted"
         )
-
-
-def read_status(pid: int) -> tuple[float, float] | None:
-    """(VmRSS, VmHWM) of process `pid` in MiB, or None once the process is gone."""
-    try:
-        text = (PROC / str(pid) / "status").read_text()
-    except (FileNotFoundError, ProcessLookupError):
-        return None
-    fields = {}
-    for line in text.splitlines():
-        key, _, value = line.partition(":")
-        if key in ("VmRSS", "VmHWM"):
-            fields[key] = int(value.split()[0]) / 1024.0  # kB
-    if len(fields) < 2:
-        return None  # a zombie has no memory lines: it is gone for our purposes
-    return fields["VmRSS"], fields["VmHWM"]
 
 
 class MemorySampler(threading.Thread):
@@ -436,23 +422,10 @@ class MemoryReport:
         }
 
 
-@contextlib.contextmanager
-def worker_thread_env(threads: int) -> Iterator[None]:
-    """Set the BLAS/OpenMP thread variables while the worker is spawned (Popen copies os.environ
-    then), restoring ours afterwards; start_worker_process takes no environment of its own."""
-    if not threads:
-        yield
-        return
-    saved = {v: os.environ.get(v) for v in THREAD_VARS}
-    os.environ.update({v: str(threads) for v in THREAD_VARS})
-    try:
-        yield
-    finally:
-        for var, value in saved.items():
-            if value is None:
-                os.environ.pop(var, None)
-            else:
-                os.environ[var] = value
+def worker_env(threads: int) -> dict[str, str] | None:
+    """The worker's environment: ours plus the BLAS/OpenMP thread variables (read once, when the
+    libraries load, so they must be set in the process that starts); None keeps ours as it is."""
+    return {**os.environ, **{v: str(threads) for v in THREAD_VARS}} if threads else None
 
 
 def measure(config: MemoryConfig) -> MemoryReport:
@@ -461,9 +434,8 @@ def measure(config: MemoryConfig) -> MemoryReport:
     config.check()
     require_proc()
     try:
-        with worker_thread_env(config.threads):
-            proc, endpoint = start_worker_process(extra_args=config.worker_args(),
-                                                  timeout_s=config.worker_start_timeout_s)  # fmt: skip
+        proc, endpoint = start_worker_process(extra_args=config.worker_args(), timeout_s=config.worker_start_timeout_s,
+                                              env=worker_env(config.threads))  # fmt: skip
     except WorkerStartError as exc:
         raise MeasurementError(f"the worker did not start: {exc}") from None
     run: MemoryRun | None = None
@@ -552,10 +524,7 @@ def write_report(report: MemoryReport, out: Path | None, png: Path | None) -> No
 
 
 def plot(report: MemoryReport, path: Path) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = agg_pyplot()
 
     s = report.summary
     t = [x.t_s for x in report.samples]
@@ -651,20 +620,17 @@ def config_from_args(args: argparse.Namespace) -> MemoryConfig:
 def run(args: argparse.Namespace) -> int:
     """Exit codes: 0 measured, 1 the stream ended early, 130 interrupted (in both cases the
     report of what was measured is still written), 2 nothing could be measured."""
-    previous = _interrupt_on_sigterm()
     try:
-        config = config_from_args(args)
-        report = measure(config)
-        write_report(report, config.out, config.png)
+        with sigterm_as_keyboard_interrupt():  # the worker is stopped and the partial report written
+            config = config_from_args(args)
+            report = measure(config)
+            write_report(report, config.out, config.png)
     except MeasurementError as exc:
         print(f"worker_memory: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("worker_memory: interrupted", file=sys.stderr)
         return 130
-    finally:
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
     print(human_summary(report.summary), flush=True)
     if args.json:
         print(json.dumps(_finite(asdict(report.summary))), flush=True)
@@ -673,17 +639,6 @@ def run(args: argparse.Namespace) -> int:
 
 def _finite(summary: dict) -> dict:
     return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in summary.items()}
-
-
-def _interrupt_on_sigterm() -> object:
-    """SIGTERM behaves like Ctrl-C, so the worker is stopped and the partial report written."""
-    if threading.current_thread() is not threading.main_thread():
-        return None
-
-    def interrupt(signum: int, frame: object) -> None:
-        raise KeyboardInterrupt
-
-    return signal.signal(signal.SIGTERM, interrupt)
 
 
 def main(argv: list[str] | None = None) -> int:
