@@ -242,6 +242,20 @@ class HeadlessRun:
         self.done = 0  # frames consumed
         self.last_chunk_at = time.perf_counter()
         self.recorder = Recorder(config.record_dir, info, config.options) if config.record_dir else None
+        self.finished = False  # finish_now() was called: chunks still in flight are ignored
+
+    # -- hooks for runs that watch the stream (model/evaluation/worker_memory.py) ----------------
+
+    def on_poll(self, chunks: list[ChunkEvent]) -> None:
+        """Called after every poll with the chunks it brought (possibly none)."""
+
+    def on_chunk(self, chunk: ChunkEvent) -> None:
+        """Called after a chunk was consumed (measured, recorded, its ack freed)."""
+
+    def finish_now(self) -> None:
+        """End the run with the frames consumed so far; chunks in flight are neither counted nor acked."""
+        self.finished = True
+        self.config.frames = self.done
 
     def run(self) -> dict:
         self.acks.extend(self._prime())
@@ -339,10 +353,13 @@ class HeadlessRun:
                     raise HeadlessError(f"the worker closed the session: {event.message}")
         if time.perf_counter() - self.last_chunk_at > self.config.stall_s or not self.client.connected:
             raise HeadlessError(f"no frames from the worker at {self.client.address} for {self.config.stall_s:g} s")
+        self.on_poll(chunks)
         return chunks
 
     def _consume(self, chunk: ChunkEvent, count: bool = True) -> None:
         """A chunk received (or, with realtime, starting to show): measure, record, free its ack."""
+        if self.finished:
+            return
         now = time.perf_counter()
         if chunk.chunk in self.sent_at:
             self.latency_ms.append((now - self.sent_at.pop(chunk.chunk)) * 1000.0)
@@ -354,6 +371,7 @@ class HeadlessRun:
             self.done += min(left, len(chunk.frames))
         self.acks.append(chunk.seq)
         self._release()
+        self.on_chunk(chunk)
 
 
 def run_headless(client: WorldClient, info: dict, config: HeadlessConfig) -> dict:

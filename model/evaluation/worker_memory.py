@@ -324,28 +324,21 @@ class MemoryRun(HeadlessRun):
         self.started_s = sampler.now()
         deadline = memory.deadline_s
         self.deadline_s = None if deadline is None else self.started_s + deadline
-        self.time_up = False
         self._last_progress = self.started_s
 
-    def _poll(self, timeout_ms: int) -> list[ChunkEvent]:
+    def on_poll(self, chunks: list[ChunkEvent]) -> None:
         if self.sampler.gone:  # sooner and clearer than the client's heartbeat noticing
             raise HeadlessError("the worker process is gone")
-        chunks = super()._poll(timeout_ms)
         now = self.sampler.now()
         if now - self._last_progress >= self.memory.progress_every_s:
             self._last_progress = now
             self._progress(now)
-        if self.deadline_s is not None and now >= self.deadline_s and not self.time_up:
-            # Lowering the frames target to what is done ends HeadlessRun's loop. The chunks are
-            # still returned: the warm-up in `_prime` waits for them and must not spin forever.
-            self.time_up = True
-            self.config.frames = self.done
-        return chunks
+        if self.deadline_s is not None and now >= self.deadline_s and not self.finished:
+            # Ends HeadlessRun's loop; the chunks of this poll still reach the warm-up in `_prime`,
+            # which waits for them and must not spin forever.
+            self.finish_now()
 
-    def _consume(self, chunk: ChunkEvent, count: bool = True) -> None:
-        if self.time_up:
-            return  # in flight when time ran out: not counted, not acked (the session closes next)
-        super()._consume(chunk, count)
+    def on_chunk(self, chunk: ChunkEvent) -> None:
         self.chunks += 1
         prompt = chunk.records[-1].get("prompt") if chunk.records else None
         if prompt is not None and prompt != self.prompt:
