@@ -170,6 +170,8 @@ class WorldStream:
     """One generated world: cache, prompt, seeded noise and the sampler, chunk after chunk.
 
     reset(seed, prompt, first_frame_latent=None) -> start a world (optionally from clean context)
+    reset_with_context(seed, prompt, latents, actions) -> start from real frames written as context
+    encode(frames [N, H, W, 3] uint8)            -> latents [N, C, h, w]
     set_prompt(prompt)                           -> new text K/V + KV-recache of the recent window
     next_chunk(actions [F, A])                   -> ChunkOutput with latents [F, C, h, w]
     decode(latents [F, C, h, w])                 -> frames [F, H, W, 3] uint8
@@ -204,6 +206,40 @@ class WorldStream:
         if first_frame_latent is not None:
             with autocast(self.device):
                 self._commit_clean_chunk(first_frame_latent)
+
+    @torch.inference_mode()
+    def reset_with_context(self, seed: int, prompt: str, latents: torch.Tensor,
+                           actions: torch.Tensor | np.ndarray) -> None:
+        """New world started from real frames: latents [K, C, h, w] (K a whole number of chunks),
+        actions [K, A] (actions[i] produced frame i). Each chunk is written as context exactly as
+        the sampler's own chunks are: clean for the refresh samplers, re-noised to the context
+        level for the diagonal one; the first chunk becomes the attention sink. Generation then
+        continues from chunk K / chunk_frames."""
+        C = self.dit.config.chunk_frames
+        latents = torch.as_tensor(latents).to(self.device).float()
+        actions = torch.as_tensor(np.asarray(actions, dtype=np.float32)).to(self.device)
+        K = latents.shape[0]
+        if K == 0 or K % C or tuple(latents.shape[1:]) != self.dit.config.latent_shape:
+            raise ValueError(f"context latents must be [K, {', '.join(map(str, self.dit.config.latent_shape))}] "
+                             f"with K a positive multiple of {C}, got {tuple(latents.shape)}")
+        if tuple(actions.shape) != (K, self.dit.config.action_dim):
+            raise ValueError(f"context actions must be [{K}, {self.dit.config.action_dim}], got {tuple(actions.shape)}")
+        self.reset(seed, prompt)
+        s = 0.0 if self.sampler.refresh else self.sampler.context_level
+        with autocast(self.device):
+            for i in range(0, K, C):
+                x = latents[None, i : i + C]
+                if s > 0:
+                    x = (1 - s) * x + s * self._noise(tuple(x.shape)).to(x)
+                write_context(self.dit, self.cache, x, s, actions[None, i : i + C], self.cond, self.sampler.rows)
+                self.cache.commit_chunk()
+
+    @torch.inference_mode()
+    def encode(self, frames: np.ndarray) -> torch.Tensor:
+        """frames [N, H, W, 3] uint8 -> latents [N, C, h, w] on the stream's device."""
+        from model.autoencoder import frames_to_tensor
+
+        return self.autoencoder.encode(frames_to_tensor(frames).to(self.device)).float()
 
     def _commit_clean_chunk(self, latent: torch.Tensor) -> None:
         C = self.dit.config.chunk_frames
