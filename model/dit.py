@@ -15,6 +15,14 @@ velocity `v = eps - x0` (DESIGN.md §3) and knows nothing about noise schedules 
   frame positions, so streams are unbounded (keys cached unrotated).
 - Text: cross-attention to the projected prompt tokens plus a learned null token that is always
   visible; dropping the prompt (classifier-free guidance) = masking every real token.
+- Copy path (`copy_path`): each frame's tokens also receive the patches of the previous chunk's
+  last frame through a zero-initialised projection. The previous frame is the *input* that wrote
+  that frame's K/V (clean after a refresh pass, at the context level for the diagonal sampler):
+  in full-sequence mode it is the input x itself shifted by one chunk, when streaming the cache's
+  stored input of its newest frame, so training and inference see the same thing. Chunk 0 (the
+  sink) has no predecessor and gets zeros.
+- Action tokens (`action_tokens`): the frame's action embedding is also added to each of its
+  tokens through a zero-initialised projection (Hunyuan-GameCraft: adding beats concatenating).
 
 Two modes, one attention rule:
 - full sequence (`cache=None`, F a multiple of the chunk): each chunk's queries attend to the
@@ -59,6 +67,12 @@ class DiTConfig:
     cfg_dropout_actions: float = 0.1  # training: probability a clip loses its actions
     freq_dim: int = 256  # sinusoidal timestep features
     rope_theta: float = 10000.0
+    # Copy path (docs/design.md, "learning dynamics at small scale"): every frame's tokens also
+    # get the previous chunk's last frame, exactly as the context holds it, through their own
+    # patch projection, so copying and shifting the view is easy.
+    copy_path: bool = False
+    # Action embedding added to every token of its frame as well as to adaLN (harder to ignore).
+    action_tokens: bool = False
 
     def __post_init__(self) -> None:
         if self.latent_size % self.patch:
@@ -232,6 +246,8 @@ class CausalDiT(nn.Module):
         self.final_table = nn.Parameter(torch.zeros(2, cfg.dim))
         self.final = nn.Linear(cfg.dim, patch_dim)
         self.rope = Rope3D(cfg.head_dim, cfg.grid, self.layout.span_frames, cfg.rope_theta)
+        self.copy_in = nn.Linear(patch_dim, cfg.dim) if cfg.copy_path else None
+        self.action_in = nn.Linear(cfg.dim, cfg.dim) if cfg.action_tokens else None
         self.initialize_weights()
 
     def initialize_weights(self) -> None:
@@ -255,6 +271,11 @@ class CausalDiT(nn.Module):
         nn.init.zeros_(self.final_table)
         nn.init.zeros_(self.final.weight)
         nn.init.zeros_(self.final.bias)
+        # New inputs start silent, so a network warm-started from one without them begins as it was.
+        for extra in (self.copy_in, self.action_in):
+            if extra is not None:
+                nn.init.zeros_(extra.weight)
+                nn.init.zeros_(extra.bias)
 
     # ------------------------------------------------------------------ pieces
 
@@ -314,9 +335,30 @@ class CausalDiT(nn.Module):
 
         return attend
 
+    def previous_frames(self, x: torch.Tensor, cache: KVCache | None) -> torch.Tensor:
+        """The copy path's input [B, F, C, h, w]: for every frame, the last frame of the chunk before
+        its own as the context holds it; zeros for chunk 0 (the sink has no predecessor).
+
+        Full sequence: the input x shifted by one chunk. Streaming: the cache's stored input of its
+        newest committed frame (what wrote that frame's K/V), so both modes agree."""
+        B, Fr = x.shape[:2]
+        C = self.config.chunk_frames
+        if cache is None:
+            last = x[:, C - 1 :: C][:, :-1]  # [B, n_chunks - 1, c, h, w]: last frame of each earlier chunk
+            prev = torch.cat([torch.zeros_like(x[:, :1]), last], 1)
+            return prev.repeat_interleave(C, 1)
+        if cache.n_ctx == 0:
+            return torch.zeros_like(x)
+        return cache.inputs.x[:, cache.n_ctx - 1 : cache.n_ctx].expand(B, Fr, *x.shape[2:]).to(x.dtype)
+
     def condition(self, t: torch.Tensor, actions: torch.Tensor, drop_actions: torch.Tensor | None) -> torch.Tensor:
         """Per-frame condition c [B, F, D] from t [B, F] and actions [B, F, A]."""
         return self.t_embed(t) + self.a_embed(actions, drop_actions)
+
+    def _patchify(self, x: torch.Tensor) -> torch.Tensor:
+        """[B, F, C, h, w] -> [B, F, T, C * p * p] patch vectors."""
+        p = self.config.patch
+        return rearrange(x, "b f c (gh p) (gw q) -> b f (gh gw) (p q c)", p=p, q=p)
 
     # ------------------------------------------------------------------ forward
 
@@ -329,36 +371,44 @@ class CausalDiT(nn.Module):
         text_mask: torch.Tensor,
         cache: KVCache | None = None,
         drop_actions: torch.Tensor | None = None,
+        prev: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Predict v = eps - x0.
 
         x [B, F, C, h, w] noisy latents; t [B, F] network time in [0, 1000] (equal within a chunk);
         actions [B, F, A]; text [B, L, text_dim] with text_mask [B, L] (all False = no prompt);
         cache: streaming mode (F = one chunk), else full sequence (F = whole chunks);
-        drop_actions [B] bool: use the null action (guidance). Returns v [B, F, C, h, w].
+        drop_actions [B] bool: use the null action (guidance); prev [B, F, C, h, w]: the copy path's
+        input when it must not come from x or the cache (a recache replaying stored inputs).
+        Returns v [B, F, C, h, w].
         """
         cfg = self.config
         B, Fr, C, h, w = x.shape
         assert (C, h, w) == cfg.latent_shape, f"latent frames {(C, h, w)} != {cfg.latent_shape}"
         assert t.shape == (B, Fr) and actions.shape == (B, Fr, cfg.action_dim), (t.shape, actions.shape)
+        if cfg.copy_path and prev is None:
+            prev = self.previous_frames(x, cache)  # read before the cache is written
         if cache is not None:
             assert Fr == cfg.chunk_frames, f"streaming takes one chunk of {cfg.chunk_frames} frames, got {Fr}"
-            cache.write_inputs(x, t, actions)
+            cache.write_inputs(x, t, actions, prev)
             attend = self._streaming_attend(cache)
         else:
             assert Fr % cfg.chunk_frames == 0, f"{Fr} frames is not a whole number of chunks"
             attend = self._full_sequence_attend(Fr // cfg.chunk_frames)
-        p = cfg.patch
-        tokens = rearrange(x, "b f c (gh p) (gw q) -> b f (gh gw) (p q c)", p=p, q=p)
-        hid = self.patch_in(tokens)  # [B, F, T, D]
-        c = self.condition(t, actions, drop_actions)  # [B, F, D]
+        hid = self.patch_in(self._patchify(x))  # [B, F, T, D]
+        if self.copy_in is not None:
+            hid = hid + self.copy_in(self._patchify(prev))
+        a = self.a_embed(actions, drop_actions)  # [B, F, D]
+        c = self.t_embed(t) + a  # [B, F, D] per-frame condition
+        if self.action_in is not None:
+            hid = hid + self.action_in(a)[:, :, None, :]
         mod = rearrange(self.adaln(c), "b f (six d) -> b f six d", six=6)
         text_kv = self._text_kv(text, text_mask, cache)
         for layer, blk in enumerate(self.blocks):
             hid = blk(hid, mod, layer, attend, text_kv[layer])
         shift, scale = (self.final_table + c[:, :, None, :]).unsqueeze(2).unbind(3)  # [B, F, 1, D]
         out = self.final(modulate(self.final_norm(hid), shift, scale))
-        g = cfg.grid
+        g, p = cfg.grid, cfg.patch
         return rearrange(out, "b f (gh gw) (p q c) -> b f c (gh p) (gw q)", gh=g, gw=g, p=p, q=p)
 
     def new_cache(self) -> KVCache:

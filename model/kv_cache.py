@@ -86,6 +86,10 @@ class ChunkInputs:
     x: torch.Tensor  # [B, C, c, h, w] (C = chunk frames)
     t: torch.Tensor  # [B, C] network time
     actions: torch.Tensor  # [B, C, A]
+    prev: torch.Tensor  # [B, C, c, h, w] the copy path's input (model/dit.py; zeros without one)
+
+    def buffers(self) -> tuple[torch.Tensor, ...]:
+        return (self.x, self.t, self.actions, self.prev)
 
 
 class KVCache:
@@ -142,19 +146,23 @@ class KVCache:
 
     # ------------------------------------------------------------------ self-attention K/V
 
-    def write_inputs(self, x: torch.Tensor, t: torch.Tensor, actions: torch.Tensor) -> None:
-        """Remember the input of the current chunk's latest forward (x [B,C,c,h,w], t [B,C], actions [B,C,A])."""
+    def write_inputs(self, x: torch.Tensor, t: torch.Tensor, actions: torch.Tensor,
+                     prev: torch.Tensor | None = None) -> None:
+        """Remember the input of the current chunk's latest forward (x [B,C,c,h,w], t [B,C], actions [B,C,A],
+        prev [B,C,c,h,w] the copy path's input, kept so a recache can replay it after its source is evicted)."""
         if self.inputs is None:
             span = self.layout.span_frames
             self.inputs = ChunkInputs(
                 x.new_zeros(x.shape[0], span, *x.shape[2:]),
                 t.new_zeros(t.shape[0], span),
                 actions.new_zeros(actions.shape[0], span, actions.shape[-1]),
+                x.new_zeros(x.shape[0], span, *x.shape[2:]),
             )
         s = slice(self.n_ctx, self.n_ctx + self.layout.chunk_frames)
         self.inputs.x[:, s] = x.detach()
         self.inputs.t[:, s] = t.detach()
         self.inputs.actions[:, s] = actions.detach()
+        self.inputs.prev[:, s] = 0.0 if prev is None else prev.detach()
 
     def write_current(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Store the current chunk's K/V [B, heads, C*T, hd] in its slot; return the span's K/V.
@@ -197,7 +205,7 @@ class KVCache:
         keep = slice(S + frames, self.n_ctx)
         for buf in self.k + self.v:
             buf[:, :, S * T : (self.n_ctx - frames) * T] = buf[:, :, keep.start * T : keep.stop * T].clone()
-        for buf in (self.inputs.x, self.inputs.t, self.inputs.actions):
+        for buf in self.inputs.buffers():
             buf[:, S : self.n_ctx - frames] = buf[:, keep].clone()
         del self.frame_ids[S : S + frames]
         self.n_ctx -= frames
@@ -216,14 +224,13 @@ class KVCache:
         c = self.layout.chunk_frames
         first = min(self.layout.sink_frames, self.n_ctx)
         end = self.n_ctx
-        saved = ChunkInputs(*(buf[:, first:end].clone() for buf in (self.inputs.x, self.inputs.t,
-                                                                     self.inputs.actions))) if end > first else None
+        saved = ChunkInputs(*(buf[:, first:end].clone() for buf in self.inputs.buffers())) if end > first else None
         self.next_frame -= end - first
         del self.frame_ids[first:]
         self.n_ctx = first
         for i in range(0, end - first, c):
             s = slice(i, i + c)
-            forward_chunk(ChunkInputs(saved.x[:, s], saved.t[:, s], saved.actions[:, s]))
+            forward_chunk(ChunkInputs(*(buf[:, s] for buf in saved.buffers())))
             self.commit_chunk()
         return (end - first) // c
 

@@ -263,7 +263,8 @@ class WorldStream:
         cond = self.cond
 
         def replay(inputs: ChunkInputs) -> None:
-            self.dit(inputs.x, inputs.t, inputs.actions, cond.text, cond.text_mask, self.cache, cond.drop_actions)
+            self.dit(inputs.x, inputs.t, inputs.actions, cond.text, cond.text_mask, self.cache, cond.drop_actions,
+                     prev=inputs.prev)
 
         with autocast(self.device):
             return self.cache.recache(replay)

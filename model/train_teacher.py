@@ -44,7 +44,7 @@ from model.checkpoint import (
     load_train_state,
     read_checkpoint_config,
 )
-from model.device import autocast, resolve_device
+from model.device import PRECISIONS, resolve_device, training_autocast, training_precision
 from model.dit import DIT_PRESETS, CausalDiT, DiTConfig, count_parameters, dit_config
 from model.flow import FlowConfig, add_noise, flow_loss, network_time, sample_levels, velocity_target
 from model.runlog import RunLog, progress
@@ -63,8 +63,17 @@ class TeacherTrainConfig:
     grad_clip: float = 1.0
     ema_decay: float = 0.999
     teacher_forcing_prob: float = 0.5
+    # Context-noise augmentation (GameNGen): the clean prefix of a teacher-forced clip is noised to a
+    # level drawn uniformly in [0, context_noise_max] per clip, the level given to the network as its
+    # time; 0 keeps the prefix clean. Must cover the diagonal sampler's context level (t = 100: 0.1).
+    context_noise_max: float = 0.0
+    copy_path: bool = False  # DiTConfig.copy_path for a fresh model
+    action_tokens: bool = False  # DiTConfig.action_tokens for a fresh model
+    precision: str = "auto"  # auto | fp32 | bf16 (model/device.py: bf16 where the hardware is fast)
+    init_from: str = ""  # warm start: a world checkpoint whose matching DiT weights seed a fresh run
     shift: float = 3.0
     seed: int = 0
+    max_minutes: float = 0.0  # stop (and save) after this much wall time; 0: run to `steps` (equal-time ablations)
     ckpt_every: int = 250
     log_every: int = 10
     text_encoder: str = "minilm"  # the encoder that made the cache's prompt tokens (from cache.json)
@@ -130,8 +139,9 @@ def teacher_loss(model: torch.nn.Module, batch: Batch, dit_cfg: DiTConfig, cfg: 
     n_chunks = Fr // C
     s = sample_levels(B, n_chunks, C, FlowConfig(shift=cfg.shift), gen)  # [B, F]
     weight = torch.ones(B, Fr)
-    clean = teacher_forcing_prefix(B, n_chunks, cfg.teacher_forcing_prob, gen).repeat_interleave(C, 1)
-    s, weight = s.masked_fill(clean, 0.0), weight.masked_fill(clean, 0.0)
+    prefix = teacher_forcing_prefix(B, n_chunks, cfg.teacher_forcing_prob, gen).repeat_interleave(C, 1)
+    s_ctx = context_levels(B, cfg.context_noise_max, gen)[:, None].expand(B, Fr)
+    s, weight = torch.where(prefix, s_ctx, s), weight.masked_fill(prefix, 0.0)
     eps = torch.randn(x0.shape, generator=gen)
     drop_text = torch.rand(B, generator=gen) < dit_cfg.cfg_dropout_text
     drop_actions = torch.rand(B, generator=gen) < dit_cfg.cfg_dropout_actions
@@ -141,6 +151,13 @@ def teacher_loss(model: torch.nn.Module, batch: Batch, dit_cfg: DiTConfig, cfg: 
     v = model(add_noise(x0, eps, s), network_time(s), batch.actions, batch.text, mask,
               drop_actions=drop_actions.to(dev))
     return flow_loss(v, velocity_target(x0, eps), weight)
+
+
+def context_levels(batch: int, most: float, gen: torch.Generator) -> torch.Tensor:
+    """[B] level of each clip's context prefix: uniform in [0, most] (0 = clean, no augmentation)."""
+    if not 0.0 <= most < 1.0:
+        raise ValueError(f"context_noise_max must be in [0, 1), got {most}")
+    return torch.rand(batch, generator=gen) * most
 
 
 def teacher_forcing_prefix(batch: int, n_chunks: int, prob: float, gen: torch.Generator) -> torch.Tensor:
@@ -157,6 +174,31 @@ def update_ema(ema: torch.nn.Module, model: torch.nn.Module, decay: float, step:
     d = min(decay, (1 + step) / (10 + step))  # warm start: early EMA follows the weights closely
     for e, p in zip(ema.parameters(), model.parameters()):
         e.lerp_(p.detach(), 1 - d)
+
+
+def fresh_dit_config(cfg: TeacherTrainConfig) -> DiTConfig:
+    dit_cfg = dit_config(cfg.preset)
+    dit_cfg.copy_path, dit_cfg.action_tokens = cfg.copy_path, cfg.action_tokens
+    return dit_cfg
+
+
+def warm_start(model: CausalDiT, checkpoint: str) -> list[str]:
+    """Copy every weight of a world checkpoint's DiT whose name and shape match; parameters the
+    checkpoint lacks (a new copy path, action tokens) keep their zero init, so the warm-started
+    network starts out computing exactly what the checkpoint did. Returns the names left fresh."""
+    from model.world_model import load_world_model
+
+    source = load_world_model(checkpoint, "cpu").dit.state_dict()
+    own = model.state_dict()
+    mismatched = [k for k in source if k in own and own[k].shape != source[k].shape]
+    unknown = [k for k in source if k not in own]
+    if mismatched or unknown:
+        raise CheckpointError(f"{checkpoint}: its DiT does not fit this one (other shapes: {mismatched[:4]}, "
+                              f"unknown: {unknown[:4]}); warm starts need the same preset")
+    model.load_state_dict(source, strict=False)
+    fresh = [k for k in own if k not in source]
+    print(f"warm start from {checkpoint}: {len(source)} tensors copied, fresh: {fresh or 'none'}", flush=True)
+    return fresh
 
 
 def learning_rate(cfg: TeacherTrainConfig, step: int) -> float:
@@ -187,9 +229,12 @@ class Trainer:
                rank: int = 0, world: int = 1, resume: bool = False) -> Trainer:
         """Fresh model, or (resume and a train state in `out`) the saved one: its architecture wins."""
         out = Path(out)
-        dit_cfg = _resume_config(out) if resume and has_train_state(out) else dit_config(cfg.preset)
+        resuming = resume and has_train_state(out)
+        dit_cfg = _resume_config(out) if resuming else fresh_dit_config(cfg)
         torch.manual_seed(cfg.seed)  # same initial weights on every rank (DDP also broadcasts them)
         model = CausalDiT(dit_cfg).to(device)
+        if cfg.init_from and not resuming:
+            warm_start(model, cfg.init_from)
         ema = copy.deepcopy(model).requires_grad_(False)
         autoencoder = autoencoder.to(device).requires_grad_(False)
         opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.99), weight_decay=cfg.weight_decay)
@@ -219,6 +264,7 @@ class Trainer:
         bar = progress(self.cfg.steps, self.step, "teacher") if self.rank == 0 else None
         t0, first, metrics = time.perf_counter(), self.step, {}
         try:
+            deadline = t0 + 60 * self.cfg.max_minutes if self.cfg.max_minutes > 0 else float("inf")
             while self.step < self.cfg.steps:
                 loss, grad_norm = self._one_step(net, batches(self.step, self.device))
                 self.step += 1
@@ -226,6 +272,10 @@ class Trainer:
                 metrics = {"loss": loss, "grad_norm": grad_norm, "lr": learning_rate(self.cfg, self.step - 1),
                            "steps_per_s": rate, "frames_per_s": rate * self.frames_per_step}
                 self._report(metrics, bar, log)
+                if time.perf_counter() > deadline:
+                    break
+            if self.step < self.cfg.steps and self.step % self.cfg.ckpt_every:
+                self.save(log)  # stopped by the time budget between checkpoints
         except KeyboardInterrupt:
             self.save(log)
             raise
@@ -262,7 +312,7 @@ class Trainer:
         for group in self.optimizer.param_groups:
             group["lr"] = learning_rate(self.cfg, self.step)
         gen = step_generator(self.cfg.seed, self.step, self.rank)
-        with autocast(self.device):
+        with training_autocast(self.device, self.cfg.precision):
             loss = teacher_loss(net, batch, self.dit_cfg, self.cfg, gen)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -297,9 +347,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--lr", type=float, default=d.lr, help="AdamW learning rate (default %(default)s)")
     parser.add_argument("--teacher-forcing-prob", type=float, default=d.teacher_forcing_prob,
                         help="fraction of clips with a clean context prefix (default %(default)s)")
+    parser.add_argument("--context-noise-max", type=float, default=d.context_noise_max,
+                        help="noise the teacher-forced prefix to a level in [0, this] per clip (GameNGen context-noise "
+                        "augmentation; 0: clean prefix; default %(default)s)")
+    parser.add_argument("--copy-path", action="store_true", help="fresh model: previous frame as extra input channels")
+    parser.add_argument("--action-tokens", action="store_true",
+                        help="fresh model: action embedding added to the frame's tokens as well as to adaLN")
+    parser.add_argument("--precision", default=d.precision, choices=PRECISIONS,
+                        help="auto: bf16 autocast on CUDA and on CPUs with AMX/AVX512-BF16, else fp32")
+    parser.add_argument("--init-from", default=d.init_from,
+                        help="fresh run only: world checkpoint whose matching DiT weights seed the model")
     parser.add_argument("--shift", type=float, default=d.shift, help="flow shift k (default %(default)s)")
     parser.add_argument("--seed", type=int, default=d.seed)
     parser.add_argument("--ckpt-every", type=int, default=d.ckpt_every, help="steps between checkpoints")
+    parser.add_argument("--max-minutes", type=float, default=d.max_minutes,
+                        help="stop and save after this much wall time (0: run to --steps)")
     parser.add_argument("--log-every", type=int, default=d.log_every, help="steps between metric rows")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda")
     parser.add_argument("--resume", action="store_true", help="continue from --out/checkpoint if it is there")
@@ -309,6 +371,8 @@ def config_from_args(args: argparse.Namespace, text_encoder: str) -> TeacherTrai
     return TeacherTrainConfig(
         preset=args.preset, steps=args.steps, batch=args.batch, clip_chunks=args.clip_chunks, lr=args.lr,
         teacher_forcing_prob=args.teacher_forcing_prob, shift=args.shift, seed=args.seed,
+        context_noise_max=args.context_noise_max, copy_path=args.copy_path, action_tokens=args.action_tokens,
+        precision=args.precision, init_from=args.init_from, max_minutes=args.max_minutes,
         ckpt_every=args.ckpt_every, log_every=args.log_every, text_encoder=text_encoder,
     )
 
@@ -358,7 +422,8 @@ def run(args: argparse.Namespace) -> int:
         log = RunLog(out, "teacher", resume_step=trainer.step + 1 if args.resume else None) if rank == 0 else None
         if rank == 0:
             print(f"teacher: {count_parameters(trainer.model) / 1e6:.2f}M parameters, {len(dataset)} clips, "
-                  f"{world} process(es) on {device}, from step {trainer.step}", flush=True)
+                  f"{world} process(es) on {device} ({training_precision(device, cfg.precision)}), "
+                  f"from step {trainer.step}", flush=True)
         metrics = trainer.train(batches, log)
         if rank == 0 and metrics:
             print(f"teacher: step {trainer.step}, loss {metrics['loss']:.4f}, {metrics['steps_per_s']:.2f} steps/s, "

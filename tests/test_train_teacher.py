@@ -15,7 +15,9 @@ from model.train_teacher import (
     TeacherTrainConfig,
     Trainer,
     add_arguments,
+    context_levels,
     teacher_forcing_prefix,
+    teacher_loss,
 )
 from model.world_model import load_world_model
 from tests.test_dit import one_thread  # noqa: F401  (autouse fixture)
@@ -114,3 +116,63 @@ def test_command_line_arguments():
                               "--teacher-forcing-prob", "0.25", "--resume", "--device", "cpu"])
     assert (args.batch, args.clip_chunks, args.teacher_forcing_prob, args.resume) == (8, 3, 0.25, True)
     assert args.autoencoder is None and args.preset == "default"
+
+
+def test_context_noise_levels_cover_the_diagonal_context_level():
+    g = torch.Generator().manual_seed(0)
+    levels = context_levels(4096, 0.3, g)
+    assert levels.min() >= 0 and levels.max() <= 0.3
+    assert (levels < 0.1).any() and (levels > 0.1).any()  # the diagonal context (t = 100) is inside
+    assert torch.equal(context_levels(8, 0.0, g), torch.zeros(8))  # no augmentation: a clean prefix
+    with pytest.raises(ValueError, match="context_noise_max"):
+        context_levels(8, 1.0, g)
+
+
+class TimeRecorder(torch.nn.Module):
+    """Wraps a DiT and keeps the per-frame network times it is given."""
+
+    def __init__(self, dit):
+        super().__init__()
+        self.dit, self.t = dit, None
+
+    def forward(self, x, t, *args, **kwargs):
+        self.t = t.clone()
+        return self.dit(x, t, *args, **kwargs)
+
+
+@pytest.mark.parametrize("most", [0.0, 0.3])
+def test_teacher_forced_prefix_is_noised_to_one_level_per_clip(tmp_path, most):
+    cfg = tiny_config(teacher_forcing_prob=1.0, context_noise_max=most, clip_chunks=2, batch=64)
+    trainer, _ = make_trainer(tiny_config(), tmp_path / "ckpt")
+    tokens, mask = text_table()
+    batches = ClipBatches(SyntheticClips(n=64), tokens, mask, 64, 0, 1, 0)
+    net = TimeRecorder(trainer.model)
+    teacher_loss(net, batches(0, torch.device("cpu")), trainer.dit_cfg, cfg, torch.Generator().manual_seed(0))
+    prefix = net.t[:, :3]  # with 2 chunks the prefix is always exactly chunk 0
+    assert torch.equal(prefix, prefix[:, :1].expand_as(prefix))  # one level per clip, given as time
+    if most == 0.0:
+        assert torch.equal(prefix, torch.zeros_like(prefix))
+    else:
+        assert prefix.min() >= 0 and prefix.max() <= 1000 * most and prefix.std() > 0
+
+
+def test_warm_start_copies_weights_and_leaves_the_new_inputs_silent(tmp_path):
+    source, batches = make_trainer(tiny_config(steps=1), tmp_path / "src")
+    source.train(batches)
+    cfg = tiny_config(steps=1, copy_path=True, action_tokens=True, init_from=str(tmp_path / "src"))
+    warm, batches = make_trainer(cfg, tmp_path / "warm")
+    ema = dict(load_world_model(tmp_path / "src").dit.named_parameters())  # what the checkpoint holds
+    for name, p in warm.model.named_parameters():
+        if name in ema:
+            assert torch.equal(p, ema[name].to(p.dtype)), name
+        else:
+            assert name.split(".")[0] in ("copy_in", "action_in") and torch.count_nonzero(p) == 0
+    warm.train(batches)
+    resumed, _ = make_trainer(tiny_config(steps=2), tmp_path / "warm", resume=True)  # the run's architecture wins
+    assert resumed.dit_cfg.copy_path and resumed.dit_cfg.action_tokens and resumed.step == 1
+
+
+def test_time_budget_stops_and_saves(tmp_path):
+    trainer, batches = make_trainer(tiny_config(steps=1000, ckpt_every=500, max_minutes=1e-9), tmp_path / "t")
+    trainer.train(batches)
+    assert 1 <= trainer.step < 1000 and has_train_state(tmp_path / "t")
