@@ -4,6 +4,7 @@
     python run_world.py eval --backend engine --json                  # the sanity row (ceiling)
     python run_world.py eval --checkpoint runs/student --sampler diagonal --out runs/eval/student
     python run_world.py eval --checkpoint runs/student --sampler diagonal --schedule 5,4,3,2 --context-noise 250
+    python run_world.py eval --backend still --quick                   # a baseline row (the floor)
 
 Writes results.json, report.md and PNG plots into --out (default runs/eval/<backend>-<time>/);
 with --json the last stdout line is one JSON object with the headline numbers.
@@ -24,21 +25,29 @@ from model.checkpoint import CheckpointError
 from model.device import resolve_device
 from model.evaluation.config import EVAL_PRESETS, EvalConfig
 from model.evaluation.measure_actions import measure_actions
+from model.evaluation.measure_counterfactual import measure_counterfactual
 from model.evaluation.measure_drift import measure_drift
 from model.evaluation.measure_fidelity import measure_fidelity
 from model.evaluation.measure_prompts import measure_prompts, measure_switches, read_prompt_file
+from model.evaluation.measure_teacher_forced import measure_teacher_forced
 from model.evaluation.readers import IDMReader, ThemeReader, load_classifier, load_idm
 from model.evaluation.report import headline, markdown, write_outputs
-from model.evaluation.rollout import Worlds
+from model.evaluation.rollout import START_MODES, Worlds
 from model.evaluation.train_common import set_threads
 from model.samplers import parse_schedule
 from world.backend import Backend, BackendError, create_backend
+from world.backends.baselines import BASELINES
 
-MEASURES: tuple[str, ...] = ("actions", "prompts", "switch", "fidelity", "drift")
+MEASURES: tuple[str, ...] = ("actions", "prompts", "switch", "fidelity", "counterfactual", "teacher_forced", "drift")
+BACKENDS: tuple[str, ...] = ("generated", "engine", *BASELINES)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--backend", default="generated", choices=("generated", "engine"))
+    parser.add_argument("--backend", default="generated", choices=BACKENDS,
+                        help="the world under test: generated, engine (the ceiling), still or copy-last (baselines)")
+    parser.add_argument("--start", default="engine", choices=START_MODES,
+                        help="how worlds start in actions, switch, fidelity and drift: engine (the engine's "
+                        "first chunk written as context, default) or text (reset from the prompt)")
     parser.add_argument("--checkpoint", help="generated world checkpoint directory (default: the bundled one)")
     parser.add_argument("--sampler", help="sampler of the generated world (default: the checkpoint's)")
     parser.add_argument("--steps", type=int, help="denoising steps of the teacher/uniform sampler (default: its own)")
@@ -73,10 +82,10 @@ def parse_world_options(args: argparse.Namespace) -> dict:
     """The generated backend's options from the command line (results.json records them). Only the
     syntax is checked here; the backend checks the values when it is built, before any rollout."""
     given = {k: getattr(args, k, None) for k in GENERATED_ONLY}
-    if args.backend == "engine":
+    if args.backend != "generated":
         named = [f"--{k.replace('_', '-')}" for k, v in given.items() if v is not None]
         if named:  # silently scoring the engine under a sampler option would mislabel the run
-            raise ValueError(f"{', '.join(named)}: options of --backend generated only, not of the engine")
+            raise ValueError(f"{', '.join(named)}: options of --backend generated only, not of the {args.backend}")
         return {}
     if given["schedule"] is not None:
         given["schedule"] = parse_schedule(given["schedule"])
@@ -85,14 +94,18 @@ def parse_world_options(args: argparse.Namespace) -> dict:
 
 def open_worlds(args: argparse.Namespace, options: dict) -> Worlds:
     """The world under test (`options`: parse_world_options) plus an engine at the same resolution
-    and chunk size."""
+    and chunk size, started as --start says."""
+    start = getattr(args, "start", "engine")
     if args.backend == "engine":
         engine = create_backend("engine")
-        return Worlds(engine, engine, same=True)
-    world = create_backend("generated", device=args.device, **options)
+        return Worlds(engine, engine, same=True, start=start)
+    if args.backend == "generated":
+        world = create_backend("generated", device=args.device, **options)
+    else:
+        world = create_backend(args.backend)
     info = world.info
     engine = create_backend("engine", height=info.height, width=info.width, chunk_frames=info.chunk_frames)
-    return Worlds(world, engine, same=False)
+    return Worlds(world, engine, same=False, start=start)
 
 
 def check_resolution(world: Backend, idm: IDMReader, cls: ThemeReader) -> None:
@@ -118,9 +131,11 @@ def evaluate(
         "prompts": lambda: measure_prompts(worlds, cls, cfg, prompt_file),
         "switch": lambda: measure_switches(worlds, cls, cfg),
         "fidelity": lambda: measure_fidelity(worlds, cfg),
+        "counterfactual": lambda: measure_counterfactual(worlds, cfg),
+        "teacher_forced": lambda: measure_teacher_forced(worlds, cfg),
         "drift": lambda: measure_drift(worlds, cls, cfg, show=False),
     }
-    results: dict = {"drift_reference_s": cfg.drift_reference_s, "timings_s": {}}
+    results: dict = {"drift_reference_s": cfg.drift_reference_s, "start": worlds.start, "timings_s": {}}
     for name in measures:
         t0 = time.perf_counter()
         part = steps[name]()
@@ -171,7 +186,7 @@ def run(args: argparse.Namespace) -> int:
         worlds.engine.close()
     out = Path(args.out or f"runs/eval/{args.backend}-{datetime.now():%Y%m%d-%H%M%S}")
     results.update(
-        backend=args.backend, world=worlds.world.info.description, checkpoint=args.checkpoint,
+        backend=args.backend, start=args.start, world=worlds.world.info.description, checkpoint=args.checkpoint,
         sampler=args.sampler, steps=args.steps, schedule=options.get("schedule"),
         context_noise=args.context_noise, rewarm=args.rewarm, sampler_config=_sampler_config(worlds.world),
         device=str(device),

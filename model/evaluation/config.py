@@ -26,6 +26,12 @@ class EvalConfig:
     fidelity_episodes: int = 4
     fidelity_context: int = 3  # engine frames handed over when the world accepts image context
     fidelity_chunks: int = 10
+    # counterfactual accuracy and teacher-forced PSNR: contexts of `context_chunks` engine chunks
+    # (reset view + scripted play), then the held actions of measure_counterfactual/teacher_forced
+    context_chunks: int = 2
+    counterfactual_contexts: int = 16
+    counterfactual_chunks: int = 2  # chunks generated under each held action
+    teacher_forced_contexts: int = 8
     # drift and Frechet distance over one long stream
     drift_seconds: float = 300.0
     drift_reference_s: float = 10.0  # the paper's baseline window: the first 10 s (also the window)
@@ -46,8 +52,18 @@ EVAL_PRESETS: dict[str, EvalConfig] = {
         switches=2,
         switch_after=18,
         fidelity_episodes=1,
+        counterfactual_contexts=4,
+        teacher_forced_contexts=2,
         drift_seconds=15.0,
         drift_reference_s=5.0,
         fd_segment_s=5.0,
+    ),
+    # model.evaluation.scoreboard: only the cheap signals (no reading networks), to compare training
+    # runs; ~1 min on one CPU thread for the bundled 8M-parameter world with the uniform sampler.
+    "scoreboard": replace(
+        EvalConfig(),
+        fidelity_episodes=2,
+        counterfactual_contexts=4,
+        teacher_forced_contexts=2,
     ),
 }

@@ -1,7 +1,9 @@
 """Action accuracy: roll the probe script out and read the actions back with the IDM.
 
 The ceiling is the same IDM reading the engine under the same probe, so the ratio isolates the
-world: an IDM that confuses two motions on the engine is not held against the model.
+world: an IDM that confuses two motions on the engine is not held against the model. Both start
+as the run says (`eval --start`): by default from the engine's first chunk at the probe world's
+seed and prompt (reset view + 2 idle frames), handed to the world as context.
 
 Motion magnitude (Diagonal Distillation's flow loss exists to keep it; DESIGN.md §3): a world can
 score a poor F1 by moving the wrong way or by barely moving at all, and these tell the two apart.
@@ -102,4 +104,5 @@ def measure_actions(worlds: Worlds, idm: IDMReader, cfg: EvalConfig) -> dict:
         "motion_ratio": motion_world / motion_engine if motion_engine > 0 else float("nan"),
         "idm_moving_world": moving_share(_concat(gen_r), mask_all, idm),
         "idm_moving_engine": moving_share(_concat(ref_r), mask_all, idm),
+        "action_start": worlds.start,
     }

@@ -11,6 +11,9 @@ penultimate features), so a 5-minute stream never holds its frames in memory.
   engine revisits the same views every 2.4 s and its own drift is ~1%: whatever drift a world
   shows is its own. "walk" is scripted play; there the terrain itself changes the statistics
   (the engine drifts 20-45% over 5 minutes), so compare with the engine's value beside it.
+- The start (`eval --start`): "engine" (default) starts the world from the engine's first chunk
+  (reset view + 2 idle frames) through its reset_with_context hook, "text" from reset(seed,
+  prompt); the engine stream starts the same way.
 - fd_per_segment: Frechet distance between classifier features of the world's and the engine's
   frames in each minute (each `fd_segment_s`); 0 for the engine itself.
 """
@@ -97,8 +100,9 @@ def measure_drift(worlds: Worlds, cls: ThemeReader, cfg: EvalConfig, show: bool 
     n = int(cfg.drift_seconds * fps) // f * f
     actions = drift_actions(cfg.drift_script, cfg.seed + 900, n)
     every = max(1, n // cfg.strip_frames)
-    gen = StreamStats(cls, worlds.world.reset(cfg.seed + 900, DRIFT_PROMPT), every)
-    ref = gen if worlds.same else StreamStats(cls, worlds.engine.reset(cfg.seed + 900, DRIFT_PROMPT), every)
+    first_gen, first_ref = worlds.begin(cfg.seed + 900, DRIFT_PROMPT)  # engine or text start (eval --start)
+    gen = StreamStats(cls, first_gen, every)
+    ref = gen if worlds.same else StreamStats(cls, first_ref, every)
     bar = progress(n, desc="drift stream", unit="frame") if show else None
     engine_chunks = None if worlds.same else stream(worlds.engine, actions, DRIFT_PROMPT)
     for chunk in stream(worlds.world, actions, DRIFT_PROMPT):
@@ -109,7 +113,7 @@ def measure_drift(worlds: Worlds, cls: ThemeReader, cfg: EvalConfig, show: bool 
             bar.update(len(chunk.frames))
     if bar is not None:
         bar.close()
-    return _summarise(gen, ref, fps, cfg)
+    return {**_summarise(gen, ref, fps, cfg), "drift_start": worlds.start}
 
 
 def _summarise(gen: StreamStats, ref: StreamStats, fps: int, cfg: EvalConfig) -> dict:

@@ -4,6 +4,10 @@ Three prompt sets: training-style phrasings (synonyms from the themes module's t
 held-out phrasings (only held-out synonyms, other word orders: text the model never trained on)
 and, optionally, a user file (`--prompts FILE`). Plus prompt switches mid-stream: how many frames
 until the classifier agrees with the new prompt.
+
+Prompt adherence always starts from text (reset(seed, prompt)): an engine start would hand the
+world the requested theme in its first frames. Switches start as the run says (`eval --start`):
+from the engine's first chunk of the first theme by default.
 """
 
 from __future__ import annotations
@@ -75,7 +79,9 @@ def score_prompt_set(worlds: Worlds, cls: ThemeReader, items: list[PromptItem], 
     """Accuracy of world and engine frames against each prompt's expected theme."""
     true, pred, pred_eng = [], [], []
     for k, (prompt, theme) in enumerate(items):
-        gen, ref = worlds.both(cfg.seed + base + k, prompt, walk_actions(cfg.seed + base + k, cfg.prompt_frames))
+        # always from text: an engine start would show the world the requested theme
+        gen, ref = worlds.both(cfg.seed + base + k, prompt, walk_actions(cfg.seed + base + k, cfg.prompt_frames),
+                               start="text")
         labels = cls.read(gen.frames).labels
         pred.append(labels)
         pred_eng.append(labels if worlds.same else cls.read(ref.frames).labels)
@@ -108,6 +114,7 @@ def measure_prompts(worlds: Worlds, cls: ThemeReader, cfg: EvalConfig, prompt_fi
         "prompt_factor_accuracy": tr["factors"],
         "prompt_factor_accuracy_heldout": he["factors"],
         "prompt_classifier_heldout": cls.meta.get("extra", {}).get("heldout", {}).get("joint", float("nan")),
+        "prompt_start": "text",
         "prompts_train": tr["prompts"],
         "prompts_heldout": he["prompts"],
         "prompt_accuracy_each": tr["per_prompt"],
@@ -181,4 +188,5 @@ def measure_switches(worlds: Worlds, cls: ThemeReader, cfg: EvalConfig) -> dict:
         "switch_frames_engine": r["frames"], "switch_chunks_engine": r["chunks"],
         "switch_success_engine": r["success"], "switch_frames_each": g["each"],
         "switch_pairs": [[describe(a), describe(b)] for a, b in switch_pairs(cfg)],
+        "switch_start": worlds.start,
     }  # fmt: skip

@@ -11,38 +11,56 @@ import numpy as np
 from model.evaluation.scores import ACTION_NAMES
 from model.runlog import agg_pyplot
 
-# (key in results, label, engine/ceiling key, target as text); the order of report.md's table.
-TABLE: tuple[tuple[str, str, str | None, str], ...] = (
-    ("action_f1", "action macro F1 (IDM on probe)", "action_f1_ceiling", ""),
-    ("action_ratio_to_ceiling", "action F1 / engine (ceiling)", None, ">= 0.90"),
-    ("action_f1_chance", "action macro F1 at chance (shuffled)", None, ""),
-    ("motion_world", "motion: mean abs frame difference on the probe (0-1)", "motion_engine", ""),
-    ("motion_ratio", "motion / engine", None, ""),
-    ("idm_moving_world", "frames the IDM reads as moving (not idle)", "idm_moving_engine", ""),
-    ("prompt_accuracy", "prompt accuracy, train phrasings (joint)", "prompt_accuracy_engine", ">= 0.90"),
-    ("prompt_accuracy_heldout", "prompt accuracy, held-out phrasings", "prompt_accuracy_heldout_engine", ">= 0.90"),
-    ("prompt_ratio_to_engine", "prompt accuracy / engine, train phrasings", None, ""),
-    ("prompt_ratio_to_engine_heldout", "prompt accuracy / engine, held-out phrasings", None, ""),
-    ("prompt_accuracy_file", "prompt accuracy, --prompts file", "prompt_accuracy_file_engine", ">= 0.90"),
-    ("prompt_accuracy_chance", "prompt accuracy at chance (shuffled)", None, ""),
-    ("switch_chunks", "prompt switch: chunks until agreement (median)", "switch_chunks_engine", "<= 2"),
-    ("switch_frames", "prompt switch: frames until agreement (median)", "switch_frames_engine", ""),
-    ("switch_success", "prompt switches that took effect", "switch_success_engine", ""),
-    ("psnr_1chunk", "PSNR dB, next chunk", None, ""),
-    ("ssim_1chunk", "SSIM, next chunk", None, ""),
-    ("psnr_10chunk", "PSNR dB, 10 chunks", None, ""),
-    ("ssim_10chunk", "SSIM, 10 chunks", None, ""),
-    ("fd_mean", "Frechet distance to engine (mean per segment)", None, ""),
-    ("drift_saturation_pct", "saturation drift % (10 s windows vs first 10 s)", "drift_saturation_pct_engine", "<= 10"),
-    ("drift_contrast_pct", "RMS contrast drift % (10 s windows vs first 10 s)", "drift_contrast_pct_engine", "<= 10"),
+# (key in results, label, engine/ceiling key, baseline key, target as text); the order of report.md's
+# table. A reference starting with "=" is literal text (a value fixed by construction).
+TABLE: tuple[tuple[str, str, str | None, str | None, str], ...] = (
+    ("action_f1", "action macro F1 (IDM on probe)", "action_f1_ceiling", "action_f1_chance", ""),
+    ("action_ratio_to_ceiling", "action F1 / engine (ceiling)", "=1", None, ">= 0.90"),
+    ("action_f1_chance", "action macro F1 at chance (shuffled)", None, None, ""),
+    ("motion_world", "motion: mean abs frame difference on the probe (0-1)", "motion_engine", "=0 (still)", ""),
+    ("motion_ratio", "motion / engine", "=1", "=0 (still)", ""),
+    ("idm_moving_world", "frames the IDM reads as moving (not idle)", "idm_moving_engine", None, ""),
+    ("counterfactual_accuracy", "counterfactual accuracy (5 actions)", "=1 (by construction)", "counterfactual_chance",
+     ""),
+    ("counterfactual_spread_ratio", "counterfactual spread / engine", "=1", "=0 (still)", ""),
+    ("teacher_forced_psnr_mean", "teacher-forced PSNR dB, mean over action classes", "=100 (bit-identical)",
+     "teacher_forced_psnr_copy_last_mean", ""),
+    ("teacher_forced_gain_min", "teacher-forced gain over copy-last dB, worst moving class", None, "=0 (copy-last)",
+     "> 0"),
+    ("prompt_accuracy", "prompt accuracy, train phrasings (joint)", "prompt_accuracy_engine", "prompt_accuracy_chance",
+     ">= 0.90"),
+    ("prompt_accuracy_heldout", "prompt accuracy, held-out phrasings", "prompt_accuracy_heldout_engine",
+     "prompt_accuracy_chance", ">= 0.90"),
+    ("prompt_ratio_to_engine", "prompt accuracy / engine, train phrasings", None, None, ""),
+    ("prompt_ratio_to_engine_heldout", "prompt accuracy / engine, held-out phrasings", None, None, ""),
+    ("prompt_accuracy_file", "prompt accuracy, --prompts file", "prompt_accuracy_file_engine", None, ">= 0.90"),
+    ("prompt_accuracy_chance", "prompt accuracy at chance (shuffled)", None, None, ""),
+    ("switch_chunks", "prompt switch: chunks until agreement (median)", "switch_chunks_engine", None, "<= 2"),
+    ("switch_frames", "prompt switch: frames until agreement (median)", "switch_frames_engine", None, ""),
+    ("switch_success", "prompt switches that took effect", "switch_success_engine", "=0 (still)", ""),
+    ("psnr_1chunk", "PSNR dB, next chunk", "=100", "psnr_still_1chunk", ""),
+    ("ssim_1chunk", "SSIM, next chunk", "=1", "ssim_still_1chunk", ""),
+    ("psnr_10chunk", "PSNR dB, 10 chunks", "=100", "psnr_still_10chunk", ""),
+    ("ssim_10chunk", "SSIM, 10 chunks", "=1", "ssim_still_10chunk", ""),
+    ("fd_mean", "Frechet distance to engine (mean per segment)", "=0", None, ""),
+    ("drift_saturation_pct", "saturation drift % (10 s windows vs first 10 s)", "drift_saturation_pct_engine",
+     "=0 (still)", "<= 10"),
+    ("drift_contrast_pct", "RMS contrast drift % (10 s windows vs first 10 s)", "drift_contrast_pct_engine",
+     "=0 (still)", "<= 10"),
 )
 HEADLINE_KEYS = (
-    "backend", "world", "checkpoint", "sampler", "steps", "schedule", "context_noise", "quick",
+    "backend", "world", "checkpoint", "sampler", "steps", "schedule", "context_noise", "quick", "start",
     "action_f1", "action_f1_ceiling", "action_ratio_to_ceiling", "action_f1_chance",
     "motion_world", "motion_engine", "motion_ratio", "idm_moving_world", "idm_moving_engine",
+    "counterfactual_accuracy", "counterfactual_chance", "counterfactual_spread_ratio",
+    "counterfactual_accuracy_per_action",
+    "teacher_forced_psnr", "teacher_forced_psnr_mean", "teacher_forced_psnr_copy_last",
+    "teacher_forced_psnr_copy_last_mean", "teacher_forced_gain_min", "teacher_forced_gain_min_class",
     "prompt_accuracy", "prompt_accuracy_heldout", "prompt_accuracy_file", "prompt_accuracy_chance",
     "prompt_accuracy_engine", "prompt_ratio_to_engine", "prompt_ratio_to_engine_heldout",
-    "switch_frames", "switch_chunks", "psnr_1chunk", "ssim_1chunk", "psnr_10chunk", "ssim_10chunk", "fidelity_mode",
+    "switch_frames", "switch_chunks", "switch_success", "psnr_1chunk", "ssim_1chunk", "psnr_10chunk", "ssim_10chunk",
+    "fidelity_mode", "psnr_still_1chunk", "ssim_still_1chunk", "psnr_still_10chunk", "ssim_still_10chunk",
+    "psnr_per_chunk", "psnr_still_per_chunk",
     "fd_mean", "fd_per_segment", "drift_script", "drift_saturation_pct", "drift_contrast_pct",
     "drift_saturation_pct_engine", "drift_contrast_pct_engine", "seconds", "out",
 )  # fmt: skip
@@ -73,6 +91,44 @@ def _fmt(v) -> str:
     return str(v)
 
 
+def _ref(r: dict, ref: str | None) -> str:
+    """A table cell for a reference column: a results key, or literal text after '='."""
+    if not ref:
+        return ""
+    return ref[1:] if ref.startswith("=") else _fmt(r.get(ref))
+
+
+def _detail_tables(r: dict) -> list[str]:
+    """Teacher-forced PSNR per class, counterfactual accuracy per action and fidelity per chunk,
+    each beside its baseline."""
+    lines: list[str] = []
+    tf = r.get("teacher_forced_psnr")
+    if tf:
+        copy, gain = r.get("teacher_forced_psnr_copy_last", {}), r.get("teacher_forced_gain", {})
+        lines += ["", f"Teacher-forced PSNR dB per action class ({r.get('teacher_forced_contexts')} contexts of 2 "
+                  "engine chunks, one chunk predicted; gain = world - copy-last; the worst moving class is "
+                  f"{r.get('teacher_forced_gain_min_class')}):", "",
+                  "| class | world | copy-last | gain |", "| --- | --- | --- | --- |"]
+        lines += [f"| {c} | {_fmt(v)} | {_fmt(copy.get(c))} | {_fmt(gain.get(c))} |" for c, v in tf.items()]
+    cf = r.get("counterfactual_accuracy_per_action")
+    if cf:
+        lines += ["", f"Counterfactual accuracy per action ({r.get('counterfactual_contexts')} contexts, "
+                  f"{r.get('counterfactual_chunks')} chunks each; chance {_fmt(r.get('counterfactual_chance'))}; "
+                  "row: the world's outcome, columns: credit to the engine's outcomes):", "",
+                  "| action | accuracy | " + " | ".join(cf) + " |", "| --- | --- |" + " --- |" * len(cf)]
+        conf = r.get("counterfactual_confusion", {})
+        lines += [f"| {a} | {_fmt(v)} | " + " | ".join(_fmt(conf.get(a, {}).get(b)) for b in cf) + " |"
+                  for a, v in cf.items()]
+    p, ps = r.get("psnr_per_chunk"), r.get("psnr_still_per_chunk")
+    if p and ps:
+        s, ss = r.get("ssim_per_chunk") or [None] * len(p), r.get("ssim_still_per_chunk") or [None] * len(p)
+        lines += ["", f"Fidelity per chunk ({r.get('fidelity_mode')} mode; baseline: still on the same episodes):", "",
+                  "| chunk | PSNR world | PSNR still | SSIM world | SSIM still |", "| --- | --- | --- | --- | --- |"]
+        lines += [f"| {i + 1} | {_fmt(a)} | {_fmt(b)} | {_fmt(c)} | {_fmt(d)} |"
+                  for i, (a, b, c, d) in enumerate(zip(p, ps, s, ss))]
+    return lines
+
+
 def markdown(results: dict) -> str:
     r = results
     lines = [
@@ -84,17 +140,19 @@ def markdown(results: dict) -> str:
         f"World: {r.get('world', '')}.",
         "",
         f"{'quick' if r.get('quick') else 'full'} run, {r.get('seconds', 0):.0f} s, device {r.get('device')}, "
-        f"IDM `{r.get('idm')}`, classifier `{r.get('classifier')}`; fidelity mode: {r.get('fidelity_mode')}.",
+        f"IDM `{r.get('idm')}`, classifier `{r.get('classifier')}`; start: {r.get('start')}; "
+        f"fidelity mode: {r.get('fidelity_mode')}.",
         "",
-        "| measure | world | engine (ceiling / reference) | target |",
-        "| --- | --- | --- | --- |",
+        "| measure | world | engine (ceiling / reference) | baseline (still, copy-last or chance) | target |",
+        "| --- | --- | --- | --- | --- |",
     ]
-    for key, label, ref, target in TABLE:
+    for key, label, ref, base, target in TABLE:
         if key in r:
-            lines.append(f"| {label} | {_fmt(r[key])} | {_fmt(r.get(ref)) if ref else ''} | {target} |")
+            lines.append(f"| {label} | {_fmt(r[key])} | {_ref(r, ref)} | {_ref(r, base)} | {target} |")
     lines += ["", "Per-action F1 (world / engine):", "", "| action | world | engine |", "| --- | --- | --- |"]
     w, e = r.get("action_per_action_f1", {}), r.get("action_per_action_f1_ceiling", {})
     lines += [f"| {a} | {_fmt(w.get(a))} | {_fmt(e.get(a))} |" for a in ACTION_NAMES if a in w]
+    lines += _detail_tables(r)
     if r.get("fd_per_segment"):
         segs = ", ".join(_fmt(x) for x in r["fd_per_segment"])
         lines += ["", f"Frechet distance per {r.get('fd_segment_s'):.0f} s segment: {segs}"]

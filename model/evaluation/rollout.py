@@ -4,6 +4,13 @@ The one loop every measure uses, for the engine and for generated worlds alike, 
 always compared under exactly the same calls. Frame convention (the dataset's): `frames[0]` is
 the view returned by reset, and `frames[j]` for j >= 1 was produced by `actions[j]`;
 `actions[0]` is a placeholder (idle) that produced nothing and is never scored.
+
+Starts (`Worlds.start`, `eval --start`): "text" resets every world with (seed, prompt); "engine"
+renders the engine's first chunk at (seed, prompt) and starts the world under test from it
+through its `reset_with_context` hook (the generated world and the baselines have it), so the
+world's first view is the engine's frame. The engine itself, which has no such hook, re-simulates
+the context from (seed, prompt, actions): it is deterministic, so that lands on the same frames
+(checked bit for bit).
 """
 
 from __future__ import annotations
@@ -16,6 +23,9 @@ import numpy as np
 
 from world.actions import IDLE, Action, actions_to_array
 from world.backend import Backend
+
+HOOK = "reset_with_context"
+START_MODES = ("engine", "text")
 
 
 @dataclass
@@ -64,6 +74,45 @@ def stream(
         yield Chunk(result.frames, chunk, prompt, int(result.nfe), time.perf_counter() - t0)
 
 
+@dataclass
+class Start:
+    """Real frames to start a world from: frames [K, H, W, 3] uint8, rendered by the engine from
+    reset(seed, prompt) under `actions` (actions[i] produced frames[i]; actions[0] is the idle
+    placeholder of the reset view)."""
+
+    frames: np.ndarray
+    actions: list[Action]
+
+
+def engine_context(engine: Backend, seed: int, prompt: str, actions: Sequence[Action]) -> Start:
+    """The engine's first 1 + len(actions) frames at (seed, prompt): its reset view, then one frame
+    per action. The engine is left right after them, ready to continue."""
+    first = engine.reset(seed, prompt)
+    frames = [first[None]]
+    if len(actions):
+        frames.append(engine.step_chunk(list(actions)).frames)
+    return Start(np.concatenate(frames), [IDLE, *actions])
+
+
+def begin(backend: Backend, seed: int, prompt: str, start: Start | None = None) -> np.ndarray:
+    """Start `backend`; returns its first view [H, W, 3]. start None: reset(seed, prompt). Else the
+    backend's `reset_with_context` hook, or, for a backend without it (the engine), a re-simulation
+    of the start's actions from reset(seed, prompt), checked to reproduce the start's frames."""
+    if start is None:
+        return backend.reset(seed, prompt)
+    hook = getattr(backend, HOOK, None)
+    if hook is not None:
+        hook(start.frames, list(start.actions), prompt, seed)
+        return start.frames[-1]
+    frames = [backend.reset(seed, prompt)[None]]
+    if len(start.actions) > 1:
+        frames.append(backend.step_chunk(list(start.actions[1:])).frames)
+    if not np.array_equal(np.concatenate(frames), start.frames):
+        raise ValueError(f"the {backend.info.name} world has no {HOOK} hook and does not re-simulate the "
+                         f"engine's start frames: it cannot be started from the engine (use --start text)")
+    return start.frames[-1]
+
+
 def rollout(
     backend: Backend,
     seed: int,
@@ -71,9 +120,11 @@ def rollout(
     actions: Sequence[Action],
     switches: Mapping[int, str] | None = None,
     on_chunk: Callable[[Chunk], None] | None = None,
+    start: Start | None = None,
 ) -> Rollout:
-    """reset(seed, prompt), then `stream`; keeps every frame (use `stream` for long runs)."""
-    first = backend.reset(seed, prompt)
+    """`begin` (reset(seed, prompt), or from `start`), then `stream`; keeps every frame (use
+    `stream` for long runs). frames[0] is the first view (the start's last frame)."""
+    first = begin(backend, seed, prompt, start)
     frames, prompts, nfe, secs = [first[None]], [prompt], [], []
     for chunk in stream(backend, actions, prompt, switches):
         frames.append(chunk.frames)
@@ -92,16 +143,48 @@ class Worlds:
     """The world under test and the engine it is compared with, at the same resolution.
 
     same: the world *is* the engine (the sanity row); its rollouts are reused, not repeated.
+    start: "engine" or "text" (START_MODES), how `both` and `begin` start the worlds.
     """
 
     world: Backend
     engine: Backend
     same: bool = False
+    start: str = "engine"
+
+    def __post_init__(self) -> None:
+        if self.start not in START_MODES:
+            raise ValueError(f"start {self.start!r}: one of {', '.join(START_MODES)}")
+
+    def context(self, seed: int, prompt: str, start: str | None = None,
+                prefix: Sequence[Action] | None = None) -> Start | None:
+        """The engine's first chunk (reset view + `prefix`, default idle actions) for an engine
+        start; None for a text start."""
+        if (start or self.start) == "text":
+            return None
+        if prefix is None:
+            prefix = [IDLE] * (self.engine.info.chunk_frames - 1)
+        return engine_context(self.engine, seed, prompt, prefix)
 
     def both(
-        self, seed: int, prompt: str, actions: Sequence[Action], switches: Mapping[int, str] | None = None
+        self,
+        seed: int,
+        prompt: str,
+        actions: Sequence[Action],
+        switches: Mapping[int, str] | None = None,
+        start: str | None = None,
+        prefix: Sequence[Action] | None = None,
     ) -> tuple[Rollout, Rollout]:
-        """(world rollout, engine rollout) under identical calls."""
-        ref = rollout(self.engine, seed, prompt, actions, switches)
-        gen = ref if self.same else rollout(self.world, seed, prompt, actions, switches)
+        """(world rollout, engine rollout) under identical calls, both started the same way
+        (`start` overrides self.start; `prefix`: the engine start's actions after its reset view)."""
+        ctx = self.context(seed, prompt, start, prefix)
+        ref = rollout(self.engine, seed, prompt, actions, switches, start=ctx)
+        gen = ref if self.same else rollout(self.world, seed, prompt, actions, switches, start=ctx)
         return gen, ref
+
+    def begin(self, seed: int, prompt: str, start: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Start both for streaming side by side: (world's first view, engine's first view)."""
+        ctx = self.context(seed, prompt, start)
+        if ctx is None:
+            ref = self.engine.reset(seed, prompt)
+            return (ref if self.same else self.world.reset(seed, prompt)), ref
+        return (ctx.frames[-1] if self.same else begin(self.world, seed, prompt, ctx)), ctx.frames[-1]

@@ -17,3 +17,4 @@ def _generated(**options) -> Backend:
 
 register_backend("engine", _engine)
 register_backend("generated", _generated)
+import world.backends.baselines  # noqa: E402, F401  (registers the baseline worlds "still" and "copy-last")
