@@ -54,6 +54,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "checkpoint's, the level it was distilled with)")
     parser.add_argument("--rewarm", action="store_const", const=True, default=None,
                         help="generated backend, diagonal sampler: restart the schedule after each prompt switch")
+    parser.add_argument("--start", choices=("engine", "text", "image"),
+                        help="generated backend: what the world's first chunk is (default engine: the engine's view "
+                        "of the prompt at the seed, or text when the engine cannot parse the prompt; text: generated "
+                        "from the prompt alone; image: --start-image)")
+    parser.add_argument("--start-image", metavar="FILE",
+                        help="generated backend: start from this PNG or JPEG (implies --start image; read here and "
+                        "sent to the worker, at most 4 MiB)")
     parser.add_argument("--prompt", default=DEFAULT_PROMPT, help="starting prompt (default: %(default)r)")
     parser.add_argument("--seed", type=_non_negative_int, default=0, help="world seed (default: %(default)s)")
     parser.add_argument("--scale", type=_positive_int, default=8, help="integer window scale (default: %(default)s)")
@@ -109,7 +116,8 @@ class Plan:
     worker_args: tuple[str, ...]
     lookahead: int | None = None  # None: the worker's window
     lookahead_is_auto: bool = False  # an automatic choice may fall back to the worker's window
-    options: dict = field(default_factory=dict)  # session options sent with `open` (sampler, steps)
+    options: dict = field(default_factory=dict)  # session options sent with `open` (sampler, steps, start)
+    start_image: bytes | None = field(default=None, repr=False)  # --start-image's bytes, sent with `open`
 
 
 def make_plan(args: argparse.Namespace) -> Plan:
@@ -133,8 +141,46 @@ def make_plan(args: argparse.Namespace) -> Plan:
         raise UsageError("--script and --realtime apply to --headless runs")
     if args.mouse_sensitivity <= 0:
         raise UsageError("--mouse-sensitivity must be positive")
+    start, start_image = start_option(args, backend)
+    if start is not None:
+        session_options["start"] = start
     lookahead = choose_lookahead(args.lookahead, backend, args.headless)
-    return Plan(backend, tuple(worker_args), lookahead, args.lookahead == "auto", session_options)
+    return Plan(backend, tuple(worker_args), lookahead, args.lookahead == "auto", session_options, start_image)
+
+
+def start_option(args: argparse.Namespace, backend: str) -> tuple[str | None, bytes | None]:
+    """(the session's `start` option or None for the worker's default, the start image's bytes).
+
+    --start-image FILE implies --start image; the file is read here, on the client, and its bytes
+    travel in the open request (the worker never opens a path a client names)."""
+    start = args.start
+    if args.start_image is not None and start not in (None, "image"):
+        raise UsageError(f"--start-image starts the world from an image; it cannot go with --start {start}")
+    if args.start_image is None and start == "image":
+        raise UsageError("--start image needs --start-image FILE (a PNG or JPEG)")
+    if backend != "generated":
+        if start not in (None, "engine"):
+            raise UsageError("--start text|image and --start-image apply to --backend generated only (the engine "
+                             "always starts from its own view)")
+        return None, None
+    if args.start_image is None:
+        return start, None
+    return "image", read_start_image(args.start_image)
+
+
+def read_start_image(path: str) -> bytes:
+    """The bytes of a start image file, checked against the protocol's size limit. UsageError."""
+    from world.protocol import MAX_START_IMAGE_BYTES, image_too_large
+
+    try:
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        raise UsageError(f"--start-image: cannot read {path}: {exc.strerror or exc}") from None
+    if len(data) > MAX_START_IMAGE_BYTES:
+        raise UsageError(f"--start-image {path}: {image_too_large(len(data))}")
+    if not data:
+        raise UsageError(f"--start-image {path}: the file is empty")
+    return data
 
 
 def display_problem() -> str | None:
@@ -277,12 +323,14 @@ def _open(client, plan: Plan, args: argparse.Namespace) -> dict:
     from world.client import WorldRequestError
     from world.protocol import BAD_LOOKAHEAD
 
+    image = {"start_image": plan.start_image} if plan.start_image is not None else {}
     try:
-        return client.open(plan.backend, args.prompt, args.seed, options=plan.options, lookahead=plan.lookahead)
+        return client.open(plan.backend, args.prompt, args.seed, options=plan.options, lookahead=plan.lookahead,
+                           **image)  # fmt: skip
     except WorldRequestError as exc:
         if exc.code != BAD_LOOKAHEAD or not plan.lookahead_is_auto:
             raise
-    return client.open(plan.backend, args.prompt, args.seed, options=plan.options)
+    return client.open(plan.backend, args.prompt, args.seed, options=plan.options, **image)
 
 
 def _headless(args, client, info: dict, script, options: dict) -> dict | None:

@@ -33,7 +33,7 @@ import numpy as np
 from controls.pacing import FramePacer, percentiles_ms
 from world.actions import IDLE, Action, ActionError
 from world.client import ChunkEvent, ErrorEvent, WorldClient
-from world.dataset import EpisodeWriter, new_episode_path
+from world.dataset import START_IMAGE_FILE, EpisodeWriter, new_episode_path
 from world.scripted_player import ScriptedPlayer
 
 DEFAULT_RECORD_DIR = Path("recordings")
@@ -49,6 +49,10 @@ class HeadlessError(RuntimeError):
 # Chunk facts (ChunkResult.extra, sent in every chunk header) that hold for the whole episode and
 # belong in meta.json: the engine's version lets replay tell an old engine from a real mismatch.
 META_FACTS = ("engine_version",)
+# What a world started from (the generated world's `start`, world/start.py), from its reset view's
+# extra: they go into meta.json of every episode of that world, so a recording says how to make
+# its start again (and replay does).
+START_FACTS = ("start", "start_source", "start_requested", "start_notice")
 
 
 @dataclass(frozen=True)
@@ -67,6 +71,10 @@ class Recorder:
     reconnect), because an episode has one seed and its frame indices restart with the world.
     `start` only picks the episode's path; the episode is written from its first chunk on, whose
     facts (the worker's engine version) go into meta.json.
+
+    Front ends pass every chunk they show to `append`, recording or not, so the recorder also
+    learns how each world started from its reset view (START_FACTS) and puts that in the meta of
+    episodes of that world; a world started from a picture also gets the picture as start.png.
     """
 
     def __init__(self, root: str | Path, info: dict, options: dict | None = None, source: str = "play") -> None:
@@ -78,6 +86,7 @@ class Recorder:
         self.paths: list[Path] = []
         self._planned: _Planned | None = None
         self._world: object = None
+        self._start: tuple[object, dict, np.ndarray] | None = None  # (world, START_FACTS, its first frame)
 
     @property
     def recording(self) -> bool:
@@ -103,6 +112,9 @@ class Recorder:
     def append(self, chunk: ChunkEvent, seed: int, world: object = None, limit: int | None = None) -> None:
         """Append a chunk (its first `limit` frames if given); `world` identifies the world it
         belongs to, and a new one starts a new episode."""
+        if chunk.chunk == 0 and isinstance(chunk.extra.get("start"), str):
+            facts = {k: chunk.extra[k] for k in START_FACTS if k in chunk.extra}
+            self._start = (world, facts, np.array(chunk.frames[0], copy=True))
         if not self.recording:
             return
         if world != self._world:
@@ -116,10 +128,15 @@ class Recorder:
     def _open(self, planned: _Planned, first: ChunkEvent) -> EpisodeWriter:
         info = self.info
         facts = {k: first.extra[k] for k in META_FACTS if k in first.extra}
+        image = None
+        if self._start is not None and self._start[0] == self._world:
+            facts.update(self._start[1])
+            if facts.get("start") == "image":  # the decoded, resized picture: what every frame grew from
+                image, facts["start_image"] = self._start[2], START_IMAGE_FILE
         return EpisodeWriter(
             planned.path, backend=info["backend"], seed=planned.seed, height=info["height"], width=info["width"],
             chunk_frames=info["chunk_frames"], fps=info["fps"], source=self.source, options=self.options,
-            extra={"prompt": planned.prompt, **facts},
+            extra={"prompt": planned.prompt, **facts}, start_image=image,
         )  # fmt: skip
 
     def stop(self) -> Path | None:
@@ -137,8 +154,11 @@ class Recorder:
 
 
 def summary(*, frames: int, seconds: float, latency_ms: list[float], errors: int, backend: str, prompt: str,
-            record: Path | None, gen_ms: list[float], latency_kind: str) -> dict:  # fmt: skip
-    """The one-line JSON summary printed by `play --headless` (and `play --json`)."""
+            record: Path | None, gen_ms: list[float], latency_kind: str, start: str | None = None,
+            start_notice: str | None = None) -> dict:  # fmt: skip
+    """The one-line JSON summary printed by `play --headless` (and `play --json`). `start`: what
+    the (last) world started from, None when the backend does not say (the engine); `start_notice`:
+    why it is not the start that was asked for."""
     return {
         "frames": frames,
         "fps": round(frames / seconds, 2) if seconds > 0 else 0.0,
@@ -149,6 +169,8 @@ def summary(*, frames: int, seconds: float, latency_ms: list[float], errors: int
         "prompt": prompt,
         "record": str(record) if record else None,
         "gen_ms_p50": round(float(np.median(gen_ms)), 3) if gen_ms else None,
+        "start": start,
+        "start_notice": start_notice,
     }
 
 
@@ -242,6 +264,8 @@ class HeadlessRun:
         self.done = 0  # frames consumed
         self.last_chunk_at = time.perf_counter()
         self.recorder = Recorder(config.record_dir, info, config.options) if config.record_dir else None
+        self.start: str | None = info.get("start")  # what the world starts from (generated), from open
+        self.start_notice: str | None = info.get("start_notice")
         self.finished = False  # finish_now() was called: chunks still in flight are ignored
 
     # -- hooks for runs that watch the stream (model/evaluation/worker_memory.py) ----------------
@@ -258,6 +282,8 @@ class HeadlessRun:
         self.config.frames = self.done
 
     def run(self) -> dict:
+        if self.start_notice:  # e.g. "start: text (the engine does not know ...)": a fallback worth knowing
+            print(f"play: {self.start_notice}", file=sys.stderr)
         self.acks.extend(self._prime())
         if self.config.frames is None:
             if self.config.script is None:
@@ -278,6 +304,7 @@ class HeadlessRun:
             backend=self.info["backend"], prompt=self.config.prompt,
             record=self.recorder.path if self.recorder else None, gen_ms=self.gen_ms,
             latency_kind="action-to-frame (shown)" if self.config.realtime else "action-to-frame (received)",
+            start=self.start, start_notice=self.start_notice,
         )  # fmt: skip
 
     def _prime(self) -> list[int]:
@@ -361,6 +388,8 @@ class HeadlessRun:
         if self.finished:
             return
         now = time.perf_counter()
+        if chunk.chunk == 0 and isinstance(chunk.extra.get("start"), str):  # a world's reset view says how it began
+            self.start, self.start_notice = chunk.extra["start"], chunk.extra.get("start_notice")
         if chunk.chunk in self.sent_at:
             self.latency_ms.append((now - self.sent_at.pop(chunk.chunk)) * 1000.0)
         self.gen_ms.append(chunk.gen_ms)

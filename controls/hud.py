@@ -40,6 +40,7 @@ class HudState:
     gen_ms: float = 0.0
     prompt: str = ""
     backend: str = ""
+    start: str = ""  # what the world started from (generated backend: engine, text, image); "" if unknown
     connection: str = "connecting"  # "connected" | "reconnecting" | "connecting"
     endpoint: str = ""
     recording: bool = False
@@ -48,6 +49,7 @@ class HudState:
     mouse_captured: bool = False
     message: str | None = None  # shown for a few seconds (worker errors, "recording saved")
     message_is_error: bool = False
+    message_is_warning: bool = False  # e.g. the start notice: "start: text (the engine does not know ...)"
 
 
 @dataclass(frozen=True)
@@ -92,7 +94,8 @@ class Hud:
         elif state.paused:
             self._draw_banner(surface, "PAUSED", TEXT)
         if state.message and not show_help:  # the overlay fills the window; messages wait under it
-            self._draw_message(surface, state.message, BAD if state.message_is_error else GOOD)
+            color = BAD if state.message_is_error else WARN if state.message_is_warning else GOOD
+            self._draw_message(surface, state.message, color)
 
     def _draw_stats(self, surface: pygame.Surface, s: HudState) -> None:
         conn_color = GOOD if s.connection == "connected" else WARN
@@ -104,6 +107,7 @@ class Hud:
             ("key\u2192frame", latency, TEXT),
             ("chunk", f"{s.steps} steps \u00b7 {s.nfe} nfe \u00b7 {s.gen_ms:.1f} ms", TEXT),
             ("world", s.backend, TEXT),
+            *([("start", s.start, TEXT)] if s.start else []),
             ("link", f"{s.connection} {s.endpoint.split('://')[-1]}", conn_color),
         ]
         font = self.fonts.body

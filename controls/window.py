@@ -129,6 +129,7 @@ class _Message:
     text: str
     is_error: bool
     until: float
+    is_warning: bool = False
 
 
 class PlayWindow:
@@ -148,6 +149,8 @@ class PlayWindow:
         self.gen_rate, self.shown_rate = RateMeter(2.0), RateMeter(2.0)
         self.seed = config.seed
         self.prompt = info["prompt"]
+        self.start: str = info.get("start") or ""  # what the world on screen started from (generated backend)
+        self._start_notice: str | None = info.get("start_notice")
         self._chunks: dict[int, ChunkEvent] = {}  # received, not yet shown
         self._shown: PacedFrame | None = None
         self._shown_chunk: ChunkEvent | None = None
@@ -208,6 +211,7 @@ class PlayWindow:
             frames=self.frames_shown, seconds=monotonic() - self.started, latency_ms=self.latency.all_samples_ms,
             errors=self.errors, backend=self.link.info.get("backend", ""), prompt=self.prompt,
             record=self.recorder.path, gen_ms=self.gen_ms, latency_kind="key-to-frame (shown)",
+            start=self.start or None, start_notice=self._start_notice,
         )  # fmt: skip
 
     # ---- events --------------------------------------------------------------------------------
@@ -333,6 +337,7 @@ class PlayWindow:
         if shown.chunk_index == 0:
             chunk = self._chunks.pop(shown.chunk_seq)
             self._shown_chunk = chunk
+            self._note_start(chunk)
             self.link.call("ack", chunk.seq)  # acked when shown: the worker stays <= window ahead of the eye
             self.recorder.append(chunk, self.seed, self._world_key(chunk))
         self._shown = shown
@@ -341,6 +346,16 @@ class PlayWindow:
         self.shown_rate.add(now)
         self.latency.frame_shown(shown.record, now)
         return True
+
+    def _note_start(self, chunk: ChunkEvent) -> None:
+        """A world's reset view says what it started from; a start that fell back says why."""
+        start = chunk.extra.get("start") if chunk.chunk == 0 else None
+        if isinstance(start, str):
+            self.start = start
+            notice = chunk.extra.get("start_notice")
+            self._start_notice = str(notice) if notice else None
+            if notice:
+                self._say(str(notice), warning=True)
 
     def _world_key(self, chunk: ChunkEvent | None = None) -> tuple[int, int]:
         epoch = chunk.epoch if chunk is not None else (self._shown_chunk.epoch if self._shown_chunk else 0)
@@ -378,6 +393,7 @@ class PlayWindow:
             gen_ms=chunk.gen_ms if chunk else 0.0,
             prompt=self.prompt,
             backend=f"{self.link.info.get('backend', '')} \u00b7 seed {self.seed}",
+            start=self.start,
             connection=self.link.state,
             endpoint=self.config.endpoint,
             recording=self.recorder.recording,
@@ -386,10 +402,11 @@ class PlayWindow:
             mouse_captured=self.input.captured,
             message=self._message.text if self._message else None,
             message_is_error=self._message.is_error if self._message else False,
+            message_is_warning=self._message.is_warning if self._message else False,
         )
 
-    def _say(self, text: str, error: bool = False) -> None:
-        self._message = _Message(text, error, monotonic() + self.config.message_s)
+    def _say(self, text: str, error: bool = False, warning: bool = False) -> None:
+        self._message = _Message(text, error, monotonic() + self.config.message_s, warning)
 
 
 def _short(path: Path) -> str:

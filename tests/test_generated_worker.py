@@ -65,6 +65,9 @@ def test_generated_world_streams_through_the_worker_and_switches_prompt(worker):
         later = collect_chunks(client, 4)
     finally:
         client.close()
+    # Sessions start from the engine's view, but the engine knows no "violet plain": a text start, said so.
+    assert info["start"] == first[0].extra["start"] == "text"
+    assert 'the engine does not know "a strange violet plain"' in info["start_notice"]
     for chunk in first + later:
         assert chunk.frames.shape == (3, 64, 64, 3) and chunk.frames.dtype == np.uint8
         assert chunk.nfe >= chunk.steps >= 1  # a network made these frames
@@ -87,8 +90,10 @@ def test_play_headless_on_a_generated_checkpoint_records_and_reports_fps(world_d
     episode = EpisodeReader(result["record"])
     assert episode.meta["backend"] == "generated" and len(episode) == 9
     assert episode.meta["options"] == {"sampler": "diagonal"}
+    assert episode.meta["start"] == "engine" and result["start"] == "engine"  # the default start
     steps = [episode.records[i]["steps"] for i in range(0, 9, 3)]
-    assert steps == sorted(steps, reverse=True) and steps[0] > steps[-1]  # diagonal: fewer steps later
+    assert steps[0] == 0  # chunk 0: the engine's view, nothing generated
+    assert steps[1:] == sorted(steps[1:], reverse=True) and steps[1] > steps[-1]  # diagonal: fewer steps later
 
 
 def test_sampler_options_are_refused_for_the_engine():
@@ -103,6 +108,7 @@ def test_sampler_options_are_refused_for_the_engine():
 IDLE_JSON = Action().to_json()
 WALK = [Action(("forward",))] * 3
 SAMPLER = {"sampler": "diagonal"}
+TEXT_START = {**SAMPLER, "start": "text"}  # sessions default to the engine start; these tests make chunk 0
 
 
 def generated(world_dir):
@@ -149,7 +155,7 @@ def test_worker_core_sends_the_reset_view_first_and_keeps_the_queue_for_chunk_1(
         assert core.produce_next() == []  # the window of 3 is full
         return out
 
-    (opened,) = send(P.Open(backend="generated", prompt="green hills", seed=5, options=SAMPLER))
+    (opened,) = send(P.Open(backend="generated", prompt="green hills", seed=5, options=TEXT_START))
     sid = opened.session
     turn = Action(("turn_left",))
     send(P.Actions(session=sid, actions=tuple(WALK)))
@@ -179,7 +185,7 @@ def test_worker_core_sends_the_reset_view_first_and_keeps_the_queue_for_chunk_1(
 def test_first_chunk_after_open_and_reset_is_the_reset_view_over_the_wire(worker, world_dir):
     client = WorldClient(worker, timeout_s=30.0)
     try:
-        client.open(backend="generated", prompt="a strange violet plain", seed=5, options=SAMPLER, lookahead=1)
+        client.open(backend="generated", prompt="a strange violet plain", seed=5, options=TEXT_START, lookahead=1)
         (view,) = collect_chunks(client, 1, ack=False)  # lookahead 1: nothing more until we ack
         client.queue_actions(WALK)
         client.ack(view.seq)
@@ -221,6 +227,7 @@ def test_scripted_headless_run_shows_the_reset_view_then_the_script_and_replays(
     assert [r["i"] for r in reader.records] == list(range(9))
     assert [r.get("reset_view", False) for r in reader.records] == [True] * 3 + [False] * 6
     assert [r["action"] for r in reader.records] == [IDLE_JSON] * 3 + script
+    assert reader.meta["start"] == "engine" and [r.get("start") for r in reader.records[:4]] == ["engine"] * 3 + [None]
     unmarked = tmp_path / "unmarked"  # the same recording without the flag: replayed the old way, it differs
     shutil.copytree(reader.path, unmarked)
     lines = [json.loads(line) for line in (unmarked / "frames.jsonl").read_text().splitlines()]

@@ -91,6 +91,12 @@ class Backend(ABC):
 BackendFactory = Callable[..., Backend]
 _REGISTRY: dict[str, BackendFactory] = {}
 
+# Options a session opened over the protocol gets when its client leaves them out, where they
+# differ from the backend's own defaults. Sessions of the generated world start from the engine's
+# view of the prompt (world/start.py); code that builds a backend itself (evaluation, benchmarks,
+# showcase) keeps the backend's default, the text start, so its measurements do not change.
+SESSION_DEFAULTS: dict[str, dict] = {"generated": {"start": "engine"}}
+
 
 def register_backend(name: str, factory: BackendFactory) -> None:
     _REGISTRY[name] = factory

@@ -43,6 +43,8 @@ INFO_FIELDS = (
     "prompt",
     "seed",
     "window",
+    "start",  # what the world's first chunk starts from (generated backend), else None
+    "start_notice",  # why the start is not the one asked for (e.g. "start: text (the engine does not know ...)")
 )
 
 
@@ -102,6 +104,7 @@ class _OpenSpec:
     seed: int
     options: dict
     lookahead: int | None = None
+    start_image: bytes | None = None
 
 
 class WorldClient:
@@ -185,17 +188,27 @@ class WorldClient:
         seed: int = 0,
         options: dict | None = None,
         lookahead: int | None = None,
+        start_image: bytes | None = None,
     ) -> dict:
         """Open a session; returns its info. `lookahead`: chunks the worker may generate ahead of
         our last ack (1..the worker's window; None: the worker's window); info["window"] is the
-        value in force. Raises WorldRequestError if refused (bad prompt, unknown backend, bad
-        lookahead, ...) and WorldConnectionError if the worker does not answer in timeout_s."""
+        value in force. `start_image`: the bytes of a PNG or JPEG file to start a generated world
+        from (session option start "image"; at most protocol.MAX_START_IMAGE_BYTES); info["start"]
+        says what the world started from and info["start_notice"] why, when it is not what was
+        asked. Raises WorldRequestError if refused (bad prompt, unknown backend, bad lookahead, an
+        image over the limit (checked here, before sending) or one the worker cannot decode, ...)
+        and WorldConnectionError if the worker does not answer in timeout_s."""
+        if start_image is not None:
+            start_image = bytes(start_image)
+            if len(start_image) > P.MAX_START_IMAGE_BYTES:
+                raise WorldRequestError(P.TOO_LARGE, P.image_too_large(len(start_image)))
         if self.session is not None:
             self._send(P.Close(session=self.session))  # the old session's chunks are then ignored
             self.session = None
         ref = self._next_ref()
         request = P.Open(
-            backend=backend, prompt=prompt, seed=seed, options=dict(options or {}), lookahead=lookahead, ref=ref
+            backend=backend, prompt=prompt, seed=seed, options=dict(options or {}), lookahead=lookahead, ref=ref,
+            start_image=start_image,
         )
         self._send(request, required=True)
         try:
@@ -208,7 +221,7 @@ class WorldClient:
             raise WorldRequestError(reply.code, reply.message)
         if not isinstance(reply, P.Opened):
             raise WorldRequestError(P.BAD_MESSAGE, f"unexpected reply {reply.TYPE} to open")
-        self._spec = _OpenSpec(backend, prompt, seed, dict(options or {}), lookahead)
+        self._spec = _OpenSpec(backend, prompt, seed, dict(options or {}), lookahead, start_image)
         self.session, self._worker, self._lost = reply.session, reply.worker, False
         self._reset_ref = None
         self.info = {k: getattr(reply, k) for k in INFO_FIELDS}
@@ -216,8 +229,8 @@ class WorldClient:
 
     def reconnect(self, address: str | None = None) -> dict:
         """New socket (to `address` if given, e.g. a restarted worker on a new port), then re-open
-        a session with the last backend, options, lookahead, prompt and seed and re-send the held
-        input.
+        a session with the last backend, options, lookahead, start image, prompt and seed and re-send
+        the held input.
         The world restarts from its first frame. Raises like open()."""
         if self._spec is None:
             raise RuntimeError("nothing to reconnect: open() was never successful")
@@ -225,7 +238,7 @@ class WorldClient:
         self.address = address or self.address
         self._new_socket()
         spec = self._spec
-        info = self.open(spec.backend, spec.prompt, spec.seed, spec.options, spec.lookahead)
+        info = self.open(spec.backend, spec.prompt, spec.seed, spec.options, spec.lookahead, spec.start_image)
         if self._held is not None:
             self.send_input(self._held)
         return info

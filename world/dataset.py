@@ -5,6 +5,7 @@ A dataset is a directory of episode directories. An episode holds
     meta.json     written once, atomically (temp name + rename), before any frame
     frames.u8     raw RGB uint8 frames back to back, H*W*3 bytes each
     frames.jsonl  one JSON object per frame, in frame order
+    start.png     optional: the picture a generated world started from (meta "start" == "image")
 
 `EpisodeWriter.append_chunk` writes and flushes the frame bytes first, then the chunk's JSON
 lines, so at every instant the lines on disk describe frames that are fully on disk. A reader
@@ -35,6 +36,9 @@ META_FILE = "meta.json"
 FRAMES_FILE = "frames.u8"
 RECORDS_FILE = "frames.jsonl"
 EPISODE_FILES = (META_FILE, FRAMES_FILE, RECORDS_FILE)
+# The start image of a world started from a picture (docs/dataset.md): the decoded picture at the
+# episode's resolution, exactly as the world used it. Optional; written before meta.json.
+START_IMAGE_FILE = "start.png"
 
 # Keys every meta.json has; free-form extras (checkpoint, prompt, datagen, ...) may not shadow them.
 META_KEYS = (
@@ -91,6 +95,15 @@ def _atomic_write_json(path: Path, obj: Mapping) -> None:
     os.replace(tmp, path)
 
 
+def _write_png(path: Path, pixels: np.ndarray) -> None:
+    """[H, W, 3] uint8 -> PNG, atomically (temp name + rename)."""
+    from PIL import Image
+
+    tmp = path.with_name(path.name + ".tmp")
+    Image.fromarray(np.ascontiguousarray(pixels), "RGB").save(tmp, format="PNG")
+    os.replace(tmp, path)
+
+
 def _positive_int(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value > 0
 
@@ -116,7 +129,10 @@ class EpisodeWriter:
         options: Mapping | None = None,
         extra: Mapping | None = None,
         fsync: bool = False,
+        start_image: np.ndarray | None = None,
     ):
+        """`start_image`: [height, width, 3] uint8, the picture the world started from; written as
+        start.png (lossless) before meta.json, so a complete meta means it is on disk too."""
         self.path = Path(path)
         self.meta = self._build_meta(backend, seed, height, width, chunk_frames, fps, source, options, extra)
         self.frame_bytes = height * width * 3
@@ -124,7 +140,11 @@ class EpisodeWriter:
         self.chunks_written = 0
         self._fsync = fsync
         self._t0 = time.monotonic()
+        if start_image is not None:
+            start_image = self._check_frames(np.asarray(start_image)[None])[0]
         self._open_files()
+        if start_image is not None:
+            _write_png(self.path / START_IMAGE_FILE, start_image)
         # meta.json last: its presence means both data files exist.
         _atomic_write_json(self.path / META_FILE, self.meta)
 
@@ -354,6 +374,23 @@ class EpisodeReader:
         make a re-simulation drift)."""
         self._actions  # noqa: B018  (validates every action once, with file:line errors)
         return [Action.from_json(rec["action"]) for rec in self.records]
+
+    def start_image(self) -> np.ndarray | None:
+        """[H, W, 3] uint8 from start.png (a world started from a picture), or None without one."""
+        file = self.path / START_IMAGE_FILE
+        if not file.is_file():
+            return None
+        from PIL import Image
+
+        try:
+            with Image.open(file, formats=("PNG",)) as image:
+                pixels = np.asarray(image.convert("RGB"), dtype=np.uint8).copy()
+        except Exception as e:  # a damaged file is the dataset's problem, reported with its name
+            raise DatasetError(f"{file}: cannot read the start image: {e}") from e
+        if pixels.shape != (self.meta["height"], self.meta["width"], 3):
+            raise DatasetError(f"{file}: start image is {list(pixels.shape)}, the episode's frames are "
+                               f"[{self.meta['height']}, {self.meta['width']}, 3]")  # fmt: skip
+        return pixels
 
     def prompts(self) -> list[str]:
         """The prompt in force at each frame, [N]."""

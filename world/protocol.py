@@ -6,7 +6,9 @@ a socket: `encode` turns a message into the multipart frames to send, `decode_re
 error code the peer should hear.
 
 Framing (frames after the ROUTER identity): every message is one UTF-8 JSON header frame; a
-`Chunk` is followed by one raw payload frame holding `[F, H, W, 3]` uint8 pixels.
+`Chunk` is followed by one raw payload frame holding `[F, H, W, 3]` uint8 pixels, and an `Open`
+that carries a start image (`start_image`, its byte count in the header) by one frame holding the
+PNG or JPEG file's bytes.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from typing import Any, ClassVar
 
 import numpy as np
@@ -24,11 +26,15 @@ from world.themes import MAX_PROMPT_CHARS
 
 PROTOCOL_VERSION = 1
 
-# Size limits. A request is one header frame of at most MAX_HEADER_BYTES; the worker also sets
-# ZeroMQ's MAXMSGSIZE to MAX_TRANSPORT_FRAME_BYTES so a larger frame never reaches Python (the
-# peer's connection is dropped instead of answered).
+# Size limits. A request is one header frame of at most MAX_HEADER_BYTES (an open with a start
+# image: plus one image frame of at most MAX_START_IMAGE_BYTES); the worker also sets ZeroMQ's
+# MAXMSGSIZE to MAX_TRANSPORT_FRAME_BYTES so a larger frame never reaches Python (the peer's
+# connection is dropped instead of answered). It is twice the image limit, so an image somewhat
+# over the limit is still answered with a `too_large` error that says so.
 MAX_HEADER_BYTES = 64 * 1024
-MAX_TRANSPORT_FRAME_BYTES = 1024 * 1024
+MAX_START_IMAGE_BYTES = 4 * 1024 * 1024  # encoded PNG / JPEG bytes of a start image
+MAX_START_IMAGE_SIDE = 4096  # pixels, each side, checked before the image is decoded
+MAX_TRANSPORT_FRAME_BYTES = 2 * MAX_START_IMAGE_BYTES
 MAX_PAYLOAD_BYTES = 64 * 1024 * 1024  # the largest chunk payload a worker may send
 MAX_QUEUED_ACTIONS = 256  # per session, across "actions" messages
 MAX_ID_CHARS = 64  # session ids, backend names, string refs, option keys
@@ -67,6 +73,7 @@ BAD_ACK = "bad_ack"
 BAD_LOOKAHEAD = "bad_lookahead"
 UNKNOWN_BACKEND = "unknown_backend"
 BAD_OPTION = "bad_option"
+BAD_IMAGE = "bad_image"
 BACKEND_ERROR = "backend_error"
 QUEUE_FULL = "queue_full"
 TOO_MANY_SESSIONS = "too_many_sessions"
@@ -87,6 +94,7 @@ ERROR_CODES = (
     BAD_LOOKAHEAD,
     UNKNOWN_BACKEND,
     BAD_OPTION,
+    BAD_IMAGE,
     BACKEND_ERROR,
     QUEUE_FULL,
     TOO_MANY_SESSIONS,
@@ -182,6 +190,20 @@ def parse_lookahead(value: object) -> int | None:
     return value
 
 
+def _parse_start_image_size(value: object) -> int:
+    """`open.start_image`: the byte count of the image frame that follows the header."""
+    if not is_int(value) or value < 1:
+        raise ProtocolError(BAD_MESSAGE, f"start_image must be the image frame's byte count (>= 1), got {value!r:.40}")
+    if value > MAX_START_IMAGE_BYTES:
+        raise ProtocolError(TOO_LARGE, image_too_large(value))
+    return value
+
+
+def image_too_large(size: int) -> str:
+    return (f"the start image has {size} bytes; the limit is {MAX_START_IMAGE_BYTES} "
+            f"({MAX_START_IMAGE_BYTES // (1024 * 1024)} MiB): send a smaller PNG or JPEG")
+
+
 def _parse_seq(value: object) -> int:
     if not is_int(value) or not 0 <= value <= MAX_SEQ:
         raise ProtocolError(BAD_ACK, f"seq must be an integer in [0, 2**63), got {value!r:.40}")
@@ -213,6 +235,7 @@ class Open(Message):
         "seed": parse_seed,
         "options": _parse_options,
         "lookahead": parse_lookahead,
+        "start_image": _parse_start_image_size,
         "ref": _parse_ref,
     }
     REQUIRED: ClassVar = ("backend", "prompt")
@@ -224,6 +247,9 @@ class Open(Message):
     # worker's window. Fewer means lower key-to-frame latency but less slack against stalls.
     lookahead: int | None = None
     ref: Ref = None
+    # The bytes of a PNG or JPEG file to start the world from (session option start "image"). On
+    # the wire: header field `start_image` = its byte count, the bytes in a second frame.
+    start_image: bytes | None = field(default=None, repr=False)
 
 
 @dataclass(frozen=True)
@@ -333,6 +359,10 @@ class Opened(Message):
     window: int = 0  # chunks the worker runs ahead of the last ack: the session's effective lookahead
     worker: str = ""  # worker instance id; a different one in a Pong means the worker restarted
     ref: Ref = None
+    # What the world's first chunk starts from ("engine", "text", "image"), for backends that say
+    # (the generated one); start_notice: why it is not what was asked for (e.g. a fallback to text).
+    start: str | None = None
+    start_notice: str | None = None
 
 
 @dataclass(frozen=True)
@@ -430,12 +460,17 @@ def _jsonable(value: object) -> object:
 def encode(message: Message, payload: bytes | memoryview | np.ndarray | None = None) -> list[bytes]:
     """Message -> multipart frames: [header] or, for a Chunk, [header, payload]."""
     header = {"v": PROTOCOL_VERSION, "type": message.TYPE}
+    image = message.start_image if isinstance(message, Open) else None
     for f in fields(message):
         value = getattr(message, f.name)
         if value is not None or f.name == "ref":
-            header[f.name] = _jsonable(value)
+            header[f.name] = len(value) if f.name == "start_image" and isinstance(message, Open) else _jsonable(value)
     frames = [json.dumps(header, separators=(",", ":"), allow_nan=False).encode()]
-    if isinstance(message, Chunk):
+    if image is not None:
+        if payload is not None:
+            raise ValueError("an open carries its start image, no other payload")
+        frames.append(bytes(image))
+    elif isinstance(message, Chunk):
         if payload is None:
             raise ValueError("a chunk needs its payload")
         frames.append(payload.tobytes() if isinstance(payload, np.ndarray) else bytes(payload))
@@ -492,15 +527,23 @@ def _safe_ref(value: object) -> Ref:
 
 
 def decode_request(frames: list[bytes]) -> Request:
-    """Frames received from a client (identity already stripped) -> a validated request."""
+    """Frames received from a client (identity already stripped) -> a validated request.
+
+    A request is one header frame; only an `open` whose header declares `start_image` (the byte
+    count) is followed by a second frame, the image file's bytes."""
     if not frames:
         raise ProtocolError(BAD_FRAME, "empty message")
-    for f in frames:
-        if len(f) > MAX_HEADER_BYTES:
-            raise ProtocolError(TOO_LARGE, f"a frame has {len(f)} bytes; the limit is {MAX_HEADER_BYTES}")
-    if len(frames) != 1:
-        raise ProtocolError(BAD_FRAME, f"a request is exactly one header frame, got {len(frames)} frames")
-    obj = parse_header(frames[0])
+    if len(frames[0]) > MAX_HEADER_BYTES:
+        raise ProtocolError(TOO_LARGE, f"a frame has {len(frames[0])} bytes; the limit is {MAX_HEADER_BYTES}")
+    obj = _image_open_header(frames) if len(frames) == 2 else None
+    if obj is None:
+        for f in frames:
+            if len(f) > MAX_HEADER_BYTES:
+                raise ProtocolError(TOO_LARGE, f"a frame has {len(f)} bytes; the limit is {MAX_HEADER_BYTES}")
+        if len(frames) != 1:
+            raise ProtocolError(BAD_FRAME, f"a request is exactly one header frame (an open with a start image: "
+                                f"two), got {len(frames)} frames")  # fmt: skip
+        obj = parse_header(frames[0])
     ref = _safe_ref(obj.get("ref"))
     kind = obj.get("type")
     cls = REQUEST_TYPES.get(kind) if isinstance(kind, str) else None
@@ -508,10 +551,39 @@ def decode_request(frames: list[bytes]) -> Request:
         known = ", ".join(REQUEST_TYPES)
         raise ProtocolError(UNKNOWN_TYPE, f"unknown request type {kind!r:.40}; known: {known}", ref)
     try:
-        return cls(**_parse_fields(cls, obj))
+        message = cls(**_parse_fields(cls, obj))
+        if isinstance(message, Open):
+            message = _attach_start_image(message, frames)
+        return message
     except ProtocolError as exc:
         exc.ref, exc.extra["request"] = ref, kind
         raise
+
+
+def _image_open_header(frames: list[bytes]) -> dict | None:
+    """The parsed header of a two-frame request that is an open declaring a start image, else None
+    (the request is then refused like any request with too many frames)."""
+    try:
+        obj = parse_header(frames[0])
+    except ProtocolError:
+        return None
+    return obj if obj.get("type") == "open" and "start_image" in obj else None
+
+
+def _attach_start_image(message: Open, frames: list[bytes]) -> Open:
+    """An open declaring `start_image` (its byte count) gets the image frame's bytes."""
+    if message.start_image is None:
+        return message
+    image = frames[1] if len(frames) == 2 else None
+    if image is None:
+        raise ProtocolError(BAD_FRAME, f"open declares a start image of {message.start_image} bytes but has no "
+                            "image frame after the header")  # fmt: skip
+    if len(image) > MAX_START_IMAGE_BYTES:
+        raise ProtocolError(TOO_LARGE, image_too_large(len(image)))
+    if len(image) != message.start_image:
+        raise ProtocolError(BAD_FRAME, f"open declares a start image of {message.start_image} bytes, the image "
+                            f"frame has {len(image)}")  # fmt: skip
+    return replace(message, start_image=bytes(image))
 
 
 def _parse_fields(cls: type[Message], obj: Mapping) -> dict:

@@ -9,6 +9,10 @@ a generated world's chunk 0, made by the reset itself) is compared with the back
 `take_reset_chunk()` instead of a step; recordings without the flag replay as before.
 `frame_mismatches(reader, backend)` runs that comparison with any backend the caller built (the
 generated world is deterministic on one device); `replay_episode` rebuilds the engine from meta.
+A generated recording says what its world started from (meta `start`, world/start.py: "engine",
+"text", "image" with the picture in start.png; recordings made before start modes: "text"); a
+backend with `set_start` (the generated one) is set to that start before the reset, so the reset
+view comes out as recorded. Engine recordings carry no start and replay exactly as before.
 Prints {"frames", "identical", "first_mismatch", "mismatched_frames", "engine_version_recorded",
 "engine_version_now", "message"}; exit 1 on a mismatch. The versions tell a recording made by
 another engine version (expected to differ: re-record it) from a real determinism failure.
@@ -136,6 +140,42 @@ def frame_mismatches(reader: EpisodeReader, backend: Backend) -> list[int]:
     return list(_mismatches(reader, backend))
 
 
+def recorded_start(reader: EpisodeReader) -> str | None:
+    """What the recording's world started from: meta["start"]; a generated recording made before
+    start modes existed started from text; None for the engine (its own view, nothing to set)."""
+    start = reader.meta.get("start")
+    if start is None and reader.meta["backend"] == "generated":
+        return "text"
+    return start
+
+
+def prepare_start(reader: EpisodeReader, backend: Backend) -> None:
+    """Set `backend` to start its world as the recording's did (see recorded_start). A start image
+    comes from the episode's start.png, else from the first frame of its reset view. ReplayError
+    when the recording's start cannot be made again."""
+    start = recorded_start(reader)
+    set_start = getattr(backend, "set_start", None)
+    if start is None:
+        return
+    if set_start is None:
+        if start == "engine":
+            return  # the engine's own view
+        raise ReplayError(f"{reader.path}: the recording's world started from {start!r}; this "
+                          f"{backend.info.name!r} backend cannot start that way")  # fmt: skip
+    image = None
+    if start == "image":
+        image = reader.start_image()
+        if image is None and len(reader) and is_reset_view(reader.records[0]):
+            image = np.array(reader.frames[0])  # the picture, repeated over the reset view
+        if image is None:
+            raise ReplayError(f"{reader.path}: the world started from a picture, but the episode has neither "
+                              "start.png nor its reset view")  # fmt: skip
+    try:
+        set_start(start, image)
+    except BackendError as e:
+        raise ReplayError(f"{reader.path}: cannot set the recorded start {start!r}: {e}") from e
+
+
 def is_reset_view(record: dict) -> bool:
     """Whether a frame record belongs to a reset view (the chunk a backend's reset produced)."""
     return record.get("reset_view") is True
@@ -149,6 +189,7 @@ def _mismatches(reader: EpisodeReader, backend: Backend) -> Iterator[int]:
     prompts, actions = reader.prompts(), reader.action_list()
     # The worker records the prompt it reset with in meta; older recordings: the first frame's.
     prompt = reader.meta.get("prompt") or prompts[0]
+    prepare_start(reader, backend)
     backend.reset(reader.meta["seed"], prompt)
     for k, (start, end) in enumerate(chunk_spans(reader.chunk_ids())):
         if len(set(prompts[start:end])) > 1:

@@ -9,7 +9,10 @@ Reset view: when a backend's reset already produced a whole chunk (`Backend.take
 the generated world's chunk 0), the first chunk after open/reset is that chunk, not a new
 `step_chunk`: its records carry the idle action (what generated it) and `"reset_view": true`, its
 header `extra["reset_view"] = True`, and its `gen_ms` is the wall time of the reset that made it.
-It consumes no queued or held action: those start with the next chunk.
+It consumes no queued or held action: those start with the next chunk. A backend that says what
+its world started from (the generated world's `start`, world/start.py) puts it in the chunk's
+extra (`start`, `start_source`, and on a fallback `start_requested`, `start_notice`); the reset
+view's records then carry `"start": MODE` too, marking them as the world's start frames.
 """
 
 from __future__ import annotations
@@ -77,6 +80,8 @@ class Session:
         self.frame_index = 0
         self.chunks_produced = 0
         self.last_seen = now
+        self.start: str | None = None  # what the current world started from, when the backend says
+        self.start_notice: str | None = None  # why that is not the start that was asked for
         # The worker reset the backend before building the session (reset_ms: how long that took).
         self.reset_view: ResetView | None = self._take_reset_view(reset_ms)
 
@@ -131,7 +136,10 @@ class Session:
 
     def _take_reset_view(self, reset_ms: float) -> ResetView | None:
         result = self.backend.take_reset_chunk()
-        return None if result is None else ResetView(result, self.prompt, round(reset_ms, 3))
+        if result is None:
+            return None
+        self.start, self.start_notice = result.extra.get("start"), result.extra.get("start_notice")
+        return ResetView(result, self.prompt, round(reset_ms, 3))
 
     def produce(self) -> tuple[Chunk, np.ndarray]:
         """Generate the next chunk: [F, H, W, 3] uint8 frames and the header describing them.
@@ -164,7 +172,8 @@ class Session:
         )
         extra = dict(result.extra)
         if view is not None:
-            records = tuple({**r, "reset_view": True} for r in records)
+            start = {"start": extra["start"]} if isinstance(extra.get("start"), str) else {}
+            records = tuple({**r, "reset_view": True, **start} for r in records)
             extra["reset_view"] = True
         header = Chunk(
             session=self.sid,
@@ -195,6 +204,7 @@ class Session:
             "next_seq": self.next_seq,
             "acked": self.acked,
             "window": self.lookahead,
+            "start": self.start,
             "in_flight": self.in_flight(),
             "queued_actions": len(self.queue),
             "chunks_produced": self.chunks_produced,

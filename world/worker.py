@@ -38,14 +38,19 @@ from pathlib import Path
 import zmq
 
 from world import protocol as P
-from world.backend import BackendError, PromptError, backend_names, create_backend
+from world.backend import SESSION_DEFAULTS, BackendError, PromptError, backend_names, create_backend
 from world.session import Session
+from world.start import StartImageError, decode_start_image
 
 log = logging.getLogger("world.worker")
 
 DEFAULT_BIND = "tcp://127.0.0.1:5555"
-# Options only the operator sets (command line): a client must not pick files or devices.
-WORKER_ONLY_OPTIONS = frozenset({"device", "checkpoint"})
+# Options only the operator sets (command line): a client must not pick files or devices. A start
+# image reaches the backend from the open request's image frame, never as an option.
+WORKER_ONLY_OPTIONS = frozenset({"device", "checkpoint", "start_image"})
+# Opens carrying a start image (up to 4 MiB each) that may wait for the compute loop at once; more
+# are answered `busy`, so queued images never hold more than this many times the image limit.
+MAX_PENDING_IMAGES = 4
 # Options that size buffers; range-checked before a backend ever sees them.
 SIZE_OPTIONS = {"height": (8, 1024), "width": (8, 1024), "chunk_frames": (1, 16)}
 
@@ -227,7 +232,9 @@ class WorkerCore:
         if len(self.sessions) >= self.config.max_sessions:
             raise P.ProtocolError(P.TOO_MANY_SESSIONS, f"the worker serves at most {self.config.max_sessions} sessions")
         lookahead = self._lookahead(req.lookahead)  # checked before a backend is built
-        backend = self._create_backend(req.backend, req.options)
+        self._check_backend_name(req.backend)
+        options, worker_set = self._start_options(req)
+        backend = self._create_backend(req.backend, options, worker_set)
         try:
             self._check_info(backend.info)
             start = time.perf_counter()
@@ -268,8 +275,31 @@ class WorkerCore:
             window=session.lookahead,
             worker=self.instance,
             ref=req.ref,
+            start=session.start,
+            start_notice=session.start_notice,
         )
         return [_out(item.identity, opened)]
+
+    @staticmethod
+    def _start_options(req: P.Open) -> tuple[dict, dict]:
+        """(client options, worker-set backend arguments) for the world's start. An open with an
+        image frame starts from that image (options.start is "image" or absent); its bytes are
+        decoded here, untrusted, so a bad image is a `bad_image` error and never reaches a backend."""
+        options = dict(req.options)
+        if req.start_image is None:
+            if options.get("start") == "image":
+                raise P.ProtocolError(P.BAD_OPTION, "start 'image' needs the image: send the PNG or JPEG file's bytes "
+                                      "as the open request's second frame (header field start_image)")  # fmt: skip
+            return options, {}
+        start = options.setdefault("start", "image")
+        if start != "image":
+            raise P.ProtocolError(P.BAD_OPTION, f"the open carries a start image but asks for start {start!r:.40}; "
+                                  "an image comes with start 'image'")  # fmt: skip
+        try:
+            image = decode_start_image(req.start_image)
+        except StartImageError as exc:
+            raise P.ProtocolError(P.BAD_IMAGE, str(exc)) from None
+        return options, {"start_image": image}
 
     def _lookahead(self, requested: int | None) -> int:
         """The session's window: the client's lookahead, at most the operator's --window (which
@@ -281,13 +311,20 @@ class WorkerCore:
             raise P.ProtocolError(P.BAD_LOOKAHEAD, f"lookahead {requested} is above this worker's window of {window}")
         return requested
 
-    def _create_backend(self, name: str, options: dict):
+    @staticmethod
+    def _check_backend_name(name: str) -> None:
         if name not in backend_names():
             raise P.ProtocolError(
                 P.UNKNOWN_BACKEND, f"unknown backend {name!r}; available: {', '.join(backend_names())}"
             )
+
+    def _create_backend(self, name: str, options: dict, worker_set: dict | None = None):
+        """Build the backend: session defaults (world.backend.SESSION_DEFAULTS), then the operator's
+        defaults, then the client's options, then what the worker sets itself (a start image)."""
+        self._check_backend_name(name)
         check_client_options(options)
-        merged = {**self.config.backend_options.get(name, {}), **options}
+        merged = {**SESSION_DEFAULTS.get(name, {}), **self.config.backend_options.get(name, {}), **options,
+                  **(worker_set or {})}  # fmt: skip
         try:
             return create_backend(name, **merged)
         except TypeError as exc:  # unexpected keyword: an option this backend does not have
@@ -413,11 +450,14 @@ class WorkerIO(threading.Thread):
         instance: str,
         stats: IOStats,
         on_failure: Callable[[], None] = lambda: None,
+        image_slots: threading.Semaphore | None = None,
     ):
         super().__init__(name="worker-io", daemon=True)
         self.router, self.pair, self.inbound, self.stop = router, pair, inbound, stop
         self.instance = instance
         self.stats = stats
+        # Taken for each open with a start image handed to the compute loop, which gives it back.
+        self.image_slots = image_slots or threading.BoundedSemaphore(MAX_PENDING_IMAGES)
         self.on_failure = on_failure  # a deaf worker is worse than a dead one: stop it all
         self.failed = False
 
@@ -483,13 +523,22 @@ class WorkerIO(threading.Thread):
             return
         if isinstance(request, P.Ping):  # answered here so heartbeats never wait for a chunk
             self._send(identity, P.encode(P.Pong(worker=self.instance, ref=request.ref)))
+        image = carries_image(request)
+        if image and not self.image_slots.acquire(blocking=False):
+            self._busy(identity, request, "too many start images are waiting to be decoded")
+            return
         try:
             self.inbound.put_nowait(Inbound(identity, request, time.monotonic()))
         except queue.Full:
+            if image:
+                self.image_slots.release()
             if not isinstance(request, P.Ping):
-                self.stats.rejected += 1
-                busy = P.Error(code=P.BUSY, message="worker is busy; retry", ref=request.ref, request=request.TYPE)
-                self._send(identity, P.encode(busy))
+                self._busy(identity, request, "worker is busy")
+
+    def _busy(self, identity: bytes, request: P.Message, why: str) -> None:
+        self.stats.rejected += 1
+        busy = P.Error(code=P.BUSY, message=f"{why}; retry", ref=request.ref, request=request.TYPE)
+        self._send(identity, P.encode(busy))
 
     def _send(self, identity: bytes, frames: list[bytes]) -> None:
         # NOBLOCK + ROUTER_MANDATORY: a peer that is gone or not reading loses this message instead
@@ -517,13 +566,20 @@ def open_router(context: zmq.Context, config: WorkerConfig) -> tuple[zmq.Socket,
     return router, router.getsockopt(zmq.LAST_ENDPOINT).decode()
 
 
-def _compute_loop(core: WorkerCore, inbound: queue.Queue, pair: zmq.Socket, stop: threading.Event) -> None:
+def carries_image(request: P.Message) -> bool:
+    return isinstance(request, P.Open) and request.start_image is not None
+
+
+def _compute_loop(core: WorkerCore, inbound: queue.Queue, pair: zmq.Socket, stop: threading.Event,
+                  image_slots: threading.Semaphore | None = None) -> None:  # fmt: skip
     """Apply requests, expire sessions, produce one chunk per round; block briefly when idle."""
     waiting: list[Inbound] = []
     while not stop.is_set():
         out: list[Outgoing] = []
         for item in waiting + _drain(inbound, limit=1024):
             out += core.handle(item)
+            if image_slots is not None and carries_image(item.request):
+                image_slots.release()  # its bytes are decoded (or refused) and dropped
         out += core.expire(time.monotonic())
         produced = core.produce_next()
         _emit(pair, out + produced, stop)
@@ -568,12 +624,14 @@ def serve(config: WorkerConfig, stop: threading.Event, on_ready: Callable[[str],
     inbound: queue.Queue = queue.Queue(maxsize=config.inbound_queue)
     core = WorkerCore(config, instance, stats)
     io_stop = threading.Event()
-    io_thread = WorkerIO(router, pair_io, inbound, io_stop, instance, stats, on_failure=stop.set)
+    image_slots = threading.BoundedSemaphore(MAX_PENDING_IMAGES)
+    io_thread = WorkerIO(router, pair_io, inbound, io_stop, instance, stats, on_failure=stop.set,
+                         image_slots=image_slots)  # fmt: skip
     io_thread.start()
     if on_ready is not None:
         on_ready(endpoint)
     try:
-        _compute_loop(core, inbound, pair_compute, stop)
+        _compute_loop(core, inbound, pair_compute, stop, image_slots)
     finally:
         _emit(pair_compute, core.close_all("shutdown"), stop)
         io_stop.set()

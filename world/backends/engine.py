@@ -11,14 +11,21 @@ from world.backend import Backend, BackendError, BackendInfo, ChunkResult
 from world.engine import ENGINE_VERSION, EngineConfig, EngineWorld
 from world.themes import describe, parse_prompt
 
-OPTIONS = ("height", "width", "chunk_frames", "fps")
+OPTIONS = ("height", "width", "chunk_frames", "fps", "start")
 
 
 class EngineBackend(Backend):
-    """Wraps EngineWorld; a prompt switch changes the look while terrain and camera carry on."""
+    """Wraps EngineWorld; a prompt switch changes the look while terrain and camera carry on.
+
+    `start` (the generated world's session option, world/start.py) is accepted only as "engine"
+    (or absent): the engine always starts from its own view of the prompt. "text" and "image"
+    are refused with a BackendError that says they belong to the generated backend."""
 
     def __init__(self, height: int = 64, width: int = 64, chunk_frames: int = 3, fps: float = 30.0,
-                 **unknown: object) -> None:
+                 start: str | None = None, **unknown: object) -> None:
+        if start not in (None, "engine"):
+            raise BackendError(f"the engine always starts from its own view of the prompt (start 'engine'); "
+                               f"start {start!r:.40} is an option of the generated backend")
         if unknown:
             raise BackendError(f"unknown engine options {sorted(unknown)}; known: {', '.join(OPTIONS)}")
         for name, value in (("height", height), ("width", width), ("chunk_frames", chunk_frames)):

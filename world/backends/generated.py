@@ -14,17 +14,35 @@ Options (everything else is a BackendError):
     rewarm        "diagonal" only, true/false: after a prompt switch, restart the schedule (4, 3, 2, ...)
                   so the new appearance gets more steps (DESIGN.md §3, "going beyond"); default false
     guidance      classifier-free guidance g in c + g (c - u); 0 disables it
+    start         what chunk 0 of every world is (world/start.py): "engine", "text" or "image";
+                  default "text" here; sessions opened over the protocol default to "engine"
+                  (world.backend.SESSION_DEFAULTS)
+    start_image   for start "image": PNG/JPEG bytes, a decoded world.start.StartImage or an
+                  [H, W, 3] uint8 array (set by the worker from the open request's image frame,
+                  never a client option; `set_start` sets it later, e.g. for replay)
     chunk_frames, height, width   accepted only when equal to the model's (clients may send them)
 
 Every option is checked when the backend is built (the session opens): a bad one is a
 BackendError then, never an error in the middle of a stream.
 
-Start of a world: there is no image to start from, so `reset` generates chunk 0 from the prompt
-alone (idle actions, no context); its frames are the first view and its K/V become the attention
-sink. Every chunk after it follows the actions. `take_reset_chunk` hands chunk 0 (all of its frames)
-over once, so the worker streams it as the world's first chunk instead of discarding it (the
-"reset view", docs/protocol.md); callers that never take it (evaluation rollouts) are unaffected.
-Same checkpoint + seed + prompts + actions -> identical frames on the same device.
+Start of a world: `reset(seed, prompt)` makes chunk 0, the world's first view and its attention
+sink, as `start` says:
+- "text": generated from the prompt alone (idle actions, no context);
+- "engine": the engine backend (same height, width and chunk frames as the model) renders the
+  prompt at the same seed. Its frames follow the dataset's convention (model/evaluation/rollout.py,
+  world/datagen.py): frame 0 is the view `engine.reset` returns, frame j >= 1 the one produced by
+  action j, so chunk 0 is [reset view, the first F-1 frames of an idle step_chunk] with idle
+  actions. They are encoded and written as clean context (`reset_with_context`); nothing is
+  generated. A prompt the engine cannot parse (PromptError) falls back to "text", and the chunk's
+  extra carries `start_requested` and a `start_notice` saying why;
+- "image": the start image, centre-cropped and resized to the model's resolution (`fit_image`),
+  repeated over the chunk and written as context like the engine's frames.
+Every chunk after it follows the actions. `take_reset_chunk` hands chunk 0 (all of its frames: for
+"engine" and "image" the very frames written as context, steps = nfe = 0) over once, so the worker
+streams it as the world's first chunk instead of discarding it (the "reset view",
+docs/protocol.md); its extra says `start` and `start_source` (where it came from, enough to make it
+again). Callers that never take it (evaluation rollouts) are unaffected.
+Same checkpoint + seed + prompts + actions + start -> identical frames on the same device.
 """
 
 from __future__ import annotations
@@ -35,8 +53,9 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from world.actions import Action, actions_to_array
+from world.actions import IDLE, Action, actions_to_array
 from world.backend import Backend, BackendError, BackendInfo, ChunkResult, PromptError
+from world.start import START_MODES, StartImage, StartImageError, as_start_image, fit_image
 
 if TYPE_CHECKING:  # model (torch) is imported only once a world is built
     from model.samplers import Sampler
@@ -45,7 +64,7 @@ ASSETS = Path(__file__).resolve().parents[2] / "assets"
 DEFAULT_CHECKPOINT = ASSETS / "default_world"  # the bundled default world (the distilled student)
 TEACHER_CHECKPOINT = ASSETS / "teacher"  # the bundled teacher: used when no default world is bundled
 OPTIONS = ("checkpoint", "device", "sampler", "steps", "schedule", "context_noise", "rewarm", "guidance",
-           "chunk_frames", "height", "width")
+           "start", "start_image", "chunk_frames", "height", "width")
 
 
 class GeneratedBackend(Backend):
@@ -59,6 +78,8 @@ class GeneratedBackend(Backend):
         context_noise: float | None = None,
         rewarm: bool | None = None,
         guidance: float | None = None,
+        start: str | None = None,
+        start_image: StartImage | bytes | np.ndarray | None = None,
         chunk_frames: int | None = None,
         height: int | None = None,
         width: int | None = None,
@@ -86,6 +107,9 @@ class GeneratedBackend(Backend):
         )
         self._started = False
         self._reset_chunk: ChunkResult | None = None  # chunk 0 of the last reset, until taken or stepped past
+        self._engine: Backend | None = None  # renders "engine" starts; built on the first one
+        self._start, self._start_image, self._start_pixels = "text", None, None
+        self.set_start("text" if start is None else start, start_image)
 
     def _check_geometry(self, **wanted: int | None) -> None:
         actual = {"chunk_frames": self.model.dit.config.chunk_frames, "height": self.model.image_size,
@@ -98,16 +122,83 @@ class GeneratedBackend(Backend):
     def info(self) -> BackendInfo:
         return self._info
 
+    @property
+    def start(self) -> str:
+        """The start mode the next reset uses (world/start.py)."""
+        return self._start
+
+    def set_start(self, start: str, image: StartImage | bytes | np.ndarray | None = None) -> None:
+        """Choose what chunk 0 of the next reset is: "engine", "text" or "image" (with `image`: PNG/JPEG
+        bytes, a StartImage or [H, W, 3] uint8 pixels, resized here once). Raises BackendError."""
+        if start not in START_MODES:
+            raise BackendError(f"start must be one of {', '.join(START_MODES)}; got {start!r:.40}")
+        if image is not None and start != "image":
+            raise BackendError(f"a start image needs start 'image', not {start!r}")
+        pixels = facts = None
+        if start == "image":
+            if image is None:
+                raise BackendError("start 'image' needs the image (PNG or JPEG bytes; over the protocol: the open "
+                                   "request's image frame, `play --start-image FILE`)")
+            try:
+                decoded = as_start_image(image)
+            except StartImageError as e:
+                raise BackendError(str(e)) from None
+            pixels, facts = fit_image(decoded.pixels, self._info.height, self._info.width), decoded.facts()
+        # Only the resized pixels are kept: a 4096-pixel original would hold 48 MiB per session.
+        self._start, self._start_image, self._start_pixels = start, facts, pixels
+
     def reset(self, seed: int, prompt: str) -> np.ndarray:
-        """Generate chunk 0 from the prompt alone; returns its last frame [H, W, 3] uint8 and keeps the
-        whole chunk for `take_reset_chunk`."""
+        """Make chunk 0 as the start mode says (module docstring); returns its last frame [H, W, 3]
+        uint8, the view the next chunk continues from, and keeps the whole chunk for
+        `take_reset_chunk`."""
         _check_prompt(prompt)
         self._reset_chunk = None
+        if self._start == "engine":
+            try:
+                frames, source = self._engine_start(seed, prompt)
+            except PromptError as e:
+                reason = str(e).split("; try e.g.")[0]  # the engine's examples do not fit a one-line notice
+                notice = f"start: text (the engine does not know {_quote(prompt)}: {reason})"
+                return self._text_start(seed, prompt, {"start_requested": "engine", "start_notice": notice})
+            return self._context_start(frames, seed, prompt, {"start": "engine", "start_source": source})
+        if self._start == "image":
+            frames = np.repeat(self._start_pixels[None], self._info.chunk_frames, axis=0)
+            source = {"image": self._start_image, "size": [self._info.height, self._info.width],
+                      "fit": "centre crop, Lanczos resize"}  # fmt: skip
+            return self._context_start(frames, seed, prompt, {"start": "image", "start_source": source})
+        return self._text_start(seed, prompt, {})
+
+    def _text_start(self, seed: int, prompt: str, facts: dict) -> np.ndarray:
         self.stream.reset(seed, prompt)
         self._started = True
-        first = self._generate([Action()] * self._info.chunk_frames)
+        first = self._generate([IDLE] * self._info.chunk_frames)
+        first.extra.update({"start": "text", "start_source": {"prompt": prompt, "seed": seed}, **facts})
         self._reset_chunk = first
         return first.frames[-1]
+
+    def _engine_start(self, seed: int, prompt: str) -> tuple[np.ndarray, dict]:
+        """The engine's chunk 0 for (seed, prompt): [reset view, first F-1 frames of an idle step].
+        Raises PromptError for a prompt the engine cannot parse."""
+        from world.backend import create_backend
+
+        info = self._info
+        if self._engine is None:
+            self._engine = create_backend("engine", height=info.height, width=info.width,
+                                          chunk_frames=info.chunk_frames, fps=info.fps)  # fmt: skip
+        first = np.array(self._engine.reset(seed, prompt), dtype=np.uint8, copy=True)
+        rest = self._engine.step_chunk([IDLE] * info.chunk_frames).frames[: info.chunk_frames - 1]
+        frames = np.concatenate([first[None], rest]).astype(np.uint8, copy=False)
+        source = {"backend": "engine", "seed": seed, "prompt": prompt,
+                  "engine_version": getattr(self._engine, "engine_version", None),
+                  "frames": "reset view, then the first frames of an idle step"}  # fmt: skip
+        return frames, source
+
+    def _context_start(self, frames: np.ndarray, seed: int, prompt: str, facts: dict) -> np.ndarray:
+        """Write `frames` (one chunk, idle actions) as the clean first chunk; they are chunk 0."""
+        self.reset_with_context(frames, [IDLE] * len(frames), prompt, seed)
+        self._reset_chunk = ChunkResult(frames=np.array(frames, dtype=np.uint8, copy=True), steps=0, nfe=0,
+                                        extra={**facts, "sampler": self.sampler.name})  # fmt: skip
+        return frames[-1]
 
     def reset_with_context(self, frames: np.ndarray, actions: Sequence[Action], prompt: str, seed: int = 0) -> None:
         """Start from real frames [K, H, W, 3] uint8 (K a whole number of chunks; actions[i] produced
@@ -158,6 +249,8 @@ class GeneratedBackend(Backend):
     def close(self) -> None:
         self._reset_chunk = None
         self.stream.cache.reset()
+        if self._engine is not None:
+            self._engine.close()
 
 
 def _summary(sampler: Sampler) -> str:
@@ -169,6 +262,11 @@ def _summary(sampler: Sampler) -> str:
     if sampler.rewarm:
         text += ", re-warm after switches"
     return text + (f", guidance {sampler.guidance:g}" if sampler.guidance > 0 else "")
+
+
+def _quote(prompt: str, limit: int = 80) -> str:
+    text = prompt if len(prompt) <= limit else prompt[: limit - 1] + "\u2026"
+    return f'"{text}"'
 
 
 def _check_prompt(prompt: str) -> None:
