@@ -170,10 +170,40 @@ def test_chunk_with_wrong_payload_is_rejected_by_the_client():
         (header(type="open", backend="engine", prompt="hills", lookahead=2**60), P.BAD_LOOKAHEAD),
         (header(type="open", backend=None, prompt="hills"), P.BAD_MESSAGE),
         (header(type="open", prompt="hills"), P.BAD_MESSAGE),
+        # start images: the byte count in the header, the bytes in the one frame after it
+        (header(type="open", backend="generated", prompt="hills", start_image=0) + [b""], P.BAD_MESSAGE),
+        (header(type="open", backend="generated", prompt="hills", start_image="5") + [b"12345"], P.BAD_MESSAGE),
+        (header(type="open", backend="generated", prompt="hills", start_image=5), P.BAD_FRAME),
+        (header(type="open", backend="generated", prompt="hills", start_image=5) + [b"1234"], P.BAD_FRAME),
+        (header(type="open", backend="generated", prompt="hills", start_image=5) + [b"12345", b""], P.BAD_FRAME),
+        (header(type="open", backend="generated", prompt="hills", start_image=P.MAX_START_IMAGE_BYTES + 1) + [b"1"],
+         P.TOO_LARGE),
+        (header(type="open", backend="generated", prompt="hills", start_image=1)
+         + [b"x" * (P.MAX_START_IMAGE_BYTES + 1)], P.TOO_LARGE),
+        (header(type="open", backend="generated", prompt="hills") + [b"12345"], P.BAD_FRAME),
+        (header(type="ping", start_image=5) + [b"12345"], P.BAD_FRAME),
     ],
 )
 def test_bad_requests_get_their_code(frames, code):
     assert code_of(frames) == code
+
+
+def test_an_open_with_a_start_image_is_two_frames_and_round_trips():
+    image = b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 10
+    message = P.Open(backend="generated", prompt="hills", options={"start": "image"}, start_image=image, ref=3)
+    frames = P.encode(message)
+    assert len(frames) == 2 and frames[1] == image
+    assert json.loads(frames[0])["start_image"] == len(image)  # the header holds the byte count only
+    assert P.decode_request(frames) == message
+    assert "start_image" not in json.loads(P.encode(P.Open(backend="engine", prompt="hills"))[0])
+    assert "\\x89" not in repr(message)  # megabytes of image never end up in a log line
+
+
+def test_opened_reports_the_start_only_when_the_backend_says():
+    reply, _ = P.decode_reply(P.encode(P.Opened(session=SID, start="text", start_notice="start: text (...)")))
+    assert (reply.start, reply.start_notice) == ("text", "start: text (...)")
+    header_json = json.loads(P.encode(P.Opened(session=SID))[0])
+    assert "start" not in header_json and "start_notice" not in header_json
 
 
 def test_lookahead_is_optional_and_omitted_from_the_wire_when_unset():

@@ -128,5 +128,6 @@ def fit_image(pixels: np.ndarray, height: int, width: int) -> np.ndarray:
         top = (h - crop_h) // 2
         box = (0, top, w, top + crop_h)
     image = Image.fromarray(np.ascontiguousarray(pixels), "RGB")
-    resized = image.resize((width, height), Image.Resampling.LANCZOS, box=box)
+    # Crop, then resize: resize(box=...) would let the filter reach past the crop's edges.
+    resized = image.crop(box).resize((width, height), Image.Resampling.LANCZOS)
     return np.asarray(resized, dtype=np.uint8).copy()

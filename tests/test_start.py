@@ -1,0 +1,415 @@
+"""Where a generated world starts (session option `start`): engine view, text, or a client's image.
+
+In process on the backend, through a real worker process (tiny random world checkpoint), through
+`play --headless` with recordings and replay, and in the window's HUD.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import time
+
+import numpy as np
+import pytest
+import zmq
+from PIL import Image
+
+from model.world_model import make_random_world
+from world import protocol as P
+from world.actions import Action
+from world.backend import BackendError, create_backend
+from world.client import ChunkEvent, ErrorEvent, WorldClient, WorldRequestError
+from world.dataset import START_IMAGE_FILE, EpisodeReader
+from world.replay import frame_mismatches, recorded_start
+from world.start import StartImageError, decode_start_image, fit_image
+from world.worker import start_worker_process, stop_worker_process
+
+PROMPT = "green hills at noon"
+UNKNOWN = "purple elephants"  # names no biome, time of day or weather: the engine cannot render it
+IDLE = [Action()] * 3
+
+
+def png(pixels: np.ndarray, fmt: str = "PNG", mode: str | None = None) -> bytes:
+    buf = io.BytesIO()
+    image = Image.fromarray(pixels)
+    (image.convert(mode) if mode else image).save(buf, fmt)
+    return buf.getvalue()
+
+
+PICTURE = np.random.default_rng(0).integers(0, 256, (80, 120, 3), dtype=np.uint8)  # wider than tall
+
+
+def engine_chunk(seed: int, prompt: str) -> np.ndarray:
+    """The frames an engine start must show: the engine's reset view, then its first idle step."""
+    engine = create_backend("engine", height=64, width=64, chunk_frames=3)
+    first = engine.reset(seed, prompt).copy()
+    return np.concatenate([first[None], engine.step_chunk(IDLE).frames[:2]])
+
+
+@pytest.fixture(scope="module")
+def world_dir(tmp_path_factory):
+    path = tmp_path_factory.mktemp("world") / "tiny"
+    make_random_world(path, preset="tiny", text_encoder="hash")
+    return path
+
+
+@pytest.fixture(scope="module")
+def worker(world_dir):
+    proc, endpoint = start_worker_process(extra_args=("--checkpoint", str(world_dir), "--device", "cpu"))
+    yield endpoint
+    stop_worker_process(proc)
+
+
+def generated(world_dir, **options):
+    return create_backend("generated", checkpoint=str(world_dir), device="cpu", sampler="diagonal", **options)
+
+
+def chunks(client: WorldClient, n: int, timeout_s: float = 60.0) -> list[ChunkEvent]:
+    out: list[ChunkEvent] = []
+    deadline = time.monotonic() + timeout_s
+    while len(out) < n and time.monotonic() < deadline:
+        for event in client.poll(100):
+            assert not isinstance(event, ErrorEvent), event
+            if isinstance(event, ChunkEvent):
+                out.append(event)
+                client.ack(event.seq)
+    assert len(out) >= n, f"only {len(out)} chunks in {timeout_s} s"
+    return out[:n]
+
+
+# ----------------------------------------------------------------------------- images
+
+
+def test_start_images_decode_to_rgb_and_fit_the_world():
+    image = decode_start_image(png(PICTURE))
+    assert image.format == "PNG" and np.array_equal(image.pixels, PICTURE)
+    assert image.facts()["width"] == 120 and image.facts()["height"] == 80 and len(image.facts()["sha256"]) == 64
+    rgba = np.dstack([PICTURE, np.full(PICTURE.shape[:2], 128, np.uint8)])
+    assert np.array_equal(decode_start_image(png(rgba)).pixels, PICTURE)  # alpha dropped
+    grey = decode_start_image(png(PICTURE, mode="L")).pixels
+    assert grey.shape == (80, 120, 3) and np.array_equal(grey[..., 0], grey[..., 2])
+    jpeg = decode_start_image(png(PICTURE, "JPEG"))
+    assert jpeg.format == "JPEG" and jpeg.pixels.shape == (80, 120, 3)
+    fitted = fit_image(PICTURE, 64, 64)
+    assert fitted.shape == (64, 64, 3) and fitted.dtype == np.uint8
+    # the centre crop: a picture whose sides differ from its centre fits to the centre's colour
+    framed = np.zeros((80, 120, 3), np.uint8)
+    framed[:, 20:100] = 200
+    assert np.all(fit_image(framed, 64, 64) == 200)
+    assert np.array_equal(fit_image(fitted, 64, 64), fitted)  # already the world's size: unchanged
+
+
+@pytest.mark.parametrize("data, match", [
+    (b"", "empty"),
+    (b"GIF89a" + b"\0" * 64, "not a PNG or JPEG"),
+    (b"not an image at all", "not a PNG or JPEG"),
+    (png(PICTURE)[:200], "cannot be decoded"),  # truncated
+    (png(np.zeros((1, P.MAX_START_IMAGE_SIDE + 1, 3), np.uint8)), "4097x1 pixels; the limit is 4096"),
+    (b"\x89PNG" + b"x" * P.MAX_START_IMAGE_BYTES, "bytes; the limit"),
+])  # fmt: skip
+def test_bad_start_images_are_refused_with_the_reason(data, match):
+    with pytest.raises(StartImageError, match=match):
+        decode_start_image(data)
+
+
+# ----------------------------------------------------------------------------- the backend, in process
+
+
+def test_engine_start_writes_the_engines_frames_as_chunk_0(world_dir):
+    backend = generated(world_dir, start="engine")
+    try:
+        last = backend.reset(4, PROMPT)
+        view = backend.take_reset_chunk()
+        expected = engine_chunk(4, PROMPT)
+        assert np.array_equal(view.frames, expected) and np.array_equal(last, expected[-1])
+        assert (view.steps, view.nfe) == (0, 0) and view.extra["start"] == "engine"
+        source = view.extra["start_source"]
+        assert (source["backend"], source["seed"], source["prompt"]) == ("engine", 4, PROMPT)
+        nxt = backend.step_chunk([Action(("forward",))] * 3)
+        assert nxt.nfe >= 1 and nxt.frames.shape == (3, 64, 64, 3)
+        # a prompt the engine cannot render: text start, and a notice that says why
+        backend.reset(4, UNKNOWN)
+        view = backend.take_reset_chunk()
+        assert view.extra["start"] == "text" and view.extra["start_requested"] == "engine" and view.nfe >= 1
+        assert view.extra["start_notice"].startswith(f'start: text (the engine does not know "{UNKNOWN}":')
+    finally:
+        backend.close()
+
+
+def test_text_start_is_the_default_in_process_and_image_start_repeats_the_picture(world_dir):
+    backend = generated(world_dir)
+    try:
+        assert backend.start == "text"
+        backend.reset(4, PROMPT)
+        view = backend.take_reset_chunk()
+        assert view.extra["start"] == "text" and view.nfe >= 1
+        backend.set_start("image", png(PICTURE))
+        backend.reset(4, PROMPT)
+        view = backend.take_reset_chunk()
+        picture = fit_image(PICTURE, 64, 64)
+        assert np.array_equal(view.frames, np.stack([picture] * 3)) and (view.steps, view.nfe) == (0, 0)
+        assert view.extra["start"] == "image" and view.extra["start_source"]["image"]["width"] == 120
+        assert backend.step_chunk(IDLE).nfe >= 1
+        with pytest.raises(BackendError, match="needs the image"):
+            backend.set_start("image")
+        with pytest.raises(BackendError, match="start must be one of"):
+            backend.set_start("video")
+        with pytest.raises(BackendError, match="not a PNG or JPEG"):
+            backend.set_start("image", b"garbage")
+    finally:
+        backend.close()
+
+
+def test_the_engine_backend_starts_only_from_its_own_view():
+    assert create_backend("engine", start="engine").info.name == "engine"
+    for start in ("text", "image"):
+        with pytest.raises(BackendError, match="option of the generated backend"):
+            create_backend("engine", start=start)
+
+
+# ----------------------------------------------------------------------------- through a worker
+
+
+def test_sessions_start_from_the_engine_by_default(worker):
+    client = WorldClient(worker, timeout_s=30.0)
+    try:
+        info = client.open("generated", PROMPT, seed=6, options={"sampler": "diagonal"})
+        view, nxt = chunks(client, 2)
+        status = client.status().session
+    finally:
+        client.close()
+    assert info["start"] == "engine" and info["start_notice"] is None and status["start"] == "engine"
+    assert view.extra["reset_view"] and view.extra["start"] == "engine" and (view.steps, view.nfe) == (0, 0)
+    assert view.extra["start_source"]["engine_version"] is not None
+    assert np.array_equal(view.frames, engine_chunk(6, PROMPT))  # the engine's frames themselves
+    assert [r["start"] for r in view.records] == ["engine"] * 3 and all(r["reset_view"] for r in view.records)
+    assert "start" not in nxt.extra and nxt.nfe >= 1 and not any("start" in r for r in nxt.records)
+
+
+def test_text_start_through_the_worker(worker):
+    client = WorldClient(worker, timeout_s=30.0)
+    try:
+        info = client.open("generated", PROMPT, seed=6, options={"sampler": "diagonal", "start": "text"})
+        (view,) = chunks(client, 1)
+    finally:
+        client.close()
+    assert info["start"] == view.extra["start"] == "text" and view.nfe >= 1
+    assert not np.array_equal(view.frames, engine_chunk(6, PROMPT))
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "JPEG"])
+def test_image_start_through_the_worker_and_after_a_reset(worker, fmt):
+    data = png(PICTURE, fmt)
+    expected = fit_image(decode_start_image(data).pixels, 64, 64)
+    client = WorldClient(worker, timeout_s=30.0)
+    try:
+        info = client.open("generated", PROMPT, seed=6, options={"sampler": "diagonal"}, start_image=data)
+        view, _ = chunks(client, 2)
+        client.reset(9)
+        (again,) = chunks(client, 1)
+    finally:
+        client.close()
+    assert info["start"] == "image" and view.extra["start"] == "image" and again.extra["start"] == "image"
+    assert np.array_equal(view.frames, np.stack([expected] * 3)) and np.array_equal(again.frames, view.frames)
+    assert view.extra["start_source"]["image"]["format"] == fmt
+
+
+def test_a_prompt_the_engine_does_not_know_falls_back_to_text_with_a_notice(worker):
+    client = WorldClient(worker, timeout_s=30.0)
+    try:
+        info = client.open("generated", UNKNOWN, seed=1, options={"sampler": "diagonal"})
+        (view,) = chunks(client, 1)
+    finally:
+        client.close()
+    assert info["start"] == "text" and info["start_notice"] == view.extra["start_notice"]
+    assert info["start_notice"].startswith(f'start: text (the engine does not know "{UNKNOWN}": ')
+    assert view.extra["start_requested"] == "engine" and view.nfe >= 1
+
+
+def raw_open(endpoint: str, frames: list[bytes]) -> P.Message:
+    """Send hand-made frames (no client-side checks) and return the worker's reply."""
+    sock = zmq.Context.instance().socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.connect(endpoint)
+    try:
+        sock.send_multipart(frames)
+        assert sock.poll(30000), "no reply"
+        reply, _ = P.decode_reply(sock.recv_multipart())
+        return reply
+    finally:
+        sock.close()
+
+
+def open_header(size: int, **fields) -> bytes:
+    return json.dumps({"v": 1, "type": "open", "backend": "generated", "prompt": PROMPT, "start_image": size,
+                       "ref": 1, **fields}).encode()  # fmt: skip
+
+
+def test_oversized_and_corrupt_images_get_clear_errors_and_the_worker_goes_on(worker):
+    big = b"\x89PNG" + b"\0" * (P.MAX_START_IMAGE_BYTES - 3)  # one byte over the limit
+    for frames, code, words in [
+        ([open_header(len(big)), big], P.TOO_LARGE, "start image has 4194305 bytes; the limit is 4194304 (4 MiB)"),
+        ([open_header(100), big], P.TOO_LARGE, "start image has 4194305 bytes"),
+        ([open_header(12), b"not an image"], P.BAD_IMAGE, "not a PNG or JPEG"),
+        ([open_header(300), png(PICTURE)[:300]], P.BAD_IMAGE, "cannot be decoded"),
+        ([open_header(5), b"12345", b"x"], P.BAD_FRAME, "exactly one header frame"),
+        ([open_header(6), b"12345"], P.BAD_FRAME, "declares a start image of 6 bytes"),
+        ([open_header(len(png(PICTURE)), options={"start": "text"}), png(PICTURE)], P.BAD_OPTION, "start 'image'"),
+    ]:  # fmt: skip
+        reply = raw_open(worker, frames)
+        assert isinstance(reply, P.Error) and reply.code == code and words in reply.message, reply
+        if len(frames) == 2:  # a header the worker read: the error answers that open
+            assert reply.ref == 1 and reply.request == "open"
+    client = WorldClient(worker, timeout_s=30.0)
+    try:
+        with pytest.raises(WorldRequestError) as info:  # the client refuses before sending
+            client.open("generated", PROMPT, start_image=big)
+        assert info.value.code == P.TOO_LARGE
+        with pytest.raises(WorldRequestError) as info:
+            client.open("generated", PROMPT, start_image=b"\xff\xd8 not really a jpeg")
+        assert info.value.code == P.BAD_IMAGE and "not a PNG or JPEG" in info.value.message
+        with pytest.raises(WorldRequestError) as info:
+            client.open("generated", PROMPT, options={"start": "image"})
+        assert info.value.code == P.BAD_OPTION and "needs the image" in info.value.message
+        with pytest.raises(WorldRequestError) as info:
+            client.open("engine", PROMPT, start_image=png(PICTURE))
+        assert info.value.code == P.BAD_OPTION and "generated backend" in info.value.message
+        with pytest.raises(WorldRequestError) as info:
+            client.open("generated", PROMPT, options={"start": "video"})
+        assert info.value.code == P.BAD_OPTION and "start must be one of" in info.value.message
+        assert client.open("engine", PROMPT, options={"start": "engine"})["start"] is None  # accepted, the default
+        assert client.status().worker["sessions"] == 1  # nothing leaked, the worker serves on
+    finally:
+        client.close()
+
+
+# ----------------------------------------------------------------------------- play, recordings, replay
+
+
+def play(argv: list[str], capsys) -> tuple[int, str, str]:
+    from controls import cli
+
+    parser = argparse.ArgumentParser()
+    cli.add_arguments(parser)
+    code = cli.run(parser.parse_args(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_play_records_an_image_start_and_replay_makes_it_again(worker, world_dir, tmp_path, capsys):
+    image = tmp_path / "start.jpg"
+    image.write_bytes(png(PICTURE, "JPEG"))
+    code, out, err = play(["--connect", worker, "--headless", "--backend", "generated", "--sampler", "diagonal",
+                           "--start-image", str(image), "--frames", "9", "--seed", "2", "--prompt", PROMPT,
+                           "--record", str(tmp_path / "rec")], capsys)  # fmt: skip
+    assert code == 0, err
+    result = json.loads(out.strip().splitlines()[-1])
+    assert result["start"] == "image" and result["start_notice"] is None
+    reader = EpisodeReader(result["record"])
+    meta = reader.meta
+    assert meta["start"] == "image" and meta["options"] == {"sampler": "diagonal", "start": "image"}
+    assert meta["start_image"] == START_IMAGE_FILE and meta["start_source"]["image"]["format"] == "JPEG"
+    picture = reader.start_image()
+    assert np.array_equal(picture, fit_image(decode_start_image(image.read_bytes()).pixels, 64, 64))
+    assert all(np.array_equal(frame, picture) for frame in reader.frames[:3])
+    assert [r.get("start") for r in reader.records[:4]] == ["image"] * 3 + [None]
+    backend = generated(world_dir)  # built with the default text start: replay sets the recorded one
+    try:
+        assert recorded_start(reader) == "image" and frame_mismatches(reader, backend) == []
+    finally:
+        backend.close()
+
+
+def test_play_falls_back_to_text_says_so_and_records_it(worker, world_dir, tmp_path, capsys):
+    code, out, err = play(["--connect", worker, "--headless", "--backend", "generated", "--sampler", "diagonal",
+                           "--frames", "6", "--prompt", UNKNOWN, "--record", str(tmp_path)], capsys)  # fmt: skip
+    assert code == 0, err
+    assert f'play: start: text (the engine does not know "{UNKNOWN}"' in err
+    result = json.loads(out.strip().splitlines()[-1])
+    assert result["start"] == "text" and result["start_notice"].startswith("start: text")
+    reader = EpisodeReader(result["record"])
+    assert (reader.meta["start"], reader.meta["start_requested"]) == ("text", "engine")
+    assert reader.meta["start_notice"] == result["start_notice"]
+    backend = generated(world_dir, start="engine")  # replay follows the recording: the fallback's text start
+    try:
+        assert frame_mismatches(reader, backend) == []
+    finally:
+        backend.close()
+    # A recording made before start modes (no meta start) still loads and replays as the text start it was.
+    meta = {k: v for k, v in reader.meta.items() if not k.startswith("start")}
+    (reader.path / "meta.json").write_text(json.dumps(meta))
+    old = EpisodeReader(reader.path)
+    assert recorded_start(old) == "text"
+    backend = generated(world_dir, start="engine")
+    try:
+        assert frame_mismatches(old, backend) == []
+    finally:
+        backend.close()
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["--start", "image"], "--start image needs --start-image FILE"),
+    (["--start", "text", "--start-image", "x.png"], "cannot go with --start text"),
+    (["--backend", "engine", "--start", "text"], "apply to --backend generated only"),
+    (["--backend", "generated", "--start-image", "/nonexistent/x.png"], "cannot read /nonexistent/x.png"),
+])  # fmt: skip
+def test_start_options_that_cannot_apply_are_usage_errors(argv, words, capsys):
+    code, out, err = play(["--connect", "tcp://127.0.0.1:9", "--headless", *argv], capsys)
+    assert code == 2 and words in err and out == ""
+
+
+def test_an_oversized_start_image_file_is_refused_before_anything_is_sent(tmp_path, capsys):
+    big = tmp_path / "big.png"
+    big.write_bytes(b"\x89PNG" + b"\0" * P.MAX_START_IMAGE_BYTES)
+    code, _, err = play(["--connect", "tcp://127.0.0.1:9", "--headless", "--backend", "generated",
+                         "--start-image", str(big)], capsys)  # fmt: skip
+    assert code == 2 and "the limit is 4194304 (4 MiB)" in err
+
+
+def test_window_hud_shows_the_start_and_the_fallback_notice(worker, tmp_path):
+    pygame = pytest.importorskip("pygame")
+    from controls import keymap as km
+    from controls.window import PlayWindow, WindowConfig, WorldLink
+
+    pygame.display.init()
+    pygame.font.init()
+    client = WorldClient(worker, timeout_s=30.0)
+    client.open("generated", UNKNOWN, seed=3, options={"sampler": "diagonal"})
+    window = PlayWindow(WorldLink(client), km.load_keymap(), WindowConfig(seed=3, record_dir=tmp_path))
+    try:
+        deadline = time.monotonic() + 60.0
+        while window.frames_shown < 3:
+            assert time.monotonic() < deadline and window.step()
+        state = window.hud_state(time.perf_counter())
+        assert state.start == "text" and state.message_is_warning and not state.message_is_error
+        assert state.message.startswith(f'start: text (the engine does not know "{UNKNOWN}"')
+        assert window.summary()["start"] == "text"
+    finally:
+        window.close()
+        window.link.close()
+        pygame.quit()
+
+
+def test_the_io_thread_lets_only_a_few_images_wait_and_answers_busy_beyond(monkeypatch):
+    """Queued start images are bounded (MAX_PENDING_IMAGES here 2): the next one is `busy` until the
+    compute loop has handled one; requests without an image are not affected."""
+    import queue
+    import threading
+
+    from world.worker import IOStats, WorkerIO
+
+    io = WorkerIO(None, None, queue.Queue(maxsize=16), threading.Event(), "test", IOStats(),
+                  image_slots=threading.BoundedSemaphore(2))  # fmt: skip
+    sent: list[P.Message] = []
+    monkeypatch.setattr(io, "_send", lambda identity, frames: sent.append(P.decode_reply(frames)[0]))
+    image_open = P.encode(P.Open(backend="generated", prompt=PROMPT, start_image=png(PICTURE), ref=7))
+    for _ in range(3):
+        io._on_message(b"peer", image_open)
+    io._on_message(b"peer", P.encode(P.Open(backend="generated", prompt=PROMPT, ref=8)))
+    assert io.inbound.qsize() == 3 and [(m.code, m.ref) for m in sent] == [(P.BUSY, 7)]
+    assert "start images" in sent[0].message
+    io.image_slots.release()  # the compute loop handled one
+    io._on_message(b"peer", image_open)
+    assert io.inbound.qsize() == 4 and len(sent) == 1
