@@ -72,8 +72,9 @@ class Backend(ABC):
     def take_reset_chunk(self) -> ChunkResult | None:
         """The chunk the last `reset` already produced, to be shown as the world's first chunk.
 
-        A backend whose reset generates a whole chunk to get its first view (the generated world:
-        chunk 0 from the prompt alone, with idle actions) returns it here, so the frames the user
+        A backend whose reset makes a whole chunk to get its first view (the generated world:
+        chunk 0 from its `start`, world/start.py: the engine's frames, the prompt alone or a picture,
+        with idle actions) returns it here, so the frames the user
         waits for after a reset are not thrown away and generated again: the worker streams it as
         chunk 0 (the "reset view", records with the idle action `Action()`), and actions start
         with the chunk after it. It is returned once: later calls, and any call after the first

@@ -136,7 +136,8 @@ def _check_starts_at_reset(reader: EpisodeReader) -> None:
 
 def frame_mismatches(reader: EpisodeReader, backend: Backend) -> list[int]:
     """Indices of the frames whose bytes, re-simulated on `backend` (which the caller built to
-    match the recording, and closes), differ from the recording. Raises ReplayError."""
+    match the recording, and closes), differ from the recording. A backend with `set_start` is
+    first set to the recording's start (`prepare_start`). Raises ReplayError."""
     return list(_mismatches(reader, backend))
 
 
