@@ -279,6 +279,9 @@ def test_oversized_and_corrupt_images_get_clear_errors_and_the_worker_goes_on(wo
         with pytest.raises(WorldRequestError) as info:
             client.open("generated", PROMPT, options={"start": "video"})
         assert info.value.code == P.BAD_OPTION and "start must be one of" in info.value.message
+        with pytest.raises(WorldRequestError) as info:
+            client.open("generated", PROMPT, options={"start_image": "/etc/passwd"})  # never a path, never an option
+        assert info.value.code == P.BAD_OPTION and "second frame" in info.value.message
         assert client.open("engine", PROMPT, options={"start": "engine"})["start"] is None  # accepted, the default
         assert client.status().worker["sessions"] == 1  # nothing leaked, the worker serves on
     finally:

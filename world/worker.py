@@ -424,6 +424,9 @@ class WorkerCore:
 def check_client_options(options: dict) -> None:
     """Refuse options clients may not set and sizes that would exhaust memory."""
     for key, value in options.items():
+        if key == "start_image":
+            raise P.ProtocolError(P.BAD_OPTION, "a start image is not an option: send the file's bytes as the open "
+                                  "request's second frame (header field start_image)")  # fmt: skip
         if key in WORKER_ONLY_OPTIONS:
             raise P.ProtocolError(P.BAD_OPTION, f"option {key!r} is set by the worker operator, not clients")
         if key in SIZE_OPTIONS:
