@@ -8,9 +8,15 @@
 Each row is one scenario: a prompt and a held key (and, with --switch, one row that holds
 "forward" and switches the prompt halfway). In every row the engine and each world start from the
 same seed and prompt and receive the same actions. Columns: the engine, then each --world
-(LABEL=CHECKPOINT[@SAMPLER]). Writes `<out>.gif` (all rows playing at once) and `<out>.png` (a
-strip: every `--every`-th frame, one line per column). Honest by construction: nothing is picked,
-every scenario is shown.
+(LABEL=CHECKPOINT[@SAMPLER]), and with --baseline still|copy-last those baseline worlds.
+
+Start (--start): `engine` (default) writes the engine's first chunk (its reset view and the next
+frames under idle, at the row's seed) into every world as its context, so all columns begin from
+the same real view and the frames after it are each world's own; `text` resets every world from
+the prompt alone (the generated world invents its first chunk).
+
+Writes `<out>.gif` (all rows playing at once) and `<out>.png` (a strip: every `--every`-th frame,
+one line per column). Honest by construction: nothing is picked, every scenario is shown.
 """
 
 from __future__ import annotations
@@ -51,10 +57,29 @@ class Row:
     columns: dict[str, np.ndarray]  # column name -> [T, H, W, 3] uint8 (engine first)
 
 
-def rollout(backend: Backend, seed: int, scenario: Scenario, chunks: int) -> np.ndarray:
-    """First view plus `chunks` chunks under one held action: [1 + chunks*F, H, W, 3] uint8."""
-    frames = [backend.reset(seed, scenario.prompt)[None]]
-    action, per_chunk = Action(tuple(scenario.held)), backend.info.chunk_frames
+def engine_start(engine: Backend, seed: int, prompt: str) -> np.ndarray:
+    """The engine's first chunk [F, H, W, 3]: its reset view, then F - 1 frames under idle."""
+    first = engine.reset(seed, prompt)
+    rest = engine.step_chunk([Action()] * (engine.info.chunk_frames - 1)).frames
+    return np.concatenate([first[None], rest])
+
+
+def rollout(backend: Backend, seed: int, scenario: Scenario, chunks: int, start: str = "text") -> np.ndarray:
+    """Start view(s) plus `chunks` chunks under one held action: [S + chunks*F, H, W, 3] uint8, S = 1 for
+    a text start (the reset view), F for an engine start (the engine's first chunk, as context)."""
+    per_chunk = backend.info.chunk_frames
+    if start == "engine":
+        if backend.info.name == "engine":
+            frames = [engine_start(backend, seed, scenario.prompt)]
+        else:
+            engine = create_backend("engine", height=backend.info.height, width=backend.info.width,
+                                    chunk_frames=per_chunk)
+            context = engine_start(engine, seed, scenario.prompt)
+            backend.reset_with_context(context, [Action()] * per_chunk, scenario.prompt, seed)
+            frames = [context]
+    else:
+        frames = [backend.reset(seed, scenario.prompt)[None]]
+    action = Action(tuple(scenario.held))
     for k in range(chunks):
         if scenario.switch_to and k == chunks // 2:
             backend.set_prompt(scenario.switch_to)
@@ -62,11 +87,13 @@ def rollout(backend: Backend, seed: int, scenario: Scenario, chunks: int) -> np.
     return np.concatenate(frames)
 
 
-def collect(worlds: dict[str, Backend], scenarios: list[Scenario], seed: int, chunks: int) -> list[Row]:
+def collect(worlds: dict[str, Backend], scenarios: list[Scenario], seed: int, chunks: int,
+            start: str = "text") -> list[Row]:
     rows = []
     for scenario in scenarios:
-        print(f"showcase: {scenario.label}", file=sys.stderr, flush=True)
-        rows.append(Row(scenario.label, {name: rollout(b, seed, scenario, chunks) for name, b in worlds.items()}))
+        print(f"showcase: {scenario.label} ({start} start)", file=sys.stderr, flush=True)
+        rows.append(Row(f"{scenario.label} [{start} start]",
+                        {name: rollout(b, seed, scenario, chunks, start) for name, b in worlds.items()}))
     return rows
 
 
@@ -139,6 +166,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, default=None, help="denoising steps for teacher/uniform (--checkpoint)")
     p.add_argument("--world", action="append", default=[], help="LABEL=CHECKPOINT[@SAMPLER], repeatable: columns")
     p.add_argument("--switch", help="add a row that holds forward and switches to this prompt halfway")
+    p.add_argument("--start", choices=("engine", "text"), default="engine",
+                   help="engine: every world starts from the engine's first chunk; text: from the prompt alone")
+    p.add_argument("--baseline", action="append", default=[], choices=("still", "copy-last"),
+                   help="add a baseline world column (what a model that learned nothing shows); repeatable")
     p.add_argument("--out", required=True, help="output path without extension (.gif and .png are written)")
     p.add_argument("--device", default="auto")
     p.add_argument("--chunks", type=int, default=8)
@@ -158,10 +189,13 @@ def main(argv: list[str] | None = None) -> int:
             if label in worlds:
                 raise ValueError(f"two columns named {label!r}")
             worlds[label] = create_backend("generated", device=args.device, **options)
+        for name in args.baseline:
+            worlds[name] = create_backend(name)
     except (ValueError, BackendError) as e:
         print(f"showcase: {e}", file=sys.stderr)
         return 2
-    rows = collect(worlds, scenarios_for(DEFAULT_PROMPTS, DEFAULT_KEYS, args.switch), args.seed, args.chunks)
+    rows = collect(worlds, scenarios_for(DEFAULT_PROMPTS, DEFAULT_KEYS, args.switch), args.seed, args.chunks,
+                   args.start)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     frames = gif_frames(rows, args.scale)

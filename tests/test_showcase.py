@@ -27,7 +27,7 @@ def test_showcase_writes_one_column_per_world(tmp_path):
     world = make_random_world(tmp_path / "w", sampler="diagonal", schedule=[2])
     out = tmp_path / "show"
     assert main(["--world", f"a={world}@diagonal", "--world", f"b={world}@uniform", "--switch", "desert at night",
-                 "--chunks", "2", "--out", str(out), "--device", "cpu"]) == 0
+                 "--chunks", "2", "--out", str(out), "--device", "cpu", "--start", "text"]) == 0
     png = Image.open(out.with_suffix(".png"))
     gif = Image.open(out.with_suffix(".gif"))
     assert gif.n_frames == 1 + 2 * 3
@@ -40,3 +40,15 @@ def test_bad_world_specs_are_refused(tmp_path, capsys):
     assert main(["--world", "no-label", "--out", str(tmp_path / "x")]) == 2
     assert "LABEL=CHECKPOINT" in capsys.readouterr().err
     assert parse_world("d=assets/x@diagonal") == ("d", {"checkpoint": "assets/x", "sampler": "diagonal"})
+
+
+def test_engine_start_gives_every_world_the_engines_first_chunk(tmp_path):
+    world = create_backend("generated", checkpoint=str(make_random_world(tmp_path / "w")), device="cpu")
+    engine = create_backend("engine")
+    scenario = Scenario("green grassland hills at noon", ("forward",))
+    ref = rollout(engine, 3, scenario, 2, start="engine")
+    gen = rollout(world, 3, scenario, 2, start="engine")
+    assert ref.shape == gen.shape == (3 + 2 * 3, 64, 64, 3)
+    np.testing.assert_array_equal(gen[:3], ref[:3])  # the shared real start
+    text = rollout(engine, 3, scenario, 2, start="text")
+    np.testing.assert_array_equal(text[0], ref[0])  # the same reset view

@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Equal-wall-time ablation of the teacher recipe (docs/teacher-recipe.md): every arm is warm-started
+# from the bundled teacher, trains on the same latent cache with the same seed for MINUTES of wall
+# time on one CPU thread, two arms at a time (one per core), then each is scored with the same
+# scoreboard. Resumable: an arm whose run directory holds a checkpoint continues from it.
+#   scripts/teacher_ablation.sh [MINUTES] [LATENTS] [OUT]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+minutes=${1:-25}
+latents=${2:-data/latents}
+out=${3:-runs/ablation}
+py=${PYTHON:-.venv/bin/python}
+common=(train teacher --latents "$latents" --preset default --steps 1000000 --batch 8 --clip-chunks 3
+        --lr 3e-4 --device cpu --init-from assets/teacher --ckpt-every 100 --max-minutes "$minutes" --resume)
+declare -A arms=(
+  [a_baseline]=""
+  [b_copy]="--copy-path"
+  [c_copy_ctxnoise]="--copy-path --teacher-forcing-prob 0.9 --context-noise-max 0.3"
+  [d_copy_ctxnoise_actions]="--copy-path --teacher-forcing-prob 0.9 --context-noise-max 0.3 --action-tokens"
+)
+order=(a_baseline b_copy c_copy_ctxnoise d_copy_ctxnoise_actions)
+mkdir -p "$out"
+for ((i = 0; i < ${#order[@]}; i += 2)); do
+  pids=()
+  for arm in "${order[@]:i:2}"; do
+    # shellcheck disable=SC2086
+    OMP_NUM_THREADS=1 "$py" run_world.py "${common[@]}" --out "$out/$arm" ${arms[$arm]} \
+      > "$out/$arm.log" 2>&1 &
+    pids+=($!)
+  done
+  wait "${pids[@]}"
+done
+for arm in "${order[@]}"; do
+  OMP_NUM_THREADS=1 "$py" -m model.evaluation.scoreboard --checkpoint "$out/$arm/checkpoint" --sampler uniform \
+    --threads 1 --json --out "$out/$arm/scoreboard" > "$out/$arm/scoreboard.log" 2>&1 || echo "scoreboard failed: $arm"
+done
