@@ -129,6 +129,8 @@ class Recorder:
         info = self.info
         facts = {k: first.extra[k] for k in META_FACTS if k in first.extra}
         image = None
+        if info["backend"] == "generated" and info.get("description"):
+            facts["world"] = info["description"]  # which checkpoint and sampler made the frames
         if self._start is not None and self._start[0] == self._world:
             facts.update(self._start[1])
             if facts.get("start") == "image":  # the decoded, resized picture: what every frame grew from

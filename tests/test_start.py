@@ -416,3 +416,32 @@ def test_the_io_thread_lets_only_a_few_images_wait_and_answers_busy_beyond(monke
     io.image_slots.release()  # the compute loop handled one
     io._on_message(b"peer", image_open)
     assert io.inbound.qsize() == 4 and len(sent) == 1
+
+
+def test_the_recorder_keeps_a_worlds_start_for_episodes_started_later(tmp_path):
+    """F5 after the reset view was shown: the episode still says how its world started (and keeps
+    the picture); an episode of another world does not borrow it."""
+    from controls.headless import Recorder
+
+    info = {"backend": "generated", "height": 64, "width": 64, "chunk_frames": 3, "fps": 30.0,
+            "description": "causal DiT world tiny (step 0), sampler diagonal 4-3-2 steps"}  # fmt: skip
+    picture = fit_image(PICTURE, 64, 64)
+    idle = Action().to_json()
+
+    def chunk(index: int, extra: dict, frames: np.ndarray) -> ChunkEvent:
+        records = [{"i": 3 * index + k, "chunk": index, "action": idle, "prompt": PROMPT} for k in range(3)]
+        return ChunkEvent(index, frames, records, 1.0, 0, 0, chunk=index, extra=extra)
+
+    start = {"start": "image", "start_source": {"image": {"format": "PNG"}}, "reset_view": True, "sampler": "d"}
+    recorder = Recorder(tmp_path, info, {"start": "image"})
+    recorder.append(chunk(0, start, np.stack([picture] * 3)), seed=5, world="A")  # shown, not recorded
+    recorder.start(5, PROMPT, world="A")
+    recorder.append(chunk(1, {}, np.zeros((3, 64, 64, 3), np.uint8)), seed=5, world="A")
+    recorder.append(chunk(0, {}, np.zeros((3, 64, 64, 3), np.uint8)), seed=6, world="B")  # a reset
+    first, second = recorder.paths
+    recorder.stop()
+    a, b = EpisodeReader(first), EpisodeReader(second)
+    assert a.meta["start"] == "image" and a.meta["start_image"] == START_IMAGE_FILE and "reset_view" not in a.meta
+    assert np.array_equal(a.start_image(), picture) and a.meta["world"] == info["description"]
+    assert [r["i"] for r in a.records] == [3, 4, 5]
+    assert "start" not in b.meta and b.start_image() is None
