@@ -108,7 +108,7 @@ class GeneratedBackend(Backend):
         self._started = False
         self._reset_chunk: ChunkResult | None = None  # chunk 0 of the last reset, until taken or stepped past
         self._engine: Backend | None = None  # renders "engine" starts; built on the first one
-        self._start, self._start_image, self._start_pixels = "text", None, None
+        self._start, self._start_image_facts, self._start_pixels = "text", None, None
         self.set_start("text" if start is None else start, start_image)
 
     def _check_geometry(self, **wanted: int | None) -> None:
@@ -145,7 +145,7 @@ class GeneratedBackend(Backend):
                 raise BackendError(str(e)) from None
             pixels, facts = fit_image(decoded.pixels, self._info.height, self._info.width), decoded.facts()
         # Only the resized pixels are kept: a 4096-pixel original would hold 48 MiB per session.
-        self._start, self._start_image, self._start_pixels = start, facts, pixels
+        self._start, self._start_image_facts, self._start_pixels = start, facts, pixels
 
     def reset(self, seed: int, prompt: str) -> np.ndarray:
         """Make chunk 0 as the start mode says (module docstring); returns its last frame [H, W, 3]
@@ -163,7 +163,7 @@ class GeneratedBackend(Backend):
             return self._context_start(frames, seed, prompt, {"start": "engine", "start_source": source})
         if self._start == "image":
             frames = np.repeat(self._start_pixels[None], self._info.chunk_frames, axis=0)
-            source = {"image": self._start_image, "size": [self._info.height, self._info.width],
+            source = {"image": self._start_image_facts, "size": [self._info.height, self._info.width],
                       "fit": "centre crop, Lanczos resize"}  # fmt: skip
             return self._context_start(frames, seed, prompt, {"start": "image", "start_source": source})
         return self._text_start(seed, prompt, {})
