@@ -155,16 +155,22 @@ def save_world(directory: str | os.PathLike, dit: torch.nn.Module, autoencoder: 
 
 
 def make_random_world(directory: str | os.PathLike, preset: str = "tiny", text_encoder: str = "hash",
-                      seed: int = 0, **world_options) -> Path:
+                      seed: int = 0, dit_options: dict | None = None, **world_options) -> Path:
     """A randomly initialised world checkpoint for tests and benchmarks.
 
     Every parameter gets small random noise on top of the normal initialisation (whose adaLN-Zero
-    gates and output layer are exactly zero), so the output depends on every input.
+    gates and output layer are exactly zero), so the output depends on every input. dit_options
+    override DiTConfig fields of the preset (e.g. {"copy_path": True}).
     """
     from model.autoencoder import Autoencoder, autoencoder_config
 
     torch.manual_seed(seed)
-    dit = CausalDiT(dit_config(preset))
+    dit_cfg = dit_config(preset)
+    for name, value in (dit_options or {}).items():
+        if not hasattr(dit_cfg, name):
+            raise ValueError(f"DiTConfig has no field {name!r}")
+        setattr(dit_cfg, name, value)
+    dit = CausalDiT(dit_cfg)
     with torch.no_grad():
         for p in dit.parameters():
             p.add_(0.05 * torch.randn_like(p))

@@ -35,9 +35,11 @@ CPU = torch.device("cpu")
 PAIRS = OdePairsConfig(pairs=4, shard=2, clip_chunks=2, teacher_steps=3)
 
 
-@pytest.fixture(scope="module")
-def teacher(tmp_path_factory):
-    return load_teacher(make_random_world(tmp_path_factory.mktemp("teacher") / "t", text_encoder="hash"), CPU)
+@pytest.fixture(scope="module", params=[{}, {"copy_path": True, "action_tokens": True}], ids=["plain", "copy"])
+def teacher(tmp_path_factory, request):
+    """Every student test runs on a plain teacher and on one with the copy path and action tokens."""
+    directory = tmp_path_factory.mktemp("teacher") / "t"
+    return load_teacher(make_random_world(directory, text_encoder="hash", dit_options=request.param), CPU)
 
 
 def make_pairs(teacher, directory, cfg: OdePairsConfig = PAIRS, context_noise: float = 100.0,
