@@ -59,7 +59,7 @@ EVAL_PRESETS: dict[str, EvalConfig] = {
         fd_segment_s=5.0,
     ),
     # model.evaluation.scoreboard: only the cheap signals (no reading networks), to compare training
-    # runs; ~1 min on one CPU thread for the bundled 8M-parameter world with the uniform sampler.
+    # runs; ~1.5 min on one CPU thread for the bundled 8M-parameter world with the uniform sampler.
     "scoreboard": replace(
         EvalConfig(),
         fidelity_episodes=2,

@@ -8,8 +8,9 @@ Runs only (docs/evaluation.md):
   - counterfactual accuracy and spread (4 contexts x 5 actions x 2 chunks), chance beside it;
   - teacher-forced PSNR per action class vs copy-last (2 contexts x 11 classes x 1 chunk);
   - fidelity per chunk (2 episodes x 10 chunks from an engine start) vs still.
-About a minute on one CPU thread for the bundled 8M-parameter world with the uniform sampler, so
-it can compare training runs (ablations) and run periodically during a long training run.
+About 1.5 minutes on one (shared) CPU thread for the bundled 8M-parameter world with the uniform
+sampler, so it can compare training runs (ablations) and run periodically during a long training
+run.
 
 Deterministic: fixed seeds and actions, every world started from engine frames; on one device
 with one thread count the same checkpoint gives the same numbers (only `seconds` and `timings_s`
