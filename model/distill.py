@@ -1,4 +1,4 @@
-"""Objectives of the few-step diagonal student (DESIGN.md §3), as small functions of the networks.
+"""Objectives of the few-step diagonal student (docs/design.md §3), as small functions of the networks.
 
 - `self_forcing_rollout`: the generator's samples. The real streaming loop (`generate_chunk`) with
   the KV cache and the DIAGONAL sampler, one random exit step per chunk carrying gradient, earlier
@@ -35,7 +35,7 @@ class DMDConfig:
     guidance: float = 3.0  # real score: teacher with c + g (c - u), g = 3
     t_min: float = 20.0  # DMD levels are clamped to [20, 980] network time
     t_max: float = 980.0
-    spatial_weight: float = 4.0  # DESIGN.md §3: spatial DMD 4
+    spatial_weight: float = 4.0  # docs/design.md §3: spatial DMD 4
     flow_weight: float = 4.0  # ... flow DMD 4 (the w of mean(w (dx - sg(dx - g))^2))
     flow_regression_weight: float = 1.0  # dx regression onto the teacher rollout's dx
 

@@ -1,14 +1,14 @@
 """The causal diffusion transformer: chunk-by-chunk video latents from actions and a prompt.
 
 A pure network (DiT habit): `forward(x, t, actions, text, text_mask, cache)` predicts the flow
-velocity `v = eps - x0` (DESIGN.md §3) and knows nothing about noise schedules or samplers.
+velocity `v = eps - x0` (docs/design.md §3) and knows nothing about noise schedules or samplers.
 
 - Tokens: each latent frame [C, 16, 16] is cut into 2x2 patches -> 8x8 = 64 tokens.
 - Conditioning per frame: sinusoidal timestep MLP + action MLP (a learned null action for
   classifier-free guidance), summed, drive adaLN shift/scale/gate per frame (DIAMOND / Oasis
   style action conditioning). adaLN-single (PixArt-alpha): one projection of the per-frame
   condition shared by all blocks plus a learned per-block offset table; per-block adaLN MLPs would
-  add 3M parameters and push the fp16 checkpoint past the 16 MiB limit (DESIGN.md §5). Gates and
+  add 3M parameters and push the fp16 checkpoint past the 16 MiB limit (docs/design.md §5). Gates and
   the output layer start at zero (adaLN-Zero), so the untrained network is the identity residual.
 - Self-attention: bidirectional inside a chunk (3 frames), causal across chunks, restricted to the
   sink + recent window of `attention_span` (model/kv_cache.py). 3D RoPE on q/k with span-relative
@@ -59,7 +59,7 @@ class DiTConfig:
     mlp_ratio: float = 4.0
     text_dim: int = 384  # MiniLM token features
     action_dim: int = 12  # world.actions.ACTION_DIM
-    chunk_frames: int = 3  # DESIGN.md §3: chunk = 3 latent frames
+    chunk_frames: int = 3  # docs/design.md §3: chunk = 3 latent frames
     sink_frames: int = 3  # first chunk, never evicted
     window_frames: int = 9  # most recent frames attended, current chunk included
     max_text_tokens: int = 32  # longer prompts are truncated
@@ -101,7 +101,7 @@ class DiTConfig:
 DIT_PRESETS: dict[str, DiTConfig] = {
     # Seconds-long tests.
     "tiny": DiTConfig(dim=32, depth=2, heads=2),
-    # The bundled world: 8.15M parameters, so the fp16 file stays under 16 MiB (DESIGN.md §5);
+    # The bundled world: 8.15M parameters, so the fp16 file stays under 16 MiB (docs/design.md §5);
     # MLP ratio 3 rather than 4 pays for the cross-attention within that budget.
     "default": DiTConfig(dim=256, depth=8, heads=4, mlp_ratio=3.0),
 }
@@ -301,7 +301,7 @@ class CausalDiT(nn.Module):
         """One chunk's queries q [B,H,Cq,hd] over its span k/v [B,H,Nk,hd] (chunk last), all unrotated.
 
         RoPE positions count frames from the start of the span, so the sink sits right before the
-        window whatever the stream length (DESIGN.md §3: window-relative positions).
+        window whatever the stream length (docs/design.md §3: window-relative positions).
         """
         T = self.config.tokens_per_frame
         span_frames, q_frames = k.shape[2] // T, q.shape[2] // T

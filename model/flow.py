@@ -1,4 +1,4 @@
-"""Rectified flow: the noise schedule, training levels and loss (DESIGN.md §3).
+"""Rectified flow: the noise schedule, training levels and loss (docs/design.md §3).
 
 Noise level s in [0, 1] (s = 1 pure noise):
 

@@ -1,6 +1,6 @@
 """The streaming K/V cache of the causal DiT: sink + rolling window + current-chunk slot.
 
-Attention span of chunk i (DESIGN.md §3): the sink (the first `sink_frames` frames, never evicted)
+Attention span of chunk i (docs/design.md §3): the sink (the first `sink_frames` frames, never evicted)
 plus the most recent `window_frames` frames *including the chunk being generated*. `attention_span`
 states that rule once; the full-sequence forward slices its K/V with it and this cache holds exactly
 the same frames, which is what makes streaming equal to full-sequence training.
@@ -169,7 +169,7 @@ class KVCache:
 
         Every denoising forward overwrites the slot, so after the chunk's last forward the cache
         holds K/V of the last input it saw (a clean refresh pass, or the last noisy input for the
-        diagonal sampler). Stored K/V are detached (context never carries gradient, DESIGN.md §3);
+        diagonal sampler). Stored K/V are detached (context never carries gradient, docs/design.md §3);
         when `k` needs gradient the returned span ends with the live tensors instead.
         """
         if self.k[layer] is None:

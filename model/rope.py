@@ -3,7 +3,7 @@
 Each head's channels are split into three groups that rotate with the frame index, the token row
 and the token column (the split of Wan / Self-Forcing: height and width take 2 * (d // 6) channels
 each, time the rest). Keys are cached *without* rotation; attention rotates queries and keys with
-window-relative frame positions at every step (DESIGN.md §3), so the time table only needs as many
+window-relative frame positions at every step (docs/design.md §3), so the time table only needs as many
 rows as one attention span holds (sink + window frames) and the stream length is unbounded.
 """
 

@@ -1,15 +1,15 @@
 """Samplers: a per-chunk noise schedule plus how one step updates the latents.
 
-A sampler is data, not a loop (STYLE.md habit 3): `model/stream.py:generate_chunk` is the one
+A sampler is data, not a loop (docs/design.md §7, habit 3): `model/stream.py:generate_chunk` is the one
 streaming loop and reads from the sampler
   - `levels(i)`: the noise levels (s in (0, 1], descending, 0 excluded) chunk i is denoised through;
   - `update`: "euler" integrates the flow ODE (teacher); "renoise" re-noises the predicted x0 to
-    the next level with fresh noise (few-step samplers, DESIGN.md §3);
+    the next level with fresh noise (few-step samplers, docs/design.md §3);
   - `refresh`: after denoising, one forward of the clean chunk at t = 0 writes its K/V; without
     it the cache keeps K/V of the chunk's last noisy input (Diagonal Distillation);
   - `context_noise`: network time of the K/V every committed chunk leaves as context: 0 for a
     refresh sampler; for "diagonal" an explicit level (default t = 100, the paper's best ablation
-    point, DESIGN.md §3) on which every chunk's LAST denoising forward runs. Inference (the
+    point, docs/design.md §3) on which every chunk's LAST denoising forward runs. Inference (the
     checkpoint's WorldConfig.context_noise) and distillation (model/train_student.py) build their
     sampler from the same value, so training's context is written exactly as inference's is;
   - `guidance` g: v = c + g (c - u), cond and uncond (no prompt, null actions) batched; g = 0
@@ -44,7 +44,7 @@ from model.flow import TIME_SCALE, level_grid, network_time, shift_level
 TEACHER_STEPS = 32
 FEW_STEP_GRID = 4  # the distilled student's grid: [1000, 750, 500, 250] warped (Self-Forcing)
 DIAGONAL_SCHEDULE = (4, 3, 2)  # Diagonal Distillation release: chunk 0 4 steps, chunk 1 3, then 2
-CONTEXT_NOISE = 100.0  # DESIGN.md §3: diagonal forcing is best at context noise t = 100 of 1000
+CONTEXT_NOISE = 100.0  # docs/design.md §3: diagonal forcing is best at context noise t = 100 of 1000
 TEACHER_GUIDANCE = 3.0
 
 

@@ -3,7 +3,7 @@
 `generate_chunk` is used by everything that generates: `WorldStream` (the generated backend, hence
 the worker, evaluation and benchmarks) and training rollouts (batched, optionally with one exit
 step carrying gradient, Self-Forcing style). A sampler is a schedule read by this loop, never a
-copy of it (STYLE.md habit 3).
+copy of it (docs/design.md §7, habit 3).
 
 Noise is drawn on the CPU from a seeded `torch.Generator` and moved to the device, so a stream is
 reproducible from (seed, prompts, actions) and the CPU result does not depend on thread count.
@@ -71,7 +71,7 @@ def guided_velocity(
 ) -> torch.Tensor:
     """One network evaluation of the chunk at level s (writes its K/V slot); v [B, F, C, h, w].
 
-    With guidance: v = c + g (c - u) (DESIGN.md §3), cond and uncond rows in one batch.
+    With guidance: v = c + g (c - u) (docs/design.md §3), cond and uncond rows in one batch.
     """
     rows = 2 if guidance > 0 else 1
     B, Fr = x.shape[:2]
@@ -113,7 +113,7 @@ def generate_chunk(
     the cached context is detached (model/kv_cache.py). A no-refresh sampler that exits before its
     last step re-noises the exit's x0 to the context level and writes that chunk's K/V with one
     no-grad forward, so a training rollout leaves the same context noise in the cache as inference
-    (diagonal forcing, DESIGN.md §3). initial [B, F, C, h, w]: the pure-noise start (default: drawn
+    (diagonal forcing, docs/design.md §3). initial [B, F, C, h, w]: the pure-noise start (default: drawn
     from `noise`). on_step(s, x): called with each forward's input x at level s (ODE trajectories).
     """
     levels = sampler.levels(cache.chunk_index if schedule_index is None else schedule_index)

@@ -15,9 +15,9 @@ RUN/dmd/         checkpoint/ + student_dmd.csv/png: the distilled student (pass 
 Both checkpoints are playable kind="world" directories whose WorldConfig records the diagonal
 schedule and `context_noise`: the run builds ONE sampler from them (`StudentTrainConfig.sampler`),
 its rollouts write context K/V at that level, and inference rebuilds the identical sampler from
-the checkpoint (DESIGN.md §3: training and inference must use the same context noise).
+the checkpoint (docs/design.md §3: training and inference must use the same context noise).
 
-DMD stage (DESIGN.md §3): Self-Forcing rollouts of the generator with the diagonal schedule and
+DMD stage (docs/design.md §3): Self-Forcing rollouts of the generator with the diagonal schedule and
 the KV cache, one random exit step per chunk with gradient; DMD + flow DMD on temporal
 differences + dx regression onto the teacher's pair (model/distill.py); the critic (fake score,
 initialised from the teacher) trains every step on detached samples, the generator every
@@ -86,7 +86,7 @@ class StudentTrainConfig:
     batch: int = 4
     lr: float = 1e-5  # generator (init: the student)
     critic_lr: float = 1e-5
-    betas: tuple[float, float] = (0.0, 0.999)  # DESIGN.md §3 (DMD): AdamW betas (0, 0.999)
+    betas: tuple[float, float] = (0.0, 0.999)  # docs/design.md §3 (DMD): AdamW betas (0, 0.999)
     weight_decay: float = 0.01
     grad_clip: float = 10.0
     ema_decay: float = 0.99  # generator EMA, updated on generator steps

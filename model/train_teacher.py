@@ -8,7 +8,7 @@
 Writes into RUN: `checkpoint/` (a kind="world" checkpoint: pass RUN or RUN/checkpoint to the
 generated backend) and `teacher.csv` / `teacher.png`. Ctrl-C saves a checkpoint before exiting.
 
-Objective (DESIGN.md §3, "Teacher: causal diffusion forcing / teacher forcing with independent
+Objective (docs/design.md §3, "Teacher: causal diffusion forcing / teacher forcing with independent
 noise per chunk"): each chunk of a clip gets its own noise level (model/flow.py), the network
 predicts v = eps - x0 for every frame under the block-causal sink/window attention it uses when
 streaming. With probability --teacher-forcing-prob a clip's first k chunks (k random) are clean

@@ -44,7 +44,7 @@ class WorldConfig:
     schedule: list[int] | None = None  # per-chunk step counts for "diagonal"
     # Network time of the diagonal sampler's context K/V (None: model.samplers.CONTEXT_NOISE). A
     # property of the weights: the distillation run writes the value it trained with, and every
-    # diagonal sampler built from this checkpoint uses it (DESIGN.md §3, diagonal forcing) unless a
+    # diagonal sampler built from this checkpoint uses it (docs/design.md §3, diagonal forcing) unless a
     # session names another one explicitly (an inference-time ablation, WorldModel.sampler).
     context_noise: float | None = None
     guidance: float | None = None  # None: the sampler's own default (teacher 3, students 0)

@@ -12,7 +12,7 @@ LAYOUT = CacheLayout(chunk_frames=3, sink_frames=3, window_frames=9, tokens_per_
 
 
 def test_attention_span_rule():
-    # DESIGN.md §3: sink = first chunk, window = the 9 most recent frames including the current chunk
+    # docs/design.md §3: sink = first chunk, window = the 9 most recent frames including the current chunk
     assert context_frame_ids(0, LAYOUT) == []
     assert context_frame_ids(1, LAYOUT) == [0, 1, 2]
     assert context_frame_ids(3, LAYOUT) == list(range(9))

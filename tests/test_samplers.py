@@ -27,7 +27,7 @@ def test_schedules():
     assert [diag.steps(i) for i in range(6)] == [4, 3, 2, 2, 2, 2]
     # every chunk ends on the context level (default t = 100); the grid is even before the shift
     assert diag.levels(1) == pytest.approx((1.0, 0.4, 0.1)) and diag.levels(5) == pytest.approx((1.0, 0.1))
-    assert sum(diag.nfe(i) for i in range(7)) == 17  # DESIGN.md §3: 17 NFE over 7 chunks
+    assert sum(diag.nfe(i) for i in range(7)) == 17  # docs/design.md §3: 17 NFE over 7 chunks
     assert sum(uniform_sampler().nfe(i) for i in range(7)) == 35  # ... against Self-Forcing's 35
     teacher = teacher_sampler(32, guidance=3.0)
     assert teacher.nfe(0) == 2 * 33 and teacher.timesteps(0)[0] == 1000 and teacher.timesteps(0)[-1] == 0
