@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Equal-wall-time ablation of the teacher recipe (docs/teacher-recipe.md): every arm is warm-started
 # from the bundled teacher, trains on the same latent cache with the same seed for MINUTES of wall
-# time on one CPU thread, two arms at a time (one per core), then each is scored with the same
-# scoreboard. Resumable: an arm whose run directory holds a checkpoint continues from it.
-#   scripts/teacher_ablation.sh [MINUTES] [LATENTS] [OUT]
+# time on one CPU thread, PARALLEL arms at a time (default: all four at once, so every arm shares
+# the machine's load equally), then each is scored with the same scoreboard. Resumable: an arm
+# whose run directory holds a checkpoint continues from it.
+#   [PARALLEL=4] scripts/teacher_ablation.sh [MINUTES] [LATENTS] [OUT]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 minutes=${1:-25}
@@ -20,9 +21,10 @@ declare -A arms=(
 )
 order=(a_baseline b_copy c_copy_ctxnoise d_copy_ctxnoise_actions)
 mkdir -p "$out"
-for ((i = 0; i < ${#order[@]}; i += 2)); do
+parallel=${PARALLEL:-4}
+for ((i = 0; i < ${#order[@]}; i += parallel)); do
   pids=()
-  for arm in "${order[@]:i:2}"; do
+  for arm in "${order[@]:i:parallel}"; do
     # shellcheck disable=SC2086
     OMP_NUM_THREADS=1 "$py" run_world.py "${common[@]}" --out "$out/$arm" ${arms[$arm]} \
       > "$out/$arm.log" 2>&1 &
