@@ -272,7 +272,7 @@ class Trainer:
                 metrics = {"loss": loss, "grad_norm": grad_norm, "lr": learning_rate(self.cfg, self.step - 1),
                            "steps_per_s": rate, "frames_per_s": rate * self.frames_per_step}
                 self._report(metrics, bar, log)
-                if time.perf_counter() > deadline:
+                if self._past(deadline):
                     break
             if self.step < self.cfg.steps and self.step % self.cfg.ckpt_every:
                 self.save(log)  # stopped by the time budget between checkpoints
@@ -283,6 +283,14 @@ class Trainer:
             if bar is not None:
                 bar.close()
         return metrics
+
+    def _past(self, deadline: float) -> bool:
+        """Whether the time budget is spent; under DDP every rank stops at the same step (any rank's
+        clock past the deadline stops all), or the others would wait forever in the next all-reduce."""
+        past = torch.tensor(float(time.perf_counter() > deadline))
+        if self.world > 1:
+            dist.all_reduce(past, op=dist.ReduceOp.MAX)
+        return bool(past)
 
     @property
     def frames_per_step(self) -> int:
