@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# The teacher's long run, resumable across sessions and machines (docs/teacher-recipe.md).
+#   scripts/teacher_long_run.sh [SEGMENT_MINUTES] [SEGMENTS] [RUN]
+# Each segment trains for SEGMENT_MINUTES of wall time (DDP over 2 CPU processes, or one process
+# per GPU with DEVICE=cuda NPROC=N), saves, scores the checkpoint with the cheap scoreboard and
+# appends (step, cumulative training hours, scoreboard JSON) to RUN/history.csv, then replots
+# docs/images/teacher_long_scoreboard.png. Data is made on the spot if missing (engine episodes,
+# then the latent cache), so a fresh machine only needs the repository. A run directory that
+# does not exist yet starts from INIT (a checkpoint run directory to copy and resume, e.g. the
+# ablation's winner), else warm-starts from the bundled teacher.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+segment=${1:-30}
+segments=${2:-1000}
+run=${3:-runs/teacher_long}
+py=${PYTHON:-.venv/bin/python}
+device=${DEVICE:-cpu}
+nproc=${NPROC:-2}
+data=${DATA:-data/engine}
+latents=${LATENTS:-data/latents}
+recipe=(--copy-path --action-tokens --teacher-forcing-prob 0.9 --context-noise-max 0.3)
+[ -n "${RECIPE:-}" ] && read -r -a recipe <<< "$RECIPE"
+
+if ! grep -q '"complete": true' "$latents/cache.json" 2>/dev/null; then
+  [ -f runs/ae_teacher/config.json ] || "$py" -c "
+from model.world_model import load_world_model
+from model.checkpoint import save_checkpoint
+ae = load_world_model('assets/teacher').autoencoder  # the autoencoder every teacher so far was trained with
+save_checkpoint('runs/ae_teacher', kind='autoencoder', modules={'autoencoder': ae}, configs={'autoencoder': ae.config})"
+  "$py" run_world.py datagen --out "$data" --episodes 512 --frames-per-episode 600 --seed 1 --workers "$nproc" --no-progress
+  "$py" run_world.py train latents --data "$data" --autoencoder runs/ae_teacher --out "$latents"
+fi
+
+if [ ! -f "$run/checkpoint/config.json" ] && [ -n "${INIT:-}" ]; then
+  mkdir -p "$run" && cp -r "$INIT/checkpoint" "$run/checkpoint"
+  [ -f "$INIT/teacher.csv" ] && cp "$INIT/teacher.csv" "$run/teacher.csv"
+fi
+hours_file="$run/train_hours"
+mkdir -p "$run/scoreboard"
+[ -f "$hours_file" ] || echo 0 > "$hours_file"
+[ -f "$run/history.csv" ] || echo "step,train_hours,scoreboard" > "$run/history.csv"
+
+for ((k = 0; k < segments; k++)); do
+  start=$(date +%s)
+  OMP_NUM_THREADS=1 "$py" -m torch.distributed.run --standalone --nproc_per_node="$nproc" run_world.py train teacher \
+    --latents "$latents" --out "$run" --preset default --steps 10000000 --batch 8 --clip-chunks 3 --lr 3e-4 \
+    --device "$device" --init-from assets/teacher --ckpt-every 100 --max-minutes "$segment" --resume "${recipe[@]}"
+  hours=$("$py" -c "print(round($(cat "$hours_file") + ($(date +%s) - $start) / 3600, 4))")
+  echo "$hours" > "$hours_file"
+  step=$("$py" -c "import json; print(json.load(open('$run/checkpoint/config.json'))['step'])")
+  board="scoreboard/step_$step.json"
+  OMP_NUM_THREADS=2 "$py" -m model.evaluation.scoreboard --checkpoint "$run/checkpoint" --sampler uniform \
+    --threads 2 --out "$run/$board" > "$run/scoreboard/step_$step.log" 2>&1 && echo "$step,$hours,$board" >> "$run/history.csv"
+  "$py" -m model.evaluation.history "$run" --out docs/images/teacher_long_scoreboard.png \
+    --table docs/reports/teacher-long-scoreboard.md || true
+done
