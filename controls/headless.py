@@ -270,7 +270,7 @@ class HeadlessRun:
         self.start_notice: str | None = info.get("start_notice")
         self.finished = False  # finish_now() was called: chunks still in flight are ignored
 
-    # -- hooks for runs that watch the stream (model/evaluation/worker_memory.py) ----------------
+    # -- hooks for runs that watch the stream (controls/worker_memory.py) ----------------
 
     def on_poll(self, chunks: list[ChunkEvent]) -> None:
         """Called after every poll with the chunks it brought (possibly none)."""

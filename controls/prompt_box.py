@@ -13,7 +13,7 @@ from pathlib import Path
 import pygame
 
 from controls.hud import DIM, PAD, TEXT, WARN, Fonts, fit_text, panel_surface
-from world.themes import MAX_PROMPT_CHARS
+from world.errors import MAX_PROMPT_CHARS
 
 PRESETS_PATH = Path(__file__).resolve().parent.parent / "assets" / "prompts.txt"
 

@@ -30,7 +30,8 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from world.actions import Action
-from world.backend import Backend, BackendError, create_backend
+from world.backend import Backend, BackendError
+from world.backends.registry import create_backend
 
 DEFAULT_PROMPTS = ("green grassland hills at noon", "snowy mountains at dusk in fog")
 DEFAULT_KEYS = (("forward",), ("turn_left",), ("turn_right",))

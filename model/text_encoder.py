@@ -11,7 +11,7 @@ the per-token states in order, padded and masked after the prompt's end.
   load, for tests and tiny configs.
 
 Both keep an LRU cache of recent prompts (a prompt switch in the live loop should cost nothing the
-second time), reject empty prompts with `world.backend.PromptError`, and warn once per prompt when
+second time), reject empty prompts with `world.errors.PromptError`, and warn once per prompt when
 a prompt is longer than the token slots and gets truncated.
 """
 
@@ -28,7 +28,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from world.backend import PromptError
+from world.errors import PromptError
 
 TEXT_DIM = 384  # all-MiniLM-L6-v2 hidden size; the hash encoder matches it so configs are swappable
 DEFAULT_MAX_TOKENS = 32

@@ -13,7 +13,8 @@ from collections.abc import Sequence
 import numpy as np
 
 from world.actions import KEY_INDEX, Action
-from world.backend import Backend, BackendInfo, ChunkResult, PromptError, register_backend
+from world.backend import Backend, BackendInfo, ChunkResult, PromptError
+from world.backends.registry import register_backend
 
 
 def fake_frame(seed: int, i: int, action: Action, prompt: str, height: int, width: int) -> np.ndarray:

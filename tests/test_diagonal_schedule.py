@@ -21,7 +21,8 @@ from model.stream import Conditioning, generate_chunk
 from model.world_model import load_world_model, make_random_world
 from tests.test_dit import one_thread, random_dit  # noqa: F401  (one_thread: autouse fixture)
 from world.actions import Action
-from world.backend import BackendError, create_backend
+from world.backend import BackendError
+from world.backends.registry import create_backend
 
 
 class RecordingDiT(torch.nn.Module):

@@ -4,8 +4,9 @@ import numpy as np
 import pytest
 
 from world.actions import KEYS, Action
-from world.backend import BackendError, ChunkResult, PromptError, create_backend
+from world.backend import BackendError, ChunkResult, PromptError
 from world.backends.engine import EngineBackend
+from world.backends.registry import create_backend
 from world.engine import EngineConfig, EngineWorld
 from world.themes import Theme
 

@@ -20,7 +20,8 @@ from model.evaluation.metrics import PSNR_CAP_DB
 from model.evaluation.rollout import Worlds, begin, engine_context, rollout
 from tests.test_dit import one_thread  # noqa: F401  (autouse fixture)
 from world.actions import IDLE, Action
-from world.backend import BackendError, PromptError, create_backend
+from world.backend import BackendError, PromptError
+from world.backends.registry import create_backend
 
 SMALL = EvalConfig(
     fidelity_episodes=1, fidelity_chunks=2, counterfactual_contexts=2, counterfactual_chunks=1,

@@ -26,7 +26,7 @@ from model.evaluation.train_classifier import ClassifierTask
 from model.evaluation.train_idm import IDMTask
 from model.evaluation.trainer import TrainConfig, Trainer
 from tests.test_dit import one_thread  # noqa: F401  (autouse fixture)
-from world.backend import create_backend
+from world.backends.registry import create_backend
 from world.themes import all_themes, describe, parse_prompt
 
 TINY = EvalConfig(

@@ -13,7 +13,8 @@ from model.dit import CausalDiT, dit_config
 from model.world_model import load_world_model, make_random_world
 from tests.test_dit import one_thread  # noqa: F401  (autouse fixture)
 from world.actions import Action
-from world.backend import BackendError, PromptError, create_backend
+from world.backend import BackendError, PromptError
+from world.backends.registry import create_backend
 
 
 @pytest.fixture(scope="module")

@@ -16,7 +16,7 @@ import pytest
 from model.world_model import make_random_world
 from world import protocol as P
 from world.actions import Action
-from world.backend import create_backend
+from world.backends.registry import create_backend
 from world.client import ChunkEvent, ErrorEvent, WorldClient
 from world.dataset import EpisodeReader
 from world.replay import frame_mismatches

@@ -8,7 +8,7 @@ from PIL import Image
 from model.showcase import Scenario, main, parse_world, rollout, scenarios_for
 from model.world_model import make_random_world
 from tests.test_dit import one_thread  # noqa: F401  (autouse fixture)
-from world.backend import create_backend
+from world.backends.registry import create_backend
 
 
 def test_a_switch_row_switches_the_prompt_halfway():

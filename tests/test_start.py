@@ -19,7 +19,8 @@ from PIL import Image
 from model.world_model import make_random_world
 from world import protocol as P
 from world.actions import Action
-from world.backend import BackendError, create_backend
+from world.backend import BackendError
+from world.backends.registry import create_backend
 from world.client import ChunkEvent, ErrorEvent, WorldClient, WorldRequestError
 from world.dataset import START_IMAGE_FILE, EpisodeReader
 from world.replay import frame_mismatches, recorded_start

@@ -17,7 +17,7 @@ from tests.fakes import FakeBackend, fake_frame
 from world import protocol as P
 from world import worker as worker_module
 from world.actions import Action
-from world.backend import create_backend
+from world.backends.registry import create_backend
 from world.client import ChunkEvent, ErrorEvent, WorldClient, WorldConnectionError, WorldRequestError
 from world.worker import Inbound, WorkerConfig, WorkerCore, start_worker_process, stop_worker_process
 

@@ -1,5 +1,6 @@
-"""model.evaluation.worker_memory: the trend maths on synthetic samples, and short real runs
-through a worker subprocess (engine, a tiny random generated world, a bad checkpoint)."""
+"""controls.worker_memory (also run by its old path, model.evaluation.worker_memory): the trend maths
+on synthetic samples, and short real runs through a worker subprocess (engine, a tiny random generated world,
+a bad checkpoint)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from model.evaluation.worker_memory import (
+from controls.worker_memory import (
     FLAT_ABS_MIB,
     MeasurementError,
     MemoryConfig,

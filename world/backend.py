@@ -2,26 +2,23 @@
 
 The worker only ever talks to a `Backend`: it resets it, switches its prompt and asks it for the
 next chunk of frames given one action per frame. Nothing about sockets or sessions leaks in here,
-so evaluation, benchmarks and the recorder drive backends directly with the same calls.
+so evaluation, benchmarks and the recorder drive backends directly with the same calls. Backends
+are built by name through `world/backends/registry.py`; the errors live in `world/errors.py` (and
+are re-exported here for older imports).
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from world.actions import Action
+from world.errors import BackendError, PromptError
 
-
-class PromptError(ValueError):
-    """A prompt the backend cannot use (empty, too long, names nothing the engine knows)."""
-
-
-class BackendError(RuntimeError):
-    """A backend that cannot be created or used (missing checkpoint, bad options)."""
+__all__ = ["Backend", "BackendError", "BackendInfo", "ChunkResult", "PromptError"]
 
 
 @dataclass
@@ -87,35 +84,3 @@ class Backend(ABC):
 
     def close(self) -> None:
         """Free whatever the backend holds (caches, GPU memory)."""
-
-
-BackendFactory = Callable[..., Backend]
-_REGISTRY: dict[str, BackendFactory] = {}
-
-# Options a session opened over the protocol gets when its client leaves them out, where they
-# differ from the backend's own defaults. Sessions of the generated world start from the engine's
-# view of the prompt (world/start.py); code that builds a backend itself (evaluation, benchmarks,
-# showcase) keeps the backend's default, the text start, so its measurements do not change.
-SESSION_DEFAULTS: dict[str, dict] = {"generated": {"start": "engine"}}
-
-
-def register_backend(name: str, factory: BackendFactory) -> None:
-    _REGISTRY[name] = factory
-
-
-def backend_names() -> list[str]:
-    _load_builtin_backends()
-    return sorted(_REGISTRY)
-
-
-def create_backend(name: str, **options) -> Backend:
-    """Build a backend by name; options are backend-specific (e.g. checkpoint=..., device=...)."""
-    _load_builtin_backends()
-    if name not in _REGISTRY:
-        raise BackendError(f"unknown backend {name!r}; available: {', '.join(sorted(_REGISTRY))}")
-    return _REGISTRY[name](**options)
-
-
-def _load_builtin_backends() -> None:
-    # Imported lazily so that `world` stays importable without torch for the engine-only paths.
-    import world.backends  # noqa: F401  (registers "engine" and, when importable, "generated")

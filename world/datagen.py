@@ -26,7 +26,8 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from world.backend import BackendError, create_backend
+from world.backend import BackendError
+from world.backends.registry import create_backend
 from world.dataset import (
     FRAMES_FILE,
     META_FILE,

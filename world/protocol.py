@@ -22,7 +22,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from world.actions import Action, ActionError
-from world.themes import MAX_PROMPT_CHARS
+from world.errors import MAX_PROMPT_CHARS
 
 PROTOCOL_VERSION = 1
 

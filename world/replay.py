@@ -29,7 +29,8 @@ from pathlib import Path
 
 import numpy as np
 
-from world.backend import Backend, BackendError, PromptError, create_backend
+from world.backend import Backend, BackendError, PromptError
+from world.backends.registry import create_backend
 from world.dataset import DatasetError, EpisodeReader
 from world.engine import ENGINE_VERSION
 

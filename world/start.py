@@ -3,7 +3,7 @@
 A generated world's first chunk is its attention sink: every later chunk attends to it. It can be
 
 - "engine": the engine's view of the prompt at the session's seed (the sessions' default, see
-  `world.backend.SESSION_DEFAULTS`): `engine.reset(seed, prompt)` and the first idle step, written
+  `world.backends.registry.SESSION_DEFAULTS`): `engine.reset(seed, prompt)` and the first idle step, written
   as clean context; a prompt the engine cannot parse falls back to "text" with a notice;
 - "text": generated from the prompt alone (the backend's own default for in-process callers);
 - "image": a PNG or JPEG the client sends with `open` (bytes, never a path), repeated over the chunk.

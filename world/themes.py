@@ -20,7 +20,7 @@ import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from world.backend import PromptError
+from world.errors import MAX_PROMPT_CHARS, PromptError
 
 BIOMES: tuple[str, ...] = (
     "grassland",
@@ -39,7 +39,6 @@ KINDS: tuple[str, ...] = ("biome", "time_of_day", "weather")
 DEFAULT_BIOME = "grassland"  # only used when a prompt names a time or weather but no place
 DEFAULT_TIME = "noon"
 DEFAULT_WEATHER = "clear"
-MAX_PROMPT_CHARS = 500
 
 # kind -> value -> split -> phrases. "train" phrases may appear in training prompts; "heldout"
 # phrases are reserved for evaluating generalisation. Both are understood by parse_prompt.

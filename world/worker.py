@@ -38,7 +38,8 @@ from pathlib import Path
 import zmq
 
 from world import protocol as P
-from world.backend import SESSION_DEFAULTS, BackendError, PromptError, backend_names, create_backend
+from world.backends.registry import SESSION_DEFAULTS, backend_names, create_backend
+from world.errors import BackendError, PromptError
 from world.session import Session
 from world.start import StartImageError, decode_start_image
 
@@ -319,7 +320,7 @@ class WorkerCore:
             )
 
     def _create_backend(self, name: str, options: dict, worker_set: dict | None = None):
-        """Build the backend: session defaults (world.backend.SESSION_DEFAULTS), then the operator's
+        """Build the backend: session defaults (world.backends.registry.SESSION_DEFAULTS), then the operator's
         defaults, then the client's options, then what the worker sets itself (a start image)."""
         self._check_backend_name(name)
         check_client_options(options)

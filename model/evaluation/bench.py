@@ -37,7 +37,8 @@ from pathlib import Path
 import numpy as np
 
 from world.actions import Action
-from world.backend import Backend, BackendError, create_backend
+from world.backend import Backend, BackendError
+from world.backends.registry import create_backend
 from world.scripted_player import ScriptedPlayer
 
 DEFAULT_PROMPT = "green hills at noon"

@@ -35,8 +35,9 @@ from model.evaluation.report import headline, markdown, write_outputs
 from model.evaluation.rollout import START_MODES, Worlds
 from model.evaluation.train_common import set_threads
 from model.samplers import parse_schedule
-from world.backend import Backend, BackendError, create_backend
+from world.backend import Backend, BackendError
 from world.backends.baselines import BASELINES
+from world.backends.registry import create_backend
 
 MEASURES: tuple[str, ...] = ("actions", "prompts", "switch", "fidelity", "counterfactual", "teacher_forced", "drift")
 BACKENDS: tuple[str, ...] = ("generated", "engine", *BASELINES)

@@ -15,7 +15,7 @@ import numpy as np
 from model.evaluation.rollout import rollout
 from model.runlog import progress
 from world.actions import Action
-from world.backend import create_backend
+from world.backends.registry import create_backend
 from world.dataset import open_dataset
 from world.scripted_player import ScriptedPlayer
 

@@ -25,7 +25,7 @@ from model.evaluation.config import EvalConfig
 from model.evaluation.measure_prompts import walk_actions
 from model.evaluation.metrics import psnr_per_frame, ssim_per_frame
 from model.evaluation.rollout import Worlds
-from world.backend import create_backend
+from world.backends.registry import create_backend
 from world.themes import EXAMPLE_PROMPTS
 
 

@@ -28,7 +28,7 @@ from model.evaluation.measure_counterfactual import context_start, outcomes
 from model.evaluation.metrics import psnr_per_frame
 from model.evaluation.rollout import Worlds
 from world.actions import IDLE, Action
-from world.backend import create_backend
+from world.backends.registry import create_backend
 from world.themes import EXAMPLE_PROMPTS
 
 TEACHER_FORCED_CLASSES: dict[str, Action] = {

@@ -25,7 +25,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from world.actions import Action
-from world.backend import Backend, BackendError, BackendInfo, ChunkResult, PromptError, register_backend
+from world.backend import Backend, BackendError, BackendInfo, ChunkResult, PromptError
 
 BASELINES = ("still", "copy-last")
 _DESCRIPTIONS = {
@@ -118,6 +118,3 @@ def _check_prompt(prompt: str) -> None:
     if not isinstance(prompt, str) or not prompt.strip():
         raise PromptError("the prompt is empty; describe a world, e.g. 'green hills at noon'")
 
-
-register_backend("still", StillBackend)
-register_backend("copy-last", CopyLastBackend)

@@ -16,7 +16,7 @@ Options (everything else is a BackendError):
     guidance      classifier-free guidance g in c + g (c - u); 0 disables it
     start         what chunk 0 of every world is (world/start.py): "engine", "text" or "image";
                   default "text" here; sessions opened over the protocol default to "engine"
-                  (world.backend.SESSION_DEFAULTS)
+                  (world.backends.registry.SESSION_DEFAULTS)
     start_image   for start "image": PNG/JPEG bytes, a decoded world.start.StartImage or an
                   [H, W, 3] uint8 array (set by the worker from the open request's image frame,
                   never a client option; `set_start` sets it later, e.g. for replay)
@@ -179,12 +179,12 @@ class GeneratedBackend(Backend):
     def _engine_start(self, seed: int, prompt: str) -> tuple[np.ndarray, dict]:
         """The engine's chunk 0 for (seed, prompt): [reset view, first F-1 frames of an idle step].
         Raises PromptError for a prompt the engine cannot parse."""
-        from world.backend import create_backend
+        from world.backends.engine import EngineBackend
 
         info = self._info
         if self._engine is None:
-            self._engine = create_backend("engine", height=info.height, width=info.width,
-                                          chunk_frames=info.chunk_frames, fps=info.fps)  # fmt: skip
+            self._engine = EngineBackend(height=info.height, width=info.width, chunk_frames=info.chunk_frames,
+                                         fps=info.fps)  # fmt: skip
         first = np.array(self._engine.reset(seed, prompt), dtype=np.uint8, copy=True)
         rest = self._engine.step_chunk([IDLE] * info.chunk_frames).frames[: info.chunk_frames - 1]
         frames = np.concatenate([first[None], rest]).astype(np.uint8, copy=False)
