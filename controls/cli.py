@@ -22,16 +22,12 @@ from controls.interrupts import sigterm_as_keyboard_interrupt
 # pygame greets on stdout when imported; stdout carries play's JSON summary line.
 os.environ.setdefault("PYGAME_HIDE_SUPPORT_PROMPT", "1")
 
-def bundled_checkpoint() -> Path | None:
-    """The bundled world checkpoint (assets/default_world/), if one exists."""
-    from world.backends.generated import DEFAULT_CHECKPOINT  # no torch import: torch loads lazily there
-
-    return DEFAULT_CHECKPOINT if (DEFAULT_CHECKPOINT / "config.json").is_file() else None
-
-
 def default_backend() -> str:
-    """The default backend: "generated" once a bundled checkpoint exists, else the engine."""
-    return "generated" if bundled_checkpoint() is not None else "engine"
+    """The default backend: "generated" once the bundled default world (assets/default_world/) exists,
+    else the engine (the bundled teacher alone is too slow to open by default)."""
+    from world.backends.generated import bundled_checkpoint  # no torch import: torch loads lazily there
+
+    return "generated" if bundled_checkpoint(teacher_fallback=False) is not None else "engine"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -32,6 +32,7 @@ from einops import rearrange
 from torch import nn
 
 from model.checkpoint import CONFIG_FILE, CheckpointError, config_from_dict, load_module, read_checkpoint_config
+from model.device import torch_threads
 
 
 @dataclass
@@ -277,12 +278,6 @@ def autoencoder_loss(
     return recon_term + ae.config.latent_l2 * reg, {**terms, "latent_rms": reg.sqrt().item()}
 
 
-def psnr(recon: torch.Tensor, target: torch.Tensor) -> float:
-    """PSNR in dB of images in [-1, 1] (peak-to-peak 2), over the whole batch."""
-    mse = (recon.float().clamp(-1, 1) - target.float()).pow(2).mean().item()
-    return 10.0 * math.log10(4.0 / max(mse, 1e-12))
-
-
 # ----------------------------------------------------------------------------- frames
 
 
@@ -312,9 +307,7 @@ def decode_ms_per_frame(ae: Autoencoder, batch: int = 3, threads: int | None = N
     """Best-of-5 CPU fp32 decode time per frame for a `batch`-frame chunk (the real-time path)."""
     model = copy.deepcopy(ae).float().cpu().eval()
     z = torch.randn(batch, *ae.config.latent_shape)
-    old = torch.get_num_threads()
-    torch.set_num_threads(threads or old)
-    try:
+    with torch_threads(threads):
         for _ in range(3):  # warm-up: oneDNN picks kernels on first calls
             model.decode(z)
         best = math.inf
@@ -323,8 +316,6 @@ def decode_ms_per_frame(ae: Autoencoder, batch: int = 3, threads: int | None = N
             for _ in range(repeats):
                 model.decode(z)
             best = min(best, (time.perf_counter() - t0) / repeats)
-    finally:
-        torch.set_num_threads(old)
     return 1000.0 * best / batch
 
 

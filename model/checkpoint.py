@@ -28,6 +28,8 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from world.files import sha256_file
+
 FORMAT = "gworld-checkpoint"
 VERSION = 1
 CONFIG_FILE = "config.json"
@@ -241,6 +243,17 @@ def _load_strict(module: torch.nn.Module, state: dict[str, torch.Tensor], path: 
             )
     cast = {k: v.to(expected[k].dtype) for k, v in state.items()}
     module.load_state_dict(cast, strict=True)
+
+
+def module_sha256(directory: str | os.PathLike, name: str, meta: dict | None = None) -> str:
+    """SHA-256 of module `name`'s release weights file: what identifies the network a latent cache,
+    a set of ODE pairs or a training run was made with. `meta`: the config.json already read."""
+    directory = Path(directory)
+    meta = read_checkpoint_config(directory) if meta is None else meta
+    entry = meta["modules"].get(name)
+    if entry is None:
+        raise CheckpointError(f"{directory / CONFIG_FILE}: no module {name!r}; has {sorted(meta['modules'])}")
+    return sha256_file(directory / entry["file"])
 
 
 def has_train_state(directory: str | os.PathLike) -> bool:

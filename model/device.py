@@ -57,13 +57,19 @@ def training_autocast(device: torch.device, precision: str) -> contextlib.Abstra
     return contextlib.nullcontext()
 
 
+def set_threads(n: int | None) -> int:
+    """Use `n` intra-op threads from now on (None or 0: leave torch's choice); returns the previous count."""
+    previous = torch.get_num_threads()
+    if n:
+        torch.set_num_threads(n)
+    return previous
+
+
 @contextlib.contextmanager
 def torch_threads(n: int | None):
     """Run with `n` intra-op threads (None or 0: leave torch's choice), restoring the previous
     count afterwards so in-process callers (tests, notebooks) get theirs back."""
-    previous = torch.get_num_threads()
-    if n:
-        torch.set_num_threads(n)
+    previous = set_threads(n)
     try:
         yield
     finally:

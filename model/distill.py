@@ -25,6 +25,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from model.diffusion.guidance import apply_guidance
 from model.flow import TIME_SCALE, add_noise, flow_loss, network_time, shift_level, velocity_target
 from model.samplers import Sampler
 from model.stream import Conditioning, Noise, generate_chunk
@@ -115,8 +116,7 @@ def predict_x0_full(net, x_t: torch.Tensor, s: torch.Tensor, actions: torch.Tens
         cond = Conditioning.build(text, text_mask, True)
         v = net(torch.cat([x_t, x_t]), torch.cat([t, t]), torch.cat([actions, actions]), cond.text, cond.text_mask,
                 drop_actions=cond.drop_actions)
-        v_cond, v_uncond = v.float().chunk(2)
-        v = v_cond + guidance * (v_cond - v_uncond)
+        v = apply_guidance(v.float(), guidance)
     else:
         v = net(x_t, t, actions, text, text_mask).float()
     return x_t.float() - s_frames.float()[..., None, None, None] * v

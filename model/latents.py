@@ -22,7 +22,6 @@ autoencoder is refused (latents from two autoencoders must never mix).
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import sys
@@ -33,11 +32,12 @@ from pathlib import Path
 import numpy as np
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch.utils.data import Dataset
 
 from model.autoencoder import checkpoint_dir, frames_to_tensor, load_autoencoder
-from model.checkpoint import read_checkpoint_config
+from model.checkpoint import module_sha256, read_checkpoint_config
+from model.common.files import atomic_save_safetensors, atomic_write_json
 from model.device import autocast, resolve_device
 from model.runlog import progress
 from model.text_encoder import DEFAULT_MAX_TOKENS, TEXT_ENCODERS, create_text_encoder
@@ -60,22 +60,6 @@ class LatentCacheWarning(UserWarning):
 
 
 # ----------------------------------------------------------------------------- small files
-
-
-def _atomic_json(path: Path, obj: object) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=1) + "\n")
-    os.replace(tmp, path)
-
-
-def _atomic_safetensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp), metadata=metadata)
-    os.replace(tmp, path)
-
-
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def read_cache_meta(cache_dir: str | os.PathLike) -> dict:
@@ -137,15 +121,14 @@ class _PromptTable:
                 self.ids[p] = len(self.prompts)
                 self.prompts.append(p)
         if len(self.prompts) != before:
-            _atomic_json(self.path, self.prompts)
+            atomic_write_json(self.path, self.prompts)
         return np.array([self.ids[p] for p in prompts], dtype=np.int64)
 
 
 def _autoencoder_identity(autoencoder_dir: str | os.PathLike) -> dict:
     directory = checkpoint_dir(autoencoder_dir).resolve()
     meta = read_checkpoint_config(directory, kind="autoencoder")
-    weights = directory / meta["modules"]["autoencoder"]["file"]
-    return {"path": str(directory), "step": meta["step"], "sha256": _sha256(weights),
+    return {"path": str(directory), "step": meta["step"], "sha256": module_sha256(directory, "autoencoder", meta),
             "config": meta["configs"]["autoencoder"]}
 
 
@@ -201,14 +184,14 @@ def _encode_episode(ae, reader, index: int, prompts: _PromptTable, device, batch
         "episode": torch.full((n,), index, dtype=torch.int64),
         "frame": torch.arange(n, dtype=torch.int64),
     }
-    _atomic_safetensors(path, tensors, {"episode_id": reader.id, "frames": str(n)})
+    atomic_save_safetensors(path, tensors, {"episode_id": reader.id, "frames": str(n)})
 
 
 def _write_text(out: Path, prompts: list[str], encoder_name: str, max_tokens: int, device) -> None:
     encoder = create_text_encoder(encoder_name, device, max_tokens)
     tokens, mask = encoder.encode(prompts) if prompts else (torch.zeros(0, max_tokens, encoder.dim),
                                                             torch.zeros(0, max_tokens, dtype=torch.bool))
-    _atomic_safetensors(out / TEXT_FILE, {"tokens": tokens.cpu().half(), "mask": mask.cpu()})
+    atomic_save_safetensors(out / TEXT_FILE, {"tokens": tokens.cpu().half(), "mask": mask.cpu()})
 
 
 def encode_dataset(
@@ -233,7 +216,7 @@ def encode_dataset(
     ae = load_autoencoder(autoencoder_dir, device)
     prompts = _PromptTable(out)
     meta = _cache_meta(identity, text_encoder_name, max_tokens, readers, complete=False)
-    _atomic_json(out / CACHE_FILE, meta)
+    atomic_write_json(out / CACHE_FILE, meta)
     bar = progress(len(readers), desc="latents", unit="episode")
     for index, reader in enumerate(readers):
         path = out / SHARD_PATTERN.format(index)
@@ -243,7 +226,7 @@ def encode_dataset(
     bar.close()
     _write_text(out, prompts.prompts, text_encoder_name, max_tokens, device)
     meta = _cache_meta(identity, text_encoder_name, max_tokens, readers, complete=True, prompts=len(prompts.prompts))
-    _atomic_json(out / CACHE_FILE, meta)
+    atomic_write_json(out / CACHE_FILE, meta)
     return meta
 
 

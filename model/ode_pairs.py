@@ -29,9 +29,10 @@ from pathlib import Path
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch.utils.data import Dataset
 
+from model.common.files import atomic_save_safetensors, atomic_write_json
 from model.device import autocast
 from model.flow import level_grid
 from model.runlog import progress
@@ -152,16 +153,8 @@ def shard_spec(clips: Dataset, index: int, cfg: OdePairsConfig, latent_shape: tu
 # ----------------------------------------------------------------------------- building the cache
 
 
-def _atomic_save(path: Path, tensors: dict[str, torch.Tensor]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp))
-    os.replace(tmp, path)
-
-
 def _write_meta(out: Path, meta: dict) -> None:
-    tmp = out / (META_FILE + ".tmp")
-    tmp.write_text(json.dumps(meta, indent=1) + "\n")
-    os.replace(tmp, out / META_FILE)
+    atomic_write_json(out / META_FILE, meta)
 
 
 def pairs_meta(cfg: OdePairsConfig, grid: tuple[float, ...], shift: float, teacher: dict) -> dict:
@@ -216,7 +209,7 @@ def build_ode_pairs(teacher, clips: Dataset, tokens: torch.Tensor, mask: torch.T
     _check_meta(out, meta)
     _write_meta(out, {**meta, "complete": False})
     if not (out / TEXT_FILE).exists():
-        _atomic_save(out / TEXT_FILE, {"tokens": tokens.half(), "mask": mask.bool()})
+        atomic_save_safetensors(out / TEXT_FILE, {"tokens": tokens.half(), "mask": mask.bool()})
     sampler = teacher_ode_sampler(grid, cfg.teacher_steps, shift, cfg.guidance)
     bar = progress(cfg.shards, desc="ode pairs", unit="shard")
     try:
@@ -239,7 +232,7 @@ def _build_shard(teacher, sampler: Sampler, clips: Dataset, tokens: torch.Tensor
     with autocast(device):
         states, x0 = teacher_trajectories(teacher, sampler, grid, noise.to(device), actions.to(device),
                                           tokens[prompt_ids].float().to(device), mask[prompt_ids].to(device))
-    _atomic_save(path, {"states": states.cpu().half(), "x0": x0.cpu().half(), "actions": actions,
+    atomic_save_safetensors(path, {"states": states.cpu().half(), "x0": x0.cpu().half(), "actions": actions,
                         "prompt_ids": prompt_ids, "held": held})
 
 

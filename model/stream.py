@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from model.device import autocast
+from model.diffusion.guidance import apply_guidance
 from model.dit import CausalDiT
 from model.flow import network_time, predict_x0
 from model.kv_cache import ChunkInputs, KVCache
@@ -77,10 +78,7 @@ def guided_velocity(
     B, Fr = x.shape[:2]
     t = torch.full((B * rows, Fr), float(network_time(s)), device=x.device, dtype=x.dtype)
     v = dit(_rows(x, rows), t, _rows(actions, rows), cond.text, cond.text_mask, cache, cond.drop_actions)
-    if rows == 1:
-        return v
-    v_cond, v_uncond = v.chunk(2)
-    return v_cond + guidance * (v_cond - v_uncond)
+    return v if rows == 1 else apply_guidance(v, guidance)
 
 
 def sampler_step(sampler: Sampler, x: torch.Tensor, x0: torch.Tensor, v: torch.Tensor, s: float, s_next: float,

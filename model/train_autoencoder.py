@@ -49,6 +49,7 @@ from model.checkpoint import (
     read_checkpoint_config,
     save_checkpoint,
 )
+from model.common.images import psnr
 from model.device import autocast, resolve_device, torch_threads
 from model.runlog import RunLog, progress
 
@@ -144,12 +145,6 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
     return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress_)))
 
 
-def psnr_uint8(a: np.ndarray, b: np.ndarray) -> float:
-    """PSNR in dB between uint8 frames (what the window shows)."""
-    mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
-    return 10.0 * math.log10(255.0**2 / max(mse, 1e-10))
-
-
 @dataclass
 class AutoencoderTrainer:
     ae: Autoencoder
@@ -189,7 +184,8 @@ class AutoencoderTrainer:
         x = self.data.val_tensor()
         recon = torch.cat([self._reconstruct(x[i : i + 256]) for i in range(0, len(x), 256)])
         original, rebuilt = tensor_to_frames(x), tensor_to_frames(recon)
-        return psnr_uint8(original, rebuilt), original, rebuilt
+        # on uint8 frames (what the window shows); no cap, the MSE floored at 1e-10
+        return psnr(original, rebuilt, data_range=255.0, min_mse=1e-10), original, rebuilt
 
     def _reconstruct(self, x: torch.Tensor) -> torch.Tensor:
         with autocast(self.device):

@@ -32,7 +32,6 @@ from __future__ import annotations
 import argparse
 import copy
 import dataclasses
-import hashlib
 import os
 import time
 from dataclasses import dataclass, field
@@ -47,6 +46,7 @@ from model.checkpoint import (
     has_train_state,
     load_module,
     load_train_state,
+    module_sha256,
     read_checkpoint_config,
 )
 from model.device import autocast, resolve_device, torch_threads
@@ -134,8 +134,7 @@ class Teacher:
 def load_teacher(path: str | Path, device: torch.device) -> Teacher:
     model = load_world_model(path, device, with_text_encoder=False)
     meta = read_checkpoint_config(model.directory, kind=KIND)
-    weights = model.directory / meta["modules"]["dit"]["file"]
-    identity = {"step": model.step, "sha256": hashlib.sha256(weights.read_bytes()).hexdigest()}
+    identity = {"step": model.step, "sha256": module_sha256(model.directory, "dit", meta)}
     return Teacher(model.dit, model.autoencoder, model.config, identity)
 
 

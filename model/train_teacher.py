@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import hashlib
 import inspect
 import os
 import time
@@ -42,6 +41,7 @@ from model.checkpoint import (
     config_from_dict,
     has_train_state,
     load_train_state,
+    module_sha256,
     read_checkpoint_config,
 )
 from model.device import PRECISIONS, resolve_device, training_autocast, training_precision
@@ -406,8 +406,8 @@ def _cache_autoencoder(cache_meta: dict, given: str | None) -> str:
     recorded = cache_meta.get("autoencoder", {})
     path = checkpoint_dir(given if given is not None else recorded.get("path", ""))
     meta = read_checkpoint_config(path, kind="autoencoder")
-    weights = path / meta["modules"]["autoencoder"]["file"]
-    if recorded.get("sha256") and hashlib.sha256(weights.read_bytes()).hexdigest() != recorded["sha256"]:
+    if recorded.get("sha256") and module_sha256(path, "autoencoder", meta) != recorded["sha256"]:
+        weights = path / meta["modules"]["autoencoder"]["file"]
         raise CheckpointError(f"{weights}: not the autoencoder the latent cache was encoded with "
                               f"({recorded.get('path')}); its latents would decode wrongly")
     return str(path)

@@ -231,9 +231,9 @@ def test_without_a_checkpoint_the_default_world_wins_over_the_teacher(tmp_path, 
     with pytest.raises(BackendError, match="no bundled world checkpoint"):
         generated._load(None, "cpu")
     monkeypatch.setattr(generated, "TEACHER_CHECKPOINT", world_dir)
-    assert generated._bundled() == world_dir
+    assert generated.bundled_checkpoint() == world_dir
     monkeypatch.setattr(generated, "DEFAULT_CHECKPOINT", world_dir.parent)  # not a checkpoint: skipped
-    assert generated._bundled() == world_dir
+    assert generated.bundled_checkpoint() == world_dir
 
 
 def test_reset_chunk_is_chunk_zero_handed_over_once(world_dir):

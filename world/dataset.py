@@ -29,6 +29,7 @@ from typing import NamedTuple
 import numpy as np
 
 from world.actions import ACTION_DIM, Action, ActionError
+from world.files import atomic_write, atomic_write_json
 
 FORMAT = "gworld-episode"
 VERSION = 1
@@ -85,23 +86,12 @@ def _utc_now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-def _atomic_write_json(path: Path, obj: Mapping) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(obj, f, indent=1, allow_nan=False)
-        f.write("\n")
-        f.flush()
-        os.fsync(f.fileno())  # the rename must never expose a half-written meta.json
-    os.replace(tmp, path)
-
-
 def _write_png(path: Path, pixels: np.ndarray) -> None:
     """[H, W, 3] uint8 -> PNG, atomically (temp name + rename)."""
     from PIL import Image
 
-    tmp = path.with_name(path.name + ".tmp")
-    Image.fromarray(np.ascontiguousarray(pixels), "RGB").save(tmp, format="PNG")
-    os.replace(tmp, path)
+    image = Image.fromarray(np.ascontiguousarray(pixels), "RGB")
+    atomic_write(path, lambda tmp: image.save(tmp, format="PNG"))
 
 
 def _positive_int(value: object) -> bool:
@@ -146,7 +136,7 @@ class EpisodeWriter:
         if start_image is not None:
             _write_png(self.path / START_IMAGE_FILE, start_image)
         # meta.json last: its presence means both data files exist.
-        _atomic_write_json(self.path / META_FILE, self.meta)
+        atomic_write_json(self.path / META_FILE, self.meta, allow_nan=False)
 
     @staticmethod
     def _build_meta(backend, seed, height, width, chunk_frames, fps, source, options, extra) -> dict:

@@ -281,8 +281,7 @@ def ratios(rows: dict[str, SamplerRow]) -> dict[str, float]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from model.device import resolve_device
-    from model.evaluation.train_common import set_threads
+    from model.device import resolve_device, set_threads
 
     set_threads(args.threads)
     try:

@@ -22,7 +22,7 @@ from datetime import datetime
 from pathlib import Path
 
 from model.checkpoint import CheckpointError
-from model.device import resolve_device
+from model.device import resolve_device, set_threads
 from model.evaluation.config import EVAL_PRESETS, EvalConfig
 from model.evaluation.measure_actions import measure_actions
 from model.evaluation.measure_counterfactual import measure_counterfactual
@@ -33,7 +33,6 @@ from model.evaluation.measure_teacher_forced import measure_teacher_forced
 from model.evaluation.readers import IDMReader, ThemeReader, load_classifier, load_idm
 from model.evaluation.report import headline, markdown, write_outputs
 from model.evaluation.rollout import START_MODES, Worlds
-from model.evaluation.train_common import set_threads
 from model.samplers import parse_schedule
 from world.backend import Backend, BackendError
 from world.backends.baselines import BASELINES

@@ -10,6 +10,8 @@ import numpy as np
 from scipy import linalg
 from scipy.ndimage import gaussian_filter
 
+from model.common import images
+
 # PSNR of identical frames is infinite; reports need a number, so it is capped here. 100 dB is
 # far above anything two different 8-bit frames can reach (one grey level of error everywhere
 # already gives 48 dB), so a capped value unambiguously means "bit-identical".
@@ -22,12 +24,7 @@ def _as_float(frames: np.ndarray) -> np.ndarray:
 
 def psnr(a: np.ndarray, b: np.ndarray, cap: float = PSNR_CAP_DB) -> float:
     """Peak signal-to-noise ratio in dB of two uint8 images/stacks of the same shape, capped."""
-    if a.shape != b.shape:
-        raise ValueError(f"psnr: shapes differ {a.shape} vs {b.shape}")
-    mse = float(np.mean((_as_float(a) - _as_float(b)) ** 2))
-    if mse == 0.0:
-        return cap
-    return min(cap, 10.0 * np.log10(255.0**2 / mse))
+    return images.psnr(a, b, data_range=255.0, cap_db=cap)
 
 
 def psnr_per_frame(a: np.ndarray, b: np.ndarray, cap: float = PSNR_CAP_DB) -> np.ndarray:

@@ -83,8 +83,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from model.checkpoint import CheckpointError
+    from model.device import set_threads
     from model.evaluation.cli import _sampler_config, open_worlds, parse_world_options
-    from model.evaluation.train_common import set_threads
     from world.backend import BackendError
 
     t0 = time.perf_counter()

@@ -13,11 +13,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from model.device import set_threads
 from model.evaluation.classifier import FACTORS, ThemeClassifier, classifier_config
 from model.evaluation.data import Episode
 from model.evaluation.readers import ThemeReader
 from model.evaluation.scores import theme_accuracy
-from model.evaluation.train_common import add_common_arguments, load_episodes, run_training, set_threads
+from model.evaluation.train_common import add_common_arguments, load_episodes, run_training
 from world.themes import parse_prompt
 
 EVAL_FRAMES = 3000

@@ -9,8 +9,6 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-import torch
-
 from model.device import resolve_device
 from model.evaluation.data import Episode, load_dataset, render_engine_episodes, split_episodes
 from model.evaluation.trainer import TrainConfig, Trainer
@@ -72,11 +70,6 @@ def train_config(args: argparse.Namespace) -> TrainConfig:
         save_every=save_every,
         warmup=min(100, args.steps // 10 + 1),
     )
-
-
-def set_threads(n: int) -> None:
-    if n > 0:
-        torch.set_num_threads(n)
 
 
 def run_training(task, args: argparse.Namespace, data_note: str) -> int:

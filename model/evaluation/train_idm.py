@@ -12,6 +12,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from model.device import set_threads
 from model.evaluation.data import Episode
 from model.evaluation.idm import (
     IDMConfig,
@@ -24,7 +25,7 @@ from model.evaluation.idm import (
 )
 from model.evaluation.readers import ActionReading, IDMReader
 from model.evaluation.scores import score_actions
-from model.evaluation.train_common import add_common_arguments, load_episodes, run_training, set_threads
+from model.evaluation.train_common import add_common_arguments, load_episodes, run_training
 from world.actions import KEYS
 
 MAX_POS_WEIGHT = 10.0

@@ -275,8 +275,10 @@ def _check_prompt(prompt: str) -> None:
         raise PromptError("the prompt is empty; describe a world, e.g. 'green hills at noon'")
 
 
-def _bundled() -> Path | None:
-    return next((p for p in (DEFAULT_CHECKPOINT, TEACHER_CHECKPOINT) if (p / "config.json").is_file()), None)
+def bundled_checkpoint(teacher_fallback: bool = True) -> Path | None:
+    """The bundled world: assets/default_world, else (teacher_fallback) assets/teacher; None when absent."""
+    candidates = (DEFAULT_CHECKPOINT, TEACHER_CHECKPOINT) if teacher_fallback else (DEFAULT_CHECKPOINT,)
+    return next((p for p in candidates if (p / "config.json").is_file()), None)
 
 
 def _load(checkpoint: str | None, device: str):
@@ -284,7 +286,7 @@ def _load(checkpoint: str | None, device: str):
     from model.device import resolve_device
     from model.world_model import load_world_model
 
-    path = Path(checkpoint) if checkpoint is not None else _bundled()
+    path = Path(checkpoint) if checkpoint is not None else bundled_checkpoint()
     if path is None:
         raise BackendError(f"no bundled world checkpoint at {DEFAULT_CHECKPOINT} or {TEACHER_CHECKPOINT}; "
                            "pass checkpoint=DIR (train one with `run_world.py train teacher`)")

@@ -1,0 +1,1 @@
+"""What every layer of model/ shares: checkpoints, run logs, devices, files, images."""

@@ -1,0 +1,1 @@
+"""Noise math: rectified flow, samplers (schedules read by the one streaming loop), guidance."""
