@@ -8,6 +8,7 @@
     python run_world.py export ...      # a recorded session -> mp4
     python run_world.py replay ...      # re-simulate an engine recording, check every frame
     python run_world.py train WHAT ...  # autoencoder | teacher | student | idm | classifier
+    python run_world.py encode-latents  # a dataset -> the latent cache teacher training reads
     python run_world.py eval ...        # world-model evaluation suite
     python run_world.py bench ...       # sampler speed benchmark
 
@@ -28,6 +29,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "export": ("world.export", "turn a recorded session into an mp4"),
     "replay": ("world.replay", "re-simulate an engine recording and check every frame"),
     "train": ("model.train_cli", "train a network (autoencoder, teacher, student, idm, classifier)"),
+    "encode-latents": ("model.latents", "encode a dataset to a latent cache (run once before teacher training)"),
     "eval": ("model.evaluation.cli", "evaluate a world model against the engine"),
     "bench": ("model.evaluation.bench", "measure sampler speed"),
 }

@@ -1,12 +1,13 @@
-"""The play client without a window, plus the pieces the window shares with it.
+"""The play client without a window, plus the pieces the window shares with it (the recorder
+both use is world/recorder.py).
 
 `run_headless` drives a session with exact per-frame actions (from a script file or the scripted
 player), consumes the frames as fast as the worker delivers them (or at the world's fps with
 `realtime`), optionally records them, and returns the summary that `play` prints as one JSON line.
 
-Actions are queued just in time, one chunk at a time: the actions for chunk c + window are queued
+Actions are queued just in time, one chunk at a time: the actions for chunk c + lookahead are queued
 (then chunk c is acked) when chunk c arrives, so the worker's queue never runs dry and a frame's
-action is sent about `window` chunks before the frame comes back. The latency reported is that
+action is sent about `lookahead` chunks before the frame comes back. The latency reported is that
 *action-to-frame* time: from queueing a chunk's actions to receiving its frames (with realtime:
 to showing its first frame).
 
@@ -33,7 +34,7 @@ import numpy as np
 from controls.pacing import FramePacer, percentiles_ms
 from world.actions import IDLE, Action, ActionError
 from world.client import ChunkEvent, ErrorEvent, WorldClient
-from world.dataset import START_IMAGE_FILE, EpisodeWriter, new_episode_path
+from world.recorder import Recorder
 from world.scripted_player import ScriptedPlayer
 
 DEFAULT_RECORD_DIR = Path("recordings")
@@ -41,118 +42,6 @@ DEFAULT_RECORD_DIR = Path("recordings")
 
 class HeadlessError(RuntimeError):
     """The run cannot go on (worker silent, session closed, bad script)."""
-
-
-# ---- recording (shared with the window) --------------------------------------------------------
-
-
-# Chunk facts (ChunkResult.extra, sent in every chunk header) that hold for the whole episode and
-# belong in meta.json: the engine's version lets replay tell an old engine from a real mismatch.
-META_FACTS = ("engine_version",)
-# What a world started from (the generated world's `start`, world/start.py), from its reset view's
-# extra: they go into meta.json of every episode of that world, so a recording says how to make
-# its start again (and replay does).
-START_FACTS = ("start", "start_source", "start_requested", "start_notice")
-
-
-@dataclass(frozen=True)
-class _Planned:
-    """An episode started but not yet written: its meta needs facts from the first chunk."""
-
-    path: Path
-    seed: int
-    prompt: str
-
-
-class Recorder:
-    """Writes the chunks shown (or consumed) into episodes under `root`, exactly as received.
-
-    One episode per world: `append` starts a new episode when the world changes (reset or
-    reconnect), because an episode has one seed and its frame indices restart with the world.
-    `start` only picks the episode's path; the episode is written from its first chunk on, whose
-    facts (the worker's engine version) go into meta.json.
-
-    Front ends pass every chunk they show to `append`, recording or not, so the recorder also
-    learns how each world started from its reset view (START_FACTS) and puts that in the meta of
-    episodes of that world; a world started from a picture also gets the picture as start.png.
-    """
-
-    def __init__(self, root: str | Path, info: dict, options: dict | None = None, source: str = "play") -> None:
-        self.root = Path(root)
-        self.info = info
-        self.options = dict(options or {})
-        self.source = source
-        self.writer: EpisodeWriter | None = None
-        self.paths: list[Path] = []
-        self._planned: _Planned | None = None
-        self._world: object = None
-        self._start: tuple[object, dict, np.ndarray] | None = None  # (world, START_FACTS, its first frame)
-
-    @property
-    def recording(self) -> bool:
-        return self.writer is not None or self._planned is not None
-
-    @property
-    def frames(self) -> int:
-        return self.writer.frames_written if self.writer else 0
-
-    @property
-    def path(self) -> Path | None:
-        return self.paths[-1] if self.paths else None
-
-    def start(self, seed: int, prompt: str, world: object = None) -> Path:
-        """Start a new episode (written from the next appended chunk on); returns its path."""
-        self.stop()
-        path = new_episode_path(self.root, seed)
-        self._planned = _Planned(path, seed, prompt)
-        self.paths.append(path)
-        self._world = world
-        return path
-
-    def append(self, chunk: ChunkEvent, seed: int, world: object = None, limit: int | None = None) -> None:
-        """Append a chunk (its first `limit` frames if given); `world` identifies the world it
-        belongs to, and a new one starts a new episode."""
-        if chunk.chunk == 0 and isinstance(chunk.extra.get("start"), str):
-            facts = {k: chunk.extra[k] for k in START_FACTS if k in chunk.extra}
-            self._start = (world, facts, np.array(chunk.frames[0], copy=True))
-        if not self.recording:
-            return
-        if world != self._world:
-            self.start(seed, chunk.records[0]["prompt"], world)
-        if self.writer is None:
-            self.writer = self._open(self._planned, chunk)
-            self._planned = None
-        n = len(chunk.frames) if limit is None else limit
-        self.writer.append_chunk(chunk.frames[:n], chunk.records[:n])
-
-    def _open(self, planned: _Planned, first: ChunkEvent) -> EpisodeWriter:
-        info = self.info
-        facts = {k: first.extra[k] for k in META_FACTS if k in first.extra}
-        image = None
-        if info["backend"] == "generated" and info.get("description"):
-            facts["world"] = info["description"]  # which checkpoint and sampler made the frames
-        if self._start is not None and self._start[0] == self._world:
-            facts.update(self._start[1])
-            if facts.get("start") == "image":  # the decoded, resized picture: what every frame grew from
-                image, facts["start_image"] = self._start[2], START_IMAGE_FILE
-        return EpisodeWriter(
-            planned.path, backend=info["backend"], seed=planned.seed, height=info["height"], width=info["width"],
-            chunk_frames=info["chunk_frames"], fps=info["fps"], source=self.source, options=self.options,
-            extra={"prompt": planned.prompt, **facts}, start_image=image,
-        )  # fmt: skip
-
-    def stop(self) -> Path | None:
-        """Close the episode; returns its path, or None if nothing was recorded (nothing is left
-        on disk then)."""
-        if self._planned is not None:  # started, but no chunk came: there is no episode
-            self._planned = None
-            self.paths.pop()
-            return None
-        if self.writer is None:
-            return None
-        self.writer.close()
-        self.writer = None
-        return self.paths[-1]
 
 
 def summary(*, frames: int, seconds: float, latency_ms: list[float], errors: int, backend: str, prompt: str,
@@ -251,7 +140,7 @@ class HeadlessRun:
         self.info = info
         self.config = config
         self.F = info["chunk_frames"]
-        self.window = max(1, int(info.get("window") or 2))
+        self.lookahead = max(1, int(info.get("window") or 2))  # the session's effective lookahead
         self.n_chunks = 0 if config.frames is None else -(-config.frames // self.F)
         self.reset_view = False  # the world's chunk 0 after a reset is its reset view (no actions); see _prime
         self.steps = action_steps(config.script, config.seed, info["fps"])
@@ -319,7 +208,7 @@ class HeadlessRun:
         this world starts with a reset view (every reset of it then does).
         """
         seqs: list[int] = []
-        while len(seqs) < self.window:
+        while len(seqs) < self.lookahead:
             for event in self._poll(100):
                 seqs.append(event.seq)
                 if event.chunk == 0 and event.extra.get("reset_view"):

@@ -20,7 +20,7 @@ import numpy as np
 import pygame
 import zmq
 
-from controls.headless import DEFAULT_RECORD_DIR, Recorder, summary
+from controls.headless import DEFAULT_RECORD_DIR, summary
 from controls.hud import Hud, HudState
 from controls.input import InputMapper, MouseSettings
 from controls.keymap import Keymap
@@ -28,6 +28,7 @@ from controls.pacing import FramePacer, KeyLatency, PacedFrame, RateMeter, monot
 from controls.prompt_box import PromptBox, load_presets
 from world.actions import IDLE, Action
 from world.client import ChunkEvent, ErrorEvent, WorldClient, WorldConnectionError, WorldRequestError
+from world.recorder import Recorder
 
 POLL_MS_MAX = 8  # the loop never blocks on the socket longer than this, so input stays responsive
 IDLE_REDRAW_S = 0.25  # redraw this often when nothing happens (stalls, pause, reconnecting)

@@ -61,7 +61,10 @@ class DiTConfig:
     action_dim: int = 12  # world.actions.ACTION_DIM
     chunk_frames: int = 3  # docs/design.md §3: chunk = 3 latent frames
     sink_frames: int = 3  # first chunk, never evicted
-    window_frames: int = 9  # most recent frames attended, current chunk included
+    # Attention frames: the most recent frames each query attends besides the sink, the current chunk
+    # included (the KV cache's rolling window, model/kv_cache.py). Not the worker's flow-control limit
+    # (WorkerConfig.max_unacked, in chunks) nor the protocol's lookahead.
+    window_frames: int = 9
     max_text_tokens: int = 32  # longer prompts are truncated
     cfg_dropout_text: float = 0.1  # training: probability a clip loses its prompt
     cfg_dropout_actions: float = 0.1  # training: probability a clip loses its actions

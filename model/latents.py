@@ -1,7 +1,7 @@
 """Encode a dataset to a latent cache once, then train the transformer from it without pixels.
 
     python -m model.latents --data DIR --autoencoder DIR --out DIR
-    python run_world.py train latents --data DIR --autoencoder DIR --out DIR
+    python run_world.py encode-latents --data DIR  (alias: train latents) --autoencoder DIR --out DIR
 
 Layout of a cache directory (one shard per episode, in open_dataset order):
 
@@ -68,7 +68,7 @@ def read_cache_meta(cache_dir: str | os.PathLike) -> dict:
     try:
         meta = json.loads(path.read_text())
     except FileNotFoundError:
-        raise LatentCacheError(f"{path}: missing (not a latent cache; build one with `train latents`)") from None
+        raise LatentCacheError(f"{path}: missing (not a latent cache; build one with `encode-latents`)") from None
     except (OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
         raise LatentCacheError(f"{path}: unreadable ({e})") from None
     if not isinstance(meta, dict) or meta.get("format") != FORMAT or meta.get("version") != VERSION:
@@ -96,7 +96,7 @@ def text_table(cache_dir: str | os.PathLike) -> tuple[torch.Tensor, torch.Tensor
     try:
         data = load_file(str(path))
     except (FileNotFoundError, SafetensorError, OSError) as e:
-        raise LatentCacheError(f"{path}: missing or unreadable ({e}); rebuild the cache with `train latents`") from None
+        raise LatentCacheError(f"{path}: missing or unreadable ({e}); rebuild it with `encode-latents`") from None
     tokens, mask = data["tokens"].float(), data["mask"].bool()
     assert tokens.ndim == 3 and mask.shape == tokens.shape[:2], f"{path}: bad shapes"
     return tokens, mask
@@ -301,7 +301,7 @@ class LatentClips(Dataset):
         except (FileNotFoundError, SafetensorError, OSError, KeyError):
             lengths = set()
         if lengths != {shard["frames"]}:
-            warnings.warn(f"{path}: damaged or incomplete latent shard, skipped (rerun `train latents` to repair)",
+            warnings.warn(f"{path}: damaged or incomplete latent shard, skipped (rerun `encode-latents` to repair)",
                           LatentCacheWarning, stacklevel=3)
             return None
         return data

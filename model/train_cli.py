@@ -2,7 +2,7 @@
 
 Each WHAT lives in its own module exposing `add_arguments(parser)` and `run(args) -> int`. A module
 is imported only when its WHAT is chosen (argparse fills that sub-parser at parse time), so
-`train latents` never pays for the transformer code and a module not written yet fails only when
+`train autoencoder` never pays for the transformer code and a module not written yet fails only when
 asked for, with a clear message.
 """
 
@@ -11,16 +11,21 @@ from __future__ import annotations
 import argparse
 import importlib
 import importlib.util
+import sys
 from types import ModuleType
 
 TARGETS: dict[str, tuple[str, str]] = {
     "autoencoder": ("model.train_autoencoder", "train the frame autoencoder on a dataset"),
-    "latents": ("model.latents", "encode a dataset to a latent cache (run once before teacher training)"),
+    "latents": ("model.latents", "alias of `run_world.py encode-latents` (it encodes, it trains nothing)"),
     "teacher": ("model.train_teacher", "train the causal diffusion transformer on cached latents"),
     "student": ("model.train_student", "distil the teacher into the few-step diagonal student"),
     "idm": ("model.evaluation.train_idm", "train the inverse-dynamics model used to score action accuracy"),
     "classifier": ("model.evaluation.train_classifier", "train the theme classifier used to score prompts"),
 }
+
+
+# WHATs kept for older scripts, each the alias of a command that names what it does.
+ALIASES: dict[str, str] = {"latents": "encode-latents"}
 
 
 class TargetUnavailable(RuntimeError):
@@ -77,4 +82,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.what in ALIASES:
+        print(f"train {args.what}: an alias of `run_world.py {ALIASES[args.what]}`", file=sys.stderr, flush=True)
     return int(args._train_run(args) or 0)

@@ -94,16 +94,16 @@ class ClipBatches:
     """Step -> batch, deterministic: epoch e = step // per_epoch is a DistributedSampler permutation."""
 
     def __init__(self, dataset: Dataset, text_tokens: torch.Tensor, text_mask: torch.Tensor, batch: int,
-                 rank: int, world: int, seed: int):
-        if batch % world:
-            raise ValueError(f"--batch {batch} does not split over {world} processes")
+                 rank: int, world_size: int, seed: int):
+        if batch % world_size:
+            raise ValueError(f"--batch {batch} does not split over {world_size} processes")
         self.dataset, self.text_tokens, self.text_mask = dataset, text_tokens, text_mask.bool()
-        self.batch = batch // world
-        self.sampler = DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=True, seed=seed,
+        self.batch = batch // world_size
+        self.sampler = DistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=True, seed=seed,
                                           drop_last=True)
         self.per_epoch = len(self.sampler) // self.batch
         if self.per_epoch == 0:
-            raise ValueError(f"{len(dataset)} clips are too few for a batch of {batch} over {world} processes")
+            raise ValueError(f"{len(dataset)} clips are too few for a batch of {batch} over {world_size} processes")
         self._epoch, self._order = -1, []
 
     def __call__(self, step: int, device: torch.device) -> Batch:
@@ -221,12 +221,12 @@ class Trainer:
     out: Path
     device: torch.device
     rank: int = 0
-    world: int = 1
+    world_size: int = 1  # DDP processes
     step: int = 0
 
     @classmethod
     def create(cls, cfg: TeacherTrainConfig, autoencoder: torch.nn.Module, out: str | Path, device: torch.device,
-               rank: int = 0, world: int = 1, resume: bool = False) -> Trainer:
+               rank: int = 0, world_size: int = 1, resume: bool = False) -> Trainer:
         """Fresh model, or (resume and a train state in `out`) the saved one: its architecture wins."""
         out = Path(out)
         resuming = resume and has_train_state(out)
@@ -238,7 +238,7 @@ class Trainer:
         ema = copy.deepcopy(model).requires_grad_(False)
         autoencoder = autoencoder.to(device).requires_grad_(False)
         opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.99), weight_decay=cfg.weight_decay)
-        trainer = cls(cfg, dit_cfg, model, ema, autoencoder, opt, out, device, rank, world)
+        trainer = cls(cfg, dit_cfg, model, ema, autoencoder, opt, out, device, rank, world_size)
         if resume and has_train_state(out):
             trainer.step = load_train_state(out, trainer._modules(), {"dit": opt})
         return trainer
@@ -250,9 +250,9 @@ class Trainer:
         """Rank 0 writes a playable world checkpoint (EMA as "dit") plus the resume state."""
         if self.rank != 0:
             return
-        world = WorldConfig(text_encoder=self.cfg.text_encoder, sampler="teacher", shift=self.cfg.shift,
-                            chunk_frames=self.dit_cfg.chunk_frames, notes={"trained_steps": self.step})
-        save_world(self.out, self.ema, self.autoencoder, world, self.step,
+        world_cfg = WorldConfig(text_encoder=self.cfg.text_encoder, sampler="teacher", shift=self.cfg.shift,
+                                chunk_frames=self.dit_cfg.chunk_frames, notes={"trained_steps": self.step})
+        save_world(self.out, self.ema, self.autoencoder, world_cfg, self.step,
                    extra_modules={"dit_online": self.model}, extra_configs={"train": self.cfg},
                    optimizers={"dit": self.optimizer})
         if log is not None:
@@ -288,7 +288,7 @@ class Trainer:
         """Whether the time budget is spent; under DDP every rank stops at the same step (any rank's
         clock past the deadline stops all), or the others would wait forever in the next all-reduce."""
         past = torch.tensor(float(time.perf_counter() > deadline))
-        if self.world > 1:
+        if self.world_size > 1:
             dist.all_reduce(past, op=dist.ReduceOp.MAX)
         return bool(past)
 
@@ -307,7 +307,7 @@ class Trainer:
             self.save(log)
 
     def _wrapped(self) -> torch.nn.Module:
-        if self.world == 1:
+        if self.world_size == 1:
             return self.model
         ids = [self.device.index] if self.device.type == "cuda" else None
         # Buffers (RoPE tables) are derived from the config and never change: no per-step sync.
@@ -327,10 +327,10 @@ class Trainer:
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
         self.optimizer.step()
         update_ema(self.ema, self.model, self.cfg.ema_decay, self.step)
-        if self.world > 1:  # report the mean loss over ranks
+        if self.world_size > 1:  # report the mean loss over ranks
             loss = loss.detach().clone()
             dist.all_reduce(loss)
-            loss /= self.world
+            loss /= self.world_size
         return float(loss.detach()), float(grad_norm)
 
 
@@ -344,7 +344,7 @@ def _resume_config(out: Path) -> DiTConfig:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     d = TeacherTrainConfig()
-    parser.add_argument("--latents", required=True, help="latent cache directory (run_world.py train latents)")
+    parser.add_argument("--latents", required=True, help="latent cache directory (run_world.py encode-latents)")
     parser.add_argument("--autoencoder", default=None,
                         help="autoencoder the cache was encoded with (default: the one the cache records)")
     parser.add_argument("--out", required=True, help="run directory: checkpoint/ (a playable world), teacher.csv/png")
@@ -387,16 +387,16 @@ def config_from_args(args: argparse.Namespace, text_encoder: str) -> TeacherTrai
 
 def _distributed(device_name: str) -> tuple[int, int, torch.device]:
     """(rank, world size, device); initialises the process group under torchrun."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
     device = resolve_device(device_name)
-    if world == 1:
+    if world_size == 1:
         return 0, 1, device
     backend = "nccl" if device.type == "cuda" else "gloo"
     dist.init_process_group(backend)
     if device.type == "cuda":
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
         torch.cuda.set_device(device)
-    return dist.get_rank(), world, device
+    return dist.get_rank(), world_size, device
 
 
 def _cache_autoencoder(cache_meta: dict, given: str | None) -> str:
@@ -419,24 +419,25 @@ def run(args: argparse.Namespace) -> int:
 
     cache_meta = read_cache_meta(args.latents)
     cfg = config_from_args(args, cache_meta.get("text_encoder", "minilm"))
-    rank, world, device = _distributed(args.device)
+    rank, world_size, device = _distributed(args.device)
     try:
         out = Path(args.out)
         autoencoder = load_autoencoder(_cache_autoencoder(cache_meta, args.autoencoder), device)
-        trainer = Trainer.create(cfg, autoencoder, out / CHECKPOINT_SUBDIR, device, rank, world, resume=args.resume)
+        trainer = Trainer.create(cfg, autoencoder, out / CHECKPOINT_SUBDIR, device, rank, world_size,
+                                 resume=args.resume)
         dataset = LatentClips(args.latents, cfg.clip_chunks, trainer.dit_cfg.chunk_frames)
         tokens, mask = text_table(args.latents)
-        batches = ClipBatches(dataset, tokens, mask, cfg.batch, rank, world, cfg.seed)
+        batches = ClipBatches(dataset, tokens, mask, cfg.batch, rank, world_size, cfg.seed)
         log = RunLog(out, "teacher", resume_step=trainer.step + 1 if args.resume else None) if rank == 0 else None
         if rank == 0:
             print(f"teacher: {count_parameters(trainer.model) / 1e6:.2f}M parameters, {len(dataset)} clips, "
-                  f"{world} process(es) on {device} ({training_precision(device, cfg.precision)}), "
+                  f"{world_size} process(es) on {device} ({training_precision(device, cfg.precision)}), "
                   f"from step {trainer.step}", flush=True)
         metrics = trainer.train(batches, log)
         if rank == 0 and metrics:
             print(f"teacher: step {trainer.step}, loss {metrics['loss']:.4f}, {metrics['steps_per_s']:.2f} steps/s, "
                   f"{metrics['frames_per_s']:.1f} frames/s -> {trainer.out}", flush=True)
     finally:
-        if world > 1 and dist.is_initialized():
+        if world_size > 1 and dist.is_initialized():
             dist.destroy_process_group()
     return 0

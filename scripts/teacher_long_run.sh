@@ -28,7 +28,7 @@ from model.checkpoint import save_checkpoint
 ae = load_world_model('assets/teacher').autoencoder  # the autoencoder every teacher so far was trained with
 save_checkpoint('runs/ae_teacher', kind='autoencoder', modules={'autoencoder': ae}, configs={'autoencoder': ae.config})"
   "$py" run_world.py datagen --out "$data" --episodes 512 --frames-per-episode 600 --seed 1 --workers "$nproc" --no-progress
-  "$py" run_world.py train latents --data "$data" --autoencoder runs/ae_teacher --out "$latents"
+  "$py" run_world.py encode-latents --data "$data" --autoencoder runs/ae_teacher --out "$latents"
 fi
 
 if [ ! -f "$run/checkpoint/config.json" ] && [ -n "${INIT:-}" ]; then

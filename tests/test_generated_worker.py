@@ -142,7 +142,7 @@ def assert_follows(records: list[dict], extra: dict, actions: list[Action], firs
 def test_worker_core_sends_the_reset_view_first_and_keeps_the_queue_for_chunk_1(world_dir):
     """In process, so the order is exact: actions queued and a prompt switched before anything is
     produced go to chunk 1, not to the reset view; the same after a reset request."""
-    config = WorkerConfig(window=3, backend_options={"generated": {"checkpoint": str(world_dir), "device": "cpu"}})
+    config = WorkerConfig(max_unacked=3, backend_options={"generated": {"checkpoint": str(world_dir), "device": "cpu"}})
     core = WorkerCore(config, instance="test")
     now = [0.0]
 

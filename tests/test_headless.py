@@ -13,11 +13,12 @@ import numpy as np
 import pytest
 
 from controls import cli
-from controls.headless import HeadlessError, Recorder, load_script
+from controls.headless import HeadlessError, load_script
 from world import protocol as P
 from world.client import DEFAULT_PROMPT, ChunkEvent, WorldRequestError
 from world.dataset import EpisodeReader
 from world.engine import ENGINE_VERSION
+from world.recorder import Recorder
 from world.replay import replay_episode
 from world.worker import start_worker_process, stop_worker_process
 

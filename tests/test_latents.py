@@ -135,6 +135,16 @@ def test_missing_cache_is_a_clear_error(tmp_path):
     assert not os.listdir(tmp_path)
 
 
+def test_encode_latents_is_a_command(built, tmp_path):
+    from run_world import main as world_main
+
+    data, ck, _ = built
+    out = tmp_path / "encoded"
+    assert world_main(["encode-latents", "--data", str(data), "--autoencoder", str(ck), "--out", str(out),
+                       "--text-encoder", "hash", "--device", "cpu"]) == 0
+    assert json.loads((out / "cache.json").read_text())["complete"]
+
+
 def test_train_cli_dispatches_lazily(built, tmp_path, monkeypatch, capsys):
     from model import train_cli
     from run_world import main as world_main
@@ -144,6 +154,7 @@ def test_train_cli_dispatches_lazily(built, tmp_path, monkeypatch, capsys):
     assert world_main(["train", "latents", "--data", str(data), "--autoencoder", str(ck), "--out", str(out),
                        "--text-encoder", "hash", "--device", "cpu"]) == 0
     assert json.loads((out / "cache.json").read_text())["complete"]
+    assert "alias of `run_world.py encode-latents`" in capsys.readouterr().err
     monkeypatch.setitem(train_cli.TARGETS, "student", ("model.no_such_trainer", "not written yet"))
     with pytest.raises(SystemExit):
         world_main(["train", "student", "--steps", "1"])

@@ -422,7 +422,7 @@ def test_the_io_thread_lets_only_a_few_images_wait_and_answers_busy_beyond(monke
 def test_the_recorder_keeps_a_worlds_start_for_episodes_started_later(tmp_path):
     """F5 after the reset view was shown: the episode still says how its world started (and keeps
     the picture); an episode of another world does not borrow it."""
-    from controls.headless import Recorder
+    from world.recorder import Recorder
 
     info = {"backend": "generated", "height": 64, "width": 64, "chunk_frames": 3, "fps": 30.0,
             "description": "causal DiT world tiny (step 0), sampler diagonal 4-3-2 steps"}  # fmt: skip

@@ -61,7 +61,7 @@ class Core:
 
 
 def test_open_streams_window_chunks_then_waits_for_acks():
-    c = Core(window=2)
+    c = Core(max_unacked=2)
     sid = c.open()
     chunks = c.produce_all()
     assert [m.seq for m, _ in chunks] == [0, 1]
@@ -92,7 +92,7 @@ def max_in_flight(c: Core, sid: str, chunks: int) -> int:
 
 @pytest.mark.parametrize("lookahead, expected", [(1, 1), (2, 2), (None, 2)])
 def test_session_lookahead_bounds_the_chunks_run_ahead(lookahead, expected):
-    c = Core(window=2)
+    c = Core(max_unacked=2)
     (opened,) = c.send(P.Open(backend="fake", prompt="hills", lookahead=lookahead))
     assert opened.window == expected  # the effective lookahead
     assert max_in_flight(c, opened.session, chunks=6) == expected
@@ -103,7 +103,7 @@ def test_session_lookahead_bounds_the_chunks_run_ahead(lookahead, expected):
 def test_lookahead_above_the_worker_window_is_refused_before_a_backend_is_built(monkeypatch):
     built = []
     monkeypatch.setattr(worker_module, "create_backend", lambda name, **o: built.append(name))
-    c = Core(window=2)
+    c = Core(max_unacked=2)
     (error,) = c.send(P.Open(backend="fake", prompt="hills", lookahead=3, ref=4))
     assert (error.code, error.ref, error.request) == (P.BAD_LOOKAHEAD, 4, "open")
     assert "lookahead 3" in error.message and "window of 2" in error.message
@@ -111,7 +111,7 @@ def test_lookahead_above_the_worker_window_is_refused_before_a_backend_is_built(
 
 
 def test_queued_actions_come_first_then_held_input():
-    c = Core(window=10)
+    c = Core(max_unacked=10)
     sid = c.open()
     c.send(P.Input(session=sid, action=WALK))
     queued = (Action(("rise",)), Action(("sink",)), Action(mouse_dx=0.5), Action(("left",)))
@@ -131,7 +131,7 @@ def test_action_queue_is_bounded_and_all_or_nothing():
 
 
 def test_prompt_switch_and_reset():
-    c = Core(window=10)
+    c = Core(max_unacked=10)
     sid = c.open()
     c.produce_all()
     (ok,) = c.send(P.Prompt(session=sid, prompt="desert", ref=1))
@@ -186,7 +186,7 @@ def test_max_sessions():
 
 
 def test_round_robin_serves_every_session():
-    c = Core(window=3)
+    c = Core(max_unacked=3)
     sessions = {c.open(), c.open(), c.open()}
     produced = [m.session for m, _ in c.produce_all()]
     assert len(produced) == 9 and all(produced.count(s) == 3 for s in sessions)

@@ -182,7 +182,7 @@ def _parse_options(value: object) -> dict:
 
 def parse_lookahead(value: object) -> int | None:
     """Chunks a session may run ahead of its last ack: an integer >= 1, or null for the worker's
-    window. The upper bound is the worker's `--window`, which only the worker knows and checks."""
+    window. The upper bound is the worker's `--max-unacked` (`--window`), which only the worker knows and checks."""
     if value is None:
         return None
     if not is_int(value) or not 1 <= value <= _MAX_SAFE_INT:
@@ -356,7 +356,9 @@ class Opened(Message):
     description: str = ""
     prompt: str = ""
     seed: int = 0
-    window: int = 0  # chunks the worker runs ahead of the last ack: the session's effective lookahead
+    # The session's effective lookahead: chunks the worker runs ahead of the last ack (the open's
+    # `lookahead`, else the worker's max_unacked). The wire name is kept: clients read `window`.
+    window: int = 0
     worker: str = ""  # worker instance id; a different one in a Pong means the worker restarted
     ref: Ref = None
     # What the world's first chunk starts from ("engine", "text", "image"), for backends that say

@@ -8,13 +8,13 @@ Two threads, each owning its sockets (the vLLM engine-core / ZeroMQ-guide split)
   (received on an inproc PAIR) to the ROUTER.
 - The compute loop (`WorkerCore` driven by `_compute_loop`) applies requests to sessions, expires
   silent sessions and round-robins one chunk at a time over the sessions whose clients are fewer
-  than their session's lookahead (the client's choice, at most `window`) chunks behind. It never
+  than their session's lookahead (the client's choice, at most `max_unacked`) chunks behind. It never
   touches the ROUTER, so a slow backend cannot stall the socket, and a failing request is
   answered with an error, never raised out of the loop.
 
 Memory is bounded everywhere: the inbound queue has a size (the I/O thread stops reading when it
 is full, which pushes back per peer through ZeroMQ's fair queueing), HWMs are finite, action
-queues are bounded and each session has at most `window` unacknowledged chunks.
+queues are bounded and each session has at most `max_unacked` unacknowledged chunks.
 """
 
 from __future__ import annotations
@@ -61,7 +61,9 @@ class WorkerConfig:
     bind: str = DEFAULT_BIND
     session_timeout_s: float = 30.0
     max_sessions: int = 8
-    window: int = 2  # chunks generated ahead of the client's last ack; the largest lookahead granted
+    # Flow control: the most chunks a session may have generated and not yet acknowledged; the largest
+    # lookahead granted (`serve --max-unacked`, also spelled `--window`; `window` in status replies).
+    max_unacked: int = 2
     max_queued_actions: int = P.MAX_QUEUED_ACTIONS
     inbound_queue: int = 1024  # decoded requests waiting for the compute loop
     hwm: int = 1000  # ZeroMQ send/receive high-water marks (messages)
@@ -303,13 +305,13 @@ class WorkerCore:
         return options, {"start_image": image}
 
     def _lookahead(self, requested: int | None) -> int:
-        """The session's window: the client's lookahead, at most the operator's --window (which
-        bounds every session's memory and the worker's run-ahead work)."""
-        window = self.config.window
+        """The session's lookahead: the client's, at most the operator's --max-unacked (which bounds
+        every session's memory and the worker's run-ahead work)."""
+        most = self.config.max_unacked
         if requested is None:
-            return window
-        if requested > window:
-            raise P.ProtocolError(P.BAD_LOOKAHEAD, f"lookahead {requested} is above this worker's window of {window}")
+            return most
+        if requested > most:
+            raise P.ProtocolError(P.BAD_LOOKAHEAD, f"lookahead {requested} is above this worker's window of {most}")
         return requested
 
     @staticmethod
@@ -409,7 +411,7 @@ class WorkerCore:
             "uptime_s": round(now - self.started, 3),
             "sessions": len(self.sessions),
             "max_sessions": self.config.max_sessions,
-            "window": self.config.window,
+            "window": self.config.max_unacked,  # wire name: the largest lookahead granted
             "chunks_produced": core.chunks_produced,
             "sessions_opened": core.sessions_opened,
             "sessions_closed": core.sessions_closed,
@@ -664,7 +666,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--max-sessions", type=int, default=8, help="concurrent sessions (default %(default)s)")
     parser.add_argument(
+        "--max-unacked",
         "--window",
+        dest="max_unacked",
+        metavar="N",
         type=int,
         default=2,
         help="chunks generated ahead of a client's last ack; the most a session's lookahead may ask for "
@@ -683,14 +688,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def config_from_args(args: argparse.Namespace) -> WorkerConfig:
-    if args.session_timeout <= 0 or args.max_sessions < 1 or args.window < 1:
-        raise SystemExit("serve: --session-timeout must be > 0, --max-sessions and --window >= 1")
+    if args.session_timeout <= 0 or args.max_sessions < 1 or args.max_unacked < 1:
+        raise SystemExit("serve: --session-timeout must be > 0, --max-sessions and --max-unacked >= 1")
     generated = {k: v for k, v in (("device", args.device), ("checkpoint", args.checkpoint)) if v is not None}
     return WorkerConfig(
         bind=args.bind,
         session_timeout_s=args.session_timeout,
         max_sessions=args.max_sessions,
-        window=args.window,
+        max_unacked=args.max_unacked,
         backend_options={"generated": generated} if generated else {},
     )
 
