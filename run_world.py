@@ -28,8 +28,9 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "datagen": ("world.datagen", "render engine episodes with a scripted player into a dataset"),
     "export": ("world.export", "turn a recorded session into an mp4"),
     "replay": ("world.replay", "re-simulate an engine recording and check every frame"),
-    "train": ("model.train_cli", "train a network (autoencoder, teacher, student, idm, classifier)"),
-    "encode-latents": ("model.latents", "encode a dataset to a latent cache (run once before teacher training)"),
+    "train": ("model.training.cli", "train a network (autoencoder, teacher, student, idm, classifier)"),
+    "encode-latents": ("model.training.encode_latents",
+                       "encode a dataset to a latent cache (run once before teacher training)"),
     "eval": ("model.evaluation.cli", "evaluate a world model against the engine"),
     "bench": ("model.evaluation.bench", "measure sampler speed"),
 }

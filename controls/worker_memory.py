@@ -49,8 +49,8 @@ import numpy as np
 
 from controls.headless import HeadlessConfig, HeadlessError, HeadlessRun, ScriptStep
 from controls.interrupts import sigterm_as_keyboard_interrupt
+from model.common.runlog import agg_pyplot
 from model.evaluation.bench import read_status
-from model.runlog import agg_pyplot
 from world.client import ChunkEvent, WorldClient, WorldConnectionError, WorldRequestError
 from world.scripted_player import ScriptedPlayer
 from world.themes import EXAMPLE_PROMPTS

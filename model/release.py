@@ -1,73 +1,7 @@
-"""Turn a training checkpoint into a bundle-sized playable world: release weights only.
-
-    python -m model.release runs/student/dmd assets/default_world [--note key=value ...]
-
-Training checkpoints carry what resuming needs (fp32 train state, optimiser moments, the online
-generator, the critic): tens of MiB that a player never reads. A release keeps the kind="world"
-layout with exactly two modules, "dit" (the checkpoint's release weights, EMA for a student)
-and "autoencoder", stored fp16, plus the checkpoint's WorldConfig (sampler, schedule,
-context_noise: the values the weights were distilled with) and its step. Every file is checked
-against the 16 MiB limit for committed files before anything is written.
-"""
-
-from __future__ import annotations
-
-import argparse
-import shutil
+"""Old path of `python -m model.tools.release`."""
 import sys
-import tempfile
-from dataclasses import replace
-from pathlib import Path
 
-from model.checkpoint import CheckpointError
-from model.world_model import load_world_model, save_world
-
-MAX_FILE_MIB = 16.0  # committed files stay <= 16 MiB (developers' guide)
-
-
-def release_world(source: str | Path, target: str | Path, notes: dict | None = None) -> Path:
-    """Write source's playable world (dit + autoencoder, fp16) to target, replacing it atomically."""
-    model = load_world_model(source, "cpu", with_text_encoder=False)
-    world = replace(model.config, notes={**model.config.notes, "released_from": str(source), **(notes or {})})
-    target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-    staging.chmod(0o755)  # mkdtemp's 0700 would make the bundled directory private
-    try:
-        save_world(staging, model.dit, model.autoencoder, world, model.step)
-        too_big = [(p.name, p.stat().st_size / 2**20) for p in staging.iterdir()
-                   if p.stat().st_size / 2**20 > MAX_FILE_MIB]
-        if too_big:
-            raise CheckpointError(f"release files over {MAX_FILE_MIB:g} MiB: {too_big}")
-        if target.exists():
-            shutil.rmtree(target)
-        staging.rename(target)
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging)
-    return target
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("source", help="world checkpoint (or training run directory holding checkpoint/)")
-    parser.add_argument("target", help="release directory to write (replaced), e.g. assets/default_world")
-    parser.add_argument("--note", action="append", default=[], help="key=value provenance note (repeatable)")
-    args = parser.parse_args(argv)
-    try:
-        notes = dict(item.split("=", 1) for item in args.note)
-    except ValueError:
-        print(f"release: --note takes key=value, got {args.note}", file=sys.stderr)
-        return 2
-    try:
-        out = release_world(args.source, args.target, notes)
-    except CheckpointError as e:
-        print(f"release: {e}", file=sys.stderr)
-        return 2
-    sizes = ", ".join(f"{p.name} {p.stat().st_size / 2**20:.2f} MiB" for p in sorted(out.iterdir()))
-    print(f"release: {out} ({sizes})")
-    return 0
-
+from model.tools.release import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -23,8 +23,8 @@ recipe=(--copy-path --action-tokens --teacher-forcing-prob 0.9 --context-noise-m
 
 if ! grep -q '"complete": true' "$latents/cache.json" 2>/dev/null; then
   [ -f runs/ae_teacher/config.json ] || "$py" -c "
-from model.world_model import load_world_model
-from model.checkpoint import save_checkpoint
+from model.runtime.world_model import load_world_model
+from model.common.checkpoint import save_checkpoint
 ae = load_world_model('assets/teacher').autoencoder  # the autoencoder every teacher so far was trained with
 save_checkpoint('runs/ae_teacher', kind='autoencoder', modules={'autoencoder': ae}, configs={'autoencoder': ae.config})"
   "$py" run_world.py datagen --out "$data" --episodes 512 --frames-per-episode 600 --seed 1 --workers "$nproc" --no-progress

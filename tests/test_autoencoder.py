@@ -10,18 +10,10 @@ import numpy as np
 import pytest
 import torch
 
-from model.autoencoder import (
-    Autoencoder,
-    AutoencoderConfig,
-    LossWeights,
-    autoencoder_config,
-    autoencoder_loss,
-    checkpoint_dir,
-    frames_to_tensor,
-    load_autoencoder,
-    tensor_to_frames,
-)
-from model.checkpoint import CheckpointError, load_train_state, save_checkpoint
+from model.common.checkpoint import CheckpointError, checkpoint_dir, load_train_state, save_checkpoint
+from model.common.images import frames_to_tensor, tensor_to_frames
+from model.nets.autoencoder import Autoencoder, AutoencoderConfig, autoencoder_config
+from model.training.autoencoder import LossWeights, autoencoder_loss, load_autoencoder
 from run_world import main
 from tests.test_dit import one_thread  # noqa: F401  (autouse fixture)
 from world.actions import KEYS, Action

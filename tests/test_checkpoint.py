@@ -4,7 +4,7 @@ import json
 import pytest
 import torch
 
-from model.checkpoint import (
+from model.common.checkpoint import (
     CheckpointError,
     config_from_dict,
     load_module,
@@ -12,7 +12,7 @@ from model.checkpoint import (
     read_checkpoint_config,
     save_checkpoint,
 )
-from model.runlog import RunLog
+from model.common.runlog import RunLog
 
 
 @dataclasses.dataclass

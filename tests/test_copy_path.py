@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from model.samplers import diagonal_sampler, make_sampler, uniform_sampler
-from model.stream import Conditioning, generate_chunk
+from model.diffusion.samplers import diagonal_sampler, make_sampler, uniform_sampler
+from model.runtime.stream import Conditioning, generate_chunk
 from tests.test_dit import TOL, inputs, one_thread, random_dit, stream  # noqa: F401  (one_thread: autouse)
 
 

@@ -7,7 +7,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from safetensors.torch import load_file, save_file
 
-from model.train_teacher import ClipBatches, Trainer
+from model.training.teacher import ClipBatches, Trainer
 from tests.test_train_teacher import SyntheticClips, text_table, tiny_config
 
 WORLD = 2
@@ -17,7 +17,7 @@ def _worker(rank: int, tmp: str, budget: bool = False) -> None:
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"file://{tmp}/store", rank=rank, world_size=WORLD)
     try:
-        from model.autoencoder import Autoencoder, autoencoder_config
+        from model.nets.autoencoder import Autoencoder, autoencoder_config
 
         cfg = tiny_config(steps=3, batch=4, ckpt_every=3)
         if budget:  # only rank 0's clock runs out: both ranks must still stop at the same step
@@ -51,7 +51,7 @@ def test_replicas_stay_identical(tmp_path):
 
 
 def _tiny_ae():
-    from model.autoencoder import Autoencoder, autoencoder_config
+    from model.nets.autoencoder import Autoencoder, autoencoder_config
 
     return Autoencoder(autoencoder_config("tiny"))
 

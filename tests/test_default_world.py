@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from model.samplers import CONTEXT_NOISE, DIAGONAL_SCHEDULE
-from model.world_model import load_world_model
+from model.diffusion.samplers import CONTEXT_NOISE, DIAGONAL_SCHEDULE
+from model.runtime.world_model import load_world_model
 from world.backends.generated import DEFAULT_CHECKPOINT
 
 pytestmark = pytest.mark.skipif(not (DEFAULT_CHECKPOINT / "config.json").is_file(),

@@ -7,8 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from model.distill import sample_exits, self_forcing_rollout
-from model.samplers import (
+from model.diffusion.samplers import (
     CONTEXT_NOISE,
     FEW_STEP_GRID,
     diagonal_grid,
@@ -17,8 +16,9 @@ from model.samplers import (
     parse_schedule,
     uniform_sampler,
 )
-from model.stream import Conditioning, generate_chunk
-from model.world_model import load_world_model, make_random_world
+from model.runtime.stream import Conditioning, generate_chunk
+from model.runtime.world_model import load_world_model, make_random_world
+from model.training.distill import sample_exits, self_forcing_rollout
 from tests.test_dit import one_thread, random_dit  # noqa: F401  (one_thread: autouse fixture)
 from world.actions import Action
 from world.backend import BackendError
@@ -99,7 +99,7 @@ def test_the_default_grid_is_unchanged():
 
 
 def test_a_schedule_longer_than_the_distilled_grid_runs_on_a_finer_one():
-    """The paper figure's 5-4-3-2: a 5-level grid (an inference-time ablation, see model/samplers.py)."""
+    """The paper figure's 5-4-3-2: a 5-level grid (an inference-time ablation, see model/diffusion/samplers.py)."""
     diag = make_sampler("diagonal", schedule=[5, 4, 3, 2])
     grid = diagonal_grid(3.0, CONTEXT_NOISE, 5)
     assert len(grid) == 5 and grid[0] == 1.0 and grid[-1] == pytest.approx(0.1)

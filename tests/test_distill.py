@@ -6,7 +6,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from model.distill import (
+from model.diffusion.samplers import diagonal_grid, make_sampler
+from model.runtime.stream import Conditioning
+from model.training.distill import (
     DMDConfig,
     critic_loss,
     dmd_gradient,
@@ -19,8 +21,6 @@ from model.distill import (
     self_forcing_rollout,
     temporal_diff,
 )
-from model.samplers import diagonal_grid, make_sampler
-from model.stream import Conditioning
 from tests.test_diagonal_schedule import RecordingDiT
 from tests.test_dit import one_thread, random_dit  # noqa: F401  (one_thread: autouse fixture)
 

@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from model.dit import CausalDiT, DiTConfig, count_parameters, dit_config
-from model.kv_cache import context_frame_ids
+from model.nets import count_parameters
+from model.nets.dit import CausalDiT, DiTConfig, dit_config
+from model.nets.kv_cache import context_frame_ids
 
 TOL = 1e-4
 

@@ -26,7 +26,7 @@ def test_engine_row(capsys):
 
 
 def test_samplers_on_one_checkpoint(capsys, tmp_path):
-    from model.world_model import make_random_world
+    from model.runtime.world_model import make_random_world
 
     ckpt = make_random_world(tmp_path / "world")
     report = _bench(capsys, "--checkpoint", str(ckpt), "--samplers", "uniform,diagonal", "--chunks", "3")
@@ -45,7 +45,7 @@ def test_samplers_on_one_checkpoint(capsys, tmp_path):
 
 
 def test_unknown_sampler_is_a_clear_error(capsys, tmp_path):
-    from model.world_model import make_random_world
+    from model.runtime.world_model import make_random_world
 
     ckpt = make_random_world(tmp_path / "world")
     args = ["bench", "--checkpoint", str(ckpt), "--samplers", "nope", "--matmul-seconds", "0.05"]

@@ -196,7 +196,7 @@ def test_eval_start_text_and_option_checks(tiny_presets, tmp_path, capsys):
 
 
 def test_scoreboard_cli_engine_still_and_a_generated_world(tiny_presets, tmp_path, capsys):
-    from model.world_model import make_random_world
+    from model.runtime.world_model import make_random_world
 
     rows = {}
     for backend in ("engine", "still"):

@@ -95,7 +95,7 @@ def test_engine_is_the_ceiling(engine_results):
 
 
 def test_random_world_scores_near_chance(nets, engine_results, tmp_path):
-    from model.world_model import make_random_world
+    from model.runtime.world_model import make_random_world
 
     ckpt = make_random_world(tmp_path / "random")
     world = create_backend("generated", checkpoint=str(ckpt), device="cpu", sampler="uniform")
@@ -165,7 +165,7 @@ def test_cli_engine_quick_json(nets, tmp_path, capsys):
 
 def test_cli_sampler_options_are_recorded(nets, tmp_path, capsys, monkeypatch):
     from model.evaluation import cli
-    from model.world_model import make_random_world
+    from model.runtime.world_model import make_random_world
 
     monkeypatch.setitem(cli.EVAL_PRESETS, "quick", replace(TINY, probe_hold=3))
     ckpt = make_random_world(tmp_path / "random")

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import run_world
-from model.checkpoint import CheckpointError
+from model.common.checkpoint import CheckpointError
 from model.evaluation.classifier import ThemeClassifier, classifier_config
 from model.evaluation.idm import (
     IDMConfig,

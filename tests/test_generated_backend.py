@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from model.checkpoint import CheckpointError, save_checkpoint
-from model.dit import CausalDiT, dit_config
-from model.world_model import load_world_model, make_random_world
+from model.common.checkpoint import CheckpointError, save_checkpoint
+from model.nets.dit import CausalDiT, dit_config
+from model.runtime.world_model import load_world_model, make_random_world
 from tests.test_dit import one_thread  # noqa: F401  (autouse fixture)
 from world.actions import Action
 from world.backend import BackendError, PromptError
@@ -80,7 +80,7 @@ def test_unknown_config_key_names_the_file(world_dir, tmp_path):
 
 
 def test_another_kind_of_checkpoint_is_refused(tmp_path):
-    from model.autoencoder import Autoencoder, autoencoder_config
+    from model.nets.autoencoder import Autoencoder, autoencoder_config
 
     ae = Autoencoder(autoencoder_config("tiny"))
     save_checkpoint(tmp_path / "ae", kind="autoencoder", modules={"autoencoder": ae},
@@ -212,7 +212,7 @@ def test_stream_can_start_from_a_clean_latent(world_dir):
 
 
 def test_rewarm_restarts_the_diagonal_schedule_after_a_switch(world_dir):
-    from model.samplers import diagonal_sampler
+    from model.diffusion.samplers import diagonal_sampler
 
     world = load_world_model(world_dir)
     stream = world.stream(diagonal_sampler([4, 3, 2], rewarm=True))

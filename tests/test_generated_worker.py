@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from model.world_model import make_random_world
+from model.runtime.world_model import make_random_world
 from world import protocol as P
 from world.actions import Action
 from world.backends.registry import create_backend

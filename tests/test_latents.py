@@ -12,9 +12,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from model.autoencoder import frames_to_tensor, load_autoencoder
-from model.checkpoint import save_checkpoint
-from model.latents import (
+from model.common.checkpoint import save_checkpoint
+from model.common.images import frames_to_tensor
+from model.nets.text_encoder import HashTextEncoder
+from model.training.autoencoder import load_autoencoder
+from model.training.encode_latents import (
     LatentCacheError,
     LatentCacheWarning,
     LatentClips,
@@ -23,7 +25,6 @@ from model.latents import (
     main,
     text_table,
 )
-from model.text_encoder import HashTextEncoder
 from tests.test_autoencoder import one_thread, synthetic_frames, tiny_ae, write_dataset  # noqa: F401 (autouse)
 from world.dataset import open_dataset
 
@@ -146,7 +147,7 @@ def test_encode_latents_is_a_command(built, tmp_path):
 
 
 def test_train_cli_dispatches_lazily(built, tmp_path, monkeypatch, capsys):
-    from model import train_cli
+    from model.training import cli as train_cli
     from run_world import main as world_main
 
     data, ck, _ = built

@@ -1,4 +1,4 @@
-"""model.release: a training checkpoint becomes a bundle-sized world with release weights only."""
+"""model.tools.release: a training checkpoint becomes a bundle-sized world with release weights only."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ import json
 import pytest
 import torch
 
-from model.checkpoint import CheckpointError
-from model.release import main, release_world
-from model.world_model import load_world_model, make_random_world, save_world
+from model.common.checkpoint import CheckpointError
+from model.runtime.world_model import load_world_model, make_random_world, save_world
+from model.tools.release import main, release_world
 
 
 def _training_checkpoint(tmp_path):

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from model.flow import add_noise, level_grid, predict_x0, shift_level, velocity_target
-from model.samplers import diagonal_sampler, make_sampler, teacher_sampler, uniform_sampler
-from model.stream import Conditioning, generate_chunk
+from model.diffusion.flow import add_noise, level_grid, predict_x0, shift_level, velocity_target
+from model.diffusion.samplers import diagonal_sampler, make_sampler, teacher_sampler, uniform_sampler
+from model.runtime.stream import Conditioning, generate_chunk
 from tests.test_dit import one_thread, random_dit  # noqa: F401  (one_thread: autouse fixture)
 
 

@@ -1,12 +1,12 @@
-"""model.showcase: engine and world columns side by side, held keys and a prompt switch row."""
+"""model.tools.showcase: engine and world columns side by side, held keys and a prompt switch row."""
 
 from __future__ import annotations
 
 import numpy as np
 from PIL import Image
 
-from model.showcase import Scenario, main, parse_world, rollout, scenarios_for
-from model.world_model import make_random_world
+from model.runtime.world_model import make_random_world
+from model.tools.showcase import Scenario, main, parse_world, rollout, scenarios_for
 from tests.test_dit import one_thread  # noqa: F401  (autouse fixture)
 from world.backends.registry import create_backend
 

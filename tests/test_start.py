@@ -16,7 +16,7 @@ import pytest
 import zmq
 from PIL import Image
 
-from model.world_model import make_random_world
+from model.runtime.world_model import make_random_world
 from world import protocol as P
 from world.actions import Action
 from world.backend import BackendError

@@ -8,7 +8,7 @@ import warnings
 import pytest
 import torch
 
-from model.text_encoder import TEXT_DIM, HashTextEncoder, create_text_encoder
+from model.nets.text_encoder import TEXT_DIM, HashTextEncoder, create_text_encoder
 from world.backend import PromptError
 
 LONG_PROMPT = " ".join(f"word{i}" for i in range(40))

@@ -14,19 +14,13 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from model.distill import sample_exits
-from model.latents import CACHE_FILE, FORMAT, SHARD_PATTERN, TEXT_FILE, VERSION
-from model.ode_pairs import OdePairs, OdePairsConfig, OdePairsError, build_ode_pairs, shard_spec
-from model.samplers import diagonal_grid
-from model.stream import WorldStream
-from model.train_student import (
-    STUDENT_PRESETS,
-    DMDTrainer,
-    InitTrainer,
-    StudentTrainConfig,
-    load_teacher,
-)
-from model.world_model import load_world_model, make_random_world
+from model.diffusion.samplers import diagonal_grid
+from model.runtime.stream import WorldStream
+from model.runtime.world_model import load_world_model, make_random_world
+from model.training.distill import sample_exits
+from model.training.encode_latents import CACHE_FILE, FORMAT, SHARD_PATTERN, TEXT_FILE, VERSION
+from model.training.ode_pairs import OdePairs, OdePairsConfig, OdePairsError, build_ode_pairs, shard_spec
+from model.training.student import STUDENT_PRESETS, DMDTrainer, InitTrainer, StudentTrainConfig, load_teacher
 from tests.test_diagonal_schedule import RecordingDiT
 from tests.test_dit import one_thread  # noqa: F401  (autouse fixture)
 from tests.test_train_teacher import SyntheticClips, text_table
@@ -197,7 +191,7 @@ def test_unworkable_schedules_are_refused_before_training():
 
 
 def write_latent_cache(directory, episodes: int = 2, frames: int = 9) -> None:
-    """A minimal latent cache (model/latents.py layout) without rendering or encoding anything."""
+    """A minimal latent cache (model/training/encode_latents.py layout) without rendering or encoding anything."""
     directory.mkdir(parents=True)
     g = torch.Generator().manual_seed(0)
     shards = []
@@ -217,7 +211,7 @@ def write_latent_cache(directory, episodes: int = 2, frames: int = 9) -> None:
 
 
 def test_command_line_runs_both_stages(tmp_path):
-    from model import train_cli
+    from model.training import cli as train_cli
 
     write_latent_cache(tmp_path / "cache")
     world = make_random_world(tmp_path / "teacher", text_encoder="hash")

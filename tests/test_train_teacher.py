@@ -8,9 +8,10 @@ import pytest
 import torch
 from torch.utils.data import Dataset
 
-from model.autoencoder import Autoencoder, autoencoder_config
-from model.checkpoint import has_train_state
-from model.train_teacher import (
+from model.common.checkpoint import has_train_state
+from model.nets.autoencoder import Autoencoder, autoencoder_config
+from model.runtime.world_model import load_world_model
+from model.training.teacher import (
     ClipBatches,
     TeacherTrainConfig,
     Trainer,
@@ -19,7 +20,6 @@ from model.train_teacher import (
     teacher_forcing_prefix,
     teacher_loss,
 )
-from model.world_model import load_world_model
 from tests.test_dit import one_thread  # noqa: F401  (autouse fixture)
 
 

@@ -113,7 +113,7 @@ def test_cli_chunks_json_line(tmp_path):
 
 @linux_only
 def test_generated_tiny_random_world(tmp_path):
-    from model.world_model import make_random_world
+    from model.runtime.world_model import make_random_world
 
     world = make_random_world(tmp_path / "tiny", preset="tiny", text_encoder="hash")
     config = MemoryConfig(backend="generated", checkpoint=str(world), sampler="diagonal", device="cpu",

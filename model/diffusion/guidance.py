@@ -1,6 +1,6 @@
 """Classifier-free guidance: v = c + g (c - u) (docs/design.md §3).
 
-The conditional and unconditional rows run in one batch, conditional first (model/stream.py
+The conditional and unconditional rows run in one batch, conditional first (model/runtime/stream.py
 `Conditioning`: the second half has no prompt and null actions); `apply_guidance` folds them back.
 """
 

@@ -261,7 +261,7 @@ def sampler_names(args: argparse.Namespace) -> list[str]:
         return ["engine"]
     if args.samplers:
         return [s.strip() for s in args.samplers.split(",") if s.strip()]
-    from model.samplers import SAMPLERS
+    from model.diffusion.samplers import SAMPLERS
 
     return list(SAMPLERS)
 
@@ -281,7 +281,7 @@ def ratios(rows: dict[str, SamplerRow]) -> dict[str, float]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from model.device import resolve_device, set_threads
+    from model.common.device import resolve_device, set_threads
 
     set_threads(args.threads)
     try:

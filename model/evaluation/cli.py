@@ -21,8 +21,9 @@ from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
 
-from model.checkpoint import CheckpointError
-from model.device import resolve_device, set_threads
+from model.common.checkpoint import CheckpointError
+from model.common.device import resolve_device, set_threads
+from model.diffusion.samplers import parse_schedule
 from model.evaluation.config import EVAL_PRESETS, EvalConfig
 from model.evaluation.measure_actions import measure_actions
 from model.evaluation.measure_counterfactual import measure_counterfactual
@@ -33,7 +34,6 @@ from model.evaluation.measure_teacher_forced import measure_teacher_forced
 from model.evaluation.readers import IDMReader, ThemeReader, load_classifier, load_idm
 from model.evaluation.report import headline, markdown, write_outputs
 from model.evaluation.rollout import START_MODES, Worlds
-from model.samplers import parse_schedule
 from world.backend import Backend, BackendError
 from world.backends.baselines import BASELINES
 from world.backends.registry import create_backend

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from model.runlog import agg_pyplot
+from model.common.runlog import agg_pyplot
 
 MISSING = "—"  # the run did not measure this
 UNDEFINED = "n/a"  # measured, but undefined (null in results.json)

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
+from model.common.runlog import progress
 from model.evaluation.rollout import rollout
-from model.runlog import progress
 from world.actions import Action
 from world.backends.registry import create_backend
 from world.dataset import open_dataset

@@ -18,7 +18,7 @@ import json
 import sys
 from pathlib import Path
 
-from model.runlog import agg_pyplot
+from model.common.runlog import agg_pyplot
 
 HISTORY_FILE = "history.csv"
 

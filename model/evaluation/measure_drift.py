@@ -22,12 +22,12 @@ from __future__ import annotations
 
 import numpy as np
 
+from model.common.runlog import progress
 from model.evaluation.config import EvalConfig
 from model.evaluation.measure_prompts import walk_actions
 from model.evaluation.metrics import frechet_distance, hsv_saturation, rms_contrast
 from model.evaluation.readers import ThemeReader
 from model.evaluation.rollout import Worlds, stream
-from model.runlog import progress
 from world.actions import Action
 from world.themes import EXAMPLE_PROMPTS
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from model.checkpoint import CheckpointError, config_from_dict, load_module, read_checkpoint_config
+from model.common.checkpoint import CheckpointError, config_from_dict, load_module, read_checkpoint_config
 from model.evaluation.classifier import FACTORS, ClassifierConfig, ThemeClassifier
 from model.evaluation.idm import N_KEYS, IDMConfig, InverseDynamicsModel
 from world.themes import Theme

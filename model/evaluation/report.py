@@ -8,8 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
+from model.common.runlog import agg_pyplot
 from model.evaluation.scores import ACTION_NAMES
-from model.runlog import agg_pyplot
 
 # (key in results, label, engine/ceiling key, baseline key, target as text); the order of report.md's
 # table. A reference starting with "=" is literal text (a value fixed by construction).

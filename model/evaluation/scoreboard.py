@@ -82,8 +82,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from model.checkpoint import CheckpointError
-    from model.device import set_threads
+    from model.common.checkpoint import CheckpointError
+    from model.common.device import set_threads
     from model.evaluation.cli import _sampler_config, open_worlds, parse_world_options
     from world.backend import BackendError
 

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from model.device import set_threads
+from model.common.device import set_threads
 from model.evaluation.classifier import FACTORS, ThemeClassifier, classifier_config
 from model.evaluation.data import Episode
 from model.evaluation.readers import ThemeReader

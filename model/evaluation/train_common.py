@@ -9,7 +9,7 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from model.device import resolve_device
+from model.common.device import resolve_device
 from model.evaluation.data import Episode, load_dataset, render_engine_episodes, split_episodes
 from model.evaluation.trainer import TrainConfig, Trainer
 

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from model.device import set_threads
+from model.common.device import set_threads
 from model.evaluation.data import Episode
 from model.evaluation.idm import (
     IDMConfig,

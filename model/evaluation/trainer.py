@@ -18,15 +18,15 @@ import numpy as np
 import torch
 from torch import nn
 
-from model.checkpoint import (
+from model.common.checkpoint import (
     CheckpointError,
     has_train_state,
     load_train_state,
     read_checkpoint_config,
     save_checkpoint,
 )
-from model.device import autocast
-from model.runlog import RunLog, progress
+from model.common.device import autocast
+from model.common.runlog import RunLog, progress
 
 
 @dataclass(frozen=True)

@@ -1,14 +1,14 @@
 """The model as a backend: a causal DiT imagines the world chunk by chunk from actions and prompt.
 
 Options (everything else is a BackendError):
-    checkpoint    world checkpoint directory (model/world_model.py); default: the bundled
+    checkpoint    world checkpoint directory (model/runtime/world_model.py); default: the bundled
                   assets/default_world, else the bundled teacher assets/teacher
     device        "auto" | "cpu" | "cuda" ...
     sampler       "teacher" | "uniform" | "diagonal"; default: the checkpoint's own
     steps         denoising steps for "teacher" / "uniform"
     schedule      per-chunk step counts for "diagonal", e.g. [4, 3, 2] or the string "4,3,2" (session
                   options over the protocol are scalars); each in [2, 32]; counts above 4 run on a
-                  finer grid than the student was distilled on (an ablation, model/samplers.py)
+                  finer grid than the student was distilled on (an ablation, model/diffusion/samplers.py)
     context_noise "diagonal" only: network time in (0, 1000) of the context K/V every chunk leaves;
                   default: the checkpoint's (the value it was distilled with; others are ablations)
     rewarm        "diagonal" only, true/false: after a prompt switch, restart the schedule (4, 3, 2, ...)
@@ -58,7 +58,7 @@ from world.backend import Backend, BackendError, BackendInfo, ChunkResult, Promp
 from world.start import START_MODES, StartImage, StartImageError, as_start_image, fit_image
 
 if TYPE_CHECKING:  # model (torch) is imported only once a world is built
-    from model.samplers import Sampler
+    from model.diffusion.samplers import Sampler
 
 ASSETS = Path(__file__).resolve().parents[2] / "assets"
 DEFAULT_CHECKPOINT = ASSETS / "default_world"  # the bundled default world (the distilled student)
@@ -88,7 +88,7 @@ class GeneratedBackend(Backend):
         if unknown:
             raise BackendError(f"unknown generated-backend options {sorted(unknown)}; known: {', '.join(OPTIONS)}")
         self.model = _load(checkpoint, device)
-        from model.samplers import parse_schedule  # model (torch) is imported only once a world is built
+        from model.diffusion.samplers import parse_schedule
 
         try:
             if isinstance(schedule, str):
@@ -282,9 +282,9 @@ def bundled_checkpoint(teacher_fallback: bool = True) -> Path | None:
 
 
 def _load(checkpoint: str | None, device: str):
-    from model.checkpoint import CheckpointError
-    from model.device import resolve_device
-    from model.world_model import load_world_model
+    from model.common.checkpoint import CheckpointError
+    from model.common.device import resolve_device
+    from model.runtime.world_model import load_world_model
 
     path = Path(checkpoint) if checkpoint is not None else bundled_checkpoint()
     if path is None:

@@ -15,10 +15,10 @@ import sys
 from types import ModuleType
 
 TARGETS: dict[str, tuple[str, str]] = {
-    "autoencoder": ("model.train_autoencoder", "train the frame autoencoder on a dataset"),
-    "latents": ("model.latents", "alias of `run_world.py encode-latents` (it encodes, it trains nothing)"),
-    "teacher": ("model.train_teacher", "train the causal diffusion transformer on cached latents"),
-    "student": ("model.train_student", "distil the teacher into the few-step diagonal student"),
+    "autoencoder": ("model.training.autoencoder", "train the frame autoencoder on a dataset"),
+    "latents": ("model.training.encode_latents", "alias of `run_world.py encode-latents` (it trains nothing)"),
+    "teacher": ("model.training.teacher", "train the causal diffusion transformer on cached latents"),
+    "student": ("model.training.student", "distil the teacher into the few-step diagonal student"),
     "idm": ("model.evaluation.train_idm", "train the inverse-dynamics model used to score action accuracy"),
     "classifier": ("model.evaluation.train_classifier", "train the theme classifier used to score prompts"),
 }

@@ -1,6 +1,6 @@
 """Samplers: a per-chunk noise schedule plus how one step updates the latents.
 
-A sampler is data, not a loop (docs/design.md §7, habit 3): `model/stream.py:generate_chunk` is the one
+A sampler is data, not a loop (docs/design.md §7, habit 3): `model/runtime/stream.py:generate_chunk` is the one
 streaming loop and reads from the sampler
   - `levels(i)`: the noise levels (s in (0, 1], descending, 0 excluded) chunk i is denoised through;
   - `update`: "euler" integrates the flow ODE (teacher); "renoise" re-noises the predicted x0 to
@@ -10,7 +10,7 @@ streaming loop and reads from the sampler
   - `context_noise`: network time of the K/V every committed chunk leaves as context: 0 for a
     refresh sampler; for "diagonal" an explicit level (default t = 100, the paper's best ablation
     point, docs/design.md §3) on which every chunk's LAST denoising forward runs. Inference (the
-    checkpoint's WorldConfig.context_noise) and distillation (model/train_student.py) build their
+    checkpoint's WorldConfig.context_noise) and distillation (model/training/student.py) build their
     sampler from the same value, so training's context is written exactly as inference's is;
   - `guidance` g: v = c + g (c - u), cond and uncond (no prompt, null actions) batched; g = 0
     runs the conditional network alone.
@@ -26,7 +26,7 @@ would write K/V of pure noise and is refused; more steps than the teacher's 32-s
 too (the student cannot be sampled finer than the trajectories it was distilled from).
 
 A schedule whose largest count exceeds 4 (e.g. the paper figure's 5-4-3-2) runs on a FINER grid than
-the student was distilled on (model/ode_pairs.py and model/train_student.py always use the 4-level
+the student was distilled on (model/training/ode_pairs.py and model/training/student.py always use the 4-level
 `diagonal_grid(shift, context_noise)`): an inference-time ablation. Every intermediate level moves
 with the grid, so even its 4-, 3- and 2-step chunks are not the distilled ones (only the first and
 the context level are shared); distillation itself must stay on the 4-level grid.
@@ -39,7 +39,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from model.flow import TIME_SCALE, level_grid, network_time, shift_level
+from model.diffusion.flow import TIME_SCALE, level_grid, network_time, shift_level
 
 TEACHER_STEPS = 32
 FEW_STEP_GRID = 4  # the distilled student's grid: [1000, 750, 500, 250] warped (Self-Forcing)

@@ -35,6 +35,7 @@ VERSION = 1
 CONFIG_FILE = "config.json"
 TRAIN_STATE_FILE = "train_state.safetensors"
 TRAIN_STATE_JSON = "train_state.json"
+CHECKPOINT_SUBDIR = "checkpoint"  # where a training run keeps its checkpoint inside its --out directory
 
 
 class CheckpointError(RuntimeError):
@@ -177,6 +178,16 @@ def _swap_in(tmp: Path, directory: Path) -> None:
 
 
 # ----------------------------------------------------------------------------- loading
+
+
+def checkpoint_dir(path: str | os.PathLike) -> Path:
+    """Accept a checkpoint directory or a training --out directory that holds `checkpoint/`."""
+    path = Path(path)
+    nested = path / CHECKPOINT_SUBDIR
+    if not (path / CONFIG_FILE).exists() and (nested / CONFIG_FILE).exists():
+        return nested
+    return path
+
 
 
 def read_checkpoint_config(directory: str | os.PathLike, kind: str | None = None) -> dict:

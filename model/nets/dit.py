@@ -11,7 +11,7 @@ velocity `v = eps - x0` (docs/design.md §3) and knows nothing about noise sched
   add 3M parameters and push the fp16 checkpoint past the 16 MiB limit (docs/design.md §5). Gates and
   the output layer start at zero (adaLN-Zero), so the untrained network is the identity residual.
 - Self-attention: bidirectional inside a chunk (3 frames), causal across chunks, restricted to the
-  sink + recent window of `attention_span` (model/kv_cache.py). 3D RoPE on q/k with span-relative
+  sink + recent window of `attention_span` (model/nets/kv_cache.py). 3D RoPE on q/k with span-relative
   frame positions, so streams are unbounded (keys cached unrotated).
 - Text: cross-attention to the projected prompt tokens plus a learned null token that is always
   visible; dropping the prompt (classifier-free guidance) = masking every real token.
@@ -44,8 +44,8 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
-from model.kv_cache import CacheLayout, KVCache, attention_span
-from model.rope import Rope3D
+from model.nets.kv_cache import CacheLayout, KVCache, attention_span
+from model.nets.rope import Rope3D
 
 
 @dataclass
@@ -62,7 +62,7 @@ class DiTConfig:
     chunk_frames: int = 3  # docs/design.md §3: chunk = 3 latent frames
     sink_frames: int = 3  # first chunk, never evicted
     # Attention frames: the most recent frames each query attends besides the sink, the current chunk
-    # included (the KV cache's rolling window, model/kv_cache.py). Not the worker's flow-control limit
+    # included (the KV cache's rolling window, model/nets/kv_cache.py). Not the worker's flow-control limit
     # (WorkerConfig.max_unacked, in chunks) nor the protocol's lookahead.
     window_frames: int = 9
     max_text_tokens: int = 32  # longer prompts are truncated
@@ -416,7 +416,3 @@ class CausalDiT(nn.Module):
 
     def new_cache(self) -> KVCache:
         return KVCache.for_config(self.config)
-
-
-def count_parameters(module: nn.Module) -> int:
-    return sum(p.numel() for p in module.parameters())

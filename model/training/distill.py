@@ -25,10 +25,10 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from model.diffusion.flow import TIME_SCALE, add_noise, flow_loss, network_time, shift_level, velocity_target
 from model.diffusion.guidance import apply_guidance
-from model.flow import TIME_SCALE, add_noise, flow_loss, network_time, shift_level, velocity_target
-from model.samplers import Sampler
-from model.stream import Conditioning, Noise, generate_chunk
+from model.diffusion.samplers import Sampler
+from model.runtime.stream import Conditioning, Noise, generate_chunk
 
 
 @dataclass

@@ -17,12 +17,12 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from model.device import autocast
+from model.common.device import autocast
+from model.diffusion.flow import network_time, predict_x0
 from model.diffusion.guidance import apply_guidance
-from model.dit import CausalDiT
-from model.flow import network_time, predict_x0
-from model.kv_cache import ChunkInputs, KVCache
-from model.samplers import Sampler
+from model.diffusion.samplers import Sampler
+from model.nets.dit import CausalDiT
+from model.nets.kv_cache import ChunkInputs, KVCache
 
 Noise = Callable[[tuple[int, ...]], torch.Tensor]
 StepHook = Callable[[float, torch.Tensor], None]  # (level s, the forward's input x [B, F, C, h, w])
@@ -108,7 +108,7 @@ def generate_chunk(
     schedule_index picks the sampler's per-chunk levels (default: the chunk's index in the stream).
     exit_step (training rollouts): stop after that step, returning its x0 prediction; only that
     forward runs with gradient (if grad mode is on), earlier steps and context writes do not, and
-    the cached context is detached (model/kv_cache.py). A no-refresh sampler that exits before its
+    the cached context is detached (model/nets/kv_cache.py). A no-refresh sampler that exits before its
     last step re-noises the exit's x0 to the context level and writes that chunk's K/V with one
     no-grad forward, so a training rollout leaves the same context noise in the cache as inference
     (diagonal forcing, docs/design.md §3). initial [B, F, C, h, w]: the pure-noise start (default: drawn
@@ -235,7 +235,7 @@ class WorldStream:
     @torch.inference_mode()
     def encode(self, frames: np.ndarray) -> torch.Tensor:
         """frames [N, H, W, 3] uint8 -> latents [N, C, h, w] on the stream's device."""
-        from model.autoencoder import frames_to_tensor
+        from model.common.images import frames_to_tensor
 
         return self.autoencoder.encode(frames_to_tensor(frames).to(self.device)).float()
 
@@ -286,6 +286,6 @@ class WorldStream:
     @torch.inference_mode()
     def decode(self, latents: torch.Tensor) -> np.ndarray:
         """latents [F, C, h, w] -> frames [F, H, W, 3] uint8."""
-        from model.autoencoder import tensor_to_frames
+        from model.common.images import tensor_to_frames
 
         return tensor_to_frames(self.autoencoder.decode(latents.float()))

@@ -86,7 +86,7 @@ class ChunkInputs:
     x: torch.Tensor  # [B, C, c, h, w] (C = chunk frames)
     t: torch.Tensor  # [B, C] network time
     actions: torch.Tensor  # [B, C, A]
-    prev: torch.Tensor  # [B, C, c, h, w] the copy path's input (model/dit.py; zeros without one)
+    prev: torch.Tensor  # [B, C, c, h, w] the copy path's input (model/nets/dit.py; zeros without one)
 
     def buffers(self) -> tuple[torch.Tensor, ...]:
         return (self.x, self.t, self.actions, self.prev)

@@ -19,6 +19,7 @@ import argparse
 import copy
 import dataclasses
 import math
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,35 +27,112 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from model.autoencoder import (
-    AUTOENCODER_PRESETS,
-    CHECKPOINT_KIND,
+from model.common.checkpoint import (
     CHECKPOINT_SUBDIR,
-    Autoencoder,
-    AutoencoderConfig,
-    LossWeights,
-    autoencoder_config,
-    autoencoder_loss,
-    count_parameters,
-    decode_ms_per_frame,
-    frames_to_tensor,
-    load_autoencoder,
-    tensor_to_frames,
-)
-from model.checkpoint import (
+    CONFIG_FILE,
     CheckpointError,
+    checkpoint_dir,
     config_from_dict,
     has_train_state,
+    load_module,
     load_train_state,
     read_checkpoint_config,
     save_checkpoint,
 )
-from model.common.images import psnr
-from model.device import autocast, resolve_device, torch_threads
-from model.runlog import RunLog, progress
+from model.common.device import autocast, resolve_device, torch_threads
+from model.common.images import frames_to_tensor, psnr, tensor_to_frames
+from model.common.runlog import RunLog, progress
+from model.nets import count_parameters
+from model.nets.autoencoder import AUTOENCODER_PRESETS, Autoencoder, AutoencoderConfig, autoencoder_config
 
 __all__ = ["TrainConfig", "TRAIN_PRESETS", "FrameSplit", "AutoencoderTrainer", "load_autoencoder", "add_arguments",
            "run"]
+
+
+# ----------------------------------------------------------------------------- losses
+
+
+@dataclass
+class LossWeights:
+    """Reconstruction loss weights: L1 + MSE + a small image-gradient (edge) term; no GAN."""
+
+    l1: float = 1.0
+    mse: float = 1.0
+    edge: float = 0.5
+
+
+def reconstruction_loss(recon: torch.Tensor, target: torch.Tensor, w: LossWeights) -> tuple[torch.Tensor, dict]:
+    """Weighted loss between images [B, 3, H, W] and its terms (floats, for logging)."""
+    l1 = (recon - target).abs().mean()
+    mse = (recon - target).pow(2).mean()
+    edge = _edge_l1(recon, target)
+    loss = w.l1 * l1 + w.mse * mse + w.edge * edge
+    return loss, {"l1": l1.item(), "mse": mse.item(), "edge": edge.item()}
+
+
+def _edge_l1(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    # Matching finite differences sharpens the high-frequency terrain texture that L1/MSE blur.
+    dx = (a[..., :, 1:] - a[..., :, :-1]) - (b[..., :, 1:] - b[..., :, :-1])
+    dy = (a[..., 1:, :] - a[..., :-1, :]) - (b[..., 1:, :] - b[..., :-1, :])
+    return 0.5 * (dx.abs().mean() + dy.abs().mean())
+
+
+def autoencoder_loss(
+    ae: Autoencoder, x: torch.Tensor, weights: LossWeights, generator: torch.Generator | None = None
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """Training loss for a batch x [B, 3, H, W] in [-1, 1]: reconstruction through noised latents."""
+    z = ae.encode_raw(x)  # [B, C, h, w]
+    noise = torch.randn(z.shape, generator=generator, device="cpu").to(z.device, z.dtype)
+    # Relative to the per-channel std (detached), the noise cannot be outgrown by inflating the latents.
+    scale = z.detach().float().std(dim=(0, 2, 3), keepdim=True).to(z.dtype)
+    recon = ae.decode_raw(z + ae.config.latent_noise * scale * noise)
+    reg = z.float().pow(2).mean()
+    recon_term, terms = reconstruction_loss(recon.float(), x.float(), weights)
+    return recon_term + ae.config.latent_l2 * reg, {**terms, "latent_rms": reg.sqrt().item()}
+
+
+# ----------------------------------------------------------------------------- checkpoints
+
+CHECKPOINT_KIND = "autoencoder"
+
+
+def load_autoencoder(ckpt_dir: str | os.PathLike, device: str | torch.device = "cpu") -> Autoencoder:
+    """Build the autoencoder a checkpoint describes and load its weights; eval mode, on `device`.
+
+    Raises CheckpointError naming the file when the directory, config or weights are wrong.
+    """
+    directory = checkpoint_dir(ckpt_dir)
+    meta = read_checkpoint_config(directory, kind=CHECKPOINT_KIND)
+    source = str(directory / CONFIG_FILE)
+    if "autoencoder" not in meta["configs"]:
+        raise CheckpointError(f"{source}: no 'autoencoder' config")
+    try:
+        config = config_from_dict(AutoencoderConfig, meta["configs"]["autoencoder"], source)
+    except ValueError as e:  # __post_init__ rejects inconsistent sizes
+        raise CheckpointError(f"{source}: invalid autoencoder config ({e})") from None
+    ae = Autoencoder(config)
+    load_module(directory, "autoencoder", ae)
+    return ae.to(device).eval()
+
+
+# ----------------------------------------------------------------------------- speed
+
+
+@torch.inference_mode()
+def decode_ms_per_frame(ae: Autoencoder, batch: int = 3, threads: int | None = None, repeats: int = 20) -> float:
+    """Best-of-5 CPU fp32 decode time per frame for a `batch`-frame chunk (the real-time path)."""
+    model = copy.deepcopy(ae).float().cpu().eval()
+    z = torch.randn(batch, *ae.config.latent_shape)
+    with torch_threads(threads):
+        for _ in range(3):  # warm-up: oneDNN picks kernels on first calls
+            model.decode(z)
+        best = math.inf
+        for _ in range(5):
+            t0 = time.perf_counter()
+            for _ in range(repeats):
+                model.decode(z)
+            best = min(best, (time.perf_counter() - t0) / repeats)
+    return 1000.0 * best / batch
 
 
 @dataclass

@@ -32,12 +32,12 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 from torch.utils.data import Dataset
 
+from model.common.device import autocast
 from model.common.files import atomic_save_safetensors, atomic_write_json
-from model.device import autocast
-from model.flow import level_grid
-from model.runlog import progress
-from model.samplers import TEACHER_GUIDANCE, TEACHER_STEPS, Sampler
-from model.stream import Conditioning, generate_chunk
+from model.common.runlog import progress
+from model.diffusion.flow import level_grid
+from model.diffusion.samplers import TEACHER_GUIDANCE, TEACHER_STEPS, Sampler
+from model.runtime.stream import Conditioning, generate_chunk
 
 META_FILE = "meta.json"
 TEXT_FILE = "text.safetensors"

@@ -6,7 +6,7 @@
     python run_world.py train student --stage dmd --teacher T --out RUN [--init RUN/init] [--steps N]
         [--batch 4] [--generator-every 5] [--device auto] [--resume] [--max-minutes M]
 
-RUN/ode_pairs/   the teacher's ODE trajectories under latent-cache actions (model/ode_pairs.py),
+RUN/ode_pairs/   the teacher's ODE trajectories under latent-cache actions (model/training/ode_pairs.py),
                  made once by the init stage (resumable per shard) and read by both stages
 RUN/init/        checkpoint/ + student_init.csv/png: the student regressed onto the pairs (CausVid)
 RUN/dmd/         checkpoint/ + student_dmd.csv/png: the distilled student (pass RUN/dmd to the
@@ -19,7 +19,7 @@ the checkpoint (docs/design.md §3: training and inference must use the same con
 
 DMD stage (docs/design.md §3): Self-Forcing rollouts of the generator with the diagonal schedule and
 the KV cache, one random exit step per chunk with gradient; DMD + flow DMD on temporal
-differences + dx regression onto the teacher's pair (model/distill.py); the critic (fake score,
+differences + dx regression onto the teacher's pair (model/training/distill.py); the critic (fake score,
 initialised from the teacher) trains every step on detached samples, the generator every
 `generator_every`-th; AdamW betas (0, 0.999); "dit" in the checkpoint is the generator's EMA.
 
@@ -40,7 +40,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
-from model.checkpoint import (
+from model.common.checkpoint import (
     TRAIN_STATE_FILE,
     CheckpointError,
     has_train_state,
@@ -49,20 +49,9 @@ from model.checkpoint import (
     module_sha256,
     read_checkpoint_config,
 )
-from model.device import autocast, resolve_device, torch_threads
-from model.distill import (
-    DMDConfig,
-    critic_loss,
-    generator_losses,
-    motion,
-    ode_regression_loss,
-    sample_exits,
-    self_forcing_rollout,
-)
-from model.dit import CausalDiT, count_parameters
-from model.ode_pairs import OdePairs, OdePairsConfig, OdePairsError, build_ode_pairs, pairs_complete, pairs_meta
-from model.runlog import RunLog, progress
-from model.samplers import (
+from model.common.device import autocast, resolve_device, torch_threads
+from model.common.runlog import RunLog, progress
+from model.diffusion.samplers import (
     CONTEXT_NOISE,
     DIAGONAL_SCHEDULE,
     FEW_STEP_GRID,
@@ -71,9 +60,28 @@ from model.samplers import (
     make_sampler,
     parse_schedule,
 )
-from model.stream import Conditioning
-from model.train_teacher import step_generator, update_ema
-from model.world_model import KIND, WorldConfig, load_world_model, save_world
+from model.nets import count_parameters
+from model.nets.dit import CausalDiT
+from model.runtime.stream import Conditioning
+from model.runtime.world_model import KIND, WorldConfig, load_world_model, save_world
+from model.training.distill import (
+    DMDConfig,
+    critic_loss,
+    generator_losses,
+    motion,
+    ode_regression_loss,
+    sample_exits,
+    self_forcing_rollout,
+)
+from model.training.ode_pairs import (
+    OdePairs,
+    OdePairsConfig,
+    OdePairsError,
+    build_ode_pairs,
+    pairs_complete,
+    pairs_meta,
+)
+from model.training.teacher import step_generator, update_ema
 
 PAIRS_SUBDIR = "ode_pairs"
 STAGES = ("init", "dmd")
@@ -391,7 +399,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _schedule(text: str) -> list[int]:
-    """--schedule 4,3,2: the syntax the eval and play options share (model.samplers.parse_schedule)."""
+    """--schedule 4,3,2: the syntax the eval and play options share (model.diffusion.samplers.parse_schedule)."""
     try:
         return parse_schedule(text)
     except ValueError as e:
@@ -400,7 +408,7 @@ def _schedule(text: str) -> list[int]:
 
 def _recorded_diagonal(directory: Path) -> dict:
     """schedule / context_noise a world checkpoint records (empty when there is none)."""
-    from model.autoencoder import checkpoint_dir
+    from model.common.checkpoint import checkpoint_dir
 
     try:
         world = read_checkpoint_config(checkpoint_dir(directory), kind=KIND)["configs"]["world"]
@@ -436,7 +444,7 @@ def config_from_args(args: argparse.Namespace, teacher: WorldConfig, sources: li
 def ensure_pairs(args: argparse.Namespace, cfg: StudentTrainConfig, teacher: Teacher, directory: Path,
                  device: torch.device, deadline: float | None) -> bool:
     """Make (or finish) the ODE pairs; True when complete. Needs --latents unless already complete."""
-    from model.latents import LatentClips, read_cache_meta, text_table
+    from model.training.encode_latents import LatentClips, read_cache_meta, text_table
 
     grid = diagonal_grid(cfg.shift, cfg.context_noise)
     if pairs_complete(directory, pairs_meta(cfg.pairs, grid, cfg.shift, teacher.identity)):
@@ -503,7 +511,7 @@ def _create(cfg: StudentTrainConfig, teacher: Teacher, pairs: OdePairs, stage_di
     if cfg.stage == "init":
         trainer: StageTrainer = InitTrainer(cfg, teacher, pairs, stage_dir, device)
     else:
-        from model.autoencoder import checkpoint_dir
+        from model.common.checkpoint import checkpoint_dir
 
         if not (checkpoint_dir(init_dir) / "config.json").exists():
             raise SystemExit(f"train student --stage dmd: no init checkpoint in {init_dir}; run --stage init "

@@ -19,20 +19,12 @@ variance) using the `latent_mean` / `latent_std` buffers, which training fills i
 from __future__ import annotations
 
 import copy
-import math
-import os
-import time
 from dataclasses import dataclass
-from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
-
-from model.checkpoint import CONFIG_FILE, CheckpointError, config_from_dict, load_module, read_checkpoint_config
-from model.device import torch_threads
 
 
 @dataclass
@@ -234,124 +226,3 @@ class Autoencoder(nn.Module):
         z = rearrange(z_raw.float(), "n c h w -> c (n h w)")
         self.latent_mean.copy_(z.mean(dim=1))
         self.latent_std.copy_(z.std(dim=1).clamp_min(1e-4))
-
-
-# ----------------------------------------------------------------------------- losses
-
-
-@dataclass
-class LossWeights:
-    """Reconstruction loss weights: L1 + MSE + a small image-gradient (edge) term; no GAN."""
-
-    l1: float = 1.0
-    mse: float = 1.0
-    edge: float = 0.5
-
-
-def reconstruction_loss(recon: torch.Tensor, target: torch.Tensor, w: LossWeights) -> tuple[torch.Tensor, dict]:
-    """Weighted loss between images [B, 3, H, W] and its terms (floats, for logging)."""
-    l1 = (recon - target).abs().mean()
-    mse = (recon - target).pow(2).mean()
-    edge = _edge_l1(recon, target)
-    loss = w.l1 * l1 + w.mse * mse + w.edge * edge
-    return loss, {"l1": l1.item(), "mse": mse.item(), "edge": edge.item()}
-
-
-def _edge_l1(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    # Matching finite differences sharpens the high-frequency terrain texture that L1/MSE blur.
-    dx = (a[..., :, 1:] - a[..., :, :-1]) - (b[..., :, 1:] - b[..., :, :-1])
-    dy = (a[..., 1:, :] - a[..., :-1, :]) - (b[..., 1:, :] - b[..., :-1, :])
-    return 0.5 * (dx.abs().mean() + dy.abs().mean())
-
-
-def autoencoder_loss(
-    ae: Autoencoder, x: torch.Tensor, weights: LossWeights, generator: torch.Generator | None = None
-) -> tuple[torch.Tensor, dict[str, float]]:
-    """Training loss for a batch x [B, 3, H, W] in [-1, 1]: reconstruction through noised latents."""
-    z = ae.encode_raw(x)  # [B, C, h, w]
-    noise = torch.randn(z.shape, generator=generator, device="cpu").to(z.device, z.dtype)
-    # Relative to the per-channel std (detached), the noise cannot be outgrown by inflating the latents.
-    scale = z.detach().float().std(dim=(0, 2, 3), keepdim=True).to(z.dtype)
-    recon = ae.decode_raw(z + ae.config.latent_noise * scale * noise)
-    reg = z.float().pow(2).mean()
-    recon_term, terms = reconstruction_loss(recon.float(), x.float(), weights)
-    return recon_term + ae.config.latent_l2 * reg, {**terms, "latent_rms": reg.sqrt().item()}
-
-
-# ----------------------------------------------------------------------------- frames
-
-
-def frames_to_tensor(frames: np.ndarray | torch.Tensor) -> torch.Tensor:
-    """uint8 [N, H, W, 3] -> float32 [N, 3, H, W] in [-1, 1]."""
-    if not torch.is_tensor(frames):
-        a = np.asarray(frames)
-        frames = torch.from_numpy(a if a.flags.writeable else a.copy())  # read-only memmaps: copy (uint8, cheap)
-    t = frames
-    ok = t.dtype == torch.uint8 and t.ndim == 4 and t.shape[-1] == 3
-    assert ok, f"expected uint8 [N, H, W, 3], got {t.dtype} {list(t.shape)}"
-    return rearrange(t, "n h w c -> n c h w").float().div(127.5).sub(1.0)
-
-
-def tensor_to_frames(x: torch.Tensor) -> np.ndarray:
-    """float [N, 3, H, W] in [-1, 1] -> uint8 [N, H, W, 3] (clamped, rounded)."""
-    assert x.ndim == 4 and x.shape[1] == 3, f"expected [N, 3, H, W], got {list(x.shape)}"
-    u8 = x.detach().float().clamp(-1, 1).add(1.0).mul(127.5).round().to(torch.uint8)
-    return rearrange(u8, "n c h w -> n h w c").cpu().numpy()
-
-
-# ----------------------------------------------------------------------------- speed
-
-
-@torch.inference_mode()
-def decode_ms_per_frame(ae: Autoencoder, batch: int = 3, threads: int | None = None, repeats: int = 20) -> float:
-    """Best-of-5 CPU fp32 decode time per frame for a `batch`-frame chunk (the real-time path)."""
-    model = copy.deepcopy(ae).float().cpu().eval()
-    z = torch.randn(batch, *ae.config.latent_shape)
-    with torch_threads(threads):
-        for _ in range(3):  # warm-up: oneDNN picks kernels on first calls
-            model.decode(z)
-        best = math.inf
-        for _ in range(5):
-            t0 = time.perf_counter()
-            for _ in range(repeats):
-                model.decode(z)
-            best = min(best, (time.perf_counter() - t0) / repeats)
-    return 1000.0 * best / batch
-
-
-def count_parameters(module: nn.Module) -> int:
-    return sum(p.numel() for p in module.parameters())
-
-
-# ----------------------------------------------------------------------------- checkpoints
-
-CHECKPOINT_KIND = "autoencoder"
-CHECKPOINT_SUBDIR = "checkpoint"  # where train_autoencoder keeps it inside its --out directory
-
-
-def checkpoint_dir(path: str | os.PathLike) -> Path:
-    """Accept a checkpoint directory or a training --out directory that holds `checkpoint/`."""
-    path = Path(path)
-    nested = path / CHECKPOINT_SUBDIR
-    if not (path / CONFIG_FILE).exists() and (nested / CONFIG_FILE).exists():
-        return nested
-    return path
-
-
-def load_autoencoder(ckpt_dir: str | os.PathLike, device: str | torch.device = "cpu") -> Autoencoder:
-    """Build the autoencoder a checkpoint describes and load its weights; eval mode, on `device`.
-
-    Raises CheckpointError naming the file when the directory, config or weights are wrong.
-    """
-    directory = checkpoint_dir(ckpt_dir)
-    meta = read_checkpoint_config(directory, kind=CHECKPOINT_KIND)
-    source = str(directory / CONFIG_FILE)
-    if "autoencoder" not in meta["configs"]:
-        raise CheckpointError(f"{source}: no 'autoencoder' config")
-    try:
-        config = config_from_dict(AutoencoderConfig, meta["configs"]["autoencoder"], source)
-    except ValueError as e:  # __post_init__ rejects inconsistent sizes
-        raise CheckpointError(f"{source}: invalid autoencoder config ({e})") from None
-    ae = Autoencoder(config)
-    load_module(directory, "autoencoder", ae)
-    return ae.to(device).eval()

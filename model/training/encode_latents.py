@@ -1,6 +1,6 @@
 """Encode a dataset to a latent cache once, then train the transformer from it without pixels.
 
-    python -m model.latents --data DIR --autoencoder DIR --out DIR
+    python -m model.training.encode_latents --data DIR --autoencoder DIR --out DIR
     python run_world.py encode-latents --data DIR  (alias: train latents) --autoencoder DIR --out DIR
 
 Layout of a cache directory (one shard per episode, in open_dataset order):
@@ -35,12 +35,13 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file
 from torch.utils.data import Dataset
 
-from model.autoencoder import checkpoint_dir, frames_to_tensor, load_autoencoder
-from model.checkpoint import module_sha256, read_checkpoint_config
+from model.common.checkpoint import checkpoint_dir, module_sha256, read_checkpoint_config
+from model.common.device import autocast, resolve_device
 from model.common.files import atomic_save_safetensors, atomic_write_json
-from model.device import autocast, resolve_device
-from model.runlog import progress
-from model.text_encoder import DEFAULT_MAX_TOKENS, TEXT_ENCODERS, create_text_encoder
+from model.common.images import frames_to_tensor
+from model.common.runlog import progress
+from model.nets.text_encoder import DEFAULT_MAX_TOKENS, TEXT_ENCODERS, create_text_encoder
+from model.training.autoencoder import load_autoencoder
 
 FORMAT = "gworld-latent-cache"
 VERSION = 1
@@ -367,7 +368,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m model.latents", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m model.training.encode_latents", description=__doc__.split("\n")[0])
     add_arguments(parser)
     return run(parser.parse_args(argv))
 

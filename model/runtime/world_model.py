@@ -1,6 +1,6 @@
 """A generated world in one checkpoint directory: autoencoder + causal DiT + text encoder choice.
 
-Layout (model/checkpoint.py, kind "world"):
+Layout (model/common/checkpoint.py, kind "world"):
 
     config.json               configs {"dit": DiTConfig, "autoencoder": AutoencoderConfig,
                               "world": WorldConfig}, modules {"dit", "autoencoder", ...}
@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from model.checkpoint import (
+from model.common.checkpoint import (
     CONFIG_FILE,
     CheckpointError,
     config_from_dict,
@@ -29,26 +29,26 @@ from model.checkpoint import (
     read_checkpoint_config,
     save_checkpoint,
 )
-from model.dit import CausalDiT, DiTConfig, dit_config
-from model.samplers import Sampler, make_sampler
-from model.stream import WorldStream
+from model.diffusion.samplers import Sampler, make_sampler
+from model.nets.dit import CausalDiT, DiTConfig, dit_config
+from model.runtime.stream import WorldStream
 
 KIND = "world"
 
 
 @dataclass
 class WorldConfig:
-    text_encoder: str = "minilm"  # model.text_encoder.create_text_encoder name
+    text_encoder: str = "minilm"  # model.nets.text_encoder.create_text_encoder name
     sampler: str = "teacher"  # default sampler of this checkpoint (a teacher, or a distilled student)
     steps: int | None = None  # sampler's steps (None: the sampler's own default)
     schedule: list[int] | None = None  # per-chunk step counts for "diagonal"
-    # Network time of the diagonal sampler's context K/V (None: model.samplers.CONTEXT_NOISE). A
+    # Network time of the diagonal sampler's context K/V (None: model.diffusion.samplers.CONTEXT_NOISE). A
     # property of the weights: the distillation run writes the value it trained with, and every
     # diagonal sampler built from this checkpoint uses it (docs/design.md §3, diagonal forcing) unless a
     # session names another one explicitly (an inference-time ablation, WorldModel.sampler).
     context_noise: float | None = None
     guidance: float | None = None  # None: the sampler's own default (teacher 3, students 0)
-    shift: float = 3.0  # flow shift k the model was trained with (model/flow.py)
+    shift: float = 3.0  # flow shift k the model was trained with (model/diffusion/flow.py)
     fps: float = 30.0  # world frames per second (display rate)
     chunk_frames: int = 3
     notes: dict = field(default_factory=dict)  # free-form provenance (data, steps, losses)
@@ -92,14 +92,14 @@ class WorldModel:
 
 
 def create_text_encoder(name: str, device: torch.device):
-    """model.text_encoder.create_text_encoder, imported only when a world is loaded."""
-    from model.text_encoder import create_text_encoder as create
+    """model.nets.text_encoder.create_text_encoder, imported only when a world is loaded."""
+    from model.nets.text_encoder import create_text_encoder as create
 
     return create(name, device)
 
 
 def _configs(directory: Path, meta: dict) -> tuple[DiTConfig, object, WorldConfig]:
-    from model.autoencoder import AutoencoderConfig
+    from model.nets.autoencoder import AutoencoderConfig
 
     where = directory / CONFIG_FILE
     configs = meta["configs"]
@@ -128,7 +128,8 @@ def load_world_model(directory: str | os.PathLike, device: str | torch.device = 
     with_text_encoder=False (text_encoder is then None). Raises CheckpointError
     naming the file for a missing directory, truncated weights, wrong shapes, unknown config keys
     or another kind of checkpoint."""
-    from model.autoencoder import Autoencoder, checkpoint_dir
+    from model.common.checkpoint import checkpoint_dir
+    from model.nets.autoencoder import Autoencoder
 
     directory = checkpoint_dir(directory)  # a training run directory holds it in checkpoint/
     device = torch.device(device)
@@ -162,7 +163,7 @@ def make_random_world(directory: str | os.PathLike, preset: str = "tiny", text_e
     gates and output layer are exactly zero), so the output depends on every input. dit_options
     override DiTConfig fields of the preset (e.g. {"copy_path": True}).
     """
-    from model.autoencoder import Autoencoder, autoencoder_config
+    from model.nets.autoencoder import Autoencoder, autoencoder_config
 
     torch.manual_seed(seed)
     dit_cfg = dit_config(preset)

@@ -9,13 +9,13 @@ Writes into RUN: `checkpoint/` (a kind="world" checkpoint: pass RUN or RUN/check
 generated backend) and `teacher.csv` / `teacher.png`. Ctrl-C saves a checkpoint before exiting.
 
 Objective (docs/design.md §3, "Teacher: causal diffusion forcing / teacher forcing with independent
-noise per chunk"): each chunk of a clip gets its own noise level (model/flow.py), the network
+noise per chunk"): each chunk of a clip gets its own noise level (model/diffusion/flow.py), the network
 predicts v = eps - x0 for every frame under the block-causal sink/window attention it uses when
 streaming. With probability --teacher-forcing-prob a clip's first k chunks (k random) are clean
 (t = 0) and carry no loss: that is exactly the context the teacher sampler's refresh pass writes.
 The prompt and the actions are dropped per clip for classifier-free guidance.
 
-Every save is a playable kind="world" checkpoint (model/world_model.py) whose "dit" is the EMA
+Every save is a playable kind="world" checkpoint (model/runtime/world_model.py) whose "dit" is the EMA
 weights; "dit_online" plus the optimiser state make resuming exact. All randomness of step s
 comes from a generator seeded by (seed, s, rank) and the data order from the step number, so a
 resumed run continues the same sequence of batches and noise. Only rank 0 writes.
@@ -36,7 +36,7 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import Dataset, DistributedSampler
 
-from model.checkpoint import (
+from model.common.checkpoint import (
     CheckpointError,
     config_from_dict,
     has_train_state,
@@ -44,11 +44,12 @@ from model.checkpoint import (
     module_sha256,
     read_checkpoint_config,
 )
-from model.device import PRECISIONS, resolve_device, training_autocast, training_precision
-from model.dit import DIT_PRESETS, CausalDiT, DiTConfig, count_parameters, dit_config
-from model.flow import FlowConfig, add_noise, flow_loss, network_time, sample_levels, velocity_target
-from model.runlog import RunLog, progress
-from model.world_model import KIND, WorldConfig, save_world
+from model.common.device import PRECISIONS, resolve_device, training_autocast, training_precision
+from model.common.runlog import RunLog, progress
+from model.diffusion.flow import FlowConfig, add_noise, flow_loss, network_time, sample_levels, velocity_target
+from model.nets import count_parameters
+from model.nets.dit import DIT_PRESETS, CausalDiT, DiTConfig, dit_config
+from model.runtime.world_model import KIND, WorldConfig, save_world
 
 
 @dataclass
@@ -69,7 +70,7 @@ class TeacherTrainConfig:
     context_noise_max: float = 0.0
     copy_path: bool = False  # DiTConfig.copy_path for a fresh model
     action_tokens: bool = False  # DiTConfig.action_tokens for a fresh model
-    precision: str = "auto"  # auto | fp32 | bf16 (model/device.py: bf16 where the hardware is fast)
+    precision: str = "auto"  # auto | fp32 | bf16 (model/common/device.py: bf16 where the hardware is fast)
     init_from: str = ""  # warm start: a world checkpoint whose matching DiT weights seed a fresh run
     shift: float = 3.0
     seed: int = 0
@@ -186,7 +187,7 @@ def warm_start(model: CausalDiT, checkpoint: str) -> list[str]:
     """Copy every weight of a world checkpoint's DiT whose name and shape match; parameters the
     checkpoint lacks (a new copy path, action tokens) keep their zero init, so the warm-started
     network starts out computing exactly what the checkpoint did. Returns the names left fresh."""
-    from model.world_model import load_world_model
+    from model.runtime.world_model import load_world_model
 
     source = load_world_model(checkpoint, "cpu").dit.state_dict()
     own = model.state_dict()
@@ -401,7 +402,7 @@ def _distributed(device_name: str) -> tuple[int, int, torch.device]:
 
 def _cache_autoencoder(cache_meta: dict, given: str | None) -> str:
     """The autoencoder directory to bundle: it must be the one that encoded the cache."""
-    from model.autoencoder import checkpoint_dir
+    from model.common.checkpoint import checkpoint_dir
 
     recorded = cache_meta.get("autoencoder", {})
     path = checkpoint_dir(given if given is not None else recorded.get("path", ""))
@@ -414,8 +415,9 @@ def _cache_autoencoder(cache_meta: dict, given: str | None) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from model.autoencoder import CHECKPOINT_SUBDIR, load_autoencoder
-    from model.latents import LatentClips, read_cache_meta, text_table
+    from model.common.checkpoint import CHECKPOINT_SUBDIR
+    from model.training.autoencoder import load_autoencoder
+    from model.training.encode_latents import LatentClips, read_cache_meta, text_table
 
     cache_meta = read_cache_meta(args.latents)
     cfg = config_from_args(args, cache_meta.get("text_encoder", "minilm"))

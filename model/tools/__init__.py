@@ -1,0 +1,1 @@
+"""Tools around trained worlds: release bundles, side-by-side showcases."""

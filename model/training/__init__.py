@@ -1,0 +1,1 @@
+"""The training programs: the shared loop, teacher, student (ODE pairs, DMD), autoencoder, latent cache."""
