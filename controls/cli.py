@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from controls.interrupts import sigterm_as_keyboard_interrupt
+from world.interrupts import sigterm_as_keyboard_interrupt
 
 # pygame greets on stdout when imported; stdout carries play's JSON summary line.
 os.environ.setdefault("PYGAME_HIDE_SUPPORT_PROMPT", "1")

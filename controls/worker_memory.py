@@ -48,10 +48,10 @@ from pathlib import Path
 import numpy as np
 
 from controls.headless import HeadlessConfig, HeadlessError, HeadlessRun, ScriptStep
-from controls.interrupts import sigterm_as_keyboard_interrupt
 from model.common.runlog import agg_pyplot
 from model.evaluation.bench import read_status
 from world.client import ChunkEvent, WorldClient, WorldConnectionError, WorldRequestError
+from world.interrupts import sigterm_as_keyboard_interrupt
 from world.scripted_player import ScriptedPlayer
 from world.themes import EXAMPLE_PROMPTS
 from world.worker import WorkerStartError, start_worker_process, stop_worker_process

@@ -1,8 +1,8 @@
-"""The small supervised training loop shared by the IDM and the theme classifier.
+"""The small supervised trainer shared by the IDM and the theme classifier.
 
-A `Task` owns the network, its data and its loss; this loop owns the optimiser, schedule,
-held-out evaluation, metrics log, checkpoints and resume. Stopping with Ctrl-C saves a
-checkpoint first; running the same command again continues from it.
+A `Task` owns the network, its data and its loss; this trainer owns the optimiser, schedule,
+held-out evaluation, checkpoints and resume, and runs the training loop (model/training/loop.py).
+Stopping with Ctrl-C saves a checkpoint first; running the same command again continues from it.
 """
 
 from __future__ import annotations
@@ -25,8 +25,8 @@ from model.common.checkpoint import (
     read_checkpoint_config,
     save_checkpoint,
 )
-from model.common.device import autocast
-from model.common.runlog import RunLog, progress
+from model.common.runlog import RunLog
+from model.training.loop import LoopConfig, TrainLoop, autocast_for, optimizer_step, set_learning_rate
 
 
 @dataclass(frozen=True)
@@ -67,6 +67,7 @@ class Trainer:
         self, task: Task, out: str | Path, cfg: TrainConfig, device: torch.device, extra: dict, log_dir: str | Path
     ):
         self.task, self.out, self.cfg, self.device, self.extra = task, Path(out), cfg, device, dict(extra)
+        self.heldout: dict[str, float] | None = self.extra.get("heldout")  # the latest held-out metrics
         task.model.to(device)
         self.opt = torch.optim.AdamW(task.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         self.step = self._maybe_resume()
@@ -88,9 +89,10 @@ class Trainer:
         print(f"resuming {self.task.kind} training from step {step} in {self.out}", file=sys.stderr)
         return step
 
-    def save(self, heldout: dict[str, float] | None = None) -> None:
-        if heldout is not None:
-            self.extra["heldout"] = heldout
+    def save(self, reason: str = "periodic") -> None:
+        """A checkpoint with the latest held-out metrics (the training loop's saves and the final one)."""
+        if self.heldout is not None:
+            self.extra["heldout"] = self.heldout
         save_checkpoint(
             self.out,
             kind=self.task.kind,
@@ -102,49 +104,33 @@ class Trainer:
         )
 
     def train_step(self) -> dict[str, float]:
-        for g in self.opt.param_groups:
-            g["lr"] = lr_at(self.step, self.cfg)
+        set_learning_rate(self.opt, lr_at(self.step, self.cfg))
         batch = {k: v.to(self.device) for k, v in self.task.sample(self.rng, self.cfg.batch).items()}
         self.task.model.train()
-        with autocast(self.device):
+        with autocast_for(self.device):
             loss, metrics = self.task.loss(batch)
-        self.opt.zero_grad(set_to_none=True)
-        loss.backward()
-        self.opt.step()
-        self.step += 1
+        optimizer_step(self.opt, loss, self.task.model.parameters())
         return {"loss": loss.item(), **metrics}
 
-    def evaluate(self) -> dict[str, float]:
+    def after_step(self, step: int) -> dict[str, float]:
+        """Held-out metrics every eval_every steps, as "heldout/..." columns of that step's row."""
+        return self._heldout() if step % self.cfg.eval_every == 0 else {}
+
+    def _heldout(self) -> dict[str, float]:
         self.task.model.eval()
-        result = self.task.evaluate()
-        self.log.log(self.step, **{f"heldout/{k}": v for k, v in result.items() if math.isfinite(v)})
-        return result
+        self.heldout = self.task.evaluate()
+        return {f"heldout/{k}": v for k, v in self.heldout.items() if math.isfinite(v)}
 
     def run(self) -> dict[str, float]:
-        """Train to cfg.steps (from wherever a previous run stopped); returns held-out metrics."""
-        bar = progress(self.cfg.steps, initial=self.step, desc=f"train {self.task.kind}")
-        heldout = self.extra.get("heldout")
-        try:
-            while self.step < self.cfg.steps:
-                metrics = self.train_step()
-                bar.update()
-                if self.step % self.cfg.log_every == 0:
-                    self.log.log(self.step, **metrics)
-                    bar.set_postfix(loss=f"{metrics['loss']:.4f}")
-                if self.step % self.cfg.eval_every == 0:
-                    heldout = self.evaluate()
-                if self.step % self.cfg.save_every == 0:
-                    self.save(heldout)
-        except KeyboardInterrupt:
-            print(f"\nstopped at step {self.step}; saving so the same command resumes", file=sys.stderr)
-            self.save(heldout)
-            raise
-        finally:
-            bar.close()
-        heldout = self.evaluate()
-        self.save(heldout)
+        """Train to cfg.steps (from wherever a previous run stopped) in the training loop
+        (model/training/loop.py); returns held-out metrics."""
+        loop = LoopConfig(steps=self.cfg.steps, desc=f"train {self.task.kind}", log_every=self.cfg.log_every,
+                          ckpt_every=self.cfg.save_every, log_first=False, save_last=False, rates=False)
+        TrainLoop(self, loop, self.log).run()
+        self.log.log(self.step, **self._heldout())
+        self.save("last")
         self.log.plot(title=f"{self.task.kind} training")
-        return heldout
+        return self.heldout
 
 
 def _jsonable(obj):

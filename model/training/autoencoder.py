@@ -41,9 +41,10 @@ from model.common.checkpoint import (
 )
 from model.common.device import autocast, resolve_device, torch_threads
 from model.common.images import frames_to_tensor, psnr, tensor_to_frames
-from model.common.runlog import RunLog, progress
+from model.common.runlog import RunLog
 from model.nets import count_parameters
 from model.nets.autoencoder import AUTOENCODER_PRESETS, Autoencoder, AutoencoderConfig, autoencoder_config
+from model.training.loop import Budget, LoopConfig, TrainLoop, autocast_for, optimizer_step, set_learning_rate
 
 __all__ = ["TrainConfig", "TRAIN_PRESETS", "FrameSplit", "AutoencoderTrainer", "load_autoencoder", "add_arguments",
            "run"]
@@ -239,21 +240,24 @@ class AutoencoderTrainer:
         return self.out / CHECKPOINT_SUBDIR
 
     def train_step(self) -> dict[str, float]:
-        """One optimiser step on the batch of `self.step`; advances the step counter."""
+        """One optimiser step on the batch of `self.step` (the training loop counts it)."""
         self.ae.train()
         lr = lr_at(self.step, self.cfg)
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
+        set_learning_rate(self.optimizer, lr)
         x = self.data.batch(self.step, self.cfg).to(self.device)
+        # Its own per-step seed (not loop.step_generator's), so runs made before draw the same noise.
         noise_gen = torch.Generator().manual_seed(self.cfg.seed * 1_000_003 + self.step)
-        with autocast(self.device):
+        with autocast_for(self.device):
             loss, terms = autoencoder_loss(self.ae, x, self.cfg.loss, noise_gen)
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(self.ae.parameters(), self.cfg.grad_clip)
-        self.optimizer.step()
-        self.step += 1
+        optimizer_step(self.optimizer, loss, self.ae.parameters(), self.cfg.grad_clip)
         return {"loss": loss.item(), **terms, "lr": lr}
+
+    def after_step(self, step: int) -> dict[str, float]:
+        """Held-out PSNR every eval_every steps and at the last one (a column of that step's row)."""
+        if step % self.cfg.eval_every == 0 or step == self.cfg.steps:
+            self.val_psnr = self.evaluate()[0]
+            return {"val_psnr": self.val_psnr}
+        return {}
 
     @torch.no_grad()
     def evaluate(self) -> tuple[float, np.ndarray, np.ndarray]:
@@ -278,7 +282,12 @@ class AutoencoderTrainer:
             z = torch.cat([self.ae.encode_raw(x[i : i + 256].to(self.device)).float() for i in range(0, len(x), 256)])
         self.ae.set_latent_stats(z)
 
-    def save(self, extra: dict) -> None:
+    def save(self, reason: str = "periodic") -> None:
+        """A checkpoint during the run (the training loop's): quick latent stats, the latest PSNR."""
+        self.update_latent_stats(min(512, self.cfg.stats_frames))
+        self.write({"val_psnr": self.val_psnr, **({"interrupted": True} if reason == "interrupted" else {})})
+
+    def write(self, extra: dict) -> None:
         save_checkpoint(self.ckpt_dir, kind=CHECKPOINT_KIND, modules={"autoencoder": self.ae},
                         configs={"autoencoder": self.ae.config, "train": self.cfg}, step=self.step,
                         optimizers={"autoencoder": self.optimizer}, extra=extra)
@@ -329,51 +338,20 @@ def build_trainer(args: argparse.Namespace, readers: list, device: torch.device)
 
 def train(trainer: AutoencoderTrainer, log: RunLog, stop_after: int | None = None,
           max_seconds: float | None = None) -> bool:
-    """Run towards cfg.steps with logging, evaluation and checkpoints. True when cfg.steps is reached.
+    """Run towards cfg.steps in the training loop (model/training/loop.py): metric rows averaged over
+    log_every steps, held-out PSNR, checkpoints. True when cfg.steps is reached.
 
     `stop_after` (steps in this call) and `max_seconds` end the call early with a checkpoint, for
     time-sliced runs on a shared machine; Ctrl-C does the same and re-raises.
     """
     cfg = trainer.cfg
-    target = cfg.steps if stop_after is None else min(cfg.steps, trainer.step + stop_after)
-    deadline = math.inf if max_seconds is None else time.monotonic() + max_seconds
-    bar = progress(cfg.steps, initial=trainer.step, desc="autoencoder")
-    window: list[dict] = []
-    try:
-        while trainer.step < target and time.monotonic() < deadline:
-            window.append(trainer.train_step())
-            bar.update(1)
-            _after_step(trainer, log, window, bar)
-    except KeyboardInterrupt:
-        print(f"\ninterrupted at step {trainer.step}: saving a checkpoint (resume with --resume)", flush=True)
-        _checkpoint(trainer, interrupted=True)
-        raise
-    finally:
-        bar.close()
-    if trainer.step < cfg.steps:
-        _checkpoint(trainer)
-        return False
-    return True
-
-
-def _after_step(trainer: AutoencoderTrainer, log: RunLog, window: list[dict], bar) -> None:
-    cfg, step = trainer.cfg, trainer.step
-    row: dict[str, float] = {}
-    if step % cfg.log_every == 0 or step == cfg.steps:
-        row = {k: float(np.mean([w[k] for w in window])) for k in window[-1]}
-        window.clear()
-    if step % cfg.eval_every == 0 or step == cfg.steps:
-        row["val_psnr"] = trainer.val_psnr = trainer.evaluate()[0]
-    if row:
-        log.log(step, **row)
-        bar.set_postfix({k: f"{v:.4g}" for k, v in row.items() if k in ("loss", "val_psnr")}, refresh=False)
-    if step % cfg.ckpt_every == 0 and step < cfg.steps:  # the final step is saved by finish()
-        _checkpoint(trainer)
-
-
-def _checkpoint(trainer: AutoencoderTrainer, **extra) -> None:
-    trainer.update_latent_stats(min(512, trainer.cfg.stats_frames))
-    trainer.save({"val_psnr": trainer.val_psnr, **extra})
+    loop = LoopConfig(steps=cfg.steps, desc="autoencoder", log_every=cfg.log_every, ckpt_every=cfg.ckpt_every,
+                      log_first=False, log_last=True, average=True, save_last=False, rates=False,
+                      postfix=("loss", "val_psnr"))  # the last step is saved by finish()
+    until = None if stop_after is None else trainer.step + stop_after
+    budget = Budget(None if max_seconds is None else time.monotonic() + max_seconds)
+    TrainLoop(trainer, loop, log, budget=budget, until=until).run()
+    return trainer.step >= cfg.steps
 
 
 def finish(trainer: AutoencoderTrainer, log: RunLog) -> dict:
@@ -387,7 +365,7 @@ def finish(trainer: AutoencoderTrainer, log: RunLog) -> dict:
         "decode_threads": torch.get_num_threads(),
         "parameters": count_parameters(trainer.ae),
     }
-    trainer.save(extra)
+    trainer.write(extra)
     log.plot(title="autoencoder")
     write_comparison(trainer.out / "recon.png", original, rebuilt)
     return extra

@@ -45,12 +45,11 @@ from model.common.checkpoint import (
     CheckpointError,
     has_train_state,
     load_module,
-    load_train_state,
     module_sha256,
     read_checkpoint_config,
 )
-from model.common.device import autocast, resolve_device, torch_threads
-from model.common.runlog import RunLog, progress
+from model.common.device import resolve_device, torch_threads
+from model.common.runlog import RunLog
 from model.diffusion.samplers import (
     CONTEXT_NOISE,
     DIAGONAL_SCHEDULE,
@@ -64,6 +63,7 @@ from model.nets import count_parameters
 from model.nets.dit import CausalDiT
 from model.runtime.stream import Conditioning
 from model.runtime.world_model import KIND, WorldConfig, load_world_model, save_world
+from model.training import loop
 from model.training.distill import (
     DMDConfig,
     critic_loss,
@@ -81,7 +81,6 @@ from model.training.ode_pairs import (
     pairs_complete,
     pairs_meta,
 )
-from model.training.teacher import step_generator, update_ema
 
 PAIRS_SUBDIR = "ode_pairs"
 STAGES = ("init", "dmd")
@@ -172,7 +171,8 @@ def make_optimizer(params, lr: float, cfg: StudentTrainConfig) -> torch.optim.Op
 
 
 class StageTrainer:
-    """The loop every stage shares: steps, metrics, checkpoints, deadline; subclasses own one step."""
+    """What every stage shares: teacher, pairs, checkpoints, the run through model/training/loop.py;
+    subclasses own one step (`train_step`) and their state (`modules`, `optimizers`)."""
 
     name = ""
     plot_keys: tuple[str, ...] = ()
@@ -184,6 +184,7 @@ class StageTrainer:
         self.sampler = cfg.sampler()
         self.step = 0
         self.stopped = False  # True when the deadline ended the run before cfg.steps
+        self._log: RunLog | None = None
 
     @property
     def checkpoint(self) -> Path:
@@ -195,12 +196,12 @@ class StageTrainer:
     def optimizers(self) -> dict[str, torch.optim.Optimizer]:
         raise NotImplementedError
 
-    def one_step(self) -> dict[str, float]:
+    def train_step(self) -> dict[str, float]:
+        """One step of this stage at self.step (the training loop counts it)."""
         raise NotImplementedError
 
     def resume(self) -> None:
-        if has_train_state(self.checkpoint):
-            self.step = load_train_state(self.checkpoint, self.modules(), self.optimizers())
+        self.step = loop.resume_step(self.checkpoint, self.modules(), self.optimizers())
 
     def world_config(self) -> WorldConfig:
         t = self.teacher.world
@@ -209,50 +210,30 @@ class StageTrainer:
                            chunk_frames=t.chunk_frames,
                            notes={"stage": self.name, "trained_steps": self.step, "teacher": self.teacher.identity})
 
-    def save(self, log: RunLog | None = None) -> None:
+    def save(self, reason: str = "periodic") -> None:
         """A playable world ("dit" = release weights) plus everything resuming needs."""
         modules = self.modules()
         release = modules.pop("dit")
         modules.pop("autoencoder")
         save_world(self.checkpoint, release, self.teacher.autoencoder, self.world_config(), self.step,
                    extra_modules=modules, extra_configs={"train": self.cfg}, optimizers=self.optimizers())
-        if log is not None:
-            log.plot(self.plot_keys, title=f"student {self.name}")
+        if self._log is not None:
+            self._log.plot(self.plot_keys, title=f"student {self.name}")
 
     @property
     def frames_per_step(self) -> int:
         return self.cfg.batch * self.pairs.x0.shape[1]
 
     def train(self, log: RunLog | None = None, deadline: float | None = None) -> dict[str, float]:
-        """Run to cfg.steps or the deadline (time.monotonic()); Ctrl-C saves, then re-raises."""
-        bar = progress(self.cfg.steps, self.step, f"student {self.name}")
-        t0, first, metrics = time.perf_counter(), self.step, {}
-        try:
-            while self.step < self.cfg.steps:
-                metrics = self.one_step()
-                self.step += 1
-                rate = (self.step - first) / max(time.perf_counter() - t0, 1e-9)
-                metrics.update(steps_per_s=rate, frames_per_s=rate * self.frames_per_step)
-                self._report(metrics, bar, log)
-                if deadline is not None and time.monotonic() > deadline and self.step < self.cfg.steps:
-                    self.stopped = True
-                    self.save(log)
-                    break
-        except KeyboardInterrupt:
-            self.save(log)
-            raise
-        finally:
-            bar.close()
+        """Run to cfg.steps or the deadline (time.monotonic()) in the training loop; Ctrl-C saves."""
+        self._log = log
+        run = loop.TrainLoop(self, loop.LoopConfig(steps=self.cfg.steps, desc=f"student {self.name}",
+                                                   log_every=self.cfg.log_every, ckpt_every=self.cfg.ckpt_every,
+                                                   postfix=(*self.plot_keys[:2], "steps_per_s")),
+                             log, budget=loop.Budget(deadline))
+        metrics = run.run()
+        self.stopped = run.stopped
         return metrics
-
-    def _report(self, metrics: dict[str, float], bar, log: RunLog | None) -> None:
-        bar.update(1)
-        bar.set_postfix({k: f"{metrics[k]:.4g}" for k in self.plot_keys[:2] if k in metrics},
-                        steps_s=f"{metrics['steps_per_s']:.3f}")
-        if log is not None and (self.step % self.cfg.log_every == 0 or self.step == 1):
-            log.log(self.step, **metrics)
-        if self.step % self.cfg.ckpt_every == 0 or self.step == self.cfg.steps:
-            self.save(log)
 
 
 class InitTrainer(StageTrainer):
@@ -273,17 +254,14 @@ class InitTrainer(StageTrainer):
     def optimizers(self) -> dict[str, torch.optim.Optimizer]:
         return {"dit": self.optimizer}
 
-    def one_step(self) -> dict[str, float]:
-        gen = step_generator(self.cfg.seed, self.step, 0)
+    def train_step(self) -> dict[str, float]:
+        gen = loop.step_generator(self.cfg.seed, self.step, 0)
         b = self.pairs.batch(self.step, self.cfg.batch, self.cfg.seed, self.device)
-        with autocast(self.device):
+        with loop.autocast_for(self.device):
             loss = ode_regression_loss(self.student, b.states, b.x0, self.pairs.grid, self.sampler, b.actions, b.text,
                                        b.text_mask, gen)
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.student.parameters(), self.cfg.grad_clip)
-        self.optimizer.step()
-        return {"loss": float(loss.detach()), "grad_norm": float(grad_norm)}
+        grad_norm = loop.optimizer_step(self.optimizer, loss, self.student.parameters(), self.cfg.grad_clip)
+        return {"loss": float(loss.detach()), "grad_norm": grad_norm}
 
 
 class DMDTrainer(StageTrainer):
@@ -312,9 +290,9 @@ class DMDTrainer(StageTrainer):
     def optimizers(self) -> dict[str, torch.optim.Optimizer]:
         return {"dit": self.gen_opt, "critic": self.critic_opt}
 
-    def one_step(self) -> dict[str, float]:
+    def train_step(self) -> dict[str, float]:
         cfg = self.cfg
-        gen = step_generator(cfg.seed, self.step, 0)
+        gen = loop.step_generator(cfg.seed, self.step, 0)
         b = self.pairs.batch(self.step, cfg.batch, cfg.seed, self.device)
         update_generator = self.step % cfg.generator_every == 0
         x = self.rollout(b, gen, grad=update_generator)
@@ -330,30 +308,24 @@ class DMDTrainer(StageTrainer):
         exits = sample_exits(self.sampler, b.x0.shape[1] // C, gen)
         cond = Conditioning.build(b.text, b.text_mask, False)
         noise = lambda shape: torch.randn(shape, generator=gen).to(self.device)  # noqa: E731
-        with autocast(self.device), torch.set_grad_enabled(grad):
+        with loop.autocast_for(self.device), torch.set_grad_enabled(grad):
             return self_forcing_rollout(self.generator, self.sampler, cond, b.actions, b.noise, exits,
                                         noise).latents
 
     def _generator_update(self, x: torch.Tensor, b, gen: torch.Generator) -> dict[str, float]:
-        with autocast(self.device):
+        with loop.autocast_for(self.device):
             losses = generator_losses(x, self.teacher.dit, self.critic, b.actions, b.text, b.text_mask, b.x0,
                                       self.cfg.shift, self.cfg.dmd, gen)
-        self.gen_opt.zero_grad(set_to_none=True)
-        losses.total.backward()
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.generator.parameters(), self.cfg.grad_clip)
-        self.gen_opt.step()
+        grad_norm = loop.optimizer_step(self.gen_opt, losses.total, self.generator.parameters(), self.cfg.grad_clip)
         self.critic_opt.zero_grad(set_to_none=True)  # the fake score took no part in this update
-        update_ema(self.ema, self.generator, self.cfg.ema_decay, self.step // self.cfg.generator_every)
-        return {**losses.metrics(), "grad_norm": float(grad_norm)}
+        loop.update_ema(self.ema, self.generator, self.cfg.ema_decay, self.step // self.cfg.generator_every)
+        return {**losses.metrics(), "grad_norm": grad_norm}
 
     def _critic_update(self, x: torch.Tensor, b, gen: torch.Generator) -> dict[str, float]:
-        with autocast(self.device):
+        with loop.autocast_for(self.device):
             loss = critic_loss(self.critic, x, b.actions, b.text, b.text_mask, self.cfg.shift, self.cfg.dmd, gen)
-        self.critic_opt.zero_grad(set_to_none=True)
-        loss.backward()
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.critic.parameters(), self.cfg.grad_clip)
-        self.critic_opt.step()
-        return {"loss_critic": float(loss.detach()), "critic_grad_norm": float(grad_norm)}
+        grad_norm = loop.optimizer_step(self.critic_opt, loss, self.critic.parameters(), self.cfg.grad_clip)
+        return {"loss_critic": float(loss.detach()), "critic_grad_norm": grad_norm}
 
 
 # ----------------------------------------------------------------------------- command line

@@ -27,7 +27,6 @@ import argparse
 import copy
 import inspect
 import os
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,16 +39,26 @@ from model.common.checkpoint import (
     CheckpointError,
     config_from_dict,
     has_train_state,
-    load_train_state,
     module_sha256,
     read_checkpoint_config,
 )
-from model.common.device import PRECISIONS, resolve_device, training_autocast, training_precision
-from model.common.runlog import RunLog, progress
+from model.common.device import PRECISIONS, resolve_device, training_precision
+from model.common.runlog import RunLog
 from model.diffusion.flow import FlowConfig, add_noise, flow_loss, network_time, sample_levels, velocity_target
 from model.nets import count_parameters
 from model.nets.dit import DIT_PRESETS, CausalDiT, DiTConfig, dit_config
 from model.runtime.world_model import KIND, WorldConfig, save_world
+from model.training.loop import (
+    Budget,
+    LoopConfig,
+    TrainLoop,
+    autocast_for,
+    optimizer_step,
+    resume_step,
+    set_learning_rate,
+    step_generator,
+    update_ema,
+)
 
 
 @dataclass
@@ -127,10 +136,6 @@ class ClipBatches:
 # ----------------------------------------------------------------------------- objective
 
 
-def step_generator(seed: int, step: int, rank: int) -> torch.Generator:
-    return torch.Generator().manual_seed(seed * 1_000_003 + step * 1009 + rank)
-
-
 def teacher_loss(model: torch.nn.Module, batch: Batch, dit_cfg: DiTConfig, cfg: TeacherTrainConfig,
                  gen: torch.Generator) -> torch.Tensor:
     """Diffusion-forcing flow loss on one batch; every random draw comes from `gen` (CPU)."""
@@ -168,13 +173,6 @@ def teacher_forcing_prefix(batch: int, n_chunks: int, prob: float, gen: torch.Ge
         return torch.zeros(batch, n_chunks, dtype=torch.bool)
     k = torch.randint(1, n_chunks, (batch,), generator=gen)
     return (torch.arange(n_chunks)[None] < k[:, None]) & use[:, None]
-
-
-@torch.no_grad()
-def update_ema(ema: torch.nn.Module, model: torch.nn.Module, decay: float, step: int) -> None:
-    d = min(decay, (1 + step) / (10 + step))  # warm start: early EMA follows the weights closely
-    for e, p in zip(ema.parameters(), model.parameters()):
-        e.lerp_(p.detach(), 1 - d)
 
 
 def fresh_dit_config(cfg: TeacherTrainConfig) -> DiTConfig:
@@ -224,6 +222,9 @@ class Trainer:
     rank: int = 0
     world_size: int = 1  # DDP processes
     step: int = 0
+    _net: torch.nn.Module | None = None  # set by train(): the model, DDP-wrapped when distributed
+    _batches: ClipBatches | None = None
+    _log: RunLog | None = None
 
     @classmethod
     def create(cls, cfg: TeacherTrainConfig, autoencoder: torch.nn.Module, out: str | Path, device: torch.device,
@@ -240,14 +241,14 @@ class Trainer:
         autoencoder = autoencoder.to(device).requires_grad_(False)
         opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.99), weight_decay=cfg.weight_decay)
         trainer = cls(cfg, dit_cfg, model, ema, autoencoder, opt, out, device, rank, world_size)
-        if resume and has_train_state(out):
-            trainer.step = load_train_state(out, trainer._modules(), {"dit": opt})
+        if resume:
+            trainer.step = resume_step(out, trainer._modules(), {"dit": opt})
         return trainer
 
     def _modules(self) -> dict[str, torch.nn.Module]:
         return {"dit": self.ema, "dit_online": self.model, "autoencoder": self.autoencoder}
 
-    def save(self, log: RunLog | None = None) -> None:
+    def save(self, reason: str = "periodic") -> None:
         """Rank 0 writes a playable world checkpoint (EMA as "dit") plus the resume state."""
         if self.rank != 0:
             return
@@ -256,56 +257,26 @@ class Trainer:
         save_world(self.out, self.ema, self.autoencoder, world_cfg, self.step,
                    extra_modules={"dit_online": self.model}, extra_configs={"train": self.cfg},
                    optimizers={"dit": self.optimizer})
-        if log is not None:
-            log.plot(["loss", "grad_norm", "frames_per_s"], title="teacher")
+        if self._log is not None:
+            self._log.plot(["loss", "grad_norm", "frames_per_s"], title="teacher")
 
     def train(self, batches: ClipBatches, log: RunLog | None = None) -> dict[str, float]:
-        """Run to cfg.steps; returns the last step's metrics. Ctrl-C saves, then re-raises."""
-        net = self._wrapped()
-        bar = progress(self.cfg.steps, self.step, "teacher") if self.rank == 0 else None
-        t0, first, metrics = time.perf_counter(), self.step, {}
-        try:
-            deadline = t0 + 60 * self.cfg.max_minutes if self.cfg.max_minutes > 0 else float("inf")
-            while self.step < self.cfg.steps:
-                loss, grad_norm = self._one_step(net, batches(self.step, self.device))
-                self.step += 1
-                rate = (self.step - first) / max(time.perf_counter() - t0, 1e-9)
-                metrics = {"loss": loss, "grad_norm": grad_norm, "lr": learning_rate(self.cfg, self.step - 1),
-                           "steps_per_s": rate, "frames_per_s": rate * self.frames_per_step}
-                self._report(metrics, bar, log)
-                if self._past(deadline):
-                    break
-            if self.step < self.cfg.steps and self.step % self.cfg.ckpt_every:
-                self.save(log)  # stopped by the time budget between checkpoints
-        except KeyboardInterrupt:
-            self.save(log)
-            raise
-        finally:
-            if bar is not None:
-                bar.close()
-        return metrics
-
-    def _past(self, deadline: float) -> bool:
-        """Whether the time budget is spent; under DDP every rank stops at the same step (any rank's
-        clock past the deadline stops all), or the others would wait forever in the next all-reduce."""
-        past = torch.tensor(float(time.perf_counter() > deadline))
-        if self.world_size > 1:
-            dist.all_reduce(past, op=dist.ReduceOp.MAX)
-        return bool(past)
+        """Run to cfg.steps (or cfg.max_minutes) in the training loop; returns the last step's metrics."""
+        cfg = self.cfg
+        self._net, self._batches, self._log = self._wrapped(), batches, (log if self.rank == 0 else None)
+        loop = LoopConfig(steps=cfg.steps, desc="teacher", log_every=cfg.log_every, ckpt_every=cfg.ckpt_every,
+                          postfix=("loss", "steps_per_s", "frames_per_s"))
+        return TrainLoop(self, loop, self._log, budget=Budget.minutes(cfg.max_minutes, self.world_size),
+                         rank=self.rank).run()
 
     @property
     def frames_per_step(self) -> int:
         return self.cfg.batch * self.cfg.clip_chunks * self.dit_cfg.chunk_frames
 
-    def _report(self, metrics: dict[str, float], bar, log: RunLog | None) -> None:
-        if bar is not None:
-            bar.update(1)
-            bar.set_postfix(loss=f"{metrics['loss']:.4f}", steps_s=f"{metrics['steps_per_s']:.2f}",
-                            frames_s=f"{metrics['frames_per_s']:.0f}")
-        if log is not None and self.rank == 0 and (self.step % self.cfg.log_every == 0 or self.step == 1):
-            log.log(self.step, **metrics)
-        if self.step % self.cfg.ckpt_every == 0 or self.step == self.cfg.steps:
-            self.save(log)
+    def train_step(self) -> dict[str, float]:
+        lr = learning_rate(self.cfg, self.step)
+        loss, grad_norm = self._one_step(self._net, self._batches(self.step, self.device), lr)
+        return {"loss": loss, "grad_norm": grad_norm, "lr": lr}
 
     def _wrapped(self) -> torch.nn.Module:
         if self.world_size == 1:
@@ -317,22 +288,18 @@ class Trainer:
         sync = {"forward_sync_buffers": False} if "forward_sync_buffers" in params else {"broadcast_buffers": False}
         return DistributedDataParallel(self.model, device_ids=ids, **sync)
 
-    def _one_step(self, net: torch.nn.Module, batch: Batch) -> tuple[float, float]:
-        for group in self.optimizer.param_groups:
-            group["lr"] = learning_rate(self.cfg, self.step)
+    def _one_step(self, net: torch.nn.Module, batch: Batch, lr: float) -> tuple[float, float]:
+        set_learning_rate(self.optimizer, lr)
         gen = step_generator(self.cfg.seed, self.step, self.rank)
-        with training_autocast(self.device, self.cfg.precision):
+        with autocast_for(self.device, self.cfg.precision):
             loss = teacher_loss(net, batch, self.dit_cfg, self.cfg, gen)
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
-        self.optimizer.step()
+        grad_norm = optimizer_step(self.optimizer, loss, self.model.parameters(), self.cfg.grad_clip)
         update_ema(self.ema, self.model, self.cfg.ema_decay, self.step)
         if self.world_size > 1:  # report the mean loss over ranks
             loss = loss.detach().clone()
             dist.all_reduce(loss)
             loss /= self.world_size
-        return float(loss.detach()), float(grad_norm)
+        return float(loss.detach()), grad_norm
 
 
 def _resume_config(out: Path) -> DiTConfig:

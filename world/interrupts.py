@@ -1,5 +1,6 @@
-"""SIGTERM handled like Ctrl-C by the command-line clients (play, worker_memory), so their
-`finally` blocks run: recordings are closed, local workers stopped, partial reports written."""
+"""SIGTERM handled like Ctrl-C by the command-line programs (play, worker_memory, every training run),
+so their `finally` blocks run: recordings are closed, local workers stopped, partial reports and checkpoints
+written."""
 
 from __future__ import annotations
 
