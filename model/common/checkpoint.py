@@ -15,12 +15,9 @@ Loading checks the format, the module list, every tensor name and shape, and fai
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import shutil
-import types
-import typing
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +25,8 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from model.common import configs as schema
+from model.common.configs import config_to_dict
 from world.files import sha256_file
 
 FORMAT = "gworld-checkpoint"
@@ -45,56 +44,13 @@ class CheckpointError(RuntimeError):
 # ----------------------------------------------------------------------------- configs
 
 
-def config_to_dict(config: Any) -> dict:
-    if not dataclasses.is_dataclass(config):
-        raise TypeError(f"configs must be dataclasses, got {type(config).__name__}")
-    return dataclasses.asdict(config)
-
-
 def config_from_dict(cls: type, data: dict, source: str = "config") -> Any:
-    """Build dataclass `cls` from `data`, refusing unknown keys and values of the wrong type."""
-    if not isinstance(data, dict):
-        raise CheckpointError(f"{source}: expected an object for {cls.__name__}, got {type(data).__name__}")
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - set(fields))
-    if unknown:
-        raise CheckpointError(f"{source}: unknown {cls.__name__} keys {unknown}; known: {sorted(fields)}")
-    hints = typing.get_type_hints(cls)
-    values = {}
-    for name, value in data.items():
-        values[name] = _coerce(value, hints.get(name, Any), f"{source}: {cls.__name__}.{name}")
-    return cls(**values)
-
-
-def _coerce(value: Any, hint: Any, where: str) -> Any:
-    origin = typing.get_origin(hint)
-    if hint is Any:
-        return value
-    if origin in (typing.Union, types.UnionType):
-        for option in typing.get_args(hint):
-            try:
-                return _coerce(value, option, where)
-            except CheckpointError:
-                continue
-        raise CheckpointError(f"{where}: {value!r} does not match {hint}")
-    if hint is type(None):
-        if value is None:
-            return None
-        raise CheckpointError(f"{where}: expected null, got {value!r}")
-    if origin in (tuple, list):
-        if not isinstance(value, (list, tuple)):
-            raise CheckpointError(f"{where}: expected a list, got {value!r}")
-        args = [a for a in typing.get_args(hint) if a is not Ellipsis]
-        item = args[0] if args else Any
-        items = [_coerce(v, item, where) for v in value]
-        return tuple(items) if origin is tuple else items
-    if dataclasses.is_dataclass(hint):
-        return config_from_dict(hint, value, where)
-    if hint is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if isinstance(hint, type) and not isinstance(value, hint) or (hint is int and isinstance(value, bool)):
-        raise CheckpointError(f"{where}: expected {getattr(hint, '__name__', hint)}, got {value!r}")
-    return value
+    """Build dataclass `cls` from a checkpoint's `data` (model/common/configs.py: unknown keys and
+    values of the wrong type refused), as a CheckpointError naming `source`."""
+    try:
+        return schema.config_from_dict(cls, data, source)
+    except schema.ConfigError as e:
+        raise CheckpointError(str(e)) from None
 
 
 # ----------------------------------------------------------------------------- saving

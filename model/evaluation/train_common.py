@@ -9,6 +9,7 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
+from model.common.configs import add_options, given_options, replace_config
 from model.common.device import resolve_device
 from model.evaluation.data import Episode, load_dataset, render_engine_episodes, split_episodes
 from model.evaluation.trainer import TrainConfig, Trainer
@@ -22,17 +23,13 @@ def add_common_arguments(parser: argparse.ArgumentParser, default_steps: int) ->
         "to render engine episodes on the spot (--episodes x --frames-per-episode)",
     )
     parser.add_argument("--out", required=True, help="checkpoint directory (resumes when it holds one)")
-    parser.add_argument("--steps", type=int, default=default_steps)
-    parser.add_argument("--batch", type=int, default=TrainConfig.batch)
-    parser.add_argument("--lr", type=float, default=TrainConfig.lr)
+    add_options(parser, TrainConfig, defaults=replace(TrainConfig(), steps=default_steps))
     parser.add_argument("--preset", default="default", help="network size: tiny | default")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda")
     parser.add_argument("--episodes", type=int, default=40, help="episodes to render when --data is omitted")
     parser.add_argument("--frames-per-episode", type=int, default=600)
     parser.add_argument("--size", type=int, default=64, help="frame height = width when rendering on the spot")
     parser.add_argument("--heldout-fraction", type=float, default=0.1)
-    parser.add_argument("--eval-every", type=int, default=TrainConfig.eval_every)
-    parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--log-dir", help="metrics CSV/PNG (default runs/train-<kind>-<out name>)")
     parser.add_argument(
         "--threads",
@@ -60,16 +57,8 @@ def load_episodes(args: argparse.Namespace) -> tuple[list[Episode], list[Episode
 
 def train_config(args: argparse.Namespace) -> TrainConfig:
     save_every = max(100, min(TrainConfig.save_every, args.steps // 4 or 1))
-    return replace(
-        TrainConfig(),
-        steps=args.steps,
-        batch=args.batch,
-        lr=args.lr,
-        seed=args.seed,
-        eval_every=args.eval_every,
-        save_every=save_every,
-        warmup=min(100, args.steps // 10 + 1),
-    )
+    derived = {"save_every": save_every, "warmup": min(100, args.steps // 10 + 1)}
+    return replace_config(TrainConfig(), {**given_options(args, TrainConfig), **derived}, "train options")
 
 
 def run_training(task, args: argparse.Namespace, data_note: str) -> int:

@@ -25,21 +25,24 @@ from model.common.checkpoint import (
     read_checkpoint_config,
     save_checkpoint,
 )
+from model.common.configs import option
 from model.common.runlog import RunLog
 from model.training.loop import LoopConfig, TrainLoop, autocast_for, optimizer_step, set_learning_rate
 
 
 @dataclass(frozen=True)
 class TrainConfig:
-    steps: int = 3000
-    batch: int = 64
-    lr: float = 1e-3
+    """A field with help is also a `train idm` / `train classifier` option (model/common/configs.py)."""
+
+    steps: int = option(3000, help="total optimiser steps")
+    batch: int = option(64, help="examples per step")
+    lr: float = option(1e-3, help="peak learning rate")
     weight_decay: float = 1e-4
     warmup: int = 100
-    eval_every: int = 250
+    eval_every: int = option(250, help="steps between held-out evaluations")
     save_every: int = 500
     log_every: int = 25
-    seed: int = 0
+    seed: int = option(0, help="seed of the data split, batches and rendering")
 
 
 class Task(Protocol):

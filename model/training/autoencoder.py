@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import dataclasses
 import math
 import os
 import time
@@ -39,6 +38,7 @@ from model.common.checkpoint import (
     read_checkpoint_config,
     save_checkpoint,
 )
+from model.common.configs import add_options, given_options, option, replace_config
 from model.common.device import autocast, resolve_device, torch_threads
 from model.common.images import frames_to_tensor, psnr, tensor_to_frames
 from model.common.runlog import RunLog
@@ -138,21 +138,25 @@ def decode_ms_per_frame(ae: Autoencoder, batch: int = 3, threads: int | None = N
 
 @dataclass
 class TrainConfig:
-    steps: int = 4000
-    batch: int = 32  # small batches: more updates per CPU-second, which is what a conv AE needs early
-    lr: float = 2e-3
+    """The run's settings; a field with help is also a `train autoencoder` option, given over the
+    preset (or the resumed checkpoint's settings) when given (model/common/configs.py)."""
+
+    steps: int = option(4000, help="total optimiser steps (a resumed run may raise it)")
+    # small batches: more updates per CPU-second, which is what a conv AE needs early
+    batch: int = option(32, help="frames per step")
+    lr: float = option(2e-3, help="peak learning rate")
     min_lr_ratio: float = 0.05  # cosine decay to lr * min_lr_ratio
     warmup: int = 200
     weight_decay: float = 0.0
     grad_clip: float = 1.0
-    eval_every: int = 250
-    ckpt_every: int = 250
-    log_every: int = 25
+    eval_every: int = option(250, help="steps between held-out PSNR evaluations")
+    ckpt_every: int = option(250, help="steps between checkpoints")
+    log_every: int = option(25, help="steps between metric rows")
     val_fraction: float = 0.1
     val_frames: int = 256  # held-out frames scored for PSNR (evenly spaced)
     stats_frames: int = 2048  # frames encoded for the final latent mean/std
     flip: bool = True  # random horizontal flips: mirrored terrain is still terrain
-    seed: int = 0
+    seed: int = option(0, help="seed for init, batches, flips and latent noise")
     loss: LossWeights = field(default_factory=LossWeights)
 
 
@@ -162,8 +166,6 @@ TRAIN_PRESETS: dict[str, TrainConfig] = {
     "default": TrainConfig(),
 }
 
-# Command-line flags that override TrainConfig fields (None = keep preset / checkpoint value).
-OVERRIDES = ("steps", "batch", "lr", "eval_every", "ckpt_every", "log_every", "seed")
 
 
 # ----------------------------------------------------------------------------- data
@@ -297,11 +299,6 @@ def _make_optimizer(ae: Autoencoder, cfg: TrainConfig) -> torch.optim.Optimizer:
     return torch.optim.AdamW(ae.parameters(), lr=cfg.lr, betas=(0.9, 0.99), weight_decay=cfg.weight_decay)
 
 
-def _apply_overrides(cfg: TrainConfig, args: argparse.Namespace) -> TrainConfig:
-    given = {k: getattr(args, k) for k in OVERRIDES if getattr(args, k, None) is not None}
-    return dataclasses.replace(cfg, **given)
-
-
 def _resume_configs(ckpt: Path) -> tuple[AutoencoderConfig, TrainConfig]:
     meta = read_checkpoint_config(ckpt, kind=CHECKPOINT_KIND)
     source = str(ckpt / "config.json")
@@ -326,7 +323,7 @@ def build_trainer(args: argparse.Namespace, readers: list, device: torch.device)
         ae_cfg, cfg = _resume_configs(ckpt)
     else:
         ae_cfg, cfg = autoencoder_config(args.preset), copy.deepcopy(TRAIN_PRESETS[args.preset])
-    cfg = _apply_overrides(cfg, args)
+    cfg = replace_config(cfg, given_options(args, TrainConfig), "train autoencoder")
     torch.manual_seed(cfg.seed)
     ae = Autoencoder(ae_cfg).to(device)
     optimizer = _make_optimizer(ae, cfg)
@@ -390,15 +387,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, help="run directory: checkpoint/, metrics.csv/png, recon.png")
     parser.add_argument("--preset", default="default", choices=sorted(AUTOENCODER_PRESETS),
                         help="network and training preset (ignored with --resume: the checkpoint's is used)")
-    parser.add_argument("--steps", type=int, help="total optimiser steps (a resumed run may raise it)")
-    parser.add_argument("--batch", type=int, help="frames per step")
-    parser.add_argument("--lr", type=float, help="peak learning rate")
+    add_options(parser, TrainConfig)  # default None: the preset's (or the resumed run's) value
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda[:N]")
     parser.add_argument("--resume", action="store_true", help="continue from --out/checkpoint if there is one")
-    parser.add_argument("--eval-every", dest="eval_every", type=int, help="steps between held-out PSNR evaluations")
-    parser.add_argument("--ckpt-every", dest="ckpt_every", type=int, help="steps between checkpoints")
-    parser.add_argument("--log-every", dest="log_every", type=int, help="steps between metric rows")
-    parser.add_argument("--seed", type=int, help="seed for init, batches, flips and latent noise")
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--stop-after", dest="stop_after", type=int,
                         help="checkpoint and stop after this many steps of this invocation (resume later)")

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from model.common.configs import option
 from model.diffusion.flow import TIME_SCALE, add_noise, flow_loss, network_time, shift_level, velocity_target
 from model.diffusion.guidance import apply_guidance
 from model.diffusion.samplers import Sampler
@@ -33,12 +34,13 @@ from model.runtime.stream import Conditioning, Noise, generate_chunk
 
 @dataclass
 class DMDConfig:
-    guidance: float = 3.0  # real score: teacher with c + g (c - u), g = 3
+    guidance: float = option(3.0, help="dmd: real-score guidance g (teacher with c + g (c - u))")
     t_min: float = 20.0  # DMD levels are clamped to [20, 980] network time
     t_max: float = 980.0
-    spatial_weight: float = 4.0  # docs/design.md §3: spatial DMD 4
-    flow_weight: float = 4.0  # ... flow DMD 4 (the w of mean(w (dx - sg(dx - g))^2))
-    flow_regression_weight: float = 1.0  # dx regression onto the teacher rollout's dx
+    spatial_weight: float = option(4.0, help="dmd: DMD loss weight")  # docs/design.md §3: spatial DMD 4
+    # ... flow DMD 4 (the w of mean(w (dx - sg(dx - g))^2))
+    flow_weight: float = option(4.0, help="dmd: flow DMD weight w")
+    flow_regression_weight: float = option(1.0, help="dmd: weight of the dx regression onto the teacher's pair")
 
     def __post_init__(self) -> None:
         if not 0 <= self.t_min < self.t_max <= TIME_SCALE:

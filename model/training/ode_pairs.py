@@ -32,6 +32,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 from torch.utils.data import Dataset
 
+from model.common.configs import option
 from model.common.device import autocast
 from model.common.files import atomic_save_safetensors, atomic_write_json
 from model.common.runlog import progress
@@ -52,13 +53,14 @@ class OdePairsError(RuntimeError):
 
 @dataclass
 class OdePairsConfig:
-    pairs: int = 256  # teacher rollouts (rounded up to whole shards)
-    clip_chunks: int = 3  # chunks per rollout (the DMD rollout length too)
-    shard: int = 8  # rollouts batched together and stored per file
-    teacher_steps: int = TEACHER_STEPS  # Euler levels of the teacher (plus the student grid)
-    guidance: float = TEACHER_GUIDANCE
-    held_fraction: float = 0.5  # share of rollouts whose clip action is held throughout
-    seed: int = 0
+    pairs: int = option(256, help="init: teacher rollouts to cache (rounded up to whole shards)")
+    clip_chunks: int = option(3, help="init: chunks per pair rollout (the dmd stage rolls out as many as its "
+                              "pairs have)")
+    shard: int = option(8, flag="pair-shard", help="init: rollouts per batched teacher run (and per file)")
+    teacher_steps: int = option(TEACHER_STEPS, help="init: teacher Euler steps (plus the student grid)")
+    guidance: float = option(TEACHER_GUIDANCE, flag="teacher-guidance", help="init: teacher guidance")
+    held_fraction: float = option(0.5, help="init: share of rollouts holding one action throughout")
+    seed: int = 0  # the run's --seed
 
     def __post_init__(self) -> None:
         if min(self.pairs, self.clip_chunks, self.shard, self.teacher_steps) < 1:

@@ -31,10 +31,9 @@ from __future__ import annotations
 
 import argparse
 import copy
-import dataclasses
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -48,6 +47,7 @@ from model.common.checkpoint import (
     module_sha256,
     read_checkpoint_config,
 )
+from model.common.configs import add_options, given_options, option, replace_config
 from model.common.device import resolve_device, torch_threads
 from model.common.runlog import RunLog
 from model.diffusion.samplers import (
@@ -86,26 +86,44 @@ PAIRS_SUBDIR = "ode_pairs"
 STAGES = ("init", "dmd")
 
 
+def _schedule(text: str) -> list[int]:
+    """--schedule 4,3,2: the syntax the eval and play options share (model.diffusion.samplers.parse_schedule)."""
+    try:
+        return parse_schedule(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+PRESET = "(default: the stage's preset)"
+
+
 @dataclass
 class StudentTrainConfig:
+    """The run's settings; a field with help is also a `train student` option, given over the stage's
+    preset (model/common/configs.py)."""
+
     stage: str = "dmd"  # "init" (ODE regression) | "dmd" (distribution matching)
-    steps: int = 2000
-    batch: int = 4
-    lr: float = 1e-5  # generator (init: the student)
-    critic_lr: float = 1e-5
+    steps: int = option(2000, help=f"total steps of this stage {PRESET}")
+    batch: int = option(4, help=f"rollouts/pairs per step {PRESET}")
+    lr: float = option(1e-5, help=f"generator (init: student) learning rate {PRESET}")
+    critic_lr: float = option(1e-5, help=f"critic learning rate {PRESET}")
     betas: tuple[float, float] = (0.0, 0.999)  # docs/design.md §3 (DMD): AdamW betas (0, 0.999)
     weight_decay: float = 0.01
     grad_clip: float = 10.0
-    ema_decay: float = 0.99  # generator EMA, updated on generator steps
-    generator_every: int = 5  # critic every step, generator every 5th
-    schedule: list[int] = field(default_factory=lambda: list(DIAGONAL_SCHEDULE))
-    context_noise: float = CONTEXT_NOISE  # THE context level: rollouts, checkpoint, inference
+    ema_decay: float = option(0.99, help=f"dmd: generator EMA decay (updated on generator steps) {PRESET}")
+    generator_every: int = option(5, help=f"dmd: generator update every N critic steps {PRESET}")
+    schedule: list[int] = option(default_factory=lambda: list(DIAGONAL_SCHEDULE), parse=_schedule,
+                                 help="diagonal steps per chunk, e.g. 4,3,2 (default: the resumed/init "
+                                 "checkpoint's, else 4,3,2)")
+    # THE context level: rollouts, checkpoint, inference
+    context_noise: float = option(CONTEXT_NOISE, help="network time of the context K/V (default: the resumed/init "
+                                  f"checkpoint's, else {CONTEXT_NOISE:g})")
     shift: float = 3.0  # the teacher's flow shift (taken from its WorldConfig)
-    dmd: DMDConfig = field(default_factory=DMDConfig)
-    pairs: OdePairsConfig = field(default_factory=OdePairsConfig)
-    seed: int = 0
-    ckpt_every: int = 100
-    log_every: int = 10
+    dmd: DMDConfig = option(default_factory=DMDConfig, nested=True)
+    pairs: OdePairsConfig = option(default_factory=OdePairsConfig, nested=True)
+    seed: int = option(0, help=f"seed of data order and noise {PRESET}")
+    ckpt_every: int = option(100, help=f"steps between checkpoints {PRESET}")
+    log_every: int = option(10, help=f"steps between metric rows {PRESET}")
     text_encoder: str = "minilm"  # the teacher's (and the latent cache's) text encoder
 
     def __post_init__(self) -> None:
@@ -338,44 +356,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--latents", help="latent cache (init stage: source of actions and prompts for the pairs)")
     parser.add_argument("--out", required=True, help="student run directory: ode_pairs/, init/, dmd/")
     parser.add_argument("--init", help="dmd: generator start (default: OUT/init; any world checkpoint works)")
-    parser.add_argument("--schedule", type=_schedule, help="diagonal steps per chunk, e.g. 4,3,2 (default: "
-                        "the resumed/init checkpoint's, else 4,3,2)")
-    parser.add_argument("--context-noise", type=float, help=f"network time of the context K/V (default: the "
-                        f"resumed/init checkpoint's, else {CONTEXT_NOISE:g})")
-    for name, kind, text in (
-        ("steps", int, "total steps of this stage"), ("batch", int, "rollouts/pairs per step"),
-        ("lr", float, "generator (init: student) learning rate"), ("critic-lr", float, "critic learning rate"),
-        ("generator-every", int, "dmd: generator update every N critic steps"),
-        ("ema-decay", float, "dmd: generator EMA decay"), ("ckpt-every", int, "steps between checkpoints"),
-        ("log-every", int, "steps between metric rows"), ("seed", int, "seed of data order and noise"),
-    ):
-        parser.add_argument(f"--{name}", type=kind, help=f"{text} (default: the stage's preset)")
-    d, p = DMDConfig(), OdePairsConfig()
-    parser.add_argument("--guidance", type=float, default=d.guidance, help="dmd: real-score guidance g")
-    parser.add_argument("--spatial-weight", type=float, default=d.spatial_weight, help="dmd: DMD loss weight")
-    parser.add_argument("--flow-weight", type=float, default=d.flow_weight, help="dmd: flow DMD weight w")
-    parser.add_argument("--flow-regression-weight", type=float, default=d.flow_regression_weight,
-                        help="dmd: weight of the dx regression onto the teacher's pair")
-    parser.add_argument("--pairs", type=int, default=p.pairs, help="init: teacher rollouts to cache")
-    parser.add_argument("--pair-shard", type=int, default=p.shard, help="init: rollouts per batched teacher run")
-    parser.add_argument("--clip-chunks", type=int, default=p.clip_chunks,
-                        help="init: chunks per pair rollout (the dmd stage rolls out as many as its pairs have)")
-    parser.add_argument("--teacher-steps", type=int, default=p.teacher_steps, help="init: teacher Euler steps")
-    parser.add_argument("--teacher-guidance", type=float, default=p.guidance, help="init: teacher guidance")
-    parser.add_argument("--held-fraction", type=float, default=p.held_fraction,
-                        help="init: share of rollouts holding one action throughout")
+    add_options(parser, StudentTrainConfig)  # default None: the stage's preset (schedule: the checkpoint's)
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda")
     parser.add_argument("--resume", action="store_true", help="continue this stage from OUT/STAGE/checkpoint")
     parser.add_argument("--max-minutes", type=float, help="save and stop after this long (rerun with --resume)")
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice; 1 on a busy CPU)")
-
-
-def _schedule(text: str) -> list[int]:
-    """--schedule 4,3,2: the syntax the eval and play options share (model.diffusion.samplers.parse_schedule)."""
-    try:
-        return parse_schedule(text)
-    except ValueError as e:
-        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def _recorded_diagonal(directory: Path) -> dict:
@@ -396,21 +381,11 @@ def config_from_args(args: argparse.Namespace, teacher: WorldConfig, sources: li
     recorded: dict = {}
     for source in reversed(sources):
         recorded.update(_recorded_diagonal(source))
-    overrides = {k: getattr(args, k) for k in ("steps", "batch", "lr", "critic_lr", "generator_every", "ema_decay",
-                                               "ckpt_every", "log_every", "seed") if getattr(args, k) is not None}
-    for key in ("schedule", "context_noise"):
-        value = getattr(args, key)
-        if value is not None:
-            overrides[key] = value
-        elif key in recorded:
-            overrides[key] = recorded[key]
-    dmd = DMDConfig(guidance=args.guidance, spatial_weight=args.spatial_weight, flow_weight=args.flow_weight,
-                    flow_regression_weight=args.flow_regression_weight)
-    pairs = OdePairsConfig(pairs=args.pairs, clip_chunks=args.clip_chunks, shard=args.pair_shard,
-                           teacher_steps=args.teacher_steps, guidance=args.teacher_guidance,
-                           held_fraction=args.held_fraction, seed=overrides.get("seed", preset.seed))
-    return dataclasses.replace(preset, **overrides, dmd=dmd, pairs=pairs, shift=teacher.shift,
-                               text_encoder=teacher.text_encoder)
+    given = given_options(args, StudentTrainConfig)
+    overrides = {**{k: v for k, v in recorded.items() if k not in given}, **given}
+    overrides["pairs"] = {**given.get("pairs", {}), "seed": given.get("seed", preset.seed)}
+    overrides.update(shift=teacher.shift, text_encoder=teacher.text_encoder)
+    return replace_config(preset, overrides, f"train student --stage {args.stage}")
 
 
 def ensure_pairs(args: argparse.Namespace, cfg: StudentTrainConfig, teacher: Teacher, directory: Path,

@@ -42,6 +42,7 @@ from model.common.checkpoint import (
     module_sha256,
     read_checkpoint_config,
 )
+from model.common.configs import add_options, given_options, option, replace_config
 from model.common.device import PRECISIONS, resolve_device, training_precision
 from model.common.runlog import RunLog
 from model.diffusion.flow import FlowConfig, add_noise, flow_loss, network_time, sample_levels, velocity_target
@@ -63,29 +64,35 @@ from model.training.loop import (
 
 @dataclass
 class TeacherTrainConfig:
-    preset: str = "default"
-    steps: int = 4000
-    batch: int = 8  # global batch (split across DDP processes)
-    clip_chunks: int = 3
-    lr: float = 3e-4
+    """The run's settings; a field with help is also a `train teacher` option (model/common/configs.py)."""
+
+    preset: str = option("default", help="DiT preset of a fresh run", choices=sorted(DIT_PRESETS))
+    steps: int = option(4000, help="total optimiser steps")
+    batch: int = option(8, help="global batch of clips (split across DDP processes)")
+    clip_chunks: int = option(3, help="chunks per clip")
+    lr: float = option(3e-4, help="AdamW learning rate")
     warmup: int = 200  # linear warm-up steps, then constant (no end date: runs continue across days)
     weight_decay: float = 0.01
     grad_clip: float = 1.0
     ema_decay: float = 0.999
-    teacher_forcing_prob: float = 0.5
+    teacher_forcing_prob: float = option(0.5, help="fraction of clips with a clean context prefix")
     # Context-noise augmentation (GameNGen): the clean prefix of a teacher-forced clip is noised to a
     # level drawn uniformly in [0, context_noise_max] per clip, the level given to the network as its
     # time; 0 keeps the prefix clean. Must cover the diagonal sampler's context level (t = 100: 0.1).
-    context_noise_max: float = 0.0
-    copy_path: bool = False  # DiTConfig.copy_path for a fresh model
-    action_tokens: bool = False  # DiTConfig.action_tokens for a fresh model
-    precision: str = "auto"  # auto | fp32 | bf16 (model/common/device.py: bf16 where the hardware is fast)
-    init_from: str = ""  # warm start: a world checkpoint whose matching DiT weights seed a fresh run
-    shift: float = 3.0
-    seed: int = 0
-    max_minutes: float = 0.0  # stop (and save) after this much wall time; 0: run to `steps` (equal-time ablations)
-    ckpt_every: int = 250
-    log_every: int = 10
+    context_noise_max: float = option(0.0, help="noise the teacher-forced prefix to a level in [0, this] per clip "
+                                      "(GameNGen context-noise augmentation; 0: clean prefix)")
+    copy_path: bool = option(False, help="fresh model: previous frame as extra input channels (DiTConfig.copy_path)")
+    action_tokens: bool = option(False, help="fresh model: action embedding added to the frame's tokens as well as "
+                                 "to adaLN (DiTConfig.action_tokens)")
+    precision: str = option("auto", choices=PRECISIONS,
+                            help="auto: bf16 autocast on CUDA and on CPUs with AMX/AVX512-BF16, else fp32")
+    init_from: str = option("", help="fresh run only: world checkpoint whose matching DiT weights seed the model")
+    shift: float = option(3.0, help="flow shift k")
+    seed: int = option(0, help="seed of the initial weights, data order and noise")
+    max_minutes: float = option(0.0, help="stop and save after this much wall time (0: run to --steps; "
+                                "equal-time ablations)")
+    ckpt_every: int = option(250, help="steps between checkpoints")
+    log_every: int = option(10, help="steps between metric rows")
     text_encoder: str = "minilm"  # the encoder that made the cache's prompt tokens (from cache.json)
 
 
@@ -311,46 +318,18 @@ def _resume_config(out: Path) -> DiTConfig:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    d = TeacherTrainConfig()
     parser.add_argument("--latents", required=True, help="latent cache directory (run_world.py encode-latents)")
     parser.add_argument("--autoencoder", default=None,
                         help="autoencoder the cache was encoded with (default: the one the cache records)")
     parser.add_argument("--out", required=True, help="run directory: checkpoint/ (a playable world), teacher.csv/png")
-    parser.add_argument("--preset", default=d.preset, choices=sorted(DIT_PRESETS))
-    parser.add_argument("--steps", type=int, default=d.steps, help="total optimiser steps (default %(default)s)")
-    parser.add_argument("--batch", type=int, default=d.batch, help="global batch of clips (default %(default)s)")
-    parser.add_argument("--clip-chunks", type=int, default=d.clip_chunks, help="chunks per clip (default %(default)s)")
-    parser.add_argument("--lr", type=float, default=d.lr, help="AdamW learning rate (default %(default)s)")
-    parser.add_argument("--teacher-forcing-prob", type=float, default=d.teacher_forcing_prob,
-                        help="fraction of clips with a clean context prefix (default %(default)s)")
-    parser.add_argument("--context-noise-max", type=float, default=d.context_noise_max,
-                        help="noise the teacher-forced prefix to a level in [0, this] per clip (GameNGen context-noise "
-                        "augmentation; 0: clean prefix; default %(default)s)")
-    parser.add_argument("--copy-path", action="store_true", help="fresh model: previous frame as extra input channels")
-    parser.add_argument("--action-tokens", action="store_true",
-                        help="fresh model: action embedding added to the frame's tokens as well as to adaLN")
-    parser.add_argument("--precision", default=d.precision, choices=PRECISIONS,
-                        help="auto: bf16 autocast on CUDA and on CPUs with AMX/AVX512-BF16, else fp32")
-    parser.add_argument("--init-from", default=d.init_from,
-                        help="fresh run only: world checkpoint whose matching DiT weights seed the model")
-    parser.add_argument("--shift", type=float, default=d.shift, help="flow shift k (default %(default)s)")
-    parser.add_argument("--seed", type=int, default=d.seed)
-    parser.add_argument("--ckpt-every", type=int, default=d.ckpt_every, help="steps between checkpoints")
-    parser.add_argument("--max-minutes", type=float, default=d.max_minutes,
-                        help="stop and save after this much wall time (0: run to --steps)")
-    parser.add_argument("--log-every", type=int, default=d.log_every, help="steps between metric rows")
+    add_options(parser, TeacherTrainConfig, defaults=TeacherTrainConfig())
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda")
     parser.add_argument("--resume", action="store_true", help="continue from --out/checkpoint if it is there")
 
 
 def config_from_args(args: argparse.Namespace, text_encoder: str) -> TeacherTrainConfig:
-    return TeacherTrainConfig(
-        preset=args.preset, steps=args.steps, batch=args.batch, clip_chunks=args.clip_chunks, lr=args.lr,
-        teacher_forcing_prob=args.teacher_forcing_prob, shift=args.shift, seed=args.seed,
-        context_noise_max=args.context_noise_max, copy_path=args.copy_path, action_tokens=args.action_tokens,
-        precision=args.precision, init_from=args.init_from, max_minutes=args.max_minutes,
-        ckpt_every=args.ckpt_every, log_every=args.log_every, text_encoder=text_encoder,
-    )
+    return replace_config(TeacherTrainConfig(text_encoder=text_encoder), given_options(args, TeacherTrainConfig),
+                          "train teacher")
 
 
 def _distributed(device_name: str) -> tuple[int, int, torch.device]:
