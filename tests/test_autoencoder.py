@@ -12,47 +12,13 @@ import torch
 
 from model.common.checkpoint import CheckpointError, checkpoint_dir, load_train_state, save_checkpoint
 from model.common.images import frames_to_tensor, tensor_to_frames
-from model.nets.autoencoder import Autoencoder, AutoencoderConfig, autoencoder_config
+from model.nets.autoencoder import Autoencoder, AutoencoderConfig
 from model.training.autoencoder import LossWeights, autoencoder_loss, load_autoencoder
 from run_world import main
-from tests.test_dit import one_thread  # noqa: F401  (autouse fixture)
-from world.actions import KEYS, Action
-from world.dataset import EpisodeWriter
+from tests.helpers import synthetic_frames, tiny_ae, write_dataset
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
 
-def synthetic_frames(count: int, seed: int = 0, size: int = 64) -> np.ndarray:
-    """Terrain-like uint8 frames [N, size, size, 3]: sky gradient over a textured, moving ground."""
-    rng = np.random.default_rng(seed)
-    y, x = np.mgrid[0:size, 0:size] / size
-    texture = rng.random((size, size, 3))
-    out = []
-    for i in range(count):
-        horizon = 0.4 + 0.1 * np.sin(6 * x + 0.3 * i + seed)
-        sky = np.stack([0.3 + 0.5 * y, 0.5 + 0.3 * y, 0.9 - 0.2 * y], -1)
-        ground = np.roll(texture, i, axis=1) * 0.4 + np.array([0.3, 0.5, 0.2]) * (0.6 + 0.4 * y[..., None])
-        img = np.where((y > horizon)[..., None], ground, sky)
-        out.append((np.clip(img, 0, 1) * 255).astype(np.uint8))
-    return np.stack(out)
-
-
-def write_dataset(root: Path, episodes: int = 3, frames: int = 12, chunk_frames: int = 3,
-                  prompts: tuple[str, ...] = ("green hills at noon",)) -> Path:
-    """Episodes of synthetic frames written with the real dataset writer; prompt switches per chunk."""
-    for e in range(episodes):
-        args = dict(backend="engine", seed=e, height=64, width=64, chunk_frames=chunk_frames, fps=30, source="test")
-        with EpisodeWriter(root / f"ep{e:02d}", **args) as writer:
-            video = synthetic_frames(frames, seed=e)
-            for c in range(0, frames, chunk_frames):
-                n = min(chunk_frames, frames - c)
-                records = [{"action": Action((KEYS[(c + j) % len(KEYS)],), mouse_dx=0.1).to_json(),
-                            "prompt": prompts[(c // chunk_frames + e) % len(prompts)]} for j in range(n)]
-                writer.append_chunk(video[c : c + n], records)
-    return root
-
-
-def tiny_ae(seed: int = 0) -> Autoencoder:
-    torch.manual_seed(seed)
-    return Autoencoder(autoencoder_config("tiny"))
 
 
 # ----------------------------------------------------------------------------- the network

@@ -7,7 +7,10 @@ import torch
 
 from model.diffusion.samplers import diagonal_sampler, make_sampler, uniform_sampler
 from model.runtime.stream import Conditioning, generate_chunk
-from tests.test_dit import TOL, inputs, one_thread, random_dit, stream  # noqa: F401  (one_thread: autouse)
+from tests.helpers import TOL, inputs, random_dit, stream
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
+
 
 
 def copy_dit(**overrides):

@@ -8,7 +8,7 @@ import torch.multiprocessing as mp
 from safetensors.torch import load_file, save_file
 
 from model.training.teacher import ClipBatches, Trainer
-from tests.test_train_teacher import SyntheticClips, text_table, tiny_config
+from tests.helpers import SyntheticClips, text_table, tiny_config
 
 WORLD = 2
 

@@ -19,33 +19,13 @@ from model.diffusion.samplers import (
 from model.runtime.stream import Conditioning, generate_chunk
 from model.runtime.world_model import load_world_model, make_random_world
 from model.training.distill import sample_exits, self_forcing_rollout
-from tests.test_dit import one_thread, random_dit  # noqa: F401  (one_thread: autouse fixture)
+from tests.helpers import RecordingDiT, random_dit
 from world.actions import Action
 from world.backend import BackendError
 from world.backends.registry import create_backend
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
 
-class RecordingDiT(torch.nn.Module):
-    """Wraps a DiT; records (first frame of the chunk being written, t) of every cached forward."""
-
-    def __init__(self, dit):
-        super().__init__()
-        self.dit, self.config, self.calls = dit, dit.config, []
-
-    def forward(self, x, t, actions, text, text_mask, cache=None, drop_actions=None):
-        if cache is not None:
-            self.calls.append((cache.next_frame, float(t[0, 0])))
-        return self.dit(x, t, actions, text, text_mask, cache, drop_actions)
-
-    def new_cache(self):
-        return self.dit.new_cache()
-
-    def per_chunk(self) -> list[list[float]]:
-        """Network times of each chunk's forwards, in order (the last one wrote its K/V)."""
-        chunks: dict[int, list[float]] = {}
-        for frame, t in self.calls:
-            chunks.setdefault(frame, []).append(t)
-        return [chunks[f] for f in sorted(chunks)]
 
 
 def conditioning(cfg, batch: int = 1) -> Conditioning:

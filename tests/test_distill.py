@@ -21,8 +21,10 @@ from model.training.distill import (
     self_forcing_rollout,
     temporal_diff,
 )
-from tests.test_diagonal_schedule import RecordingDiT
-from tests.test_dit import one_thread, random_dit  # noqa: F401  (one_thread: autouse fixture)
+from tests.helpers import RecordingDiT, random_dit
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
+
 
 B, CHUNKS = 2, 2
 

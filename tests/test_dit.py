@@ -6,57 +6,11 @@ import pytest
 import torch
 
 from model.nets import count_parameters
-from model.nets.dit import CausalDiT, DiTConfig, dit_config
+from model.nets.dit import CausalDiT, dit_config
 from model.nets.kv_cache import context_frame_ids
+from tests.helpers import TOL, inputs, random_dit, stream
 
-TOL = 1e-4
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models on a shared, busy CPU: one intra-op thread avoids OpenMP waits (behaviour is
-    identical at any thread count). Imported by the other model test modules."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def random_dit(preset: str = "tiny", seed: int = 0, **overrides) -> CausalDiT:
-    """A DiT whose zero-initialised parts are perturbed, so every input matters."""
-    torch.manual_seed(seed)
-    cfg = dit_config(preset)
-    for k, v in overrides.items():
-        setattr(cfg, k, v)
-    model = CausalDiT(cfg).eval()
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(0.1 * torch.randn_like(p))
-    return model
-
-
-def inputs(cfg: DiTConfig, batch: int, n_chunks: int, seed: int = 1, text_len: int = 5):
-    g = torch.Generator().manual_seed(seed)
-    F = n_chunks * cfg.chunk_frames
-    x = torch.randn(batch, F, *cfg.latent_shape, generator=g)
-    t = (1000 * torch.rand(batch, n_chunks, generator=g)).repeat_interleave(cfg.chunk_frames, 1)
-    a = torch.randn(batch, F, cfg.action_dim, generator=g)
-    text = torch.randn(batch, text_len, cfg.text_dim, generator=g)
-    mask = torch.ones(batch, text_len, dtype=torch.bool)
-    mask[-1, 2:] = False  # rows with different prompt lengths
-    return x, t, a, text, mask
-
-
-def stream(model: CausalDiT, x, t, a, text, mask, drop=None) -> tuple[torch.Tensor, list[list[int]]]:
-    """Feed chunks one by one through a KVCache; returns outputs [B, F, ...] and held frame ids."""
-    C = model.config.chunk_frames
-    cache, outs, held = model.new_cache(), [], []
-    for i in range(x.shape[1] // C):
-        held.append(list(cache.frame_ids))
-        s = slice(i * C, (i + 1) * C)
-        outs.append(model(x[:, s], t[:, s], a[:, s], text, mask, cache, drop))
-        cache.commit_chunk()
-    return torch.cat(outs, 1), held
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
 
 
 def test_shapes_and_presets():

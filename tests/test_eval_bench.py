@@ -5,7 +5,9 @@ import json
 import pytest
 
 import run_world
-from tests.test_dit import one_thread  # noqa: F401  (autouse fixture)
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
+
 
 
 def _bench(capsys, *args):

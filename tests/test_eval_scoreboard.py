@@ -18,15 +18,17 @@ from model.evaluation.measure_fidelity import measure_fidelity
 from model.evaluation.measure_teacher_forced import TEACHER_FORCED_CLASSES, measure_teacher_forced
 from model.evaluation.metrics import PSNR_CAP_DB
 from model.evaluation.rollout import Worlds, begin, engine_context, rollout
-from tests.test_dit import one_thread  # noqa: F401  (autouse fixture)
 from world.actions import IDLE, Action
 from world.backend import BackendError, PromptError
 from world.backends.registry import create_backend
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
 
 SMALL = EvalConfig(
     fidelity_episodes=1, fidelity_chunks=2, counterfactual_contexts=2, counterfactual_chunks=1,
     teacher_forced_contexts=1,
 )  # fmt: skip
+
 
 
 def _worlds(name: str, start: str = "engine") -> Worlds:

@@ -25,7 +25,6 @@ from model.evaluation.rollout import Worlds, rollout
 from model.evaluation.train_classifier import ClassifierTask
 from model.evaluation.train_idm import IDMTask
 from model.evaluation.trainer import TrainConfig, Trainer
-from tests.test_dit import one_thread  # noqa: F401  (autouse fixture)
 from world.backends.registry import create_backend
 from world.themes import all_themes, describe, parse_prompt
 
@@ -34,6 +33,9 @@ TINY = EvalConfig(
     switches=1, switch_before=3, switch_after=9, switch_stable=2, fidelity_episodes=1, fidelity_chunks=2,
     drift_seconds=2.0, drift_reference_s=1.0, fd_segment_s=1.0, strip_frames=4,
 )  # fmt: skip
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
+
 
 
 

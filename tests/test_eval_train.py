@@ -19,7 +19,9 @@ from model.evaluation.idm import (
     mouse_to_bins,
 )
 from model.evaluation.readers import load_classifier, load_idm, sliding_windows
-from tests.test_dit import one_thread  # noqa: F401  (autouse fixture)
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
+
 
 
 def test_matching_costs_find_a_known_shift():

@@ -11,10 +11,12 @@ import torch
 from model.common.checkpoint import CheckpointError, save_checkpoint
 from model.nets.dit import CausalDiT, dit_config
 from model.runtime.world_model import load_world_model, make_random_world
-from tests.test_dit import one_thread  # noqa: F401  (autouse fixture)
 from world.actions import Action
 from world.backend import BackendError, PromptError
 from world.backends.registry import create_backend
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
+
 
 
 @pytest.fixture(scope="module")

@@ -152,3 +152,15 @@ def test_world_imports_model_only_in_the_generated_backend():
 def test_the_checks_catch_what_they_look_for():
     assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
     assert cycles({"a": {"b"}, "b": set()}) == []
+
+
+def test_no_test_module_imports_another():
+    """Shared helpers live in tests/helpers.py and shared fixtures in tests/conftest.py."""
+    bad = []
+    for path in sorted((ROOT / "tests").glob("test_*.py")):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else []
+            if isinstance(node, ast.ImportFrom) and node.module:
+                names = [node.module]
+            bad += [f"{path.name} imports {n}" for n in names if n.startswith("tests.test_")]
+    assert not bad, "\n".join(bad)

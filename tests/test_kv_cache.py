@@ -6,7 +6,10 @@ import pytest
 import torch
 
 from model.nets.kv_cache import CacheLayout, KVCache, attention_span, context_frame_ids
-from tests.test_dit import inputs, one_thread, random_dit  # noqa: F401  (one_thread: autouse fixture)
+from tests.helpers import inputs, random_dit
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
+
 
 LAYOUT = CacheLayout(chunk_frames=3, sink_frames=3, window_frames=9, tokens_per_frame=4)
 

@@ -25,8 +25,11 @@ from model.training.encode_latents import (
     main,
     text_table,
 )
-from tests.test_autoencoder import one_thread, synthetic_frames, tiny_ae, write_dataset  # noqa: F401 (autouse)
+from tests.helpers import synthetic_frames, tiny_ae, write_dataset
 from world.dataset import open_dataset
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
+
 
 PROMPTS = ("green hills at noon", "desert dunes at dusk", "snowy peaks at night")
 

@@ -8,7 +8,9 @@ import torch
 from model.diffusion.flow import add_noise, level_grid, predict_x0, shift_level, velocity_target
 from model.diffusion.samplers import diagonal_sampler, make_sampler, teacher_sampler, uniform_sampler
 from model.runtime.stream import Conditioning, generate_chunk
-from tests.test_dit import one_thread, random_dit  # noqa: F401  (one_thread: autouse fixture)
+from tests.helpers import random_dit
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
 
 
 def test_flow_round_trip_and_shift():
@@ -50,6 +52,7 @@ def test_schedules():
         (lambda: make_sampler("teacher", guidance=-1.0), "guidance"),
     ],
 )
+
 def test_bad_schedules_are_refused_at_construction(build, message):
     with pytest.raises(ValueError, match=message):
         build()

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from model.runtime.world_model import make_random_world
 from model.tools.showcase import Scenario, main, parse_world, rollout, scenarios_for
-from tests.test_dit import one_thread  # noqa: F401  (autouse fixture)
 from world.backends.registry import create_backend
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
+
 
 
 def test_a_switch_row_switches_the_prompt_halfway():

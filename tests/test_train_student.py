@@ -21,9 +21,9 @@ from model.training.distill import sample_exits
 from model.training.encode_latents import CACHE_FILE, FORMAT, SHARD_PATTERN, TEXT_FILE, VERSION
 from model.training.ode_pairs import OdePairs, OdePairsConfig, OdePairsError, build_ode_pairs, shard_spec
 from model.training.student import STUDENT_PRESETS, DMDTrainer, InitTrainer, StudentTrainConfig, load_teacher
-from tests.test_diagonal_schedule import RecordingDiT
-from tests.test_dit import one_thread  # noqa: F401  (autouse fixture)
-from tests.test_train_teacher import SyntheticClips, text_table
+from tests.helpers import RecordingDiT, SyntheticClips, text_table
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
 
 CPU = torch.device("cpu")
 PAIRS = OdePairsConfig(pairs=4, shard=2, clip_chunks=2, teacher_steps=3)

@@ -6,7 +6,6 @@ import argparse
 
 import pytest
 import torch
-from torch.utils.data import Dataset
 
 from model.common.checkpoint import has_train_state
 from model.nets.autoencoder import Autoencoder, autoencoder_config
@@ -20,36 +19,10 @@ from model.training.teacher import (
     teacher_forcing_prefix,
     teacher_loss,
 )
-from tests.test_dit import one_thread  # noqa: F401  (autouse fixture)
+from tests.helpers import SyntheticClips, text_table, tiny_config
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
 
-class SyntheticClips(Dataset):
-    """LatentClips stand-in: smooth random latents drifting with the 'forward' action."""
-
-    def __init__(self, n: int = 8, frames: int = 6, prompts: int = 3, seed: int = 0):
-        g = torch.Generator().manual_seed(seed)
-        base = torch.randn(n, 1, 4, 16, 16, generator=g)
-        self.actions = (torch.rand(n, frames, 12, generator=g) > 0.7).float()
-        drift = torch.cumsum(self.actions[:, :, :1, None, None], 1) * 0.1
-        self.latents = base + drift
-        self.prompt_ids = torch.randint(0, prompts, (n, 1), generator=g).expand(n, frames)
-
-    def __len__(self) -> int:
-        return len(self.latents)
-
-    def __getitem__(self, i: int) -> dict:
-        return {"latents": self.latents[i], "actions": self.actions[i], "prompt_ids": self.prompt_ids[i]}
-
-
-def text_table(prompts: int = 3, length: int = 6):
-    g = torch.Generator().manual_seed(1)
-    return torch.randn(prompts, length, 384, generator=g), torch.ones(prompts, length, dtype=torch.bool)
-
-
-def tiny_config(**overrides) -> TeacherTrainConfig:
-    base = dict(preset="tiny", steps=2, batch=4, clip_chunks=2, warmup=1, ckpt_every=1, log_every=1,
-                text_encoder="hash")
-    return TeacherTrainConfig(**{**base, **overrides})
 
 
 def make_trainer(cfg: TeacherTrainConfig, out, resume: bool = False) -> tuple[Trainer, ClipBatches]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import time
@@ -14,17 +13,13 @@ import zmq
 
 import tests.fakes  # noqa: F401  (registers the "fake" backend in this process)
 from tests.fakes import FakeBackend, fake_frame
+from tests.helpers import E2E_BACKEND, E2E_PROMPTS, FAKE_MODULE, collect, replay
 from world import protocol as P
 from world import worker as worker_module
 from world.actions import Action
-from world.backends.registry import create_backend
 from world.client import ChunkEvent, ErrorEvent, WorldClient, WorldConnectionError, WorldRequestError
 from world.worker import Inbound, WorkerConfig, WorkerCore, start_worker_process, stop_worker_process
 
-# End-to-end tests play the real engine once it exists; the fake keeps them runnable before that.
-E2E_BACKEND = "engine" if importlib.util.find_spec("world.backends.engine") else "fake"
-E2E_PROMPTS = ("green hills at noon", "snowy mountains at dusk in fog")
-FAKE_MODULE = ["--backend-module", "tests.fakes"]
 WALK = Action(("forward",))
 
 # -------------------------------------------------------------------------------------------
@@ -223,35 +218,6 @@ def worker():
     proc, endpoint = start_worker_process(extra_args=FAKE_MODULE)
     yield proc, endpoint
     assert stop_worker_process(proc) == 0  # SIGTERM is a clean shutdown
-
-
-def collect(client: WorldClient, count: int, ack: bool = True, polls: int = 200) -> list[ChunkEvent]:
-    """Poll (bounded) until `count` chunks arrived, acknowledging each; errors fail the test."""
-    chunks: list[ChunkEvent] = []
-    for _ in range(polls):
-        for event in client.poll(timeout_ms=100):
-            assert not isinstance(event, ErrorEvent), event
-            if isinstance(event, ChunkEvent):
-                chunks.append(event)
-                if ack:
-                    client.ack(event.seq)
-        if len(chunks) >= count:
-            return chunks
-    raise AssertionError(f"only {len(chunks)} of {count} chunks arrived")
-
-
-def replay(backend: str, seed: int, chunks: list[ChunkEvent], options: dict | None = None) -> None:
-    """Re-run the backend locally on the recorded actions/prompts and compare every frame."""
-    world = create_backend(backend, **(options or {}))
-    world.reset(seed, chunks[0].records[0]["prompt"])
-    prompt = chunks[0].records[0]["prompt"]
-    for event in chunks:
-        if event.records[0]["prompt"] != prompt:
-            prompt = event.records[0]["prompt"]
-            world.set_prompt(prompt)
-        expected = world.step_chunk([Action.from_json(r["action"]) for r in event.records]).frames
-        assert np.array_equal(event.frames, expected), f"chunk {event.seq} differs"
-    world.close()
 
 
 def test_end_to_end_stream_prompt_switch_reset_close(worker):

@@ -12,7 +12,7 @@ import time
 
 import zmq
 
-from tests.test_worker import E2E_BACKEND, E2E_PROMPTS, FAKE_MODULE, collect, replay
+from tests.helpers import E2E_BACKEND, E2E_PROMPTS, FAKE_MODULE, collect, replay
 from world import protocol as P
 from world.actions import KEYS, Action
 from world.client import ChunkEvent, ErrorEvent, WorldClient

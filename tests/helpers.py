@@ -1,0 +1,200 @@
+"""Helpers shared by the test modules (no test module imports another): tiny networks and their
+inputs, synthetic data, a recording DiT wrapper, and end-to-end worker helpers. Fixtures shared by
+many modules live in conftest.py."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from model.nets.autoencoder import Autoencoder, autoencoder_config
+from model.nets.dit import CausalDiT, DiTConfig, dit_config
+from model.training.teacher import TeacherTrainConfig
+from world.actions import KEYS, Action
+from world.backends.registry import create_backend
+from world.client import ChunkEvent, ErrorEvent, WorldClient
+from world.dataset import EpisodeWriter
+
+# ----------------------------------------------------------------------------- the causal DiT
+
+
+TOL = 1e-4
+
+
+def random_dit(preset: str = "tiny", seed: int = 0, **overrides) -> CausalDiT:
+    """A DiT whose zero-initialised parts are perturbed, so every input matters."""
+    torch.manual_seed(seed)
+    cfg = dit_config(preset)
+    for k, v in overrides.items():
+        setattr(cfg, k, v)
+    model = CausalDiT(cfg).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    return model
+
+
+def inputs(cfg: DiTConfig, batch: int, n_chunks: int, seed: int = 1, text_len: int = 5):
+    g = torch.Generator().manual_seed(seed)
+    F = n_chunks * cfg.chunk_frames
+    x = torch.randn(batch, F, *cfg.latent_shape, generator=g)
+    t = (1000 * torch.rand(batch, n_chunks, generator=g)).repeat_interleave(cfg.chunk_frames, 1)
+    a = torch.randn(batch, F, cfg.action_dim, generator=g)
+    text = torch.randn(batch, text_len, cfg.text_dim, generator=g)
+    mask = torch.ones(batch, text_len, dtype=torch.bool)
+    mask[-1, 2:] = False  # rows with different prompt lengths
+    return x, t, a, text, mask
+
+
+def stream(model: CausalDiT, x, t, a, text, mask, drop=None) -> tuple[torch.Tensor, list[list[int]]]:
+    """Feed chunks one by one through a KVCache; returns outputs [B, F, ...] and held frame ids."""
+    C = model.config.chunk_frames
+    cache, outs, held = model.new_cache(), [], []
+    for i in range(x.shape[1] // C):
+        held.append(list(cache.frame_ids))
+        s = slice(i * C, (i + 1) * C)
+        outs.append(model(x[:, s], t[:, s], a[:, s], text, mask, cache, drop))
+        cache.commit_chunk()
+    return torch.cat(outs, 1), held
+
+
+# ----------------------------------------------------------------------------- recording what a DiT is asked
+
+
+class RecordingDiT(torch.nn.Module):
+    """Wraps a DiT; records (first frame of the chunk being written, t) of every cached forward."""
+
+    def __init__(self, dit):
+        super().__init__()
+        self.dit, self.config, self.calls = dit, dit.config, []
+
+    def forward(self, x, t, actions, text, text_mask, cache=None, drop_actions=None):
+        if cache is not None:
+            self.calls.append((cache.next_frame, float(t[0, 0])))
+        return self.dit(x, t, actions, text, text_mask, cache, drop_actions)
+
+    def new_cache(self):
+        return self.dit.new_cache()
+
+    def per_chunk(self) -> list[list[float]]:
+        """Network times of each chunk's forwards, in order (the last one wrote its K/V)."""
+        chunks: dict[int, list[float]] = {}
+        for frame, t in self.calls:
+            chunks.setdefault(frame, []).append(t)
+        return [chunks[f] for f in sorted(chunks)]
+
+
+# ----------------------------------------------------------------------------- teacher training data
+
+
+class SyntheticClips(Dataset):
+    """LatentClips stand-in: smooth random latents drifting with the 'forward' action."""
+
+    def __init__(self, n: int = 8, frames: int = 6, prompts: int = 3, seed: int = 0):
+        g = torch.Generator().manual_seed(seed)
+        base = torch.randn(n, 1, 4, 16, 16, generator=g)
+        self.actions = (torch.rand(n, frames, 12, generator=g) > 0.7).float()
+        drift = torch.cumsum(self.actions[:, :, :1, None, None], 1) * 0.1
+        self.latents = base + drift
+        self.prompt_ids = torch.randint(0, prompts, (n, 1), generator=g).expand(n, frames)
+
+    def __len__(self) -> int:
+        return len(self.latents)
+
+    def __getitem__(self, i: int) -> dict:
+        return {"latents": self.latents[i], "actions": self.actions[i], "prompt_ids": self.prompt_ids[i]}
+
+
+def text_table(prompts: int = 3, length: int = 6):
+    g = torch.Generator().manual_seed(1)
+    return torch.randn(prompts, length, 384, generator=g), torch.ones(prompts, length, dtype=torch.bool)
+
+
+def tiny_config(**overrides) -> TeacherTrainConfig:
+    base = dict(preset="tiny", steps=2, batch=4, clip_chunks=2, warmup=1, ckpt_every=1, log_every=1,
+                text_encoder="hash")
+    return TeacherTrainConfig(**{**base, **overrides})
+
+
+# ----------------------------------------------------------------------------- frames and datasets
+
+
+def synthetic_frames(count: int, seed: int = 0, size: int = 64) -> np.ndarray:
+    """Terrain-like uint8 frames [N, size, size, 3]: sky gradient over a textured, moving ground."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:size, 0:size] / size
+    texture = rng.random((size, size, 3))
+    out = []
+    for i in range(count):
+        horizon = 0.4 + 0.1 * np.sin(6 * x + 0.3 * i + seed)
+        sky = np.stack([0.3 + 0.5 * y, 0.5 + 0.3 * y, 0.9 - 0.2 * y], -1)
+        ground = np.roll(texture, i, axis=1) * 0.4 + np.array([0.3, 0.5, 0.2]) * (0.6 + 0.4 * y[..., None])
+        img = np.where((y > horizon)[..., None], ground, sky)
+        out.append((np.clip(img, 0, 1) * 255).astype(np.uint8))
+    return np.stack(out)
+
+
+def write_dataset(root: Path, episodes: int = 3, frames: int = 12, chunk_frames: int = 3,
+                  prompts: tuple[str, ...] = ("green hills at noon",)) -> Path:
+    """Episodes of synthetic frames written with the real dataset writer; prompt switches per chunk."""
+    for e in range(episodes):
+        args = dict(backend="engine", seed=e, height=64, width=64, chunk_frames=chunk_frames, fps=30, source="test")
+        with EpisodeWriter(root / f"ep{e:02d}", **args) as writer:
+            video = synthetic_frames(frames, seed=e)
+            for c in range(0, frames, chunk_frames):
+                n = min(chunk_frames, frames - c)
+                records = [{"action": Action((KEYS[(c + j) % len(KEYS)],), mouse_dx=0.1).to_json(),
+                            "prompt": prompts[(c // chunk_frames + e) % len(prompts)]} for j in range(n)]
+                writer.append_chunk(video[c : c + n], records)
+    return root
+
+
+def tiny_ae(seed: int = 0) -> Autoencoder:
+    torch.manual_seed(seed)
+    return Autoencoder(autoencoder_config("tiny"))
+
+
+# ----------------------------------------------------------------------------- a worker end to end
+
+
+# End-to-end tests play the real engine once it exists; the fake keeps them runnable before that.
+E2E_BACKEND = "engine" if importlib.util.find_spec("world.backends.engine") else "fake"
+
+
+E2E_PROMPTS = ("green hills at noon", "snowy mountains at dusk in fog")
+
+
+FAKE_MODULE = ["--backend-module", "tests.fakes"]
+
+
+def collect(client: WorldClient, count: int, ack: bool = True, polls: int = 200) -> list[ChunkEvent]:
+    """Poll (bounded) until `count` chunks arrived, acknowledging each; errors fail the test."""
+    chunks: list[ChunkEvent] = []
+    for _ in range(polls):
+        for event in client.poll(timeout_ms=100):
+            assert not isinstance(event, ErrorEvent), event
+            if isinstance(event, ChunkEvent):
+                chunks.append(event)
+                if ack:
+                    client.ack(event.seq)
+        if len(chunks) >= count:
+            return chunks
+    raise AssertionError(f"only {len(chunks)} of {count} chunks arrived")
+
+
+def replay(backend: str, seed: int, chunks: list[ChunkEvent], options: dict | None = None) -> None:
+    """Re-run the backend locally on the recorded actions/prompts and compare every frame."""
+    world = create_backend(backend, **(options or {}))
+    world.reset(seed, chunks[0].records[0]["prompt"])
+    prompt = chunks[0].records[0]["prompt"]
+    for event in chunks:
+        if event.records[0]["prompt"] != prompt:
+            prompt = event.records[0]["prompt"]
+            world.set_prompt(prompt)
+        expected = world.step_chunk([Action.from_json(r["action"]) for r in event.records]).frames
+        assert np.array_equal(event.frames, expected), f"chunk {event.seq} differs"
+    world.close()
