@@ -1,4 +1,4 @@
-"""Memory of the real worker process over a long stream (DESIGN: peak <= 1 GiB, flat over time).
+"""Memory of the real worker process over a long stream (target: peak <= 1 GiB, flat over time).
 
     python -m controls.worker_memory                        # default world, 10 minutes
     python -m controls.worker_memory --backend engine --minutes 0.5 --prompt-switch-every 5
@@ -57,7 +57,7 @@ from world.themes import EXAMPLE_PROMPTS
 from world.worker import WorkerStartError, start_worker_process, stop_worker_process
 
 MIB = 1024 * 1024
-PEAK_LIMIT_MIB = 1024.0  # the DESIGN target: worker peak memory <= 1 GiB
+PEAK_LIMIT_MIB = 1024.0  # the target: worker peak memory <= 1 GiB
 WARMUP_FRACTION = 0.10
 WARMUP_MAX_S = 30.0
 FLAT_REL = 0.05

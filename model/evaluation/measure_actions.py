@@ -5,7 +5,7 @@ world: an IDM that confuses two motions on the engine is not held against the mo
 as the run says (`eval --start`): by default from the engine's first chunk at the probe world's
 seed and prompt (reset view + 2 idle frames), handed to the world as context.
 
-Motion magnitude (Diagonal Distillation's flow loss exists to keep it; DESIGN.md §3): a world can
+Motion magnitude (Diagonal Distillation's flow loss exists to keep it; docs/design.md §3): a world can
 score a poor F1 by moving the wrong way or by barely moving at all, and these tell the two apart.
   - motion_world / motion_engine: mean |frame j - frame j-1| over every consecutive pair of the
     probe rollouts, frames as floats in [0, 1]; motion_ratio = world / engine (1: as lively as

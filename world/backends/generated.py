@@ -12,7 +12,7 @@ Options (everything else is a BackendError):
     context_noise "diagonal" only: network time in (0, 1000) of the context K/V every chunk leaves;
                   default: the checkpoint's (the value it was distilled with; others are ablations)
     rewarm        "diagonal" only, true/false: after a prompt switch, restart the schedule (4, 3, 2, ...)
-                  so the new appearance gets more steps (DESIGN.md §3, "going beyond"); default false
+                  so the new appearance gets more steps (docs/design.md §3, long streams); default false
     guidance      classifier-free guidance g in c + g (c - u); 0 disables it
     start         what chunk 0 of every world is (world/start.py): "engine", "text" or "image";
                   default "text" here; sessions opened over the protocol default to "engine"
