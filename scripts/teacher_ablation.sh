@@ -11,8 +11,9 @@ minutes=${1:-25}
 latents=${2:-data/latents}
 out=${3:-runs/ablation}
 py=${PYTHON:-.venv/bin/python}
+device=${DEVICE:-cpu}
 common=(train teacher --latents "$latents" --preset default --steps 1000000 --batch 8 --clip-chunks 3
-        --lr 3e-4 --device cpu --init-from assets/teacher --ckpt-every 100 --max-minutes "$minutes" --resume)
+        --lr 3e-4 --device "$device" --init-from assets/teacher --ckpt-every 100 --max-minutes "$minutes" --resume)
 declare -A arms=(
   [a_baseline]=""
   [b_copy]="--copy-path"
@@ -34,5 +35,5 @@ for ((i = 0; i < ${#order[@]}; i += parallel)); do
 done
 for arm in "${order[@]}"; do
   OMP_NUM_THREADS=1 "$py" -m model.evaluation.scoreboard --checkpoint "$out/$arm/checkpoint" --sampler uniform \
-    --threads 1 --json --out "$out/$arm/scoreboard" > "$out/$arm/scoreboard.log" 2>&1 || echo "scoreboard failed: $arm"
+    --threads 1 --out "$out/$arm/scoreboard.json" > "$out/$arm/scoreboard.log" 2>&1 || echo "scoreboard failed: $arm"
 done
