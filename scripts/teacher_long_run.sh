@@ -6,8 +6,9 @@
 # appends (step, cumulative training hours, scoreboard JSON) to RUN/history.csv, then replots
 # docs/images/teacher_long_scoreboard.png. Data is made on the spot if missing (engine episodes,
 # then the latent cache), so a fresh machine only needs the repository. A run directory that
-# does not exist yet starts from INIT (a checkpoint run directory to copy and resume, e.g. the
-# ablation's winner), else warm-starts from the bundled teacher.
+# does not exist yet starts from INIT (a run directory to copy and resume, e.g. the ablation's
+# winner), else warm-starts from INIT_FROM (default: the bundled teacher, whose fp16 release weights
+# each session commits, so a fresh machine continues where the last session stopped).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 segment=${1:-30}
@@ -16,6 +17,7 @@ run=${3:-runs/teacher_long}
 py=${PYTHON:-.venv/bin/python}
 device=${DEVICE:-cpu}
 nproc=${NPROC:-2}
+init_from=${INIT_FROM:-assets/teacher}
 data=${DATA:-data/engine}
 latents=${LATENTS:-data/latents}
 recipe=(--copy-path --action-tokens --teacher-forcing-prob 0.9 --context-noise-max 0.3)
@@ -44,7 +46,7 @@ for ((k = 0; k < segments; k++)); do
   start=$(date +%s)
   OMP_NUM_THREADS=1 "$py" -m torch.distributed.run --standalone --nproc_per_node="$nproc" run_world.py train teacher \
     --latents "$latents" --out "$run" --preset default --steps 10000000 --batch 8 --clip-chunks 3 --lr 3e-4 \
-    --device "$device" --init-from assets/teacher --ckpt-every 100 --max-minutes "$segment" --resume "${recipe[@]}"
+    --device "$device" --init-from "$init_from" --ckpt-every 100 --max-minutes "$segment" --resume "${recipe[@]}"
   hours=$("$py" -c "print(round($(cat "$hours_file") + ($(date +%s) - $start) / 3600, 4))")
   echo "$hours" > "$hours_file"
   step=$("$py" -c "import json; print(json.load(open('$run/checkpoint/config.json'))['step'])")
