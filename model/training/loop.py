@@ -77,9 +77,9 @@ class Budget:
         return cls(time.monotonic() + 60.0 * minutes if minutes else None, world_size)
 
     def spent(self) -> bool:
-        if self.deadline is None:  # every rank runs the same configuration: none asks
-            return False
-        past = torch.tensor(float(time.monotonic() > self.deadline))
+        """Asked after every step; under DDP every rank takes part in the all-reduce, also a rank
+        without a budget of its own (another rank's may run out)."""
+        past = torch.tensor(float(self.deadline is not None and time.monotonic() > self.deadline))
         if self.world_size > 1:
             dist.all_reduce(past, op=dist.ReduceOp.MAX)
         return bool(past)
