@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Equal-wall-time ablation of the teacher recipe (docs/teacher-recipe.md): every arm is warm-started
-# from the bundled teacher, trains on the same latent cache with the same seed for MINUTES of wall
-# time on one CPU thread, PARALLEL arms at a time (default: all four at once, so every arm shares
+# from the previous teacher (assets/teacher-v1: no copy path, so every arm can load it), trains on
+# the same latent cache with the same seed for MINUTES of wall time on one CPU thread, PARALLEL arms at a time (default: all four at once, so every arm shares
 # the machine's load equally), then each is scored with the same scoreboard. Resumable: an arm
 # whose run directory holds a checkpoint continues from it.
 #   [PARALLEL=4] scripts/teacher_ablation.sh [MINUTES] [LATENTS] [OUT]
@@ -13,7 +13,7 @@ out=${3:-runs/ablation}
 py=${PYTHON:-.venv/bin/python}
 device=${DEVICE:-cpu}
 common=(train teacher --latents "$latents" --preset default --steps 1000000 --batch 8 --clip-chunks 3
-        --lr 3e-4 --device "$device" --init-from assets/teacher --ckpt-every 100 --max-minutes "$minutes" --resume)
+        --lr 3e-4 --device "$device" --init-from "${INIT_FROM:-assets/teacher-v1}" --ckpt-every 100 --max-minutes "$minutes" --resume)
 declare -A arms=(
   [a_baseline]=""
   [b_copy]="--copy-path"
