@@ -22,3 +22,24 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def world_dir(tmp_path_factory):
+    """A tiny random world checkpoint (hash text encoder) for a module's generated-world tests;
+    modules that need another world define their own `world_dir`."""
+    from model.runtime.world_model import make_random_world
+
+    path = tmp_path_factory.mktemp("world") / "tiny"
+    make_random_world(path, preset="tiny", text_encoder="hash")
+    return path
+
+
+@pytest.fixture(scope="module")
+def worker(world_dir):
+    """A real worker process on loopback serving `world_dir`; its endpoint."""
+    from world.worker import start_worker_process, stop_worker_process
+
+    proc, endpoint = start_worker_process(extra_args=("--checkpoint", str(world_dir), "--device", "cpu"))
+    yield endpoint
+    stop_worker_process(proc)

@@ -11,32 +11,16 @@ import time
 from pathlib import Path
 
 import numpy as np
-import pytest
 
-from model.runtime.world_model import make_random_world
 from world import protocol as P
 from world.actions import Action
 from world.backends.registry import create_backend
 from world.client import ChunkEvent, ErrorEvent, WorldClient
 from world.dataset import EpisodeReader
 from world.replay import frame_mismatches
-from world.worker import Inbound, WorkerConfig, WorkerCore, start_worker_process, stop_worker_process
+from world.worker import Inbound, WorkerConfig, WorkerCore
 
 REPO = Path(__file__).resolve().parent.parent
-
-
-@pytest.fixture(scope="module")
-def world_dir(tmp_path_factory):
-    path = tmp_path_factory.mktemp("world") / "tiny"
-    make_random_world(path, preset="tiny", text_encoder="hash")
-    return path
-
-
-@pytest.fixture(scope="module")
-def worker(world_dir):
-    proc, endpoint = start_worker_process(extra_args=("--checkpoint", str(world_dir), "--device", "cpu"))
-    yield endpoint
-    stop_worker_process(proc)
 
 
 def collect_chunks(client: WorldClient, n: int, timeout_s: float = 60.0, ack: bool = True) -> list[ChunkEvent]:

@@ -16,7 +16,6 @@ import pytest
 import zmq
 from PIL import Image
 
-from model.runtime.world_model import make_random_world
 from world import protocol as P
 from world.actions import Action
 from world.backend import BackendError
@@ -25,7 +24,6 @@ from world.client import ChunkEvent, ErrorEvent, WorldClient, WorldRequestError
 from world.dataset import START_IMAGE_FILE, EpisodeReader
 from world.replay import frame_mismatches, recorded_start
 from world.start import StartImageError, decode_start_image, fit_image
-from world.worker import start_worker_process, stop_worker_process
 
 PROMPT = "green hills at noon"
 UNKNOWN = "purple elephants"  # names no biome, time of day or weather: the engine cannot render it
@@ -47,20 +45,6 @@ def engine_chunk(seed: int, prompt: str) -> np.ndarray:
     engine = create_backend("engine", height=64, width=64, chunk_frames=3)
     first = engine.reset(seed, prompt).copy()
     return np.concatenate([first[None], engine.step_chunk(IDLE).frames[:2]])
-
-
-@pytest.fixture(scope="module")
-def world_dir(tmp_path_factory):
-    path = tmp_path_factory.mktemp("world") / "tiny"
-    make_random_world(path, preset="tiny", text_encoder="hash")
-    return path
-
-
-@pytest.fixture(scope="module")
-def worker(world_dir):
-    proc, endpoint = start_worker_process(extra_args=("--checkpoint", str(world_dir), "--device", "cpu"))
-    yield endpoint
-    stop_worker_process(proc)
 
 
 def generated(world_dir, **options):
