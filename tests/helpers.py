@@ -5,6 +5,7 @@ many modules live in conftest.py."""
 from __future__ import annotations
 
 import importlib.util
+import time
 from pathlib import Path
 
 import numpy as np
@@ -198,3 +199,19 @@ def replay(backend: str, seed: int, chunks: list[ChunkEvent], options: dict | No
         expected = world.step_chunk([Action.from_json(r["action"]) for r in event.records]).frames
         assert np.array_equal(event.frames, expected), f"chunk {event.seq} differs"
     world.close()
+
+
+def collect_chunks(client: WorldClient, n: int, timeout_s: float = 60.0, ack: bool = True) -> list[ChunkEvent]:
+    """The next n chunks from a real worker within timeout_s (acknowledged unless ack=False);
+    any error event fails the test."""
+    chunks: list[ChunkEvent] = []
+    deadline = time.monotonic() + timeout_s
+    while len(chunks) < n and time.monotonic() < deadline:
+        for event in client.poll(100):
+            assert not isinstance(event, ErrorEvent), event
+            if isinstance(event, ChunkEvent):
+                chunks.append(event)
+                if ack:
+                    client.ack(event.seq)
+    assert len(chunks) >= n, f"only {len(chunks)} chunks in {timeout_s} s"
+    return chunks[:n]

@@ -7,34 +7,20 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 
+from tests.helpers import collect_chunks
 from world import protocol as P
 from world.actions import Action
 from world.backends.registry import create_backend
-from world.client import ChunkEvent, ErrorEvent, WorldClient
+from world.client import WorldClient
 from world.dataset import EpisodeReader
 from world.replay import frame_mismatches
 from world.worker import Inbound, WorkerConfig, WorkerCore
 
 REPO = Path(__file__).resolve().parent.parent
-
-
-def collect_chunks(client: WorldClient, n: int, timeout_s: float = 60.0, ack: bool = True) -> list[ChunkEvent]:
-    chunks: list[ChunkEvent] = []
-    deadline = time.monotonic() + timeout_s
-    while len(chunks) < n and time.monotonic() < deadline:
-        for event in client.poll(100):
-            assert not isinstance(event, ErrorEvent), event
-            if isinstance(event, ChunkEvent):
-                chunks.append(event)
-                if ack:
-                    client.ack(event.seq)
-    assert len(chunks) >= n, f"only {len(chunks)} chunks in {timeout_s} s"
-    return chunks[:n]
 
 
 def test_generated_world_streams_through_the_worker_and_switches_prompt(worker):

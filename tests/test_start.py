@@ -16,11 +16,12 @@ import pytest
 import zmq
 from PIL import Image
 
+from tests.helpers import collect_chunks
 from world import protocol as P
 from world.actions import Action
 from world.backend import BackendError
 from world.backends.registry import create_backend
-from world.client import ChunkEvent, ErrorEvent, WorldClient, WorldRequestError
+from world.client import ChunkEvent, WorldClient, WorldRequestError
 from world.dataset import START_IMAGE_FILE, EpisodeReader
 from world.replay import frame_mismatches, recorded_start
 from world.start import StartImageError, decode_start_image, fit_image
@@ -49,19 +50,6 @@ def engine_chunk(seed: int, prompt: str) -> np.ndarray:
 
 def generated(world_dir, **options):
     return create_backend("generated", checkpoint=str(world_dir), device="cpu", sampler="diagonal", **options)
-
-
-def chunks(client: WorldClient, n: int, timeout_s: float = 60.0) -> list[ChunkEvent]:
-    out: list[ChunkEvent] = []
-    deadline = time.monotonic() + timeout_s
-    while len(out) < n and time.monotonic() < deadline:
-        for event in client.poll(100):
-            assert not isinstance(event, ErrorEvent), event
-            if isinstance(event, ChunkEvent):
-                out.append(event)
-                client.ack(event.seq)
-    assert len(out) >= n, f"only {len(out)} chunks in {timeout_s} s"
-    return out[:n]
 
 
 # ----------------------------------------------------------------------------- images
@@ -161,7 +149,7 @@ def test_sessions_start_from_the_engine_by_default(worker):
     client = WorldClient(worker, timeout_s=30.0)
     try:
         info = client.open("generated", PROMPT, seed=6, options={"sampler": "diagonal"})
-        view, nxt = chunks(client, 2)
+        view, nxt = collect_chunks(client, 2)
         status = client.status().session
     finally:
         client.close()
@@ -177,7 +165,7 @@ def test_text_start_through_the_worker(worker):
     client = WorldClient(worker, timeout_s=30.0)
     try:
         info = client.open("generated", PROMPT, seed=6, options={"sampler": "diagonal", "start": "text"})
-        (view,) = chunks(client, 1)
+        (view,) = collect_chunks(client, 1)
     finally:
         client.close()
     assert info["start"] == view.extra["start"] == "text" and view.nfe >= 1
@@ -191,9 +179,9 @@ def test_image_start_through_the_worker_and_after_a_reset(worker, fmt):
     client = WorldClient(worker, timeout_s=30.0)
     try:
         info = client.open("generated", PROMPT, seed=6, options={"sampler": "diagonal"}, start_image=data)
-        view, _ = chunks(client, 2)
+        view, _ = collect_chunks(client, 2)
         client.reset(9)
-        (again,) = chunks(client, 1)
+        (again,) = collect_chunks(client, 1)
     finally:
         client.close()
     assert info["start"] == "image" and view.extra["start"] == "image" and again.extra["start"] == "image"
@@ -205,7 +193,7 @@ def test_a_prompt_the_engine_does_not_know_falls_back_to_text_with_a_notice(work
     client = WorldClient(worker, timeout_s=30.0)
     try:
         info = client.open("generated", UNKNOWN, seed=1, options={"sampler": "diagonal"})
-        (view,) = chunks(client, 1)
+        (view,) = collect_chunks(client, 1)
     finally:
         client.close()
     assert info["start"] == "text" and info["start_notice"] == view.extra["start_notice"]
