@@ -204,3 +204,17 @@ def test_datagen_reports_bad_options(tmp_path, capsys):
     assert code == 2 and "4x4" in err
     code, _, err = run_cli(capsys, *DATAGEN, "--out", str(tmp_path), "--episodes", "0")
     assert code == 2 and "--episodes" in err
+    code, _, err = run_cli(capsys, *DATAGEN, "--out", str(tmp_path), "--bout-scale", "0")
+    assert code == 2 and "--bout-scale" in err
+
+
+def test_datagen_bout_scale_is_recorded_and_keeps_old_datasets_resumable(dataset, tmp_path, capsys):
+    # The default leaves meta.json as before the option existed, so older datasets still resume...
+    assert all("bout_scale" not in r.meta["datagen"]["config"] for r in open_dataset(dataset))
+    argv = [*DATAGEN, "--episodes", "1", "--out", str(tmp_path), "--bout-scale", "0.2"]
+    assert run_cli(capsys, *argv)[0] == 0
+    (short,) = open_dataset(tmp_path)
+    assert short.meta["datagen"]["config"]["bout_scale"] == 0.2
+    # ...and a different scale is a different dataset: its episodes are not taken as done.
+    code, out, _ = run_cli(capsys, *argv[:-1], "0.5")
+    assert code == 0 and last_json(out)["episodes"] == 1

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from world.actions import KEYS, actions_to_array
 from world.scripted_player import ScriptedPlayer
@@ -101,3 +102,14 @@ def test_composed_prompts_are_varied_and_understood():
         player.next_action()
     themes = {parse_prompt(p) for p in prompts}  # raises if the engine would not understand one
     assert len(set(prompts)) > 30 and len({t.biome for t in themes}) >= 5
+
+
+def test_bout_scale_changes_keys_more_often_for_world_model_data():
+    def key_changes(player: ScriptedPlayer) -> int:
+        keys = play(player)[:, : len(KEYS)]
+        return int(np.any(keys[1:] != keys[:-1], axis=1).sum())
+
+    assert key_changes(ScriptedPlayer(12, bout_scale=0.2)) > 3 * key_changes(ScriptedPlayer(12))
+    for bad in (0.0, -1.0, 11.0):
+        with pytest.raises(ValueError, match="bout_scale"):
+            ScriptedPlayer(1, bout_scale=bad)

@@ -52,9 +52,13 @@ class DatagenConfig:
     chunk_frames: int = 3
     prompt_switch: bool = True
     switch_every_s: tuple[float, float] = (8.0, 20.0)  # (min, max) seconds between prompt switches
+    bout_scale: float = 1.0  # ScriptedPlayer's: < 1 changes keys more often (world-model training data)
 
     def to_json(self) -> dict:
-        return json.loads(json.dumps(asdict(self)))  # tuples become lists, as in meta.json
+        d = json.loads(json.dumps(asdict(self)))  # tuples become lists, as in meta.json
+        if d["bout_scale"] == 1.0:
+            del d["bout_scale"]  # datasets made before the option existed keep resuming
+        return d
 
 
 @dataclass(frozen=True)
@@ -87,6 +91,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar=("MIN", "MAX"),
         help="seconds between prompt switches, drawn uniformly (default 8 20)",
     )
+    parser.add_argument("--bout-scale", type=float, default=1.0,
+                        help="scale the scripted player's bout durations; < 1 changes keys more often, "
+                             "so a world model cannot predict the keys from the context (default 1)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -97,7 +104,10 @@ def run(args: argparse.Namespace) -> int:
             return 2
     config = DatagenConfig(seed=args.seed, frames_per_episode=args.frames_per_episode, size=args.size,
                            chunk_frames=args.chunk_frames, prompt_switch=not args.no_prompt_switch,
-                           switch_every_s=tuple(args.switch_every))  # fmt: skip
+                           switch_every_s=tuple(args.switch_every), bout_scale=args.bout_scale)  # fmt: skip
+    if not 0 < config.bout_scale <= 10:
+        print("datagen: --bout-scale must be in (0, 10]", file=sys.stderr)
+        return 2
     if not 0 < config.switch_every_s[0] <= config.switch_every_s[1]:
         print("datagen: --switch-every needs 0 < MIN <= MAX", file=sys.stderr)
         return 2
@@ -190,7 +200,8 @@ def render_episode(out: Path, config: DatagenConfig, plan: EpisodePlan,
     try:
         info = backend.info
         switch_every_s = config.switch_every_s if config.prompt_switch else None
-        player = ScriptedPlayer(plan.player_seed, switch_every_s=switch_every_s, fps=info.fps)
+        player = ScriptedPlayer(plan.player_seed, switch_every_s=switch_every_s, fps=info.fps,
+                                bout_scale=config.bout_scale)
         prompt = player.next_prompt()
         backend.reset(plan.world_seed, prompt)
         extra = {"prompt": prompt, "engine_version": backend.engine_version,  # replay checks it

@@ -65,6 +65,10 @@ class ScriptedPlayer:
 
     prompts: the prompts to pick from; None composes prompts from world.themes.
     switch_every_s: (min, max) seconds between prompt switches, or None to never switch.
+    bout_scale: multiplies every bout's duration. 1 is how people play; training data for a world
+      model wants more (0.2-0.3): with bouts of 1-5 s, a 3-chunk training clip almost never sees
+      the keys change, so the motion already visible in the context predicts the next chunk and
+      the model learns to ignore the keys (docs/teacher-recipe.md, "why actions were ignored").
     """
 
     def __init__(
@@ -73,17 +77,21 @@ class ScriptedPlayer:
         prompts: Sequence[str] | None = None,
         switch_every_s: tuple[float, float] | None = (8, 20),
         fps: float = 30,
+        bout_scale: float = 1.0,
     ):
         if prompts is not None and not prompts:
             raise ValueError("prompts must be None or a non-empty sequence")
         if switch_every_s is not None and not 0 < switch_every_s[0] <= switch_every_s[1]:
             raise ValueError(f"switch_every_s must be (min, max) with 0 < min <= max, got {switch_every_s}")
+        if not 0 < bout_scale <= 10:
+            raise ValueError(f"bout_scale must be in (0, 10], got {bout_scale}")
         action_seq, prompt_seq = np.random.SeedSequence(seed & MASK64).spawn(2)  # any int, negatives too
         self._rng = np.random.default_rng(action_seq)
         self._prompt_rng = np.random.default_rng(prompt_seq)
         self.prompts = tuple(prompts) if prompts is not None else None
         self.switch_every_s = switch_every_s
         self.fps = float(fps)
+        self.bout_scale = float(bout_scale)
         self.frame = 0  # actions issued so far
         self.prompt: str | None = None
         self._next_switch: float | None = None  # frame index of the next switch; inf: never
@@ -111,7 +119,7 @@ class ScriptedPlayer:
         return self._queue.popleft()
 
     def _frames(self, lo_s: float, hi_s: float) -> int:
-        return max(1, round(self._rng.uniform(lo_s, hi_s) * self.fps))
+        return max(1, round(self._rng.uniform(lo_s, hi_s) * self.fps * self.bout_scale))
 
     def _side(self) -> int:
         return 1 if self._rng.random() < 0.5 else -1
