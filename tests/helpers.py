@@ -215,3 +215,22 @@ def collect_chunks(client: WorldClient, n: int, timeout_s: float = 60.0, ack: bo
                     client.ack(event.seq)
     assert len(chunks) >= n, f"only {len(chunks)} chunks in {timeout_s} s"
     return chunks[:n]
+
+
+# ----------------------------------------------------------------------------- the entry point
+
+
+def run_cli(capsys, *argv: str) -> tuple[int, str, str]:
+    """run_world.main(argv) in this process: (exit status, stdout, stderr)."""
+    import run_world
+
+    code = run_world.main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def last_json(out: str) -> dict:
+    """The last line of a subcommand's stdout, its one-line JSON result."""
+    import json
+
+    return json.loads(out.strip().splitlines()[-1])

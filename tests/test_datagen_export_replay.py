@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 import run_world
+from tests.helpers import last_json, run_cli
 from world.actions import Action
 from world.dataset import EpisodeReader, EpisodeWriter, open_dataset
 from world.engine import ENGINE_VERSION
@@ -18,16 +19,6 @@ from world.export import BAR_HEIGHT
 SIZE, FRAMES = 32, 61  # 61: the last chunk is short, as a killed-and-trimmed episode may be
 DATAGEN = ["datagen", "--episodes", "2", "--frames-per-episode", str(FRAMES), "--size", str(SIZE),
            "--seed", "5", "--switch-every", "0.3", "0.6", "--no-progress"]  # fmt: skip
-
-
-def run_cli(capsys, *argv: str) -> tuple[int, str, str]:
-    code = run_world.main(list(argv))
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def last_json(out: str) -> dict:
-    return json.loads(out.strip().splitlines()[-1])
 
 
 @pytest.fixture(scope="module")
@@ -85,7 +76,8 @@ def test_replay_is_identical(dataset, capsys):
         code, out, _ = run_cli(capsys, "replay", str(episode))
         assert code == 0
         assert last_json(out) == {"frames": FRAMES, "identical": True, "first_mismatch": None,
-                                  "mismatched_frames": 0, "engine_version_recorded": ENGINE_VERSION,
+                                  "mismatched_frames": 0, "max_abs_error": 0, "mean_abs_error": 0.0,
+                                  "psnr_db": None, "same_settings": True, "engine_version_recorded": ENGINE_VERSION,
                                   "engine_version_now": ENGINE_VERSION, "message": None}  # fmt: skip
 
 
@@ -109,6 +101,7 @@ def test_replay_detects_a_tampered_frame(dataset, tmp_path, capsys):
     result = last_json(out)
     assert {k: result[k] for k in ("frames", "identical", "first_mismatch", "mismatched_frames")} == {
         "frames": FRAMES, "identical": False, "first_mismatch": 17, "mismatched_frames": 1}  # fmt: skip
+    assert result["max_abs_error"] == 1 and result["psnr_db"] > 60  # one bit of one channel
     assert result["engine_version_recorded"] == result["engine_version_now"] == ENGINE_VERSION
     assert "same engine version" in result["message"] and "real mismatch" in result["message"]
     assert result["message"] in err
@@ -147,11 +140,30 @@ def write_tiny(path, backend: str = "engine", chunks: int = 2) -> None:
 
 
 def test_replay_refuses_what_it_cannot_resimulate(tmp_path, capsys):
-    write_tiny(tmp_path / "gen", backend="generated")
+    write_tiny(tmp_path / "gen", backend="generated")  # made before recordings said which checkpoint
     code, _, err = run_cli(capsys, "replay", str(tmp_path / "gen"))
-    assert code == 2 and "'generated' backend" in err
+    assert code == 2 and "does not say which checkpoint" in err and "--checkpoint DIR" in err
+    write_tiny(tmp_path / "other", backend="baseline")
+    code, _, err = run_cli(capsys, "replay", str(tmp_path / "other"))
+    assert code == 2 and "'baseline' backend" in err
     code, _, err = run_cli(capsys, "replay", str(tmp_path / "missing"))
     assert code == 2 and "missing" in err
+
+
+def test_replay_tells_bad_input_from_a_determinism_failure(dataset, tmp_path, capsys):
+    """Nothing to compare, or a seed no world can have: exit 2 (bad input), never "identical" nor 1."""
+    write_tiny(tmp_path / "empty", chunks=0)
+    code, out, err = run_cli(capsys, "replay", str(tmp_path / "empty"))
+    assert (code, out) == (2, "") and "no complete frames" in err
+    src = sorted(dataset.iterdir())[0]
+    for seed in (-1, "7", 2**64, True, None):
+        bad = tmp_path / f"seed-{seed}"
+        bad.mkdir()
+        for name in ("frames.u8", "frames.jsonl"):
+            (bad / name).write_bytes((src / name).read_bytes())
+        (bad / "meta.json").write_text(json.dumps({**json.loads((src / "meta.json").read_text()), "seed": seed}))
+        code, out, err = run_cli(capsys, "replay", str(bad))
+        assert (code, out) == (2, "") and "is not a world seed" in err, seed
 
 
 def test_replay_refuses_a_reset_view_the_engine_cannot_make(tmp_path, capsys):

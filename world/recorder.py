@@ -17,7 +17,7 @@ from world.dataset import START_IMAGE_FILE, EpisodeWriter, new_episode_path
 
 # Chunk facts (ChunkResult.extra, sent in every chunk header) that hold for the whole episode and
 # belong in meta.json: the engine's version lets replay tell an old engine from a real mismatch.
-META_FACTS = ("engine_version",)
+META_FACTS = ("engine_version", "model")
 # What a world started from (the generated world's `start`, world/start.py), from its reset view's
 # extra: they go into meta.json of every episode of that world, so a recording says how to make
 # its start again (and replay does).

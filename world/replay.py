@@ -1,4 +1,4 @@
-"""`run_world.py replay EPISODE_DIR`: re-simulate an engine recording and compare every frame.
+"""`run_world.py replay EPISODE_DIR`: make a recording again (engine or generated) and compare every frame.
 
 The engine is deterministic, so an episode recorded from it (by datagen or by playing through
 the worker) must come out byte-identical when its seed, per-frame actions and prompts are fed
@@ -13,15 +13,27 @@ A generated recording says what its world started from (meta `start`, world/star
 "text", "image" with the picture in start.png; recordings made before start modes: "text"); a
 backend with `set_start` (the generated one) is set to that start before the reset, so the reset
 view comes out as recorded. Engine recordings carry no start and replay exactly as before.
-Prints {"frames", "identical", "first_mismatch", "mismatched_frames", "engine_version_recorded",
-"engine_version_now", "message"}; exit 1 on a mismatch. The versions tell a recording made by
-another engine version (expected to differ: re-record it) from a real determinism failure.
+
+A generated recording's meta `model` (world/backends/generated.py `regeneration_facts`: checkpoint
+path, step and weight hashes, sampler and its options, device, dtype) says how to regenerate it:
+the checkpoint is found by its hashes (the recorded path, `--checkpoint DIR`, or a bundled world),
+the sampler is rebuilt from the recorded options, and the device is the recorded one unless
+`--device` says otherwise. A checkpoint that cannot be found is named in the error (exit 2).
+
+Prints {"frames", "identical", "first_mismatch", "mismatched_frames", "max_abs_error",
+"mean_abs_error", "psnr_db", "same_settings", "engine_version_recorded", "engine_version_now",
+"message"}. Frames are expected to be bit-identical on the same device and settings
+(`same_settings`), and a difference there exits 1; on another device or dtype the measured
+difference is the result (exit 0). The versions tell a recording made by another engine version
+(expected to differ: re-record it) from a real determinism failure. A recording that cannot be
+replayed at all (no frames, a seed that is not a seed, a missing checkpoint) exits 2: bad input.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
@@ -34,9 +46,11 @@ from world.backends.registry import create_backend
 from world.dataset import DatasetError, EpisodeReader
 from world.engine import ENGINE_VERSION
 
+MAX_SEED = 2**63  # world/protocol.py's seed range: what a recording's seed can be
+
 
 class ReplayError(RuntimeError):
-    """The episode cannot be re-simulated (not an engine recording, inconsistent records)."""
+    """The episode cannot be re-simulated (no frames, bad seed, missing checkpoint, inconsistent records)."""
 
 
 @dataclass(frozen=True)
@@ -45,40 +59,112 @@ class ReplayResult:
     identical: bool
     first_mismatch: int | None  # index of the first frame that differs, None when all match
     mismatched_frames: int
+    max_abs_error: int  # over every pixel channel of every frame, in uint8 levels
+    mean_abs_error: float
+    psnr_db: float | None  # over all frames; None when identical (infinite)
+    same_settings: bool  # replayed on the recorded device and dtype: frames must then be bit-identical
     engine_version_recorded: int | None  # meta["engine_version"]; None: recorded before versions were stored
     engine_version_now: int
     message: str | None  # on a mismatch: what it most likely means
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("episode", type=Path, help="episode directory recorded from the engine backend")
+    parser.add_argument("episode", type=Path, help="a recorded episode directory (from play, datagen or serve)")
+    parser.add_argument("--checkpoint", metavar="DIR",
+                        help="generated recordings: the world checkpoint to regenerate with (default: the "
+                        "recorded one, found by its weight hashes; it must have the same weights)")
+    parser.add_argument("--device", help="generated recordings: cpu, cuda, ... (default: the recorded device "
+                        "when it exists here, else cpu); another device measures the difference")
 
 
 def run(args: argparse.Namespace) -> int:
     try:
-        result = replay_episode(args.episode)
+        result = replay_episode(args.episode, checkpoint=args.checkpoint, device=args.device)
     except (DatasetError, ReplayError, BackendError, PromptError) as e:
         print(f"replay: {e}", file=sys.stderr)
         return 2
     if result.message:
         print(f"replay: {result.message}", file=sys.stderr)
     print(json.dumps(asdict(result)))
-    return 0 if result.identical else 1
+    return 0 if result.identical or not result.same_settings else 1
 
 
-def replay_episode(path: str | Path) -> ReplayResult:
+def replay_episode(path: str | Path, checkpoint: str | None = None, device: str | None = None) -> ReplayResult:
     reader = EpisodeReader(path)
-    backend = _backend_for(reader)
+    check_replayable(reader)
+    backend, same_settings = _backend_for(reader, checkpoint, device)
+    agreement = Agreement()
     try:
-        mismatches = list(_mismatches(reader, backend))
+        for start, frames, recorded in _chunks(reader, backend):
+            agreement.add(start, frames, recorded)
     finally:
         backend.close()
     recorded = reader.meta.get("engine_version")
-    first = mismatches[0] if mismatches else None
-    return ReplayResult(frames=len(reader), identical=not mismatches, first_mismatch=first,
-                        mismatched_frames=len(mismatches), engine_version_recorded=recorded,
-                        engine_version_now=ENGINE_VERSION,
-                        message=None if first is None else mismatch_message(first, recorded))  # fmt: skip
+    first = agreement.first_mismatch
+    message = None
+    if first is not None:
+        message = (mismatch_message(first, recorded) if reader.meta["backend"] == "engine"
+                   else generated_mismatch_message(first, same_settings))  # fmt: skip
+    return ReplayResult(frames=len(reader), identical=first is None, first_mismatch=first,
+                        mismatched_frames=len(agreement.mismatches), max_abs_error=agreement.max_abs,
+                        mean_abs_error=agreement.mean_abs, psnr_db=agreement.psnr_db,
+                        same_settings=same_settings, engine_version_recorded=recorded,
+                        engine_version_now=ENGINE_VERSION, message=message)  # fmt: skip
+
+
+class Agreement:
+    """Frame agreement between a replay and its recording: which frames differ, max and mean absolute
+    error and PSNR over every pixel channel (uint8 levels)."""
+
+    def __init__(self) -> None:
+        self.mismatches: list[int] = []
+        self._max, self._abs_sum, self._sq_sum, self._count = 0, 0.0, 0.0, 0
+
+    def add(self, start: int, frames: np.ndarray, recorded: np.ndarray) -> None:
+        diff = frames.astype(np.int16) - np.asarray(recorded).astype(np.int16)  # [F, H, W, 3]
+        per_frame = np.abs(diff).reshape(len(diff), -1)
+        self.mismatches += [start + int(k) for k in np.flatnonzero(per_frame.max(axis=1) > 0)]
+        self._max = max(self._max, int(per_frame.max(initial=0)))
+        self._abs_sum += float(per_frame.sum())
+        self._sq_sum += float(np.square(diff, dtype=np.float64).sum())
+        self._count += diff.size
+
+    @property
+    def first_mismatch(self) -> int | None:
+        return self.mismatches[0] if self.mismatches else None
+
+    @property
+    def max_abs(self) -> int:
+        return self._max
+
+    @property
+    def mean_abs(self) -> float:
+        return round(self._abs_sum / max(self._count, 1), 6)
+
+    @property
+    def psnr_db(self) -> float | None:
+        mse = self._sq_sum / max(self._count, 1)
+        return None if mse == 0 else round(10 * math.log10(255.0**2 / mse), 3)
+
+
+def check_replayable(reader: EpisodeReader) -> None:
+    """Bad input, told apart from a determinism failure: an episode without frames has nothing to
+    compare, and a seed that is no seed (not an integer in [0, 2^63)) was never a world's."""
+    if len(reader) == 0:
+        raise ReplayError(f"{reader.path}: the episode has no complete frames; there is nothing to replay")
+    seed = reader.meta.get("seed")
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < MAX_SEED:
+        raise ReplayError(f"{reader.path}: meta.json seed {seed!r:.40} is not a world seed (an integer in "
+                          "[0, 2^63)); the recording is damaged or was edited")  # fmt: skip
+
+
+def generated_mismatch_message(first: int, same_settings: bool) -> str:
+    where = f"frame {first} differs from the recording"
+    if same_settings:
+        return (f"{where} with the same checkpoint, sampler, device and dtype: a real mismatch (a determinism "
+                "bug, another machine or library build, or an altered recording)")
+    return (f"{where}; it was recorded on another device or dtype, where frames are expected to differ "
+            "slightly: see max_abs_error, mean_abs_error and psnr_db")
 
 
 def mismatch_message(first: int, recorded: object) -> str:
@@ -100,17 +186,22 @@ def mismatch_message(first: int, recorded: object) -> str:
     )
 
 
-def _backend_for(reader: EpisodeReader) -> Backend:
+def _backend_for(reader: EpisodeReader, checkpoint: str | None, device: str | None) -> tuple[Backend, bool]:
+    """The backend that makes the recording again, and whether it runs with the recorded settings."""
     meta = reader.meta
+    if meta["backend"] == "generated":
+        from world.backends.generated import regenerating_backend
+
+        return regenerating_backend(meta, reader.path, checkpoint, device)
     if meta["backend"] != "engine":
-        raise ReplayError(
-            f"{reader.path} was recorded from the {meta['backend']!r} backend; only 'engine' recordings "
-            "are deterministic and can be re-simulated"
-        )
+        raise ReplayError(f"{reader.path} was recorded from the {meta['backend']!r} backend; only 'engine' and "
+                          "'generated' recordings can be made again")  # fmt: skip
+    if checkpoint is not None or device is not None:
+        raise ReplayError("--checkpoint and --device apply to generated recordings; this one is the engine's")
     options = {"height": meta["height"], "width": meta["width"], "chunk_frames": meta["chunk_frames"],
                **meta["options"]}  # fmt: skip
     try:
-        return create_backend("engine", **options)
+        return create_backend("engine", **options), True
     except (TypeError, BackendError) as e:  # an option this engine does not take
         raise ReplayError(f"{reader.path}: cannot rebuild the engine from meta options {options}: {e}") from e
 
@@ -139,7 +230,10 @@ def frame_mismatches(reader: EpisodeReader, backend: Backend) -> list[int]:
     """Indices of the frames whose bytes, re-simulated on `backend` (which the caller built to
     match the recording, and closes), differ from the recording. A backend with `set_start` is
     first set to the recording's start (`prepare_start`). Raises ReplayError."""
-    return list(_mismatches(reader, backend))
+    agreement = Agreement()
+    for start, frames, recorded in _chunks(reader, backend):
+        agreement.add(start, frames, recorded)
+    return agreement.mismatches
 
 
 def recorded_start(reader: EpisodeReader) -> str | None:
@@ -183,8 +277,8 @@ def is_reset_view(record: dict) -> bool:
     return record.get("reset_view") is True
 
 
-def _mismatches(reader: EpisodeReader, backend: Backend) -> Iterator[int]:
-    """Indices of frames whose re-simulated bytes differ from the recording."""
+def _chunks(reader: EpisodeReader, backend: Backend) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
+    """(first frame index, re-simulated frames, recorded frames) for each recorded chunk."""
     if len(reader) == 0:
         return
     _check_starts_at_reset(reader)
@@ -216,5 +310,4 @@ def _mismatches(reader: EpisodeReader, backend: Backend) -> Iterator[int]:
         if frames.shape != recorded.shape:
             raise ReplayError(f"{reader.path}: engine returned {list(frames.shape)} for frames "
                               f"{start}..{end - 1}, recording has {list(recorded.shape)}")  # fmt: skip
-        differs = np.any(frames.reshape(end - start, -1) != recorded.reshape(end - start, -1), axis=1)
-        yield from (start + int(k) for k in np.flatnonzero(differs))
+        yield start, frames, recorded

@@ -43,10 +43,22 @@ streams it as the world's first chunk instead of discarding it (the "reset view"
 docs/protocol.md); its extra says `start` and `start_source` (where it came from, enough to make it
 again). Callers that never take it (evaluation rollouts) are unaffected.
 Same checkpoint + seed + prompts + actions + start -> identical frames on the same device.
+
+What every chunk's extra also carries (docs/protocol.md section 5):
+- `model`: what regenerating the frames needs (`regeneration_facts`: the checkpoint's path, step and
+  weight hashes, the resolved sampler and the options it was built from, device, dtype). The
+  recorder stores it in meta.json and `world.replay` rebuilds the backend from it.
+- `theme`: what the world reads as, the bundled theme classifier's (assets/classifier) reading of
+  the chunk's last frames ({"biome", "time_of_day", "weather", "text", "source": "classifier"}; the
+  engine sends the same field from its prompt). Absent when no classifier fits the model's size.
+- `prompt_notice` (the first chunk after a prompt that was cut): a one-line sentence for the
+  player instead of the text encoder's Python warning.
 """
 
 from __future__ import annotations
 
+import re
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -63,6 +75,7 @@ if TYPE_CHECKING:  # model (torch) is imported only once a world is built
 ASSETS = Path(__file__).resolve().parents[2] / "assets"
 DEFAULT_CHECKPOINT = ASSETS / "default_world"  # the bundled default world (the distilled student)
 TEACHER_CHECKPOINT = ASSETS / "teacher"  # the bundled teacher: used when no default world is bundled
+CLASSIFIER_CHECKPOINT = ASSETS / "classifier"  # the theme classifier behind each chunk's `theme` reading
 OPTIONS = ("checkpoint", "device", "sampler", "steps", "schedule", "context_noise", "rewarm", "guidance",
            "start", "start_image", "chunk_frames", "height", "width")
 
@@ -99,6 +112,11 @@ class GeneratedBackend(Backend):
             raise BackendError(str(e)) from None
         self._check_geometry(chunk_frames=chunk_frames, height=height, width=width)
         self.stream = self.model.stream(self.sampler)
+        self._facts = regeneration_facts(self.model, self.sampler, {
+            "sampler": sampler, "steps": steps, "schedule": list(schedule) if schedule else None,
+            "context_noise": context_noise, "rewarm": rewarm, "guidance": guidance})  # fmt: skip
+        self._themes = _theme_reader(self.model.device, self.model.image_size)
+        self._prompt_notice: str | None = None
         size, where = self.model.image_size, self.model.directory.resolve()
         name = where.parent.name if where.name == "checkpoint" else where.name  # a training run's checkpoint/
         self._info = BackendInfo(
@@ -153,6 +171,10 @@ class GeneratedBackend(Backend):
         `take_reset_chunk`."""
         _check_prompt(prompt)
         self._reset_chunk = None
+        with _prompt_warnings(self, prompt):
+            return self._reset(seed, prompt)
+
+    def _reset(self, seed: int, prompt: str) -> np.ndarray:
         if self._start == "engine":
             try:
                 frames, source = self._engine_start(seed, prompt)
@@ -196,8 +218,9 @@ class GeneratedBackend(Backend):
     def _context_start(self, frames: np.ndarray, seed: int, prompt: str, facts: dict) -> np.ndarray:
         """Write `frames` (one chunk, idle actions) as the clean first chunk; they are chunk 0."""
         self.reset_with_context(frames, [IDLE] * len(frames), prompt, seed)
-        self._reset_chunk = ChunkResult(frames=np.array(frames, dtype=np.uint8, copy=True), steps=0, nfe=0,
-                                        extra={**facts, "sampler": self.sampler.name})  # fmt: skip
+        frames = np.array(frames, dtype=np.uint8, copy=True)
+        self._reset_chunk = ChunkResult(frames=frames, steps=0, nfe=0,
+                                        extra={**facts, **self._chunk_facts(frames), "sampler": self.sampler.name})
         return frames[-1]
 
     def reset_with_context(self, frames: np.ndarray, actions: Sequence[Action], prompt: str, seed: int = 0) -> None:
@@ -226,7 +249,8 @@ class GeneratedBackend(Backend):
     def set_prompt(self, prompt: str) -> None:
         _check_prompt(prompt)
         self._require_started()
-        self.stream.set_prompt(prompt)
+        with _prompt_warnings(self, prompt):
+            self.stream.set_prompt(prompt)
 
     def step_chunk(self, actions: Sequence[Action]) -> ChunkResult:
         self._require_started()
@@ -239,8 +263,17 @@ class GeneratedBackend(Backend):
     def _generate(self, actions: Sequence[Action]) -> ChunkResult:
         out = self.stream.next_chunk(actions_to_array(actions))
         frames = self.stream.decode(out.latents)
-        extra = {"timesteps": out.timesteps, "sampler": self.sampler.name}
+        extra = {"timesteps": out.timesteps, "sampler": self.sampler.name, **self._chunk_facts(frames)}
         return ChunkResult(frames=frames, steps=out.steps, nfe=out.nfe, extra=extra)
+
+    def _chunk_facts(self, frames: np.ndarray) -> dict:
+        """The extra every chunk carries: `model`, `theme` and a pending `prompt_notice` (docstring)."""
+        facts: dict = {"model": self._facts}
+        if self._themes is not None:
+            facts["theme"] = _read_theme(self._themes, frames)
+        if self._prompt_notice:
+            facts["prompt_notice"], self._prompt_notice = self._prompt_notice, None
+        return facts
 
     def _require_started(self) -> None:
         if not self._started:
@@ -251,6 +284,155 @@ class GeneratedBackend(Backend):
         self.stream.cache.reset()
         if self._engine is not None:
             self._engine.close()
+
+
+def regeneration_facts(model, sampler: Sampler, options: dict) -> dict:
+    """What regenerating this backend's frames needs (JSON): the checkpoint (path, name, step, weight
+    hashes), the resolved sampler and the options it was built from, device and compute dtype."""
+    from model.common.checkpoint import module_sha256
+
+    where = Path(model.directory).resolve()
+    device = model.device
+    return {
+        "checkpoint": str(where),
+        "checkpoint_name": where.parent.name if where.name == "checkpoint" else where.name,
+        "step": int(model.step),
+        "sha256": {name: module_sha256(where, name) for name in ("dit", "autoencoder")},
+        "text_encoder": model.config.text_encoder,
+        "sampler": sampler.describe(),
+        "sampler_options": options,
+        "device": str(device),
+        "dtype": "bfloat16" if device.type == "cuda" else "float32",  # model.common.device.autocast
+    }
+
+
+SAMPLER_OPTIONS = ("sampler", "steps", "schedule", "context_noise", "rewarm", "guidance")
+
+
+def regenerating_backend(meta: dict, where: Path, checkpoint: str | None = None,
+                         device: str | None = None) -> tuple[GeneratedBackend, bool]:
+    """A backend that makes a generated recording (its meta.json `meta`) again, and whether it runs
+    with the recorded settings (device, dtype, sampler), where frames must come out bit-identical.
+    The checkpoint is the one whose weights the recording names (`--checkpoint` or the recorded
+    path or a bundled world); BackendError names the one it needs when none has those weights."""
+    facts = meta.get("model")
+    if isinstance(facts, dict):
+        found = find_checkpoint(facts, where, checkpoint)
+        options = {k: v for k, v in facts.get("sampler_options", {}).items() if k in SAMPLER_OPTIONS and v is not None}
+    elif checkpoint is None:
+        raise BackendError(f"{where}: the recording does not say which checkpoint made it (it predates recordings "
+                           "that carry `model`); pass --checkpoint DIR to regenerate it with one")  # fmt: skip
+    else:
+        found = Path(checkpoint)
+        options = {k: v for k, v in meta.get("options", {}).items() if k in SAMPLER_OPTIONS}
+    recorded_device = facts.get("device") if isinstance(facts, dict) else None
+    backend = GeneratedBackend(checkpoint=str(found), device=device or _usable(recorded_device), **options)
+    same = isinstance(facts, dict) and all(backend._facts[k] == facts.get(k) for k in ("device", "dtype", "sampler"))
+    return backend, same
+
+
+def _usable(device: str | None) -> str:
+    """The recorded device when this machine has it, else the CPU."""
+    if device is None or device == "cpu":
+        return "cpu"
+    import torch
+
+    return device if device.startswith("cuda") and torch.cuda.is_available() else "cpu"
+
+
+def find_checkpoint(facts: dict, where: Path, override: str | None = None) -> Path:
+    """The checkpoint directory whose dit and autoencoder weights have the recorded hashes."""
+    wanted = facts.get("sha256") or {}
+    name = f"{facts.get('checkpoint_name', '?')} (step {facts.get('step', '?')}, dit sha256 " \
+           f"{str(wanted.get('dit', '?'))[:12]})"
+    if override is not None:
+        if _weights_match(Path(override), wanted):
+            return Path(override)
+        raise BackendError(f"{where}: --checkpoint {override} does not hold the weights this recording was made "
+                           f"with; it needs {name}")  # fmt: skip
+    bundled = sorted(p for p in ASSETS.iterdir() if (p / "config.json").is_file())
+    for candidate in (Path(str(facts.get("checkpoint", ""))), *bundled):
+        if _weights_match(candidate, wanted):
+            return candidate
+    raise BackendError(f"{where}: regenerating this recording needs the world checkpoint {name}, recorded at "
+                       f"{facts.get('checkpoint')}; it is not there and no bundled world has those weights. "
+                       "Pass --checkpoint DIR with them")  # fmt: skip
+
+
+def _weights_match(directory: Path, wanted: dict) -> bool:
+    """Whether a checkpoint directory (or a training run holding one in checkpoint/) has the wanted
+    weight files' hashes. Reads config.json and hashes files, without torch, so the window can call it."""
+    import json
+
+    from world.files import sha256_file
+
+    if not wanted or not str(directory):
+        return False
+    if not (directory / "config.json").is_file():
+        directory = directory / "checkpoint"  # model.common.checkpoint.checkpoint_dir's convention
+    try:
+        modules = json.loads((directory / "config.json").read_text())["modules"]
+        return all(sha256_file(directory / modules[name]["file"]) == digest for name, digest in wanted.items())
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+
+
+def _theme_reader(device, size: int):
+    """The bundled theme classifier on `device`, or None when it is absent or reads another size."""
+    if not (CLASSIFIER_CHECKPOINT / "config.json").is_file():
+        return None
+    from model.common.checkpoint import CheckpointError
+    from model.evaluation.readers import load_classifier
+
+    try:
+        reader = load_classifier(CLASSIFIER_CHECKPOINT, device)
+    except CheckpointError:
+        return None
+    return reader if (reader.config.height, reader.config.width) == (size, size) else None
+
+
+def _read_theme(reader, frames: np.ndarray) -> dict:
+    """The classifier's reading of a chunk [F, H, W, 3] uint8: its last frame (with the frames before
+    it as the classifier's stack), as {"biome", "time_of_day", "weather", "text", "source"}."""
+    from world.themes import Theme, describe
+
+    labels = reader.read(np.asarray(frames)[-reader.config.frames_in :]).labels[-1]  # [3] class indices
+    names = [reader.config.classes(f)[int(k)] for f, k in zip(("biome", "time_of_day", "weather"), labels)]
+    theme = Theme(*names)
+    return {**theme.to_json(), "text": describe(theme), "source": "classifier"}
+
+
+class _prompt_warnings:
+    """Turns the text encoder's truncation warning into the backend's `prompt_notice`, a sentence
+    for the player ("cut to the first N words"), instead of a Python warning on the terminal."""
+
+    PATTERN = re.compile(r"prompt has (\d+) tokens, only the first (\d+)")
+
+    def __init__(self, backend: GeneratedBackend, prompt: str) -> None:
+        self.backend, self.words = backend, len(prompt.split())
+        self._catcher = warnings.catch_warnings(record=True)
+
+    def __enter__(self) -> None:
+        self._caught = self._catcher.__enter__()
+        warnings.simplefilter("always")
+
+    def __exit__(self, *exc: object) -> None:
+        self._catcher.__exit__(*exc)
+        for w in self._caught:
+            match = self.PATTERN.search(str(w.message))
+            if match is None:
+                warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)  # not ours: pass it on
+                continue
+            tokens, kept = int(match.group(1)), int(match.group(2))
+            self.backend._prompt_notice = cut_notice(self.words, tokens, kept)
+
+
+def cut_notice(words: int, tokens: int, kept: int) -> str:
+    """The player's sentence for a prompt longer than the text encoder's token slots: the words kept
+    are estimated from the token counts (a word is one token or more)."""
+    first = max(1, min(words, words * kept // max(tokens, 1)))
+    return (f"long prompt: cut to the first {first} words (the world reads {kept} of its {tokens} tokens one "
+            "by one, the rest only as a summary)")
 
 
 def _summary(sampler: Sampler) -> str:

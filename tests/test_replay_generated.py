@@ -1,0 +1,76 @@
+"""Replaying generated-world recordings: made through a real worker on a tiny random checkpoint,
+regenerated from what meta.json says, compared frame by frame through the real entry point."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+
+import pytest
+
+from tests.helpers import last_json, run_cli
+from world.dataset import EpisodeReader
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+SCRIPT = [{"keys": ["forward"], "mouse": [0.0, 0.0]}] * 3 + [
+    {"keys": ["turn_left"], "mouse": [0.25, 0.0], "prompt": "snowy mountains at dusk in fog"}] * 3  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def recording(worker, world_dir, tmp_path_factory):
+    """A generated episode recorded by `play --headless` through the worker: reset view + script."""
+    from controls import cli
+
+    root = tmp_path_factory.mktemp("rec")
+    (root / "script.json").write_text(json.dumps(SCRIPT))
+    parser = argparse.ArgumentParser()
+    cli.add_arguments(parser)
+    args = parser.parse_args(["--connect", worker, "--headless", "--backend", "generated", "--sampler", "diagonal",
+                              "--script", str(root / "script.json"), "--seed", "4", "--prompt", "green hills",
+                              "--record", str(root / "episodes")])  # fmt: skip
+    assert cli.run(args) == 0
+    (episode,) = (root / "episodes").iterdir()
+    return episode
+
+
+def test_a_generated_recording_says_how_to_regenerate_it_and_replays_bit_identical(recording, world_dir, capsys):
+    meta = EpisodeReader(recording).meta
+    model = meta["model"]
+    assert model["checkpoint"] == str(world_dir.resolve()) and model["device"] == "cpu"
+    assert model["dtype"] == "float32" and model["sampler"]["name"] == "diagonal"
+    assert set(model["sha256"]) == {"dit", "autoencoder"} and all(len(h) == 64 for h in model["sha256"].values())
+    assert model["sampler_options"]["sampler"] == "diagonal" and meta["start"] == "engine"
+    code, out, err = run_cli(capsys, "replay", str(recording))
+    result = last_json(out)
+    assert code == 0, err
+    assert result["identical"] and result["same_settings"] and result["frames"] == 3 + len(SCRIPT)
+    assert (result["max_abs_error"], result["mean_abs_error"], result["psnr_db"]) == (0, 0.0, None)
+
+
+def test_a_changed_frame_is_measured_and_fails_on_the_same_settings(recording, tmp_path, capsys):
+    changed = shutil.copytree(recording, tmp_path / "changed")
+    data = bytearray((changed / "frames.u8").read_bytes())
+    frame = 64 * 64 * 3
+    data[5 * frame : 5 * frame + 300] = bytes(255 - b for b in data[5 * frame : 5 * frame + 300])
+    (changed / "frames.u8").write_bytes(bytes(data))
+    code, out, err = run_cli(capsys, "replay", str(changed))
+    result = last_json(out)
+    assert code == 1 and result["first_mismatch"] == 5 and result["mismatched_frames"] == 1
+    assert result["max_abs_error"] > 0 and result["mean_abs_error"] > 0 and 0 < result["psnr_db"] < 100
+    assert "same checkpoint, sampler, device and dtype" in err
+
+
+def test_a_recording_whose_checkpoint_is_missing_says_which_one_it_needs(recording, world_dir, tmp_path, capsys):
+    moved = shutil.copytree(recording, tmp_path / "moved")
+    meta = json.loads((moved / "meta.json").read_text())
+    meta["model"]["checkpoint"] = str(tmp_path / "gone")
+    meta["model"]["sha256"]["dit"] = "ab" * 32  # weights no bundled world has
+    (moved / "meta.json").write_text(json.dumps(meta))
+    code, out, err = run_cli(capsys, "replay", str(moved))
+    assert (code, out) == (2, "")
+    assert f"needs the world checkpoint {world_dir.name} (step 0, dit sha256 abababababab)" in err
+    assert str(tmp_path / "gone") in err and "--checkpoint DIR" in err
+    code, _, err = run_cli(capsys, "replay", str(moved), "--checkpoint", str(world_dir))
+    assert code == 2 and f"--checkpoint {world_dir} does not hold the weights" in err
