@@ -6,7 +6,7 @@
     python run_world.py serve ...       # the ZeroMQ worker
     python run_world.py datagen ...     # render engine episodes into a dataset
     python run_world.py export ...      # a recorded session -> mp4
-    python run_world.py replay ...      # re-simulate an engine recording, check every frame
+    python run_world.py replay ...      # make a recording again (engine or generated), check every frame
     python run_world.py train WHAT ...  # autoencoder | teacher | student | idm | classifier
     python run_world.py encode-latents  # a dataset -> the latent cache teacher training reads
     python run_world.py eval ...        # world-model evaluation suite
@@ -27,21 +27,23 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "serve": ("world.worker", "run the ZeroMQ worker that serves worlds"),
     "datagen": ("world.datagen", "render engine episodes with a scripted player into a dataset"),
     "export": ("world.export", "turn a recorded session into an mp4"),
-    "replay": ("world.replay", "re-simulate an engine recording and check every frame"),
+    "replay": ("world.replay", "make a recording again (engine or generated world) and check every frame"),
     "train": ("model.training.cli", "train a network (autoencoder, teacher, student, idm, classifier)"),
     "encode-latents": ("model.training.encode_latents",
                        "encode a dataset to a latent cache (run once before teacher training)"),
-    "eval": ("model.evaluation.cli", "evaluate a world model against the engine"),
-    "bench": ("model.evaluation.bench", "measure sampler speed"),
+    "eval": ("model.evaluation.cli", "score a world model against the engine (fidelity, actions, prompts, drift)"),
+    "bench": ("model.evaluation.bench", "measure how fast a world model makes frames with each sampler"),
 }
 
 
 def build_parser(argv: list[str]) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="run_world.py", description=__doc__.split("\n")[0])
+    # allow_abbrev=False everywhere: an abbreviation such as `--backend` silently meaning
+    # `--backend-module` (serve) is worse than an error naming the option that does not exist.
+    parser = argparse.ArgumentParser(prog="run_world.py", description=__doc__.split("\n")[0], allow_abbrev=False)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     wanted = argv[0] if argv and not argv[0].startswith("-") else None
     for name, (module_name, help_text) in SUBCOMMANDS.items():
-        p = sub.add_parser(name, help=help_text)
+        p = sub.add_parser(name, help=help_text, description=help_text, allow_abbrev=False)
         if name == wanted:  # import only the module whose subcommand runs
             module = importlib.import_module(module_name)
             module.add_arguments(p)

@@ -14,7 +14,9 @@ if [ ! -x "$venv/bin/python" ] || [ ! -f "$stamp" ] || [ pyproject.toml -nt "$st
   # torch first, pinned: a CPU machine takes its local CPU build, a GPU machine the CUDA build
   # from PyPI. Unpinned, pip would pull several GB of CUDA wheels onto a CPU-only laptop.
   "$venv/bin/pip" install -q "torch==${WORLD_TORCH_VERSION:-2.13.0}" >&2
-  "$venv/bin/pip" install -q -e ".[dev]" >&2
+  # The sound extra (sounddevice) always: where PortAudio is missing it fails to load and the window
+  # says "no audio device" and plays on.
+  "$venv/bin/pip" install -q -e ".[dev,sound]" >&2
   touch "$stamp"
 fi
 if [ "${1:-}" = "test" ]; then

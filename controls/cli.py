@@ -46,8 +46,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--schedule", metavar="4,3,2",
                         help="generated backend, diagonal sampler: steps per chunk (the last one repeats)")
     parser.add_argument("--context-noise", type=float, metavar="T",
-                        help="generated backend, diagonal sampler: network time of the context K/V (default: the "
-                        "checkpoint's, the level it was distilled with)")
+                        help="generated backend, diagonal sampler: how much noise the model's memory of past frames "
+                        "keeps (default: the value the world was trained with; others are experiments)")
     parser.add_argument("--rewarm", action="store_const", const=True, default=None,
                         help="generated backend, diagonal sampler: restart the schedule after each prompt switch")
     parser.add_argument("--start", choices=("engine", "text", "image"),
@@ -59,7 +59,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "sent to the worker, at most 4 MiB)")
     parser.add_argument("--prompt", default=DEFAULT_PROMPT, help="starting prompt (default: %(default)r)")
     parser.add_argument("--seed", type=_non_negative_int, default=0, help="world seed (default: %(default)s)")
-    parser.add_argument("--scale", type=_positive_int, default=8, help="integer window scale (default: %(default)s)")
+    parser.add_argument("--scale", type=_positive_int, default=8,
+                        help="window size as a multiple of the 64x64 world (default: %(default)s = 512x512; the "
+                        "window can also be resized, F11 for full screen)")
     parser.add_argument("--keymap", metavar="FILE", help="key bindings overriding assets/keymap.json")
     parser.add_argument("--mouse-sensitivity", type=float, default=1.0, help="mouse look sensitivity (default: 1)")
     parser.add_argument("--headless", action="store_true", help="no window: scripted actions, JSON summary")
@@ -68,6 +70,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--realtime", action="store_true", help="headless: consume frames at the world's fps")
     parser.add_argument("--script", metavar="FILE", help="headless: JSON list of per-frame actions")
     parser.add_argument("--json", action="store_true", help="print the one-line JSON summary (always headless)")
+    parser.add_argument("--replay", metavar="DIR",
+                        help="play a recording (an episode folder) back in the window: P pause, , and . step, [ and ] "
+                        "speed, 0-9 jump, L take over live from the frame on screen")
+    parser.add_argument("--prompts", metavar="FILE",
+                        help="a prompt timeline: lines of TIME<TAB>PROMPT (seconds or m:ss) switch the prompt then")
+    parser.add_argument("--no-sound", action="store_true", help="window: no sound (M mutes while playing)")
     parser.add_argument(
         "--lookahead", choices=("auto", "1", "2"), default="auto",
         help="chunks the worker generates ahead of the screen: 1 = lowest key-to-frame latency, 2 = slack "
@@ -135,6 +143,9 @@ def make_plan(args: argparse.Namespace) -> Plan:
                          "only")
     if not args.headless and (args.script or args.realtime):
         raise UsageError("--script and --realtime apply to --headless runs")
+    if args.headless and (args.replay or args.prompts):
+        raise UsageError("--replay and --prompts play in the window; headless runs take a --script (whose entries "
+                         "may carry a \"prompt\")")
     if args.mouse_sensitivity <= 0:
         raise UsageError("--mouse-sensitivity must be positive")
     start, start_image = start_option(args, backend)
@@ -257,6 +268,8 @@ def _run(args: argparse.Namespace) -> int:
 
     plan = make_plan(args)
     prepared = _prepare_headless(args) if args.headless else _prepare_window(args)
+    if args.replay:
+        return _replay(args, plan, prepared)
     try:
         with worker_endpoint(args, plan) as (endpoint, local):
             result = _session(args, plan, endpoint, local, prepared)
@@ -289,6 +302,13 @@ def _prepare_window(args: argparse.Namespace) -> object:
     problem = display_problem()
     if problem:
         raise UsageError(NO_DISPLAY_HELP.format(problem=problem))
+    if args.prompts:
+        from controls.timeline import TimelineError, load_timeline
+
+        try:
+            load_timeline(args.prompts)  # read again per window; checked here, before anything starts
+        except TimelineError as exc:
+            raise UsageError(str(exc)) from None
     return keymap
 
 
@@ -299,6 +319,8 @@ def _session(args, plan: Plan, endpoint: str, local: LocalWorker | None, prepare
     # Opening a generated world may load a checkpoint: allow it time. Later blocking calls
     # (reconnects) run off the window's thread, so this timeout never freezes the window.
     client = WorldClient(endpoint, timeout_s=60.0 if plan.backend == "generated" else 10.0)
+    if not args.headless:
+        return _connect_then_window(args, plan, client, endpoint, local, prepared)
     try:
         info = _open(client, plan, args)
     except WorldRequestError as exc:
@@ -346,23 +368,132 @@ def _headless(args, client, info: dict, script, options: dict) -> dict | None:
         client.close()
 
 
-def _window(args, client, info: dict, keymap, endpoint: str, local: LocalWorker | None, options: dict) -> dict:
+def _connect_then_window(args, plan: Plan, client, endpoint: str, local: LocalWorker | None, keymap) -> dict | None:
+    """The window opens at once on a "connecting to ADDRESS, attempt k" screen while the session opens
+    off its thread; a worker that never answers or refuses the world is said there (and on stderr)."""
     import pygame
 
-    from controls.headless import DEFAULT_RECORD_DIR
-    from controls.input import MouseSettings
-    from controls.window import PlayWindow, WindowConfig, WorldLink
+    from controls.connecting import ConnectScreen
 
-    link = WorldLink(client, revive=local.revive if local else None)
-    config = WindowConfig(
-        scale=args.scale, seed=args.seed, record_dir=Path(args.record) if args.record else DEFAULT_RECORD_DIR,
-        record_on_start=bool(args.record), max_frames=args.frames,
-        mouse=MouseSettings(sensitivity=args.mouse_sensitivity), endpoint=endpoint, options=options,
-    )  # fmt: skip
     pygame.display.init()
     pygame.font.init()
     try:
-        return PlayWindow(link, keymap, config).run()
+        screen = ConnectScreen(endpoint, (64 * args.scale, 64 * args.scale))
+        opened = screen.run(client, lambda: _open(client, plan, args))
+        if opened is None:
+            client.close()
+            if screen.refused:
+                raise UsageError(screen.error)
+            if screen.error:
+                print(f"play: {screen.error}", file=sys.stderr)
+                return None
+            return _cancelled_summary(plan)
+        return _window(args, client, opened, keymap, endpoint, local, plan.options)
+    finally:
+        pygame.quit()
+
+
+def _cancelled_summary(plan: Plan) -> dict:
+    from controls.headless import summary
+
+    return summary(frames=0, seconds=0.0, latency_ms=[], errors=0, backend=plan.backend, prompt="", record=None,
+                   gen_ms=[], latency_kind="key-to-frame (shown)", start=None, start_notice=None)  # fmt: skip
+
+
+def _window_config(args, endpoint: str, options: dict, **more) -> object:
+    from controls.headless import DEFAULT_RECORD_DIR
+    from controls.input import MouseSettings
+    from controls.timeline import load_timeline
+    from controls.window import WindowConfig
+
+    return WindowConfig(
+        scale=args.scale, seed=args.seed, record_dir=Path(args.record) if args.record else DEFAULT_RECORD_DIR,
+        record_on_start=bool(args.record) and not args.replay, max_frames=args.frames,
+        mouse=MouseSettings(sensitivity=args.mouse_sensitivity), endpoint=endpoint, options=options,
+        timeline=load_timeline(args.prompts) if args.prompts else None, sound=not args.no_sound, **more,
+    )  # fmt: skip
+
+
+def _window(args, client, info: dict, keymap, endpoint: str, local: LocalWorker | None, options: dict) -> dict:
+    from controls.window import PlayWindow, WorldLink
+
+    link = WorldLink(client, revive=local.revive if local else None)
+    try:
+        return PlayWindow(link, keymap, _window_config(args, endpoint, options)).run()
     finally:
         link.close()
+
+
+def _replay(args, plan: Plan, keymap) -> int:
+    """`play --replay DIR`: the recording in the window; L starts (or connects to) a worker and the
+    world continues live from the frame on screen (controls/replay.py)."""
+    import pygame
+
+    from controls.replay import RecordingLink
+    from controls.window import PlayWindow
+    from world.dataset import DatasetError, EpisodeReader
+
+    try:
+        link = RecordingLink(EpisodeReader(args.replay))
+    except (DatasetError, ValueError) as exc:
+        raise UsageError(f"--replay: {exc}") from None
+    live = LiveTakeover(args, plan, link.reader)
+    pygame.display.init()
+    pygame.font.init()
+    try:
+        config = _window_config(args, args.connect or "", dict(link.reader.meta.get("options") or {}),
+                                go_live=live.go_live)  # fmt: skip
+        result = PlayWindow(link, keymap, config).run()
+    finally:
+        live.close()
         pygame.quit()
+    if args.json:
+        print(json.dumps(result, separators=(", ", ": ")), flush=True)
+    return 0
+
+
+class LiveTakeover:
+    """L in a replay: a worker for the recording's world (started here on first use unless
+    --connect), a session on it, the recording regenerated up to the frame, then the live link."""
+
+    def __init__(self, args: argparse.Namespace, plan: Plan, reader) -> None:
+        self.args, self.plan, self.reader = args, plan, reader
+        self.local: LocalWorker | None = None
+        self.link = None
+
+    def go_live(self, frame: int, progress) -> object:
+        from controls.replay import catch_up, open_live, takeover_frame
+        from controls.window import WorldLink
+
+        backend = self.reader.meta["backend"]
+        endpoint = self.args.connect
+        if endpoint is None:
+            progress(f"going live: starting a {backend} worker\u2026")
+            if self.local is None:
+                self.local = LocalWorker(self._worker_args())
+            endpoint = self.local.endpoint
+        progress(f"going live: opening the {backend} world\u2026")
+        client, info = open_live(self.reader, endpoint, AUTO_LOOKAHEAD.get(backend), timeout_s=120.0)
+        end = takeover_frame(self.reader, frame)
+        catch_up(client, info, self.reader, end, lambda done: progress(f"going live: regenerating frame {done} "
+                                                                        f"of {end}\u2026"))  # fmt: skip
+        self.link = WorldLink(client, revive=self.local.revive if self.local else None)
+        return self.link
+
+    def _worker_args(self) -> tuple[str, ...]:
+        """The recorded checkpoint (found by its hashes, torch-free) and device for a generated world."""
+        meta = self.reader.meta
+        if meta["backend"] != "generated":
+            return ()
+        from world.backends.generated import find_checkpoint
+
+        model = meta.get("model") if isinstance(meta.get("model"), dict) else {}
+        checkpoint = self.args.checkpoint or (str(find_checkpoint(model, self.reader.path)) if model else None)
+        device = self.args.device or ("cpu" if model.get("device") == "cpu" else None)
+        return tuple(x for flag, v in (("--checkpoint", checkpoint), ("--device", device)) if v for x in (flag, v))
+
+    def close(self) -> None:
+        if self.link is not None:
+            self.link.close()
+        if self.local is not None:
+            self.local.stop()

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import pygame
 
-from controls.keymap import COMMANDS, DESCRIPTIONS, Keymap
+from controls.keymap import COMMANDS, DESCRIPTIONS, REPLAY_COMMANDS, Keymap
 from world.actions import KEYS
 
 PANEL_RGBA = (8, 10, 14, 170)
@@ -50,6 +50,14 @@ class HudState:
     message: str | None = None  # shown for a few seconds (worker errors, "recording saved")
     message_is_error: bool = False
     message_is_warning: bool = False  # e.g. the start notice: "start: text (the engine does not know ...)"
+    reads_as: str = ""  # what the world on screen reads as (chunk extra `theme`), e.g. "snow / dusk / fog"
+    behind: bool = False  # the world is generated slower than it is shown: say so instead of a steady rate
+    world_fps: float = 30.0  # the world's own frame rate (the target)
+    replay: str = ""  # playing a recording back: "frame 12 / 300 · 1x"; "" when live
+    recorded_keys: str = ""  # replay: the recorded action of the frame on screen
+    timeline: tuple[float, tuple[float, ...]] | None = None  # (position, marks) in [0, 1]: replay, prompt timeline
+    sound: str = ""  # "on", "muted", "no audio device"; "" when sound is off
+    banner: str = ""  # a banner that overrides the others (connecting, going live)
 
 
 @dataclass(frozen=True)
@@ -73,9 +81,13 @@ def _font(size: int, bold: bool = False) -> pygame.font.Font:
 
 class Hud:
     def __init__(self, size: tuple[int, int], keymap: Keymap) -> None:
+        self.keymap = keymap
+        self.resize(size)
+
+    def resize(self, size: tuple[int, int]) -> None:
+        """Lay out for a window of `size` (resized, full screen): fonts follow its height."""
         self.size = size
         self.fonts = Fonts.for_height(size[1])
-        self.keymap = keymap
 
     def draw(self, surface: pygame.Surface, state: HudState, *, show_stats: bool = True, show_help: bool = False,
              show_hint: bool = True) -> None:  # fmt: skip
@@ -86,10 +98,14 @@ class Hud:
         if show_hint and not show_help:
             self._draw_hint(surface, state)
         if show_help:
-            self._draw_help(surface)
+            self._draw_help(surface, replay=bool(state.replay))
+        if state.timeline is not None and not show_help:
+            self._draw_timeline(surface, *state.timeline)
         if state.recording:
             self._draw_rec(surface, state.rec_frames)
-        if state.connection != "connected":
+        if state.banner:
+            self._draw_banner(surface, state.banner, WARN)
+        elif state.connection != "connected":
             self._draw_banner(surface, CONNECTION_BANNERS.get(state.connection, state.connection), WARN)
         elif state.paused:
             self._draw_banner(surface, "PAUSED", TEXT)
@@ -100,16 +116,20 @@ class Hud:
     def _draw_stats(self, surface: pygame.Surface, s: HudState) -> None:
         conn_color = GOOD if s.connection == "connected" else WARN
         latency = f"{s.latency_ms:.0f} ms" if s.latency_ms is not None else "\u2013"
-        capacity = f" \u00b7 max {s.capacity_fps:.0f}" if s.capacity_fps else ""
-        rows: list[tuple[str, str, tuple[int, int, int]]] = [
-            ("generated", f"{s.gen_fps:.1f} fps{capacity}", TEXT),
-            ("shown", f"{s.shown_fps:.1f} fps", TEXT),
-            ("key\u2192frame", latency, TEXT),
-            ("chunk", f"{s.steps} steps \u00b7 {s.nfe} nfe \u00b7 {s.gen_ms:.1f} ms", TEXT),
-            ("world", s.backend, TEXT),
-            *([("start", s.start, TEXT)] if s.start else []),
-            ("link", f"{s.connection} {s.endpoint.split('://')[-1]}", conn_color),
-        ]
+        rows: list[tuple[str, str, tuple[int, int, int]]]
+        if s.replay:
+            rows = [("replay", s.replay, TEXT), ("keys", s.recorded_keys, WARN), ("world", s.backend, TEXT)]
+        else:
+            rows = [
+                *speed_rows(s),
+                ("key\u2192frame", latency, TEXT),
+                ("chunk", f"{s.steps} steps \u00b7 {s.nfe} nfe \u00b7 {s.gen_ms:.1f} ms", TEXT),
+                ("world", s.backend, TEXT),
+                *([("start", s.start, TEXT)] if s.start else []),
+                ("link", f"{s.connection} {s.endpoint.split('://')[-1]}", conn_color),
+            ]
+        rows += [("reads as", s.reads_as, GOOD)] if s.reads_as else []
+        rows += [("sound", s.sound, DIM if s.sound == "on" else WARN)] if s.sound else []
         font = self.fonts.body
         label_w = max(font.size(label)[0] for label, _, _ in rows) + PAD
         width = min(self.size[0] - 2 * PAD, 300)
@@ -126,6 +146,17 @@ class Hud:
             panel.blit(font.render(line, True, TEXT), (PAD, y))
             y += line_h
         surface.blit(panel, (PAD, PAD))
+
+    def _draw_timeline(self, surface: pygame.Surface, position: float, marks: tuple[float, ...]) -> None:
+        """A thin bar above the hint line: where the replay (or the prompt timeline) is, with a tick
+        for every prompt switch."""
+        width = self.size[0] - 4 * PAD
+        y = self.size[1] - self.fonts.small.get_linesize() - 3 * PAD - 6
+        bar = panel_surface((width, 6), alpha=200)
+        pygame.draw.rect(bar, GOOD, (0, 1, round(width * min(max(position, 0.0), 1.0)), 4), border_radius=2)
+        for mark in marks:
+            pygame.draw.rect(bar, WARN, (min(width - 2, round(width * mark)), 0, 2, 6))
+        surface.blit(bar, (2 * PAD, y))
 
     def _draw_hint(self, surface: pygame.Surface, s: HudState) -> None:
         mouse = "Esc releases mouse" if s.mouse_captured else "click: mouse look"
@@ -162,13 +193,15 @@ class Hud:
         bottom = self.size[1] - self.fonts.small.get_linesize() - 3 * PAD
         surface.blit(panel, (2 * PAD, bottom - panel.get_height()))
 
-    def _draw_help(self, surface: pygame.Surface) -> None:
-        """The F1 overlay: every binding from the keymap (movement, then commands), plus the fixed ones."""
-        groups = [
-            [(self.keymap.label(name), DESCRIPTIONS[name]) for name in KEYS],
-            [(self.keymap.label(name), DESCRIPTIONS[name]) for name in COMMANDS],
-            [("Mouse click", "capture the mouse for mouse look"), ("Esc", "release the mouse / close")],
-        ]
+    def _draw_help(self, surface: pygame.Surface, replay: bool = False) -> None:
+        """The F1 overlay: every binding from the keymap (movement, then commands), plus the fixed
+        ones; playing a recording back, the replay keys instead of the movement keys."""
+        commands = [name for name in COMMANDS if name not in REPLAY_COMMANDS]
+        first = [(self.keymap.label(name), DESCRIPTIONS[name]) for name in (REPLAY_COMMANDS if replay else KEYS)]
+        fixed = [("0 \u2026 9", "replay: jump to 0% \u2026 90%")] if replay else [
+            ("Mouse click", "capture the mouse for mouse look")]  # fmt: skip
+        groups = [first, [(self.keymap.label(name), DESCRIPTIONS[name]) for name in commands],
+                  [*fixed, ("Esc", "release the mouse / close")]]  # fmt: skip
         font, title, small = self.fonts.body, self.fonts.title, self.fonts.small
         line_h = font.get_linesize()
         width = self.size[0] - 4 * PAD
@@ -187,6 +220,15 @@ class Hud:
         note = fit_text("bindings: assets/keymap.json \u00b7 override with --keymap FILE", small, width - 4 * PAD)
         panel.blit(small.render(note, True, DIM), (2 * PAD, y + PAD))
         surface.blit(panel, panel.get_rect(center=(self.size[0] // 2, self.size[1] // 2)))
+
+
+def speed_rows(s: HudState) -> list[tuple[str, str, tuple[int, int, int]]]:
+    """How fast the world is made and shown. When it is made slower than its own frame rate the
+    first row says so plainly ("world running at 12 fps, behind"), not a steady "shown" rate."""
+    if s.behind:
+        return [("speed", f"world running at {s.gen_fps:.0f} fps, behind (wants {s.world_fps:.0f})", WARN)]
+    capacity = f" \u00b7 max {s.capacity_fps:.0f}" if s.capacity_fps else ""
+    return [("generated", f"{s.gen_fps:.1f} fps{capacity}", TEXT), ("shown", f"{s.shown_fps:.1f} fps", TEXT)]
 
 
 def panel_surface(size: tuple[int, int], alpha: int = PANEL_RGBA[3]) -> pygame.Surface:

@@ -29,8 +29,18 @@ COMMANDS: tuple[str, ...] = (
     "help",
     "toggle_hud",
     "pause",
+    "toggle_mute",
+    "screenshot",
+    "fullscreen",
     "quit",
+    # playing a recording back (`play --replay DIR`); the digits 0-9 jump to tenths of it
+    "go_live",
+    "step_back",
+    "step_forward",
+    "slower",
+    "faster",
 )
+REPLAY_COMMANDS: tuple[str, ...] = ("go_live", "step_back", "step_forward", "slower", "faster")
 BINDING_NAMES: tuple[str, ...] = KEYS + COMMANDS
 RESERVED_KEYS = ("escape",)
 
@@ -52,7 +62,15 @@ DESCRIPTIONS: dict[str, str] = {
     "help": "show / hide this help",
     "toggle_hud": "show / hide the HUD",
     "pause": "pause / resume",
+    "toggle_mute": "sound on / off",
+    "screenshot": "screenshot (PNG, next to the recordings)",
+    "fullscreen": "full screen on / off",
     "quit": "quit",
+    "go_live": "replay: take over live from this frame",
+    "step_back": "replay: one frame back",
+    "step_forward": "replay: one frame on",
+    "slower": "replay: slower",
+    "faster": "replay: faster",
 }
 
 

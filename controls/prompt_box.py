@@ -15,6 +15,7 @@ import pygame
 from controls.hud import DIM, PAD, TEXT, WARN, Fonts, fit_text, panel_surface
 from world.errors import MAX_PROMPT_CHARS
 
+FIELD = (24, 27, 33, 255)  # the text field's background
 PRESETS_PATH = Path(__file__).resolve().parent.parent / "assets" / "prompts.txt"
 
 
@@ -35,6 +36,7 @@ class PromptBox:
     _history: list[str] = field(default_factory=list)
     _browse: int = -1  # index into history + presets while walking with Up/Down
     _swallow: str = ""  # the character of the key that opened the box (see open())
+    refused: str = ""  # why the last Enter or keystroke did nothing, for the window to say
 
     def open(self, initial: str = "", opened_by: str = "") -> None:
         """Show the box. `opened_by` is the text of the key that opened it: SDL sends that key
@@ -68,6 +70,8 @@ class PromptBox:
             return
         self._swallow = ""
         room = MAX_PROMPT_CHARS - len(self.text)
+        if len(text) > room:
+            self.refused = f"a prompt holds at most {MAX_PROMPT_CHARS} characters"
         text = text[: max(room, 0)]
         self.text = self.text[: self.cursor] + text + self.text[self.cursor :]
         self.cursor += len(text)
@@ -93,8 +97,9 @@ class PromptBox:
 
     def _apply(self) -> str | None:
         prompt = " ".join(self.text.split())
-        if not prompt:
-            return None  # Enter on an empty box does nothing; Esc closes it
+        if not prompt:  # the box stays open: say what it wants
+            self.refused = "type a prompt first (e.g. \u201csnowy mountains at dusk\u201d); Esc cancels"
+            return None
         self.close()
         if prompt in self._history:
             self._history.remove(prompt)
@@ -113,11 +118,13 @@ class PromptBox:
         width, height = surface.get_size()
         font = fonts.body
         line_h = font.get_linesize()
-        panel = panel_surface((width - 4 * PAD, 3 * line_h + 3 * PAD), alpha=220)
+        panel = panel_surface((width - 4 * PAD, 3 * line_h + 3 * PAD), alpha=255)
         panel.blit(fonts.small.render("New prompt", True, WARN), (PAD * 2, PAD))
         field_w = panel.get_width() - 4 * PAD
         field = pygame.Rect(PAD * 2, PAD + line_h, field_w, line_h + PAD)
-        pygame.draw.rect(panel, (255, 255, 255, 40), field, border_radius=4)
+        # An opaque field: white text must stay legible over a bright sky.
+        pygame.draw.rect(panel, FIELD, field, border_radius=4)
+        pygame.draw.rect(panel, DIM, field, width=1, border_radius=4)
         shown, caret_x = self._visible_text(font, field_w - 2 * PAD)
         panel.blit(font.render(shown, True, TEXT), (field.x + PAD, field.y + PAD // 2))
         x = field.x + PAD + caret_x  # a steady caret: a blinking one is easy to lose mid-game

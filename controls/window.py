@@ -8,6 +8,7 @@ most a few milliseconds, show the next frame when one is due, send the held inpu
 
 from __future__ import annotations
 
+import dataclasses
 import random
 import sys
 import threading
@@ -26,13 +27,24 @@ from controls.input import InputMapper, MouseSettings
 from controls.keymap import Keymap
 from controls.pacing import FramePacer, KeyLatency, PacedFrame, RateMeter, monotonic
 from controls.prompt_box import PromptBox, load_presets
+from controls.replay import SPEEDS, RecordingLink, recorded_actions
+from controls.sound import SoundPlayer
+from controls.timeline import PromptTimeline
 from world.actions import IDLE, Action
 from world.client import ChunkEvent, ErrorEvent, WorldClient, WorldConnectionError, WorldRequestError
 from world.recorder import Recorder
+from world.soundscape import SoundParams
 
 POLL_MS_MAX = 8  # the loop never blocks on the socket longer than this, so input stays responsive
 IDLE_REDRAW_S = 0.25  # redraw this often when nothing happens (stalls, pause, reconnecting)
 SEED_RANGE = 2**31
+BEHIND = 0.9  # the HUD says "behind" when the world is made at under this share of its frame rate
+BEHIND_AFTER_S = 2.0  # ... for longer than the rate meter's window (a single slow chunk is not "behind")
+DIGIT_KEYS = {getattr(pygame, f"K_{d}"): d for d in range(10)}  # replay: jump to d tenths
+
+# Called on a background thread when the player takes over a replay at a frame: returns the live
+# link once the world has caught up there; `progress(text)` updates the window's banner meanwhile.
+GoLive = Callable[[int, Callable[[str], None]], "WorldLink"]
 
 
 class WorldLink:
@@ -123,6 +135,9 @@ class WindowConfig:
     message_s: float = 4.0
     options: dict = field(default_factory=dict)  # session options, stored in recordings
     endpoint: str = ""
+    go_live: GoLive | None = None  # replay: how L takes over (controls/cli.py builds it)
+    timeline: PromptTimeline | None = None  # --prompts FILE: scheduled prompt switches
+    sound: bool = True  # False: no audio output (the per-frame sound params are still recorded)
 
 
 @dataclass
@@ -139,9 +154,22 @@ class PlayWindow:
         self.link, self.config, self.keymap = link, config, keymap
         self.world_size = (info["width"], info["height"])
         self.size = (info["width"] * config.scale, info["height"] * config.scale)
-        self.screen = pygame.display.set_mode(self.size)
-        pygame.display.set_caption(f"generated world \u2014 {info['backend']}")
+        self.windowed_size = self.size
+        self.screen = pygame.display.set_mode(self.size, pygame.RESIZABLE)
+        self.replay: RecordingLink | None = link if isinstance(link, RecordingLink) else None
+        pygame.display.set_caption(window_title(info, self.replay is not None))
         self.hud = Hud(self.size, keymap)
+        self.fullscreen = False
+        self.sound = SoundPlayer(enabled=config.sound)
+        self.timeline = config.timeline
+        self._speed = SPEEDS.index(1.0)
+        self._live_thread: threading.Thread | None = None
+        self._live_status = ""  # the banner while a replay is being taken over
+        self._live_result: tuple[WorldLink | None, str] | None = None
+        self._behind_since: float | None = None
+        self._reads_as = ""
+        self._reads_theme: dict | None = None
+        self._audio: list[SoundParams] = []  # the shown chunk's per-frame sound
         self.input = InputMapper(keymap, config.mouse)
         self.prompt_box = PromptBox(load_presets())
         self.pacer = FramePacer(info["fps"])
@@ -184,6 +212,9 @@ class PlayWindow:
         changed = self._handle_events()
         now = monotonic()
         self._check_link()
+        self._check_live()
+        if self.timeline is not None and not self.replay:
+            self._follow_timeline(now)
         if not self.paused:
             wait = min(self.pacer.seconds_until_due(now) * 1000.0, POLL_MS_MAX)
             self._receive(self.link.poll(max(1, int(wait))))
@@ -201,6 +232,7 @@ class PlayWindow:
         return self.running
 
     def close(self) -> None:
+        self.sound.close()
         path = self.recorder.stop()
         if path is not None:
             print(f"play: recording saved to {path}", file=sys.stderr)  # stdout: the --json line
@@ -223,6 +255,8 @@ class PlayWindow:
         for event in events:
             if event.type == pygame.QUIT:
                 self.running = False
+            elif event.type == pygame.VIDEORESIZE and not self.fullscreen:
+                self._resized((event.w, event.h))
             elif self.prompt_box.active:
                 self._prompt_event(event)
             else:
@@ -233,14 +267,23 @@ class PlayWindow:
     def _prompt_event(self, event: pygame.event.Event) -> None:
         prompt = self.prompt_box.handle(event)
         if prompt is not None:
-            self.link.call("set_prompt", prompt)
-            self._say(f"prompt \u2192 {prompt}")
+            self._switch_prompt(prompt)
+        elif self.prompt_box.refused:
+            self._say(self.prompt_box.refused, warning=True)
+            self.prompt_box.refused = ""
+
+    def _switch_prompt(self, prompt: str) -> None:
+        self.link.call("set_prompt", prompt)
+        self._say(f"prompt \u2192 {prompt}")
+        self.sound.cue("prompt")
 
     def _play_event(self, event: pygame.event.Event) -> None:
         if event.type == pygame.MOUSEBUTTONDOWN and event.button == 1 and not self.input.captured:
             self.input.set_captured(True)
         elif event.type == pygame.KEYDOWN and event.key == pygame.K_ESCAPE:
             self._escape()
+        elif event.type == pygame.KEYDOWN and self.replay is not None and event.key in DIGIT_KEYS:
+            self._seek(DIGIT_KEYS[event.key] * self.replay.frames // 10)
         else:
             command = self.input.handle(event)
             if command is not None:
@@ -253,6 +296,9 @@ class PlayWindow:
             self.input.set_captured(False)
 
     def _cmd_open_prompt(self, event: pygame.event.Event) -> None:
+        if self.replay is not None:
+            self._say("a recording plays as recorded: L takes over live, then prompts work", warning=True)
+            return
         self.input.release_all()  # typed letters must not keep walking
         self.prompt_box.open(opened_by=getattr(event, "unicode", ""))
 
@@ -260,6 +306,9 @@ class PlayWindow:
         self._toggle_record()
 
     def _cmd_reset(self, _: object) -> None:
+        if self.replay is not None:
+            self._seek(0)
+            return
         self.seed = random.randrange(SEED_RANGE)
         self.link.call("reset", self.seed)
         # Frames of the old world still buffered are never shown; ack them so the worker moves on.
@@ -283,7 +332,134 @@ class PlayWindow:
     def _cmd_quit(self, _: object) -> None:
         self.running = False
 
+    def _cmd_toggle_mute(self, _: object) -> None:
+        if self.sound.state in ("", "no audio device"):
+            self._say(f"no sound here ({self.sound.state or 'play --no-sound'})", warning=True)
+            return
+        self.sound.muted = not self.sound.muted
+        self._say("sound off" if self.sound.muted else "sound on")
+
+    def _cmd_fullscreen(self, _: object) -> None:
+        self.fullscreen = not self.fullscreen
+        if self.fullscreen:
+            self.windowed_size = self.screen.get_size()
+            self.screen = pygame.display.set_mode((0, 0), pygame.FULLSCREEN)
+        else:
+            self.screen = pygame.display.set_mode(self.windowed_size, pygame.RESIZABLE)
+        self._resized(self.screen.get_size())
+
+    def _resized(self, size: tuple[int, int]) -> None:
+        surface = pygame.display.get_surface()
+        if not self.fullscreen:  # pygame 2 resizes the surface itself; some drivers need set_mode
+            ok = surface is not None and surface.get_size() == size
+            self.screen = surface if ok else pygame.display.set_mode(size, pygame.RESIZABLE)
+        self.size = self.screen.get_size()
+        self.hud.resize(self.size)
+
+    def _cmd_screenshot(self, _: object) -> None:
+        if self._shown is None:
+            self._say("nothing on screen yet", warning=True)
+            return
+        try:
+            world, window = save_screenshot(self.config.record_dir, self._shown.frame, self.screen)
+        except (OSError, pygame.error) as exc:
+            self._say(f"screenshot not saved: {exc}", error=True)
+            return
+        self._say(f"screenshot: {_short(world)} and {window.name}")
+
+    # ---- replay --------------------------------------------------------------------------------
+
+    def _seek(self, frame: int) -> None:
+        """Replay: show the recording from `frame` on (dropping what was buffered)."""
+        if self.replay is None:
+            return
+        self.pacer.clear()
+        self._chunks.clear()
+        frame = self.replay.seek(frame)
+        if self.paused:  # show that frame at once; stepping while paused shows one frame per key
+            self._receive(self.replay.poll(0))
+            self._advance(monotonic(), force=True)
+
+    def _replay_frame(self) -> int:
+        return int(self._shown_chunk.extra.get("replay_frame", 0)) + self._shown.chunk_index if self._shown else 0
+
+    def _cmd_step_back(self, _: object) -> None:
+        self.paused = True
+        self._seek(self._replay_frame() - 1)
+
+    def _cmd_step_forward(self, _: object) -> None:
+        self.paused = True
+        self._seek(self._replay_frame() + 1)
+
+    def _cmd_slower(self, _: object) -> None:
+        self._set_speed(self._speed - 1)
+
+    def _cmd_faster(self, _: object) -> None:
+        self._set_speed(self._speed + 1)
+
+    def _set_speed(self, index: int) -> None:
+        if self.replay is None:
+            return
+        self._speed = max(0, min(len(SPEEDS) - 1, index))
+        self.pacer.period = 1.0 / (self.link.info["fps"] * SPEEDS[self._speed])
+        self._say(f"replay at {SPEEDS[self._speed]:g}x")
+
+    def _cmd_go_live(self, _: object) -> None:
+        """L: the world continues live from the frame on screen, under the player's keys."""
+        if self.replay is None or self._live_thread is not None:
+            return
+        if self.config.go_live is None:
+            self._say("this replay cannot go live (no world to continue it)", warning=True)
+            return
+        frame, go_live = self._replay_frame(), self.config.go_live
+        self.paused = True
+        self._live_status = f"going live at frame {frame}\u2026"
+
+        def work() -> None:
+            try:
+                self._live_result = (go_live(frame, self._set_live_status), "")
+            except Exception as exc:  # shown in the window; the replay goes on
+                self._live_result = (None, str(exc))
+
+        self._live_thread = threading.Thread(target=work, name="go-live", daemon=True)
+        self._live_thread.start()
+
+    def _set_live_status(self, text: str) -> None:
+        self._live_status = text
+
+    def _check_live(self) -> None:
+        """Swap the recording for the live world once the take-over thread has it."""
+        if self._live_result is None:
+            return
+        link, error = self._live_result
+        self._live_result, self._live_thread, self._live_status = None, None, ""
+        if link is None:
+            self._say(f"could not go live: {error}", error=True)
+            return
+        frame = self._replay_frame()
+        self.replay, self.link, self._generation = None, link, link.generation
+        self.seed, self.prompt = link.info.get("seed", self.seed), link.info.get("prompt", self.prompt)
+        self.pacer = FramePacer(link.info["fps"])
+        self._chunks.clear()
+        self._sent, self._last_keys = IDLE, ()
+        self.recorder = Recorder(self.config.record_dir, link.info, self.config.options)
+        self.paused = False
+        pygame.display.set_caption(window_title(link.info, False))
+        self._say(f"live from frame {frame}: the world is yours")
+
+    # ---- prompt timeline -----------------------------------------------------------------------
+
+    def _follow_timeline(self, now: float) -> None:
+        """--prompts FILE: switch prompts when their time comes (world time, frames shown / fps)."""
+        prompt = self.timeline.due(self.frames_shown / self.link.info["fps"])
+        if prompt is not None:
+            self._switch_prompt(prompt)
+
     def _toggle_record(self) -> None:
+        if self.replay is not None:
+            self._say("this is a recording already: L takes over live, then F5 records", warning=True)
+            return
+        self.sound.cue("record")
         if self.recorder.recording:
             frames, path = self.recorder.frames, self.recorder.stop()
             self._say(f"saved {frames} frames: {_short(path)}" if path else "recording stopped: no frames shown")
@@ -315,6 +491,20 @@ class PlayWindow:
             elif isinstance(event, ErrorEvent):
                 self.errors += 1
                 self._say(f"{event.code}: {event.message}", error=True)
+        self._update_behind(now)
+
+    def _update_behind(self, now: float) -> None:
+        """Behind: frames arrive at under BEHIND of the world's rate for longer than BEHIND_AFTER_S
+        (flow control holds the arrival rate at the display rate while generation keeps up)."""
+        slow = self.replay is None and self.gen_rate.rate(now) < BEHIND * self.link.info["fps"] and not self.paused
+        if not slow or self._shown is None:
+            self._behind_since = None
+        elif self._behind_since is None:
+            self._behind_since = now
+
+    @property
+    def behind(self) -> bool:
+        return self._behind_since is not None and monotonic() - self._behind_since >= BEHIND_AFTER_S
 
     def _send_input(self, now: float) -> None:
         """Send the held state as soon as keys change; mouse motion once per frame period."""
@@ -330,23 +520,41 @@ class PlayWindow:
             self._sent = action
             self.link.call("send_input", action)
 
-    def _advance(self, now: float) -> bool:
-        """Show the next frame if one is due; True if one was."""
+    def _advance(self, now: float, force: bool = False) -> bool:
+        """Show the next frame if one is due (or at once with `force`); True if one was."""
         shown = self.pacer.next_frame(now)
+        if shown is None and force and self.pacer.buffered:
+            shown = self.pacer.next_frame(now + self.pacer.period)
         if shown is None:
             return False
         if shown.chunk_index == 0:
             chunk = self._chunks.pop(shown.chunk_seq)
             self._shown_chunk = chunk
             self._note_start(chunk)
+            self._note_chunk(chunk)
             self.link.call("ack", chunk.seq)  # acked when shown: the worker stays <= window ahead of the eye
-            self.recorder.append(chunk, self.seed, self._world_key(chunk))
+            self._audio = recorded_audio(chunk.records) or self.sound.chunk(chunk.records, self._reads_theme,
+                                                                            chunk.extra.get("pose"))  # fmt: skip
+            if self.replay is None:
+                self.recorder.append(with_audio(chunk, self._audio), self.seed, self._world_key(chunk))
         self._shown = shown
         self.prompt = shown.record.get("prompt", self.prompt)
         self.frames_shown += 1
         self.shown_rate.add(now)
         self.latency.frame_shown(shown.record, now)
+        if shown.chunk_index < len(self._audio):
+            self.sound.play(self._audio[shown.chunk_index])
         return True
+
+    def _note_chunk(self, chunk: ChunkEvent) -> None:
+        """What a shown chunk says for the player: what the world reads as, a prompt that was cut."""
+        theme = chunk.extra.get("theme")
+        if isinstance(theme, dict):
+            self._reads_theme = theme
+            self._reads_as = reads_as(theme)
+        notice = chunk.extra.get("prompt_notice")
+        if isinstance(notice, str):
+            self._say(notice, warning=True)
 
     def _note_start(self, chunk: ChunkEvent) -> None:
         """A world's reset view says what it started from; a start that fell back says why."""
@@ -366,12 +574,12 @@ class PlayWindow:
 
     def _draw(self, now: float) -> None:
         self._last_draw = now
+        self.screen.fill((12, 14, 18))  # the letterbox around the picture
         if self._shown is not None:
             surface = pygame.image.frombuffer(np.ascontiguousarray(self._shown.frame), self.world_size, "RGB")
             # transform.scale is nearest neighbour: integer scaling keeps the world's pixels crisp.
-            self.screen.blit(pygame.transform.scale(surface, self.size), (0, 0))
-        else:
-            self.screen.fill((12, 14, 18))
+            rect = picture_rect(self.world_size, self.size)
+            self.screen.blit(pygame.transform.scale(surface, rect.size), rect.topleft)
         self.hud.draw(
             self.screen, self.hud_state(now), show_stats=self.show_hud, show_help=self.show_help,
             show_hint=self.show_hud and not self.prompt_box.active,
@@ -384,6 +592,7 @@ class PlayWindow:
         if self._message is not None and now > self._message.until:
             self._message = None
         chunk = self._shown_chunk
+        replay = self.replay is not None
         return HudState(
             gen_fps=self.gen_rate.rate(now),
             capacity_fps=self._capacity,
@@ -404,10 +613,73 @@ class PlayWindow:
             message=self._message.text if self._message else None,
             message_is_error=self._message.is_error if self._message else False,
             message_is_warning=self._message.is_warning if self._message else False,
+            reads_as=self._reads_as,
+            behind=self.behind,
+            world_fps=float(self.link.info["fps"]),
+            replay=self._replay_line() if replay else "",
+            recorded_keys=recorded_actions(self._shown.record) if replay and self._shown else "",
+            timeline=self._timeline_state(),
+            sound=self.sound.state,
+            banner=self._live_status,
         )
+
+    def _replay_line(self) -> str:
+        speed = SPEEDS[self._speed]
+        return f"frame {self._replay_frame()} / {self.replay.frames - 1} \u00b7 {speed:g}x \u00b7 L: go live"
+
+    def _timeline_state(self) -> tuple[float, tuple[float, ...]] | None:
+        """The thin bar: a replay's position and its prompt switches, or the prompt timeline's."""
+        if self.replay is not None:
+            n = max(self.replay.frames - 1, 1)
+            return self._replay_frame() / n, self.replay.switches
+        if self.timeline is not None:
+            return self.timeline.position(self.frames_shown / self.link.info["fps"])
+        return None
 
     def _say(self, text: str, error: bool = False, warning: bool = False) -> None:
         self._message = _Message(text, error, monotonic() + self.config.message_s, warning)
+
+
+def with_audio(chunk: ChunkEvent, audio: list[SoundParams]) -> ChunkEvent:
+    """The chunk as recorded: each frame's record also holds its sound params ("audio", docs/dataset.md)."""
+    records = [{**record, "audio": params.to_json()} for record, params in zip(chunk.records, audio)]
+    return dataclasses.replace(chunk, records=records)
+
+
+def recorded_audio(records: list[dict]) -> list[SoundParams]:
+    """A replayed chunk's recorded sound params, or [] when it has none."""
+    if not all(isinstance(r.get("audio"), dict) for r in records):
+        return []
+    return [SoundParams.from_json(r["audio"]) for r in records]
+
+
+def window_title(info: dict, replay: bool) -> str:
+    """The engine is not a generated world; a replay says so."""
+    world = "generated world" if info.get("backend") == "generated" else f"{info.get('backend', 'world')} world"
+    return f"{world} \u2014 replay of {info.get('description', '').removeprefix('replay of ')}" if replay else world
+
+
+def reads_as(theme: dict) -> str:
+    """The HUD's "reads as" line: "snow / dusk / fog" from a chunk's `theme`."""
+    weather = theme.get("weather", "")
+    return " / ".join(str(theme.get(k, "?")) for k in ("biome", "time_of_day")) + (f" / {weather}" if weather else "")
+
+
+def picture_rect(world: tuple[int, int], window: tuple[int, int]) -> pygame.Rect:
+    """The largest whole-number scale of the world's picture that fits the window, centred (letterboxed)."""
+    scale = max(1, min(window[0] // world[0], window[1] // world[1]))
+    w, h = world[0] * scale, world[1] * scale
+    return pygame.Rect((window[0] - w) // 2, (window[1] - h) // 2, w, h)
+
+
+def save_screenshot(folder: Path, frame: np.ndarray, screen: pygame.Surface) -> tuple[Path, Path]:
+    """F12: the frame at world resolution and the window as it is, as two PNGs in `folder`."""
+    folder.mkdir(parents=True, exist_ok=True)
+    stamp = time.strftime("%Y%m%d-%H%M%S") + f"-{int(time.time() * 1000) % 1000:03d}"
+    world, window = folder / f"screenshot-{stamp}-world.png", folder / f"screenshot-{stamp}-window.png"
+    pygame.image.save(pygame.image.frombuffer(np.ascontiguousarray(frame), frame.shape[1::-1], "RGB"), str(world))
+    pygame.image.save(screen, str(window))
+    return world, window
 
 
 def _short(path: Path) -> str:

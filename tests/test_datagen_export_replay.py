@@ -230,3 +230,13 @@ def test_datagen_bout_scale_is_recorded_and_keeps_old_datasets_resumable(dataset
     # ...and a different scale is a different dataset: its episodes are not taken as done.
     code, out, _ = run_cli(capsys, *argv[:-1], "0.5")
     assert code == 0 and last_json(out)["episodes"] == 1
+
+
+def test_the_overlay_font_keeps_its_spaces_and_wraps_by_width():
+    from world.export import overlay_font, wrap_pixels
+
+    font = overlay_font()
+    assert font.getlength("hills at") - font.getlength("hillsat") >= 3  # "green hillsat noon" no more
+    lines = wrap_pixels("green hills at noon " * 6, font, 200, max_lines=2)
+    assert len(lines) == 2 and lines[0].startswith("green hills at noon") and lines[1].endswith("\u2026")
+    assert all(font.getlength(line) <= 200 for line in lines)

@@ -4,15 +4,21 @@ Frames are upscaled nearest-neighbour (a 64x64 world stays crisp at 256x256) and
 into the ffmpeg binary bundled with imageio-ffmpeg (libx264, yuv420p: plays everywhere).
 `--overlay` adds a bar under the picture with the keys held (WASD, arrows, space, shift), the
 mouse direction and the prompt, drawn with PIL.
+
+The soundscape goes in as an AAC track (`--silent` leaves it out): the per-frame sound params a
+window recording stores ("audio" in frames.jsonl), else the ones its actions and prompts direct
+(world/soundscape.py), rendered offline at the playback rate, so the audio lasts as long as the video.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import subprocess
 import sys
-import textwrap
+import tempfile
+import wave
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +28,9 @@ from PIL import Image, ImageDraw, ImageFont
 
 from world.actions import Action
 from world.dataset import DatasetError, EpisodeReader
+from world.errors import PromptError
+from world.soundscape import SAMPLE_RATE, episode_params, render_frames
+from world.themes import parse_prompt
 
 
 class ExportError(RuntimeError):
@@ -35,11 +44,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--overlay", action="store_true", help="draw held keys, mouse and prompt")
     parser.add_argument("--fps", type=float, default=None, help="playback rate (default: the episode's fps)")
     parser.add_argument("--crf", type=int, default=18, help="x264 quality, lower is better (default 18)")
+    parser.add_argument("--silent", action="store_true", help="no sound track (default: the soundscape)")
 
 
 def run(args: argparse.Namespace) -> int:
     try:
-        summary = export_mp4(args.episode, args.out, scale=args.scale, overlay=args.overlay, fps=args.fps, crf=args.crf)
+        summary = export_mp4(args.episode, args.out, scale=args.scale, overlay=args.overlay, fps=args.fps, crf=args.crf,
+                             sound=not args.silent)  # fmt: skip
     except (DatasetError, ExportError) as e:
         print(f"export: {e}", file=sys.stderr)
         return 1
@@ -55,8 +66,9 @@ def export_mp4(
     overlay: bool = False,
     fps: float | None = None,
     crf: int = 18,
+    sound: bool = True,
 ) -> dict:
-    """Encode the episode to `out`; returns {"out", "frames", "width", "height", "fps"}."""
+    """Encode the episode to `out`; returns {"out", "frames", "width", "height", "fps", "audio_s"}."""
     reader = EpisodeReader(episode)
     if len(reader) == 0:
         raise ExportError(f"{reader.path}: episode has no complete frames to export")
@@ -67,8 +79,36 @@ def export_mp4(
     images = _images(reader, scale, painter)
     first = next(images)
     height, width = first.shape[:2]
-    _encode(_chain(first, images), Path(out), width, height, fps, crf)
-    return {"out": str(out), "frames": len(reader), "width": width, "height": height, "fps": fps}
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    audio = soundtrack(reader, fps) if sound else None
+    with tempfile.TemporaryDirectory(dir=out.parent, prefix=".export-") as tmp:
+        wav = None if audio is None else write_wav(Path(tmp) / "sound.wav", audio)
+        _encode(_chain(first, images), out, width, height, fps, crf, wav)
+    audio_s = None if audio is None else round(len(audio) / SAMPLE_RATE, 4)
+    return {"out": str(out), "frames": len(reader), "width": width, "height": height, "fps": fps, "audio_s": audio_s}
+
+
+def soundtrack(reader: EpisodeReader, fps: float) -> np.ndarray:
+    """The episode's soundscape, float32 mono at SAMPLE_RATE, exactly frames / fps seconds long."""
+
+    def prompt_theme(prompt: str | None) -> dict | None:
+        try:
+            return parse_prompt(prompt).to_json() if prompt else None
+        except PromptError:  # a generated world's free prompt: wind and steps only
+            return None
+
+    params = episode_params(reader.records, functools.lru_cache(maxsize=64)(prompt_theme))
+    return render_frames(params, fps, seed=int(reader.meta.get("seed", 0)) % 2**32)
+
+
+def write_wav(path: Path, samples: np.ndarray) -> Path:
+    with wave.open(str(path), "wb") as f:
+        f.setnchannels(1)
+        f.setsampwidth(2)
+        f.setframerate(SAMPLE_RATE)
+        f.writeframes((np.clip(samples, -1, 1) * 32767).astype("<i2").tobytes())
+    return path
 
 
 def _chain(first: np.ndarray, rest: Iterator[np.ndarray]) -> Iterator[np.ndarray]:
@@ -99,10 +139,11 @@ def pad_even(image: np.ndarray) -> np.ndarray:
     return np.pad(image, ((0, h % 2), (0, w % 2), (0, 0)))
 
 
-def _encode(images: Iterator[np.ndarray], out: Path, width: int, height: int, fps: float, crf: int) -> None:
+def _encode(images: Iterator[np.ndarray], out: Path, width: int, height: int, fps: float, crf: int,
+            wav: Path | None = None) -> None:  # fmt: skip
     import imageio_ffmpeg
 
-    out.parent.mkdir(parents=True, exist_ok=True)
+    audio = ["-i", str(wav), "-c:a", "aac", "-b:a", "96k"] if wav is not None else ["-an"]
     cmd = [
         imageio_ffmpeg.get_ffmpeg_exe(),
         "-y",
@@ -118,7 +159,7 @@ def _encode(images: Iterator[np.ndarray], out: Path, width: int, height: int, fp
         f"{fps:g}",
         "-i",
         "-",
-        "-an",
+        *audio,
         "-c:v",
         "libx264",
         "-pix_fmt",
@@ -186,15 +227,39 @@ MOUSE_CENTER_X = 186
 MOUSE_RADIUS = 13
 
 
+def overlay_font(size: int = 11) -> ImageFont.ImageFont:
+    """DejaVu Sans (bundled with matplotlib, a dependency): PIL's own default font draws spaces so
+    narrow that "green hills at noon" read as "green hillsat noon"."""
+    import matplotlib
+
+    path = Path(matplotlib.__file__).parent / "mpl-data" / "fonts" / "ttf" / "DejaVuSans.ttf"
+    return ImageFont.truetype(str(path), size) if path.is_file() else ImageFont.load_default()
+
+
+def wrap_pixels(text: str, font: ImageFont.ImageFont, width: int, max_lines: int) -> list[str]:
+    """Greedy word wrap by rendered width; the last line gets an ellipsis when text is left over."""
+    lines: list[str] = []
+    words = text.split()
+    while words and len(lines) < max_lines:
+        line = words.pop(0)
+        while words and font.getlength(f"{line} {words[0]}") <= width:
+            line += " " + words.pop(0)
+        lines.append(line)
+    if words and lines:
+        last = lines[-1]
+        while last and font.getlength(last + "\u2026") > width:
+            last = last[:-1]
+        lines[-1] = last + "\u2026"
+    return lines
+
+
 class OverlayPainter:
     """Adds the key/mouse/prompt bar under a picture of size [height, width]."""
 
     def __init__(self, height: int, width: int):
         self.height, self.width = height, width
         self.canvas_width = max(width, MIN_WIDTH)
-        self.font = ImageFont.load_default()
-        # ~6 px per character in PIL's default bitmap font.
-        self.wrap = max(10, (self.canvas_width - 8) // 6)
+        self.font = overlay_font()
 
     def paint(self, image: np.ndarray, action: Action, prompt: str) -> np.ndarray:
         canvas = Image.new("RGB", (self.canvas_width, self.height + BAR_HEIGHT), (16, 16, 16))
@@ -203,7 +268,7 @@ class OverlayPainter:
         top = self.height + 4
         self._keys(draw, top, action)
         self._mouse(draw, top, action)
-        for n, line in enumerate(textwrap.wrap(prompt, self.wrap)[:2]):
+        for n, line in enumerate(wrap_pixels(prompt, self.font, self.canvas_width - 8, max_lines=2)):
             draw.text((4, top + 2 * (BOX + GAP) + 2 + 12 * n), line, fill=TEXT, font=self.font)
         return np.asarray(canvas)
 

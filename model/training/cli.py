@@ -78,7 +78,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="what", metavar="WHAT", action=_LazySubParsers)
     sub.required = True
     for what, (_, help_text) in TARGETS.items():
-        sub.add_parser(what, help=help_text, description=help_text)
+        sub.add_parser(what, help=help_text, description=help_text, allow_abbrev=False)
 
 
 def run(args: argparse.Namespace) -> int:
