@@ -228,6 +228,18 @@ def worker_endpoint(args: argparse.Namespace, plan: Plan) -> Iterator[tuple[str,
         worker.stop()
 
 
+def worker_env() -> dict[str, str]:
+    """The local worker's environment: one CPU core fewer intra-op threads than this machine lets
+    us use (unless OMP_NUM_THREADS is set). The window needs a core of its own, and when a thread of
+    the model's is descheduled the others wait for it: on a shared 2-core machine 2 threads made a
+    generated chunk take 3-10 s where 1 thread takes 0.3-0.5 s (docs/controls.md, Pacing)."""
+    env = dict(os.environ)
+    if "OMP_NUM_THREADS" not in env:
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        env["OMP_NUM_THREADS"] = str(max(1, cores - 1))
+    return env
+
+
 class LocalWorker:
     """The worker subprocess `play` starts; revived on the same port if it dies mid-session."""
 
@@ -236,14 +248,14 @@ class LocalWorker:
 
         self.extra_args = extra_args
         print("play: starting a local worker ...", file=sys.stderr)
-        self.proc, self.endpoint = start_worker_process(extra_args=extra_args)
+        self.proc, self.endpoint = start_worker_process(extra_args=extra_args, env=worker_env())
 
     def revive(self) -> None:
         from world.worker import start_worker_process
 
         if self.proc.poll() is not None:
             print(f"play: the local worker exited ({self.proc.returncode}); restarting it", file=sys.stderr)
-            self.proc, _ = start_worker_process(bind=self.endpoint, extra_args=self.extra_args)
+            self.proc, _ = start_worker_process(bind=self.endpoint, extra_args=self.extra_args, env=worker_env())
 
     def stop(self) -> None:
         from world.worker import stop_worker_process

@@ -135,11 +135,16 @@ class PromptBox:
         surface.blit(panel, (2 * PAD, height - panel.get_height() - 2 * PAD))
 
     def _visible_text(self, font: pygame.font.Font, width: int) -> tuple[str, int]:
-        """The part of the text around the cursor that fits, and the caret's x within it."""
-        start = 0
-        while start < self.cursor and font.size(self.text[start : self.cursor])[0] > width:
-            start += 1
-        end = len(self.text)
-        while end > self.cursor and font.size(self.text[start:end])[0] > width:
-            end -= 1
-        return self.text[start:end], font.size(self.text[start : self.cursor])[0]
+        """The part of the text around the cursor that fits, and the caret's x within it. Binary
+        searches: measuring a 500-character prompt one character at a time took 20 ms a draw."""
+        text, cursor = self.text, self.cursor
+        lo, hi = 0, cursor  # the first `start` whose text[start:cursor] fits
+        while lo < hi:
+            mid = (lo + hi) // 2
+            lo, hi = (lo, mid) if font.size(text[mid:cursor])[0] <= width else (mid + 1, hi)
+        start = lo
+        lo, hi = cursor, len(text)  # the last `end` whose text[start:end] fits
+        while lo < hi:
+            mid = (lo + hi + 1) // 2
+            lo, hi = (mid, hi) if font.size(text[start:mid])[0] <= width else (lo, mid - 1)
+        return text[start:lo], font.size(text[start:cursor])[0]

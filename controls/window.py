@@ -37,6 +37,8 @@ from world.soundscape import SoundParams
 
 POLL_MS_MAX = 8  # the loop never blocks on the socket longer than this, so input stays responsive
 IDLE_REDRAW_S = 0.25  # redraw this often when nothing happens (stalls, pause, reconnecting)
+INPUT_REDRAW_S = 1 / 60  # input alone (typing a prompt) redraws at most this often: fast typing must not
+# take the CPU a worker on the same machine needs (each keystroke used to redraw the whole window)
 SEED_RANGE = 2**31
 BEHIND = 0.9  # the HUD says "behind" when the world is made at under this share of its frame rate
 BEHIND_AFTER_S = 2.0  # ... for longer than the rate meter's window (a single slow chunk is not "behind")
@@ -209,7 +211,8 @@ class PlayWindow:
 
     def step(self) -> bool:
         """One iteration; returns False once the window should close."""
-        changed = self._handle_events()
+        typed = self._handle_events()
+        changed = False
         now = monotonic()
         self._check_link()
         self._check_live()
@@ -223,9 +226,10 @@ class PlayWindow:
         else:
             self._receive(self.link.poll(POLL_MS_MAX))  # keeps the heartbeat; buffers what arrives
         now = monotonic()
-        # Redraw on a new frame or input; otherwise a few times a second for the HUD's numbers.
-        # The loop turns every few ms, and redrawing each time would take CPU from the worker.
-        if changed or now - self._last_draw >= IDLE_REDRAW_S:
+        # Redraw on a new frame, on input at most INPUT_REDRAW_S apart, otherwise a few times a second
+        # for the HUD's numbers. The loop turns every few ms; redrawing each time takes CPU from the worker.
+        since = now - self._last_draw
+        if changed or (typed and since >= INPUT_REDRAW_S) or since >= IDLE_REDRAW_S:
             self._draw(now)
         if self.config.max_frames is not None and self.frames_shown >= self.config.max_frames:
             self.running = False

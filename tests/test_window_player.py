@@ -222,3 +222,57 @@ def test_hud_words_reads_as_and_behind():
     rows = speed_rows(HudState(gen_fps=12.0, behind=True, world_fps=30.0))
     assert rows == [("speed", "world running at 12 fps, behind (wants 30)", rows[0][2])]
     assert [r[0] for r in speed_rows(HudState(gen_fps=30.0))] == ["generated", "shown"]
+
+
+# ---- typing does not stall the world ------------------------------------------------------------
+
+
+def test_typing_a_long_prompt_does_not_delay_the_next_chunk(display, worker, tmp_path):
+    """The one timing check the issue asks for: while 500 characters are typed into the prompt box
+    (the window used to redraw the whole box on every keystroke, 20 ms at that length), each chunk
+    arrives no later than one chunk time after it was due (due: the previous arrival plus the longer
+    of its display time and the time the worker took to make it, gen_ms)."""
+    client = WorldClient(worker, timeout_s=30.0)
+    client.open("generated", "green hills at noon", seed=1, options={"sampler": "diagonal"}, lookahead=2)
+    window = PlayWindow(WorldLink(client), km.load_keymap(), WindowConfig(record_dir=tmp_path, sound=False))
+    arrivals: list[tuple[float, float]] = []
+    receive = window._receive
+
+    def timed(events: list) -> None:
+        now = time.perf_counter()
+        arrivals.extend((now, e.gen_ms / 1000) for e in events if hasattr(e, "gen_ms"))
+        receive(events)
+
+    window._receive = timed
+    try:
+        run_until(window, lambda: window.frames_shown >= 6)
+        press(pygame.K_t, "t")
+        window.step()
+        typed, start = 0, len(arrivals)
+        text = ("purple elephants wander over snowy dunes at dusk " * 11)[:500]
+        while typed < len(text) or len(arrivals) < start + 4:
+            for ch in text[typed : typed + 5]:  # about as fast as xdotool types
+                pygame.event.post(pygame.event.Event(pygame.TEXTINPUT, text=ch))
+            typed = min(len(text), typed + 5)
+            assert window.step()
+        assert window.prompt_box.text == text
+    finally:
+        window.close()
+        window.link.close()
+    chunk_s = window.link.info["chunk_frames"] / window.link.info["fps"]
+    during = arrivals[start:]
+    for (before, _), (at, gen_s) in zip(during, during[1:]):
+        one_chunk = max(chunk_s, gen_s)
+        assert at - before <= 2 * one_chunk + 0.05, (at - before, gen_s)  # due after one chunk, late by < one
+
+
+def test_the_local_worker_leaves_a_core_to_the_window(monkeypatch):
+    """The stall's cause: with as many model threads as cores, a descheduled thread holds the others
+    (a 0.5 s chunk took 3-10 s on a shared 2-core machine). The local worker gets one thread fewer."""
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda _: {0, 1})
+    assert cli.worker_env()["OMP_NUM_THREADS"] == "1"
+    monkeypatch.setattr(os, "sched_getaffinity", lambda _: set(range(16)))
+    assert cli.worker_env()["OMP_NUM_THREADS"] == "15"
+    monkeypatch.setenv("OMP_NUM_THREADS", "4")  # the user's choice stands
+    assert cli.worker_env()["OMP_NUM_THREADS"] == "4"
