@@ -240,12 +240,20 @@ def worker_env() -> dict[str, str]:
     return env
 
 
+# The worker counts a session's silence from its open request, so the model load that building a
+# generated world starts with (20-30 s on a busy 2-core machine, during which a client waiting for
+# `opened` cannot heartbeat) counted as silence and a fresh session expired at the 30 s default.
+# play's own worker serves only this window, so a longer limit costs nothing.
+LOCAL_SESSION_TIMEOUT_S = 120
+
+
 class LocalWorker:
     """The worker subprocess `play` starts; revived on the same port if it dies mid-session."""
 
     def __init__(self, extra_args: tuple[str, ...]) -> None:
         from world.worker import start_worker_process
 
+        extra_args = ("--session-timeout", str(LOCAL_SESSION_TIMEOUT_S), *extra_args)
         self.extra_args = extra_args
         print("play: starting a local worker ...", file=sys.stderr)
         self.proc, self.endpoint = start_worker_process(extra_args=extra_args, env=worker_env())
@@ -386,6 +394,8 @@ def _connect_then_window(args, plan: Plan, client, endpoint: str, local: LocalWo
     import pygame
 
     from controls.connecting import ConnectScreen
+    from controls.window import PlayWindow  # noqa: F401  (its imports, the soundscape's scipy among them,
+    # take seconds on a busy machine: done before the session opens, as nothing heartbeats meanwhile)
 
     pygame.display.init()
     pygame.font.init()
@@ -480,15 +490,14 @@ class LiveTakeover:
         backend = self.reader.meta["backend"]
         endpoint = self.args.connect
         if endpoint is None:
-            progress(f"going live: starting a {backend} worker\u2026")
+            progress("going live: starting a worker\u2026")
             if self.local is None:
                 self.local = LocalWorker(self._worker_args())
             endpoint = self.local.endpoint
-        progress(f"going live: opening the {backend} world\u2026")
+        progress("going live: loading the world\u2026")
         client, info = open_live(self.reader, endpoint, AUTO_LOOKAHEAD.get(backend), timeout_s=120.0)
         end = takeover_frame(self.reader, frame)
-        catch_up(client, info, self.reader, end, lambda done: progress(f"going live: regenerating frame {done} "
-                                                                        f"of {end}\u2026"))  # fmt: skip
+        catch_up(client, info, self.reader, end, lambda done: progress(f"going live: frame {done} of {end}\u2026"))
         self.link = WorldLink(client, revive=self.local.revive if self.local else None)
         return self.link
 

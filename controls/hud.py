@@ -132,7 +132,7 @@ class Hud:
         rows += [("sound", s.sound, DIM if s.sound == "on" else WARN)] if s.sound else []
         font = self.fonts.body
         label_w = max(font.size(label)[0] for label, _, _ in rows) + PAD
-        width = min(self.size[0] - 2 * PAD, 300)
+        width = min(self.size[0] - 2 * PAD, round(340 * max(1.0, self.size[1] / 512)))  # grows with the fonts
         line_h = font.get_linesize()
         prompt_lines = wrap_text(f"\u201c{s.prompt}\u201d", font, width - 2 * PAD, max_lines=2)
         height = PAD * 2 + line_h * (len(rows) + len(prompt_lines))
@@ -226,7 +226,7 @@ def speed_rows(s: HudState) -> list[tuple[str, str, tuple[int, int, int]]]:
     """How fast the world is made and shown. When it is made slower than its own frame rate the
     first row says so plainly ("world running at 12 fps, behind"), not a steady "shown" rate."""
     if s.behind:
-        return [("speed", f"world running at {s.gen_fps:.0f} fps, behind (wants {s.world_fps:.0f})", WARN)]
+        return [("speed", f"world running at {s.gen_fps:.0f} fps, behind", WARN)]
     capacity = f" \u00b7 max {s.capacity_fps:.0f}" if s.capacity_fps else ""
     return [("generated", f"{s.gen_fps:.1f} fps{capacity}", TEXT), ("shown", f"{s.shown_fps:.1f} fps", TEXT)]
 

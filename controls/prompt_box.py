@@ -36,12 +36,12 @@ class PromptBox:
     _history: list[str] = field(default_factory=list)
     _browse: int = -1  # index into history + presets while walking with Up/Down
     _swallow: str = ""  # the character of the key that opened the box (see open())
-    refused: str = ""  # why the last Enter or keystroke did nothing, for the window to say
+    refused: str = ""  # why the last Enter or keystroke did nothing: shown in the box until the next key
 
     def open(self, initial: str = "", opened_by: str = "") -> None:
         """Show the box. `opened_by` is the text of the key that opened it: SDL sends that key
         as a TEXTINPUT right after its KEYDOWN, and it must not land in the box."""
-        self.active = True
+        self.active, self.refused = True, ""
         self.text = initial
         self.cursor = len(initial)
         self._browse = -1
@@ -65,6 +65,7 @@ class PromptBox:
         return None
 
     def _insert(self, text: str) -> None:
+        self.refused = ""
         if self._swallow and text == self._swallow:
             self._swallow = ""
             return
@@ -78,6 +79,7 @@ class PromptBox:
 
     def _key(self, key: int) -> str | None:
         self._swallow = ""  # any other key in between means the TEXTINPUT was not the opener's
+        self.refused = ""
         if key in (pygame.K_RETURN, pygame.K_KP_ENTER):
             return self._apply()
         if key == pygame.K_ESCAPE:
@@ -129,8 +131,8 @@ class PromptBox:
         panel.blit(font.render(shown, True, TEXT), (field.x + PAD, field.y + PAD // 2))
         x = field.x + PAD + caret_x  # a steady caret: a blinking one is easy to lose mid-game
         pygame.draw.line(panel, TEXT, (x, field.y + 3), (x, field.bottom - 4), 2)
-        hint = "Enter apply \u00b7 Esc cancel \u00b7 Up/Down presets"
-        hint_surface = fonts.small.render(fit_text(hint, fonts.small, field_w), True, DIM)
+        hint = self.refused or "Enter apply \u00b7 Esc cancel \u00b7 Up/Down presets"
+        hint_surface = fonts.small.render(fit_text(hint, fonts.small, field_w), True, WARN if self.refused else DIM)
         panel.blit(hint_surface, (PAD * 2, field.bottom + PAD // 2))
         surface.blit(panel, (2 * PAD, height - panel.get_height() - 2 * PAD))
 

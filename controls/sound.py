@@ -24,9 +24,11 @@ class SoundPlayer:
         self._params = SoundParams()
         self._lock = threading.Lock()  # the callback thread reads what the loop writes
         self._stream = None
-        self.problem = "" if enabled else "off"
-        if enabled:
-            self._open(sample_rate)
+        self.problem = "starting" if enabled else "off"
+        self.detail = ""
+        self._closed = False
+        if enabled:  # PortAudio probes every host API first (ALSA, JACK): 10 s here with no device
+            threading.Thread(target=self._open, args=(sample_rate,), name="sound-open", daemon=True).start()
 
     def _open(self, sample_rate: int) -> None:
         try:
@@ -36,12 +38,15 @@ class SoundPlayer:
                                                     blocksize=BLOCK, callback=self._callback)  # fmt: skip
             self._stream.start()
         except Exception as exc:  # ImportError, OSError (no PortAudio), PortAudioError (no or a busy device)
-            self._stream, self.problem = None, "no audio device"
-            self.detail = str(exc)
+            self._stream, self.problem, self.detail = None, "no audio device", str(exc)
+            return
+        self.problem = ""
+        if self._closed:  # the window closed while the device was opening
+            self.close()
 
     @property
     def state(self) -> str:
-        """What the HUD says: "on", "muted", "no audio device", or "" when sound is off."""
+        """What the HUD says: "on", "muted", "starting", "no audio device", or "" when sound is off."""
         if self.problem:
             return "" if self.problem == "off" else self.problem
         return "muted" if self.muted else "on"
@@ -68,6 +73,7 @@ class SoundPlayer:
         outdata[:, 0] = 0.0 if self.muted else samples
 
     def close(self) -> None:
+        self._closed = True
         if self._stream is not None:
             self._stream.stop()
             self._stream.close()

@@ -165,20 +165,23 @@ class PlayWindow:
         self.sound = SoundPlayer(enabled=config.sound)
         self.timeline = config.timeline
         self._speed = SPEEDS.index(1.0)
+        self._ended = False  # a replay paused itself at its last frame
         self._live_thread: threading.Thread | None = None
         self._live_status = ""  # the banner while a replay is being taken over
         self._live_result: tuple[WorldLink | None, str] | None = None
         self._behind_since: float | None = None
+        self._underruns, self._last_underrun = 0, -1e9
         self._reads_as = ""
         self._reads_theme: dict | None = None
         self._audio: list[SoundParams] = []  # the shown chunk's per-frame sound
         self.input = InputMapper(keymap, config.mouse)
+        self._window_keys = keymap.key_codes()
         self.prompt_box = PromptBox(load_presets())
         self.pacer = FramePacer(info["fps"])
         self.recorder = Recorder(config.record_dir, info, config.options)
         self.latency = KeyLatency()
         self.gen_rate, self.shown_rate = RateMeter(2.0), RateMeter(2.0)
-        self.seed = config.seed
+        self.seed = int(info.get("seed", config.seed))  # a replay's: the recording's
         self.prompt = info["prompt"]
         self.start: str = info.get("start") or ""  # what the world on screen started from (generated backend)
         self._start_notice: str | None = info.get("start_notice")
@@ -261,20 +264,26 @@ class PlayWindow:
                 self.running = False
             elif event.type == pygame.VIDEORESIZE and not self.fullscreen:
                 self._resized((event.w, event.h))
-            elif self.prompt_box.active:
+            elif self.prompt_box.active and self._window_key(event) is None:
                 self._prompt_event(event)
+            elif self.prompt_box.active:
+                getattr(self, f"_cmd_{self._window_key(event)}")(event)
             else:
                 self._play_event(event)
         self.prompt_box.end_of_batch()
         return bool(events)
 
+    def _window_key(self, event: pygame.event.Event) -> str | None:
+        """F11 / F12 (full screen, screenshot) work while the prompt box is open too."""
+        if event.type != pygame.KEYDOWN:
+            return None
+        command = self._window_keys.get(event.key)
+        return command if command in ("fullscreen", "screenshot") else None
+
     def _prompt_event(self, event: pygame.event.Event) -> None:
         prompt = self.prompt_box.handle(event)
         if prompt is not None:
             self._switch_prompt(prompt)
-        elif self.prompt_box.refused:
-            self._say(self.prompt_box.refused, warning=True)
-            self.prompt_box.refused = ""
 
     def _switch_prompt(self, prompt: str) -> None:
         self.link.call("set_prompt", prompt)
@@ -330,7 +339,7 @@ class PlayWindow:
         self.show_hud = not self.show_hud
 
     def _cmd_pause(self, _: object) -> None:
-        self.paused = not self.paused
+        self.paused, self._ended = not self.paused, False
         self.input.release_all()
 
     def _cmd_quit(self, _: object) -> None:
@@ -377,6 +386,8 @@ class PlayWindow:
         """Replay: show the recording from `frame` on (dropping what was buffered)."""
         if self.replay is None:
             return
+        if self._ended:  # a jump after the end plays again (a pause of the player's own stays)
+            self.paused = self._ended = False
         self.pacer.clear()
         self._chunks.clear()
         frame = self.replay.seek(frame)
@@ -443,6 +454,7 @@ class PlayWindow:
         frame = self._replay_frame()
         self.replay, self.link, self._generation = None, link, link.generation
         self.seed, self.prompt = link.info.get("seed", self.seed), link.info.get("prompt", self.prompt)
+        self.config.endpoint = getattr(link.client, "address", "") or self.config.endpoint
         self.pacer = FramePacer(link.info["fps"])
         self._chunks.clear()
         self._sent, self._last_keys = IDLE, ()
@@ -498,10 +510,15 @@ class PlayWindow:
         self._update_behind(now)
 
     def _update_behind(self, now: float) -> None:
-        """Behind: frames arrive at under BEHIND of the world's rate for longer than BEHIND_AFTER_S
-        (flow control holds the arrival rate at the display rate while generation keeps up)."""
+        """Behind: frames arrive at under BEHIND of the world's rate and the screen ran out of them
+        (the pacer's buffer underran) within BEHIND_AFTER_S, for longer than BEHIND_AFTER_S. Flow
+        control holds the arrival rate at the display rate while generation keeps up, so a low rate
+        alone can be a pause or jitter; an empty buffer is what the player sees as a stall."""
+        if self.pacer.underruns > self._underruns:
+            self._underruns, self._last_underrun = self.pacer.underruns, now
+        starved = now - self._last_underrun < BEHIND_AFTER_S
         slow = self.replay is None and self.gen_rate.rate(now) < BEHIND * self.link.info["fps"] and not self.paused
-        if not slow or self._shown is None:
+        if not (slow and starved) or self._shown is None:
             self._behind_since = None
         elif self._behind_since is None:
             self._behind_since = now
@@ -548,6 +565,9 @@ class PlayWindow:
         self.latency.frame_shown(shown.record, now)
         if shown.chunk_index < len(self._audio):
             self.sound.play(self._audio[shown.chunk_index])
+        if self.replay is not None and not self.paused and self._replay_frame() >= self.replay.frames - 1:
+            self.paused = self._ended = True  # the last recorded frame stays up
+            self._say("end of the recording: L continues it live, 0 plays it again")
         return True
 
     def _note_chunk(self, chunk: ChunkEvent) -> None:

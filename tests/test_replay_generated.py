@@ -74,3 +74,29 @@ def test_a_recording_whose_checkpoint_is_missing_says_which_one_it_needs(recordi
     assert str(tmp_path / "gone") in err and "--checkpoint DIR" in err
     code, _, err = run_cli(capsys, "replay", str(moved), "--checkpoint", str(world_dir))
     assert code == 2 and f"--checkpoint {world_dir} does not hold the weights" in err
+
+
+def test_chunks_say_what_the_world_reads_as_and_a_cut_prompt_in_words(world_dir):
+    """The generated backend's chunk facts: the theme classifier's reading (the bundled classifier
+    reads 64x64 frames, as the tiny world makes) and, once, a sentence instead of the text
+    encoder's truncation warning."""
+    import warnings
+
+    from world.actions import IDLE
+    from world.backends.generated import GeneratedBackend
+    from world.themes import BIOMES
+
+    backend = GeneratedBackend(checkpoint=str(world_dir), device="cpu")
+    try:
+        backend.reset(0, "green hills")
+        theme = backend.take_reset_chunk().extra["theme"]
+        assert theme["source"] == "classifier" and theme["biome"] in BIOMES and theme["text"]
+        long_prompt = " ".join(f"word{k}" for k in range(60))
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # no Python warning reaches the terminal
+            backend.set_prompt(long_prompt)
+            first, second = backend.step_chunk([IDLE] * 3), backend.step_chunk([IDLE] * 3)
+        assert first.extra["prompt_notice"].startswith("long prompt: cut to the first ")
+        assert "prompt_notice" not in second.extra
+    finally:
+        backend.close()

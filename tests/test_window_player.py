@@ -112,6 +112,15 @@ def test_replay_plays_steps_jumps_and_shows_the_recorded_actions(display, record
     window.step()
     assert window.pacer.period == pytest.approx(1 / 60)  # 2x
     assert window.recorder.recording is False and window.link.client is None  # nothing is sent anywhere
+    press(pygame.K_p)
+    window.step()
+    assert not window.paused
+    run_until(window, lambda: window.paused)  # at the last frame the replay stops and says so
+    assert window._replay_frame() == 23 and "end of the recording" in window.hud_state(time.perf_counter()).message
+    press(pygame.K_0)
+    window.step()
+    assert not window.paused  # a jump after the end plays again
+    run_until(window, lambda: window._replay_frame() < 23)
 
 
 def test_l_takes_over_live_from_the_frame_on_screen(display, recording, engine_worker, tmp_path):
@@ -220,7 +229,7 @@ def test_hud_words_reads_as_and_behind():
     from controls.hud import HudState, speed_rows
 
     rows = speed_rows(HudState(gen_fps=12.0, behind=True, world_fps=30.0))
-    assert rows == [("speed", "world running at 12 fps, behind (wants 30)", rows[0][2])]
+    assert rows == [("speed", "world running at 12 fps, behind", rows[0][2])]
     assert [r[0] for r in speed_rows(HudState(gen_fps=30.0))] == ["generated", "shown"]
 
 
@@ -276,3 +285,16 @@ def test_the_local_worker_leaves_a_core_to_the_window(monkeypatch):
     assert cli.worker_env()["OMP_NUM_THREADS"] == "15"
     monkeypatch.setenv("OMP_NUM_THREADS", "4")  # the user's choice stands
     assert cli.worker_env()["OMP_NUM_THREADS"] == "4"
+
+
+def test_the_prompt_box_says_why_enter_or_a_key_did_nothing(display):
+    from controls.prompt_box import PromptBox
+
+    box = PromptBox()
+    box.open()
+    assert box.handle(pygame.event.Event(pygame.KEYDOWN, key=pygame.K_RETURN)) is None
+    assert box.active and box.refused.startswith("type a prompt first")  # shown in the box's hint line
+    box.handle(pygame.event.Event(pygame.TEXTINPUT, text="x" * 501))
+    assert len(box.text) == 500 and box.refused == "a prompt holds at most 500 characters"
+    box.handle(pygame.event.Event(pygame.KEYDOWN, key=pygame.K_BACKSPACE))
+    assert box.refused == ""
