@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+import warnings
 
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "play": ("controls.cli", "open the window (or a --headless client) on a world"),
@@ -51,7 +52,13 @@ def build_parser(argv: list[str]) -> argparse.ArgumentParser:
     return parser
 
 
+def _plain_warning(message, category, filename, lineno, line=None) -> str:
+    """A warning as one line for a person ("run_world.py: warning: ..."), never Python's source line."""
+    return f"run_world.py: warning: {message}\n"
+
+
 def main(argv: list[str] | None = None) -> int:
+    warnings.formatwarning = _plain_warning
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv:
         argv = ["play"]  # no arguments: local worker + window on the default world

@@ -341,6 +341,14 @@ def _session(args, plan: Plan, endpoint: str, local: LocalWorker | None, prepare
     client = WorldClient(endpoint, timeout_s=60.0 if plan.backend == "generated" else 10.0)
     if not args.headless:
         return _connect_then_window(args, plan, client, endpoint, local, prepared)
+    from controls.probe import probe
+
+    print(f"play: connecting to {endpoint} ...", file=sys.stderr)
+    problem = probe(client)  # a dead address is said in 10 s, not after the open's long timeout
+    if problem:
+        client.close()
+        print(f"play: {problem}", file=sys.stderr)
+        return None
     try:
         info = _open(client, plan, args)
     except WorldRequestError as exc:
@@ -497,7 +505,11 @@ class LiveTakeover:
         progress("going live: loading the world\u2026")
         client, info = open_live(self.reader, endpoint, AUTO_LOOKAHEAD.get(backend), timeout_s=120.0)
         end = takeover_frame(self.reader, frame)
-        catch_up(client, info, self.reader, end, lambda done: progress(f"going live: frame {done} of {end}\u2026"))
+        try:
+            catch_up(client, info, self.reader, end, lambda done: progress(f"going live: frame {done} of {end}\u2026"))
+        except BaseException:
+            client.close()  # the replay goes on; a later L opens a new session
+            raise
         self.link = WorldLink(client, revive=self.local.revive if self.local else None)
         return self.link
 
@@ -506,7 +518,7 @@ class LiveTakeover:
         meta = self.reader.meta
         if meta["backend"] != "generated":
             return ()
-        from world.backends.generated import find_checkpoint
+        from world.backends.regenerate import find_checkpoint
 
         model = meta.get("model") if isinstance(meta.get("model"), dict) else {}
         checkpoint = self.args.checkpoint or (str(find_checkpoint(model, self.reader.path)) if model else None)

@@ -17,9 +17,9 @@ from collections.abc import Callable
 import pygame
 
 from controls.hud import BAD, DIM, PAD, TEXT, Fonts, wrap_text
+from controls.probe import ATTEMPTS, probe
 from world.client import WorldClient, WorldConnectionError, WorldRequestError
 
-ATTEMPTS = 10  # probes, one second each, before giving up on an address
 SHOW_ERROR_S = 6.0  # how long a failure stays on screen (any key closes it sooner)
 BACKGROUND = (12, 14, 18)
 
@@ -63,18 +63,12 @@ class ConnectScreen:
             self._done.set()
 
     def _probe(self, client: WorldClient) -> bool:
-        for k in range(1, self.attempts + 1):
-            if self.cancelled:
-                return False
+        def attempt(k: int) -> bool:
             self.attempt = k
-            try:
-                client.status(timeout_s=1.0)
-                return True
-            except WorldConnectionError:
-                continue
-        self.error = (f"no worker answers at {self.endpoint} ({self.attempts} attempts in {self.attempts} s): check "
-                      f"the address, or start one there with `python run_world.py serve --bind {self.endpoint}`")
-        return False
+            return not self.cancelled
+
+        self.error = probe(client, self.attempts, attempt) or ""
+        return not self.error and not self.cancelled
 
     def _pump(self) -> bool:
         """Handle window events; True when a key was pressed."""

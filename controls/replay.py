@@ -98,6 +98,16 @@ class RecordingLink:
         pass
 
 
+class _CatchUp(HeadlessRun):
+    """The exact scripted run, telling `progress(frames done)` after each chunk."""
+
+    progress: Callable[[int], None] | None = None
+
+    def on_chunk(self, chunk: ChunkEvent) -> None:
+        if self.progress is not None:
+            self.progress(self.done)
+
+
 def recorded_actions(record: dict) -> str:
     """The HUD's line for a recorded frame's action: held keys and mouse."""
     action = record.get("action") or {}
@@ -146,15 +156,10 @@ def catch_up(client: WorldClient, info: dict, reader: EpisodeReader, frames: int
              progress: Callable[[int], None] | None = None) -> None:
     """Regenerate the recording's first `frames` frames in the live session (exact actions and
     prompts), then release the worker: its next chunk follows the held input."""
-
-    class _Run(HeadlessRun):
-        def on_chunk(self, chunk: ChunkEvent) -> None:
-            if progress is not None:
-                progress(self.done)
-
     prompt = reader.meta.get("prompt") or reader.records[0].get("prompt", "")
     script = catch_up_script(reader, frames)
-    run = _Run(client, info, HeadlessConfig(frames=frames, seed=reader.meta["seed"], prompt=prompt, script=script))
+    run = _CatchUp(client, info, HeadlessConfig(frames=frames, seed=reader.meta["seed"], prompt=prompt, script=script))
+    run.progress = progress
     run.run()
     if run.acks:
         client.ack(max(run.acks))  # the chunks consumed: the worker goes on with the player's input

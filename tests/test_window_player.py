@@ -175,6 +175,14 @@ def test_the_connecting_screen_shows_at_once_and_then_a_clear_failure(display, m
     assert pixels.max() > 100 and (pixels[..., 0] > pixels[..., 2] + 50).any()  # red text, not a black window
 
 
+def test_headless_play_against_a_dead_address_says_so_in_seconds(monkeypatch, capsys):
+    monkeypatch.setattr("controls.probe.ATTEMPTS", 2)
+    assert cli.run(parse(["--headless", "--connect", "tcp://127.0.0.1:9", "--frames", "3"])) == 1
+    err = capsys.readouterr().err
+    assert "play: connecting to tcp://127.0.0.1:9" in err
+    assert "no worker answers at tcp://127.0.0.1:9 (2 attempts" in err
+
+
 def test_a_prompt_timeline_switches_prompts_when_their_time_comes(tmp_path):
     path = tmp_path / "prompts.tsv"
     path.write_text("# time\tprompt\n0\tgreen hills at noon\n0:01.5\tdesert at dusk\n\n3\tsnowy peaks at night\n")
@@ -225,6 +233,11 @@ def test_resizing_letterboxes_with_whole_number_scales_and_f12_saves_two_pngs(di
 
 
 def test_hud_words_reads_as_and_behind():
+    from controls.window import window_title
+
+    assert window_title({"backend": "engine"}, False) == "engine world"  # not "generated world - engine"
+    assert window_title({"backend": "generated", "description": "replay of ep-s3"}, True) == \
+        "generated world \u2014 replay of ep-s3"
     assert reads_as({"biome": "snow", "time_of_day": "dusk", "weather": "fog"}) == "snow / dusk / fog"
     from controls.hud import HudState, speed_rows
 

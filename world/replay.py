@@ -190,7 +190,7 @@ def _backend_for(reader: EpisodeReader, checkpoint: str | None, device: str | No
     """The backend that makes the recording again, and whether it runs with the recorded settings."""
     meta = reader.meta
     if meta["backend"] == "generated":
-        from world.backends.generated import regenerating_backend
+        from world.backends.regenerate import regenerating_backend
 
         return regenerating_backend(meta, reader.path, checkpoint, device)
     if meta["backend"] != "engine":

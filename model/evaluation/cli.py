@@ -53,8 +53,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--steps", type=int, help="denoising steps of the teacher/uniform sampler (default: its own)")
     parser.add_argument("--schedule", help="per-chunk steps of the diagonal sampler, e.g. 4,3,2 (default: the "
                         "checkpoint's); counts above 4 run on a finer grid than the student was distilled on")
-    parser.add_argument("--context-noise", type=float, help="network time (0, 1000) of the diagonal sampler's "
-                        "context K/V (default: the checkpoint's, the value it was distilled with)")
+    parser.add_argument("--context-noise", type=float, help="diagonal sampler: how much noise (0-1000) the model's "
+                        "memory of past frames keeps (default: the value the world was distilled with)")
     parser.add_argument("--rewarm", action="store_const", const=True, default=None,
                         help="diagonal sampler: restart its schedule after each prompt switch")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda (world, IDM and classifier)")

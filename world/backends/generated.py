@@ -57,8 +57,6 @@ What every chunk's extra also carries (docs/protocol.md section 5):
 
 from __future__ import annotations
 
-import re
-import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -67,6 +65,7 @@ import numpy as np
 
 from world.actions import IDLE, Action, actions_to_array
 from world.backend import Backend, BackendError, BackendInfo, ChunkResult, PromptError
+from world.backends.notices import PromptNotice
 from world.start import START_MODES, StartImage, StartImageError, as_start_image, fit_image
 
 if TYPE_CHECKING:  # model (torch) is imported only once a world is built
@@ -171,8 +170,10 @@ class GeneratedBackend(Backend):
         `take_reset_chunk`."""
         _check_prompt(prompt)
         self._reset_chunk = None
-        with _prompt_warnings(self, prompt):
-            return self._reset(seed, prompt)
+        with PromptNotice(prompt) as caught:
+            last = self._reset(seed, prompt)
+        self._prompt_notice = caught.notice or self._prompt_notice  # said by the next chunk
+        return last
 
     def _reset(self, seed: int, prompt: str) -> np.ndarray:
         if self._start == "engine":
@@ -249,8 +250,9 @@ class GeneratedBackend(Backend):
     def set_prompt(self, prompt: str) -> None:
         _check_prompt(prompt)
         self._require_started()
-        with _prompt_warnings(self, prompt):
+        with PromptNotice(prompt) as caught:
             self.stream.set_prompt(prompt)
+        self._prompt_notice = caught.notice or self._prompt_notice
 
     def step_chunk(self, actions: Sequence[Action]) -> ChunkResult:
         self._require_started()
@@ -306,77 +308,6 @@ def regeneration_facts(model, sampler: Sampler, options: dict) -> dict:
     }
 
 
-SAMPLER_OPTIONS = ("sampler", "steps", "schedule", "context_noise", "rewarm", "guidance")
-
-
-def regenerating_backend(meta: dict, where: Path, checkpoint: str | None = None,
-                         device: str | None = None) -> tuple[GeneratedBackend, bool]:
-    """A backend that makes a generated recording (its meta.json `meta`) again, and whether it runs
-    with the recorded settings (device, dtype, sampler), where frames must come out bit-identical.
-    The checkpoint is the one whose weights the recording names (`--checkpoint` or the recorded
-    path or a bundled world); BackendError names the one it needs when none has those weights."""
-    facts = meta.get("model")
-    if isinstance(facts, dict):
-        found = find_checkpoint(facts, where, checkpoint)
-        options = {k: v for k, v in facts.get("sampler_options", {}).items() if k in SAMPLER_OPTIONS and v is not None}
-    elif checkpoint is None:
-        raise BackendError(f"{where}: the recording does not say which checkpoint made it (it predates recordings "
-                           "that carry `model`); pass --checkpoint DIR to regenerate it with one")  # fmt: skip
-    else:
-        found = Path(checkpoint)
-        options = {k: v for k, v in meta.get("options", {}).items() if k in SAMPLER_OPTIONS}
-    recorded_device = facts.get("device") if isinstance(facts, dict) else None
-    backend = GeneratedBackend(checkpoint=str(found), device=device or _usable(recorded_device), **options)
-    same = isinstance(facts, dict) and all(backend._facts[k] == facts.get(k) for k in ("device", "dtype", "sampler"))
-    return backend, same
-
-
-def _usable(device: str | None) -> str:
-    """The recorded device when this machine has it, else the CPU."""
-    if device is None or device == "cpu":
-        return "cpu"
-    import torch
-
-    return device if device.startswith("cuda") and torch.cuda.is_available() else "cpu"
-
-
-def find_checkpoint(facts: dict, where: Path, override: str | None = None) -> Path:
-    """The checkpoint directory whose dit and autoencoder weights have the recorded hashes."""
-    wanted = facts.get("sha256") or {}
-    name = f"{facts.get('checkpoint_name', '?')} (step {facts.get('step', '?')}, dit sha256 " \
-           f"{str(wanted.get('dit', '?'))[:12]})"
-    if override is not None:
-        if _weights_match(Path(override), wanted):
-            return Path(override)
-        raise BackendError(f"{where}: --checkpoint {override} does not hold the weights this recording was made "
-                           f"with; it needs {name}")  # fmt: skip
-    bundled = sorted(p for p in ASSETS.iterdir() if (p / "config.json").is_file())
-    for candidate in (Path(str(facts.get("checkpoint", ""))), *bundled):
-        if _weights_match(candidate, wanted):
-            return candidate
-    raise BackendError(f"{where}: regenerating this recording needs the world checkpoint {name}, recorded at "
-                       f"{facts.get('checkpoint')}; it is not there and no bundled world has those weights. "
-                       "Pass --checkpoint DIR with them")  # fmt: skip
-
-
-def _weights_match(directory: Path, wanted: dict) -> bool:
-    """Whether a checkpoint directory (or a training run holding one in checkpoint/) has the wanted
-    weight files' hashes. Reads config.json and hashes files, without torch, so the window can call it."""
-    import json
-
-    from world.files import sha256_file
-
-    if not wanted or not str(directory):
-        return False
-    if not (directory / "config.json").is_file():
-        directory = directory / "checkpoint"  # model.common.checkpoint.checkpoint_dir's convention
-    try:
-        modules = json.loads((directory / "config.json").read_text())["modules"]
-        return all(sha256_file(directory / modules[name]["file"]) == digest for name, digest in wanted.items())
-    except (OSError, ValueError, KeyError, TypeError):
-        return False
-
-
 def _theme_reader(device, size: int):
     """The bundled theme classifier on `device`, or None when it is absent or reads another size."""
     if not (CLASSIFIER_CHECKPOINT / "config.json").is_file():
@@ -400,39 +331,6 @@ def _read_theme(reader, frames: np.ndarray) -> dict:
     names = [reader.config.classes(f)[int(k)] for f, k in zip(("biome", "time_of_day", "weather"), labels)]
     theme = Theme(*names)
     return {**theme.to_json(), "text": describe(theme), "source": "classifier"}
-
-
-class _prompt_warnings:
-    """Turns the text encoder's truncation warning into the backend's `prompt_notice`, a sentence
-    for the player ("cut to the first N words"), instead of a Python warning on the terminal."""
-
-    PATTERN = re.compile(r"prompt has (\d+) tokens, only the first (\d+)")
-
-    def __init__(self, backend: GeneratedBackend, prompt: str) -> None:
-        self.backend, self.words = backend, len(prompt.split())
-        self._catcher = warnings.catch_warnings(record=True)
-
-    def __enter__(self) -> None:
-        self._caught = self._catcher.__enter__()
-        warnings.simplefilter("always")
-
-    def __exit__(self, *exc: object) -> None:
-        self._catcher.__exit__(*exc)
-        for w in self._caught:
-            match = self.PATTERN.search(str(w.message))
-            if match is None:
-                warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)  # not ours: pass it on
-                continue
-            tokens, kept = int(match.group(1)), int(match.group(2))
-            self.backend._prompt_notice = cut_notice(self.words, tokens, kept)
-
-
-def cut_notice(words: int, tokens: int, kept: int) -> str:
-    """The player's sentence for a prompt longer than the text encoder's token slots: the words kept
-    are estimated from the token counts (a word is one token or more)."""
-    first = max(1, min(words, words * kept // max(tokens, 1)))
-    return (f"long prompt: cut to the first {first} words (the world reads {kept} of its {tokens} tokens one "
-            "by one, the rest only as a summary)")
 
 
 def _summary(sampler: Sampler) -> str:
