@@ -58,7 +58,6 @@ def _plain_warning(message, category, filename, lineno, line=None) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    warnings.formatwarning = _plain_warning
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv:
         argv = ["play"]  # no arguments: local worker + window on the default world
@@ -70,4 +69,5 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    warnings.formatwarning = _plain_warning  # the process's own: callers of main() keep theirs
     sys.exit(main())

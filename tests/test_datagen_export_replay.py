@@ -244,10 +244,8 @@ def test_the_overlay_font_keeps_its_spaces_and_wraps_by_width():
 
 def test_options_are_never_abbreviated_and_warnings_are_one_plain_line(capsys):
     """`serve --backend engine` once meant `--backend-module engine` and died in a traceback."""
-    import warnings
-
     for argv in (["serve", "--backend", "engine"], ["play", "--head"], ["replay", "x", "--check", "y"]):
         with pytest.raises(SystemExit) as exit_info:
             run_world.main(argv)
         assert exit_info.value.code == 2 and "unrecognized arguments" in capsys.readouterr().err
-    assert warnings.formatwarning("cut", UserWarning, "/x.py", 3) == "run_world.py: warning: cut\n"
+    assert run_world._plain_warning("cut", UserWarning, "/x.py", 3) == "run_world.py: warning: cut\n"
