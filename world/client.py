@@ -45,6 +45,8 @@ INFO_FIELDS = (
     "window",
     "start",  # what the world's first chunk starts from (generated backend), else None
     "start_notice",  # why the start is not the one asked for (e.g. "start: text (the engine does not know ...)")
+    "security",  # "curve" (authenticated, encrypted) or "none"
+    "notice",  # what the worker tells every client, e.g. that it runs --insecure beyond loopback
 )
 
 
@@ -55,10 +57,11 @@ class WorldConnectionError(ConnectionError):
 class WorldRequestError(RuntimeError):
     """The worker refused a blocking request (open, status); `code` is the protocol error code."""
 
-    def __init__(self, code: str, message: str):
+    def __init__(self, code: str, message: str, retry_after_s: float | None = None):
         super().__init__(f"{code}: {message}")
         self.code = code
         self.message = message
+        self.retry_after_s = retry_after_s  # on "busy": when trying again may succeed
 
 
 @dataclass(frozen=True)
@@ -218,7 +221,7 @@ class WorldClient:
             self._socket = None
             raise
         if isinstance(reply, P.Error):
-            raise WorldRequestError(reply.code, reply.message)
+            raise WorldRequestError(reply.code, reply.message, reply.retry_after_s)
         if not isinstance(reply, P.Opened):
             raise WorldRequestError(P.BAD_MESSAGE, f"unexpected reply {reply.TYPE} to open")
         self._spec = _OpenSpec(backend, prompt, seed, dict(options or {}), lookahead, start_image)

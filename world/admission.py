@@ -1,0 +1,112 @@
+"""Who may open a session, checked before anything is built (docs/protocol.md, "Admission").
+
+The worker admits an `open` only if
+
+- the client holds fewer than `per_client` sessions (opening ones included), counted both per
+  ZeroMQ routing identity and, on an authenticated worker, per client key: one socket, or one key
+  behind many sockets, cannot take the worker's sessions from everybody else
+  (`too_many_sessions`, which waiting does not cure);
+- the worker serves fewer than `max_sessions` sessions, and
+- the estimated memory of all sessions plus the new one fits `memory_budget_bytes` (both `busy`
+  with a `retry_after_s` hint: a slot frees when someone leaves).
+
+The memory estimate is deliberately simple and pessimistic (frames in flight plus a per-backend
+base: the engine's per-pixel buffers, the generated world's weights on disk); it exists so an
+`open` is refused before a backend is built, not after the machine starts swapping.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from world import protocol as P
+
+MIB = 1024 * 1024
+# Bytes per pixel the engine keeps besides its frames (height map, depth and colour buffers).
+ENGINE_BYTES_PER_PIXEL = 64
+BACKEND_BASE_BYTES = {"engine": 16 * MIB, "generated": 256 * MIB}
+DEFAULT_GEOMETRY = {"height": 64, "width": 64, "chunk_frames": 3}
+
+
+@dataclass(frozen=True)
+class Holder:
+    """What one admitted (or opening) session counts against: its client and its estimated cost."""
+
+    identity: bytes
+    user: str | None  # the client's public key (z85) on an authenticated worker, else None
+    bytes: int
+
+
+@dataclass(frozen=True)
+class AdmissionConfig:
+    max_sessions: int = 8
+    per_client: int = 2
+    memory_budget_bytes: int = 0  # 0: half the machine's memory (default_memory_budget)
+    retry_after_s: float = 5.0
+
+
+def default_memory_budget() -> int:
+    """Half of the machine's memory (the other half is the OS's, the clients' and the model's
+    runtime): /proc/meminfo where it exists, else 8 GiB."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemTotal:"):
+                    return int(line.split()[1]) * 1024 // 2
+    except (OSError, ValueError, IndexError):
+        pass
+    return 8 * 1024 * MIB
+
+
+def directory_bytes(path: str | os.PathLike | None) -> int:
+    """Total size of the regular files directly or indirectly under `path` (0 when unreadable)."""
+    if path is None:
+        return 0
+    total = 0
+    for root, _, files in os.walk(path):
+        for name in files:
+            try:
+                total += os.stat(Path(root) / name, follow_symlinks=False).st_size
+            except OSError:
+                continue
+    return total
+
+
+def estimate_bytes(backend: str, options: dict, lookahead: int, weights_bytes: int = 0) -> int:
+    """Pessimistic resident memory of one session: `lookahead` + 2 chunks of frames (in flight,
+    being made, being encoded), the backend's base and, for the engine, its per-pixel buffers."""
+    geometry = {k: options.get(k, v) for k, v in DEFAULT_GEOMETRY.items()}
+    pixels = int(geometry["height"]) * int(geometry["width"])
+    frames = pixels * 3 * int(geometry["chunk_frames"]) * (lookahead + 2)
+    extra = pixels * ENGINE_BYTES_PER_PIXEL if backend == "engine" else 0
+    return frames + extra + BACKEND_BASE_BYTES.get(backend, 16 * MIB) + weights_bytes
+
+
+class Admission:
+    """The admission rules over the sessions held now (`holders`: open and opening ones)."""
+
+    def __init__(self, config: AdmissionConfig):
+        self.config = config
+        self.budget = config.memory_budget_bytes or default_memory_budget()
+
+    def check(self, holders: Iterable[Holder], new: Holder) -> None:
+        """Raise ProtocolError (too_many_sessions or busy with retry_after_s) unless `new` fits."""
+        holders = list(holders)
+        mine = sum(1 for h in holders if h.identity == new.identity or (new.user is not None and h.user == new.user))
+        if mine >= self.config.per_client:
+            cap = self.config.per_client
+            raise P.ProtocolError(P.TOO_MANY_SESSIONS, f"this client already holds {mine} sessions, the most one "
+                                  f"client may hold on this worker ({cap}); close one first")  # fmt: skip
+        if len(holders) >= self.config.max_sessions:
+            self._busy(f"the worker serves its maximum of {self.config.max_sessions} sessions")
+        used = sum(h.bytes for h in holders)
+        if used + new.bytes > self.budget:
+            self._busy(f"the session needs about {new.bytes // MIB} MiB and {used // MIB} of the worker's "
+                       f"{self.budget // MIB} MiB memory budget are taken")  # fmt: skip
+
+    def _busy(self, why: str) -> None:
+        retry = self.config.retry_after_s
+        raise P.ProtocolError(P.BUSY, f"{why}; retry in {retry:g} s", retry_after_s=retry)
