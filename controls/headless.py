@@ -287,6 +287,9 @@ class HeadlessRun:
         left = self.config.frames - self.done  # the last chunk may hold more frames than needed
         if self.recorder:
             self.recorder.append(chunk, self.config.seed, limit=min(left, len(chunk.frames)))
+            failure = self.recorder.take_failure()
+            if failure:  # e.g. the disk is full: the run goes on without recording
+                print(f"play: {failure}", file=sys.stderr)
         if count:  # with realtime the loop counts frames as they are shown
             self.done += min(left, len(chunk.frames))
         self.acks.append(chunk.seq)

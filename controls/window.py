@@ -283,6 +283,13 @@ class PlayWindow:
     def _cmd_quit(self, _: object) -> None:
         self.running = False
 
+    def _report_record_failure(self) -> None:
+        """A recording that stopped on a write error (full disk): say so; play goes on."""
+        failure = self.recorder.take_failure()
+        if failure:
+            self._say(failure, error=True)
+            print(f"play: {failure}", file=sys.stderr)
+
     def _toggle_record(self) -> None:
         if self.recorder.recording:
             frames, path = self.recorder.frames, self.recorder.stop()
@@ -341,6 +348,7 @@ class PlayWindow:
             self._note_start(chunk)
             self.link.call("ack", chunk.seq)  # acked when shown: the worker stays <= window ahead of the eye
             self.recorder.append(chunk, self.seed, self._world_key(chunk))
+            self._report_record_failure()
         self._shown = shown
         self.prompt = shown.record.get("prompt", self.prompt)
         self.frames_shown += 1

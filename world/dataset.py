@@ -244,10 +244,17 @@ class EpisodeWriter:
             os.fsync(f.fileno())
 
     def close(self) -> None:
-        """Close the files. Writes nothing the reader needs: a killed writer's episode loads too."""
+        """Close the files. Writes nothing the reader needs: a killed writer's episode loads too.
+        Both are closed even when flushing one fails (a full disk); then the first error is raised."""
+        error: OSError | None = None
         for f in (self._frames, self._records):
-            if not f.closed:
-                f.close()
+            try:
+                if not f.closed:
+                    f.close()
+            except OSError as exc:  # a buffered file is closed even when its last flush fails
+                error = error or exc
+        if error is not None:
+            raise error
 
 
 class EpisodeReader:

@@ -950,6 +950,8 @@ def run(args: argparse.Namespace) -> int:
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
+    if args.exit_with_parent:
+        watch_parent(stop)
 
     def ready(endpoint: str) -> None:
         log.info("serving on %s (backends: %s)", endpoint, ", ".join(backend_names()))
@@ -961,7 +963,32 @@ def run(args: argparse.Namespace) -> int:
         log.error("cannot bind %s: %s", config.bind, exc)
         return 1
     log.info("worker stopped")
-    return 0 if clean else 1
+    code = 0 if clean else 1
+    # Jobs still running (a world being built) would keep the interpreter alive until they end;
+    # everything that matters is closed, so leave now.
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
+def watch_parent(stop: threading.Event, grace_s: float = 1.0) -> None:
+    """Stop when stdin reaches end of file, and exit `grace_s` later whatever is still running.
+
+    The parent that started this worker (`play`, world.worker.start_worker_process) holds the
+    other end of stdin: when it dies, by any signal including SIGKILL, the kernel closes it and
+    this read returns. A pipe, not PR_SET_PDEATHSIG: that fires when the parent *thread* that
+    forked ends, and `play` restarts its worker from a short-lived reconnect thread."""
+
+    def watch() -> None:
+        while sys.stdin.buffer.read(4096):
+            pass
+        log.info("the parent process is gone: stopping")
+        stop.set()
+        time.sleep(grace_s)
+        os._exit(0)  # a chunk or a build that outlives the grace does not keep an orphan alive
+
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
 
 
 class WorkerStartError(RuntimeError):
@@ -975,13 +1002,16 @@ def start_worker_process(
     bind: str = "tcp://127.0.0.1:0", extra_args: Sequence[str] = (), timeout_s: float = 30.0,
     env: Mapping[str, str] | None = None,
 ) -> tuple[subprocess.Popen, str]:
-    """Launch `python run_world.py serve --bind BIND ...` and wait (bounded) for its READY line.
+    """Launch `python run_world.py serve --bind BIND --exit-with-parent ...` and wait (bounded) for
+    its READY line.
 
     Returns (process, endpoint). stderr is inherited so the worker's log shows up with ours; `env`
-    replaces the environment it starts with (default: ours).
+    replaces the environment it starts with (default: ours). The worker's stdin is a pipe only
+    this process holds: however this process dies, the worker sees end of file and exits.
     """
-    cmd = [sys.executable, str(REPO_ROOT / "run_world.py"), "serve", "--bind", bind, *extra_args]
-    proc = subprocess.Popen(cmd, cwd=REPO_ROOT, stdout=subprocess.PIPE, text=True, env=env)
+    cmd = [sys.executable, str(REPO_ROOT / "run_world.py"), "serve", "--bind", bind, "--exit-with-parent",
+           *extra_args]  # fmt: skip
+    proc = subprocess.Popen(cmd, cwd=REPO_ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
     try:
         endpoint = _wait_ready(proc, timeout_s)
     except BaseException:
