@@ -34,6 +34,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     from world.client import DEFAULT_PROMPT
 
     parser.add_argument("--connect", metavar="tcp://HOST:PORT", help="use a running worker (default: start one)")
+    parser.add_argument("--client-key", metavar="FILE", help="with --connect to a worker that authenticates: your "
+                        "secret key (NAME.key_secret from `run_world.py keys --name NAME`)")
+    parser.add_argument("--server-key", metavar="FILE|KEY", help="with --client-key: the worker's public key (its "
+                        ".key file or the 40 characters); its fingerprint is printed on connect")
     parser.add_argument(
         "--backend", choices=("engine", "generated"), default=None,
         help=f"world backend (default: {default_backend()}; 'generated' once assets/default_world/ exists)",
@@ -298,7 +302,7 @@ def _session(args, plan: Plan, endpoint: str, local: LocalWorker | None, prepare
 
     # Opening a generated world may load a checkpoint: allow it time. Later blocking calls
     # (reconnects) run off the window's thread, so this timeout never freezes the window.
-    client = WorldClient(endpoint, timeout_s=60.0 if plan.backend == "generated" else 10.0)
+    client = WorldClient(endpoint, timeout_s=60.0 if plan.backend == "generated" else 10.0, keys=client_keys(args))
     try:
         info = _open(client, plan, args)
     except WorldRequestError as exc:
@@ -306,11 +310,31 @@ def _session(args, plan: Plan, endpoint: str, local: LocalWorker | None, prepare
         raise UsageError(f"the worker refused to open the world: {exc.message}") from None
     except WorldConnectionError as exc:
         client.close()
-        print(f"play: {exc}", file=sys.stderr)
+        hint = " (a worker that authenticates drops clients whose key it does not list)" if client.keys else ""
+        print(f"play: {exc}{hint}", file=sys.stderr)
         return None
+    if info.get("notice"):
+        print(f"play: the worker says: {info['notice']}", file=sys.stderr)
     if args.headless:
         return _headless(args, client, info, prepared, plan.options)
     return _window(args, client, info, prepared, endpoint, local, plan.options)
+
+
+def client_keys(args: argparse.Namespace):
+    """The CURVE keys from --client-key / --server-key (world/auth.py), or None. UsageError."""
+    from world.auth import AuthError, ClientKeys, fingerprint, read_public_key, read_secret_key
+
+    if args.client_key is None and args.server_key is None:
+        return None
+    if args.client_key is None or args.server_key is None or not args.connect:
+        raise UsageError("--client-key and --server-key go together, with --connect")
+    try:
+        public, secret = read_secret_key(args.client_key)
+        server = read_public_key(args.server_key)
+    except AuthError as exc:
+        raise UsageError(str(exc)) from None
+    print(f"play: worker key {fingerprint(server)}, client key {fingerprint(public)}", file=sys.stderr)
+    return ClientKeys(public, secret, server)
 
 
 def _open(client, plan: Plan, args: argparse.Namespace) -> dict:

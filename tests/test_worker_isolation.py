@@ -118,3 +118,24 @@ def test_liveness_counts_receipt_on_the_io_thread_not_the_loop():
     heard[b"\x00a"] = 5.0  # the I/O thread got a ping at t=5 that the loop has not handled yet
     assert core.expire(now=5.5) == [] and len(core.sessions) == 1
     assert len(core.expire(now=6.5)) == 1  # silent since t=5: closed
+
+
+def test_the_budget_protects_other_clients_and_spares_a_session_alone():
+    core = WorkerCore(WorkerConfig(chunk_budget_s=0.05), "test")
+
+    def replies(out) -> list[P.Message]:
+        return [P.decode_reply(o.frames)[0] for o in out]
+
+    def open_as(identity: bytes, **options) -> str:
+        (opened,) = replies(core.handle(Inbound(identity, P.Open(backend="fake", prompt="hills", options=options),
+                                                0.0)))  # fmt: skip
+        return opened.session
+
+    slow = open_as(b"\x00slow", delay_s=0.1)
+    alone = [r for _ in range(3) for r in replies(core.produce_next())]
+    assert [r.TYPE for r in alone] == ["chunk"] * 2  # over budget, but nobody waits for it (window: 2)
+    core.handle(Inbound(b"\x00slow", P.Ack(session=slow, seq=1), 0.0))
+    open_as(b"\x00normal")
+    shared = [r for _ in range(6) for r in replies(core.produce_next())]
+    assert [r.code for r in shared if r.TYPE == "error"] == [P.OVER_BUDGET]
+    assert slow not in core.sessions and len(core.sessions) == 1

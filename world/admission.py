@@ -78,7 +78,7 @@ def directory_bytes(path: str | os.PathLike | None) -> int:
 def estimate_bytes(backend: str, options: dict, lookahead: int, weights_bytes: int = 0) -> int:
     """Pessimistic resident memory of one session: `lookahead` + 2 chunks of frames (in flight,
     being made, being encoded), the backend's base and, for the engine, its per-pixel buffers."""
-    geometry = {k: options.get(k, v) for k, v in DEFAULT_GEOMETRY.items()}
+    geometry = {k: options.get(k) or v for k, v in DEFAULT_GEOMETRY.items()}  # range-checked by the worker
     pixels = int(geometry["height"]) * int(geometry["width"])
     frames = pixels * 3 * int(geometry["chunk_frames"]) * (lookahead + 2)
     extra = pixels * ENGINE_BYTES_PER_PIXEL if backend == "engine" else 0

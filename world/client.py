@@ -29,6 +29,7 @@ import zmq
 
 from world import protocol as P
 from world.actions import Action
+from world.auth import ClientKeys, secure_client
 from world.themes import EXAMPLE_PROMPTS
 
 DEFAULT_PROMPT = EXAMPLE_PROMPTS[0]
@@ -122,8 +123,12 @@ class WorldClient:
         heartbeat_s: float = 1.0,
         liveness_s: float = 3.0,
         context: zmq.Context | None = None,
+        keys: ClientKeys | None = None,
     ):
+        """`keys`: this client's CURVE key pair and the worker's public key, for a worker that
+        authenticates its clients (world/auth.py); None for a loopback or --insecure worker."""
         self.address = address
+        self.keys = keys
         self.timeout_s = timeout_s
         self.heartbeat_s = heartbeat_s
         self.liveness_s = liveness_s  # no message from the worker for this long -> not connected
@@ -157,6 +162,8 @@ class WorldClient:
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.SNDHWM, 1000)
         sock.setsockopt(zmq.RCVHWM, 1000)
+        if self.keys is not None:
+            secure_client(sock, self.keys)
         sock.connect(self.address)
         self._socket = sock
         self._last_heard = time.monotonic()

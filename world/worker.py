@@ -40,6 +40,7 @@ import zmq
 
 from world import protocol as P
 from world.admission import Admission, AdmissionConfig, Holder, directory_bytes, estimate_bytes
+from world.auth import AuthError, ServerKeys, check_bind, secure_server, server_keys, start_authenticator
 from world.backends.registry import SESSION_DEFAULTS, backend_names, create_backend
 from world.errors import BackendError, PromptError
 from world.jobs import InlineExecutor, Job
@@ -62,6 +63,7 @@ NUMBER_OPTIONS = {
     "height": (8, 1024, True), "width": (8, 1024, True), "chunk_frames": (1, 16, True), "fps": (1, 240, False),
     "steps": (1, 1000, True), "guidance": (0, 100, False), "context_noise": (0, 1000, False),
 }  # fmt: skip
+GEOMETRY_OPTIONS = ("height", "width", "chunk_frames", "fps")  # never null: they size every buffer
 # Requests for a session whose job (first chunk, reset) runs off the loop wait for it, in order;
 # at most this many, then `busy`.
 MAX_DEFERRED = 64
@@ -84,11 +86,16 @@ class WorkerConfig:
     per_client: int = 2  # sessions one client (routing identity, or client key) may hold
     memory_budget_mb: int = 0  # estimated memory of all sessions; 0: half the machine's (world/admission.py)
     # The longest one chunk of a session may hold the compute loop (every other session waits that
-    # long): a session's budget is the larger of this and its chunk's play time (F / fps).
+    # long): a session's budget is the larger of this and its chunk's play time (F / fps). Enforced
+    # while other clients' sessions share the worker.
     chunk_budget_s: float = 1.0
     open_threads: int = 2  # sessions built (and first chunks timed) at once, off the compute loop
-    security: str = "none"  # "curve" when clients authenticate (world/auth.py)
+    keys: ServerKeys | None = None  # CURVE keys: clients authenticate and frames are encrypted (world/auth.py)
     notice: str | None = None  # told to every client in `opened` (an --insecure remote worker)
+
+    @property
+    def security(self) -> str:
+        return "curve" if self.keys is not None else "none"
 
 
 @dataclass(frozen=True)
@@ -318,8 +325,9 @@ class WorkerCore:
         return out + self._check_budget(session, seconds, strikes=BUDGET_STRIKES)
 
     def _check_budget(self, session: Session, seconds: float, strikes: int = 1) -> list[Outgoing]:
-        """Close a session whose chunks take longer than its budget (`strikes` at once: its first)."""
-        if seconds <= session.budget_s:
+        """Close a session whose chunks take longer than its budget (`strikes` at once: its first)
+        while other clients' sessions share the loop: alone, a slow session delays nobody."""
+        if seconds <= session.budget_s or not self._shared(session):
             session.strikes = 0
             return []
         session.strikes += strikes
@@ -331,6 +339,11 @@ class WorkerCore:
             "a smaller session (height, width, chunk_frames, steps)"))  # fmt: skip
         log.info("session %s: chunk %.2f s over its budget of %.2f s: closing", session.sid, seconds, session.budget_s)
         return [self._error(session.owner, error), self._drop(session, "over_budget")]
+
+    def _shared(self, session: Session) -> bool:
+        """True when another client has a session open or opening on this worker."""
+        return any(s.owner != session.owner for s in self.sessions.values()) or any(
+            j.kind == "open" and j.identity != session.owner for j in self.jobs)  # fmt: skip
 
     def _backend_failed(self, session: Session, exc: Exception) -> list[Outgoing]:
         self.log.warning("session %s: backend failed: %s: %.200s", session.sid, type(exc).__name__, exc)
@@ -533,6 +546,10 @@ class WorkerCore:
 
     @staticmethod
     def _check_info(info) -> None:
+        dims = (info.chunk_frames, info.height, info.width)
+        fps_ok = isinstance(info.fps, (int, float)) and not isinstance(info.fps, bool) and 0 < info.fps <= 1000
+        if not (all(P.is_int(d) and 0 < d <= 1 << 20 for d in dims) and fps_ok):
+            raise P.ProtocolError(P.BACKEND_ERROR, f"backend reports an unusable geometry: {info}")
         size = info.chunk_frames * info.height * info.width * 3
         if not (info.chunk_frames > 0 and info.height > 0 and info.width > 0 and info.fps > 0):
             raise P.ProtocolError(P.BACKEND_ERROR, f"backend reports an unusable geometry: {info}")
@@ -631,7 +648,7 @@ def check_client_options(options: dict) -> None:
                                   "request's second frame (header field start_image)")  # fmt: skip
         if key in WORKER_ONLY_OPTIONS:
             raise P.ProtocolError(P.BAD_OPTION, f"option {key!r} is set by the worker operator, not clients")
-        if key in NUMBER_OPTIONS and value is not None:
+        if key in NUMBER_OPTIONS and (value is not None or key in GEOMETRY_OPTIONS):
             lo, hi, whole = NUMBER_OPTIONS[key]
             number = P.is_int(value) or (not whole and isinstance(value, float))
             if not number or not lo <= value <= hi:
@@ -778,6 +795,8 @@ def open_router(context: zmq.Context, config: WorkerConfig) -> tuple[zmq.Socket,
     router.setsockopt(zmq.SNDHWM, config.hwm)
     router.setsockopt(zmq.RCVHWM, config.hwm)
     router.setsockopt(zmq.MAXMSGSIZE, P.MAX_TRANSPORT_FRAME_BYTES)
+    if config.keys is not None:
+        secure_server(router, config.keys)
     try:
         router.bind(config.bind)
     except zmq.ZMQError:
@@ -835,6 +854,7 @@ def serve(config: WorkerConfig, stop: threading.Event, on_ready: Callable[[str],
     Returns False if it stopped because the I/O thread failed."""
     context = zmq.Context()
     instance = secrets.token_hex(8)
+    authenticator = start_authenticator(context, config.keys) if config.keys is not None else None
     router, endpoint = open_router(context, config)
     pair_io, pair_compute = context.socket(zmq.PAIR), context.socket(zmq.PAIR)
     address = f"inproc://worker-out-{instance}"
@@ -862,6 +882,8 @@ def serve(config: WorkerConfig, stop: threading.Event, on_ready: Callable[[str],
         io_thread.join(timeout=5.0)
         executor.shutdown(wait=False, cancel_futures=True)
         pair_compute.close(linger=0)
+        if authenticator is not None:
+            authenticator.stop()
         context.term()
     return not io_thread.failed
 
@@ -903,6 +925,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "session over it is closed (default %(default)s)")
     parser.add_argument("--exit-with-parent", action="store_true",
                         help="stop when stdin reaches end of file: the parent that owns this worker died")
+    parser.add_argument("--server-key", metavar="FILE", help="this worker's secret key (NAME.key_secret from "
+                        "`run_world.py keys`): clients must authenticate (CURVE) and frames are encrypted")
+    parser.add_argument("--authorized-keys", metavar="DIR", help="directory of the client public keys (*.key) "
+                        "this worker accepts; goes with --server-key")
+    parser.add_argument("--insecure", action="store_true", help="allow binding beyond loopback without keys "
+                        "(anyone who reaches the port plays; frames in clear); said in the log and to every client")
     parser.add_argument("--device", default=None, help="device for the generated backend (cpu, cuda, auto)")
     parser.add_argument("--checkpoint", default=None, help="checkpoint directory for the generated backend")
     parser.add_argument(
@@ -930,13 +958,8 @@ def config_from_args(args: argparse.Namespace) -> WorkerConfig:
         per_client=args.per_client,
         memory_budget_mb=args.memory_budget_mb,
         chunk_budget_s=args.chunk_budget,
+        keys=server_keys(args.server_key, args.authorized_keys),
     )
-
-
-def _warn_if_exposed(bind: str) -> None:
-    host = bind.split("://", 1)[-1].rsplit(":", 1)[0]
-    if not bind.startswith(("inproc://", "ipc://")) and host not in ("127.0.0.1", "localhost", "[::1]", "::1"):
-        log.warning("binding %s: the worker is reachable from other machines and has no authentication", bind)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -945,8 +968,12 @@ def run(args: argparse.Namespace) -> int:
     )
     for module in args.backend_module:
         importlib.import_module(module)
-    config = config_from_args(args)
-    _warn_if_exposed(config.bind)
+    try:
+        config = config_from_args(args)
+        config.notice = check_bind(config.bind, config.keys, args.insecure)
+    except AuthError as exc:
+        log.error("serve: %s", exc)
+        return 2
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
