@@ -316,7 +316,7 @@ def _session(args, plan: Plan, endpoint: str, local: LocalWorker | None, prepare
     if info.get("notice"):
         print(f"play: the worker says: {info['notice']}", file=sys.stderr)
     if args.headless:
-        return _headless(args, client, info, prepared, plan.options)
+        return _headless(args, client, info, prepared, plan.options, local)
     return _window(args, client, info, prepared, endpoint, local, plan.options)
 
 
@@ -353,7 +353,7 @@ def _open(client, plan: Plan, args: argparse.Namespace) -> dict:
     return client.open(plan.backend, args.prompt, args.seed, options=plan.options, **image)
 
 
-def _headless(args, client, info: dict, script, options: dict) -> dict | None:
+def _headless(args, client, info: dict, script, options: dict, local: LocalWorker | None = None) -> dict | None:
     from controls.headless import HeadlessConfig, HeadlessError, run_headless
 
     frames = args.frames or (None if script else 300)  # None: the whole script (after a reset view, if any)
@@ -362,7 +362,7 @@ def _headless(args, client, info: dict, script, options: dict) -> dict | None:
         record_dir=Path(args.record) if args.record else None, options=options,
     )  # fmt: skip
     try:
-        return run_headless(client, info, config)
+        return run_headless(client, info, config, revive=local.revive if local else None)
     except HeadlessError as exc:
         print(f"play: {exc}", file=sys.stderr)
         return None

@@ -6,6 +6,7 @@ The worker `play` starts watches a pipe only `play` holds (`serve --exit-with-pa
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -76,3 +77,26 @@ def test_a_worker_whose_parent_closes_the_pipe_stops_and_a_sigterm_still_stops_i
     assert proc.returncode == 0
     proc, _ = start_worker_process()
     assert stop_worker_process(proc) == 0
+
+
+def test_headless_play_restarts_its_local_worker_when_it_dies(tmp_path):
+    """Finding 6: the headless client exited on worker loss and never restarted its local worker."""
+    cmd = [sys.executable, str(REPO_ROOT / "run_world.py"), "play", "--headless", "--backend", "engine",
+           "--frames", "240", "--realtime", "--record", str(tmp_path)]  # fmt: skip
+    play = subprocess.Popen(cmd, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert wait_until(lambda: children(play.pid), 60.0) is not None, "play started no worker"
+        (worker,) = children(play.pid)
+        time.sleep(2.0)
+        os.kill(worker, signal.SIGKILL)
+        out, err = play.communicate(timeout=120)
+    finally:
+        if play.poll() is None:
+            play.kill()
+            play.wait()
+    assert play.returncode == 0, err
+    assert "restarting the local worker" in err
+    summary = json.loads(out.strip().splitlines()[-1])
+    assert summary["frames"] == 240
+    episodes = sorted(p for p in tmp_path.iterdir() if p.is_dir())
+    assert len(episodes) == 2  # the world before the loss and the reopened one

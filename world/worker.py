@@ -89,7 +89,6 @@ class WorkerConfig:
     # long): a session's budget is the larger of this and its chunk's play time (F / fps). Enforced
     # while other clients' sessions share the worker.
     chunk_budget_s: float = 1.0
-    open_threads: int = 2  # sessions built (and first chunks timed) at once, off the compute loop
     keys: ServerKeys | None = None  # CURVE keys: clients authenticate and frames are encrypted (world/auth.py)
     notice: str | None = None  # told to every client in `opened` (an --insecure remote worker)
 
@@ -863,9 +862,11 @@ def serve(config: WorkerConfig, stop: threading.Event, on_ready: Callable[[str],
     stats = IOStats()
     inbound: queue.Queue = queue.Queue(maxsize=config.inbound_queue)
     heard: dict[bytes, float] = {}
-    # Jobs (building sessions, first chunks, resets) run here, never on the compute loop. Its
-    # threads may still be busy when the worker stops: `run` then exits without waiting for them.
-    executor = ThreadPoolExecutor(max_workers=config.open_threads, thread_name_prefix="worker-job")
+    # Jobs (building sessions, first chunks, resets) run here, never on the compute loop. A thread
+    # per admitted session (each has at most one job; opening ones count as admitted), so one
+    # client's slow jobs never make another's wait for a thread. Threads still busy when the
+    # worker stops do not delay it: `run` exits without waiting for them.
+    executor = ThreadPoolExecutor(max_workers=config.max_sessions, thread_name_prefix="worker-job")
     core = WorkerCore(config, instance, stats, executor=executor, heard=heard)
     io_stop = threading.Event()
     image_slots = threading.BoundedSemaphore(MAX_PENDING_IMAGES)
