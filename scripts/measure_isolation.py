@@ -21,18 +21,23 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import zmq  # noqa: E402
+
 from world import protocol as P  # noqa: E402
-from world.client import ChunkEvent, ErrorEvent, WorldClient, WorldRequestError  # noqa: E402
+from world.client import ChunkEvent, WorldClient, WorldRequestError  # noqa: E402
 from world.worker import start_worker_process, stop_worker_process  # noqa: E402
 
 BIG = {"height": 1024, "width": 1024, "chunk_frames": 16}
 
 
-def play(client: WorldClient, seconds: float, others: list[WorldClient]) -> tuple[dict, list]:
-    """Consume the normal session for `seconds`; gather the other clients' events."""
-    frames, gaps, events, last = 0, [], [], time.monotonic()
+def play(client: WorldClient, seconds: float, big: list[zmq.Socket], pinger: WorldClient) -> dict:
+    """Consume the normal session for at least `seconds` and until every big open was answered
+    and its session closed (at most 300 s); the big clients' replies are gathered meanwhile."""
+    frames, gaps, outcomes, last = 0, [], [[] for _ in big], time.monotonic()
     start = last
-    while (now := time.monotonic()) - start < seconds:
+    while (now := time.monotonic()) - start < seconds or not all(_settled(o) for o in outcomes):
+        if now - start > 300:
+            break
         for event in client.poll(20):
             if isinstance(event, ChunkEvent):
                 now = time.monotonic()
@@ -40,18 +45,21 @@ def play(client: WorldClient, seconds: float, others: list[WorldClient]) -> tupl
                 last = now
                 frames += len(event.frames)
                 client.ack(event.seq)
-            elif isinstance(event, ErrorEvent):
-                events.append(("normal", event.code))
-        for other in others:
-            events += [(other.session, e.code) for e in other.poll(0) if isinstance(e, ErrorEvent)]
-    return {"fps": round(frames / seconds, 1), "longest_gap_s": round(max(gaps, default=0.0), 3),
-            "gaps_over_1s": sum(g > 1.0 for g in gaps)}, events  # fmt: skip
+        pinger.poll(0)  # pings only: this client never acks
+        for k, sock in enumerate(big):
+            while sock.poll(0):
+                reply = P.decode_reply(sock.recv_multipart())[0]
+                if reply.TYPE != "chunk":
+                    outcomes[k].append((round(time.monotonic() - start, 1), reply.TYPE,
+                                        getattr(reply, "code", getattr(reply, "reason", None))))
+    elapsed = time.monotonic() - start
+    return {"seconds": round(elapsed, 1), "fps": round(frames / elapsed, 1),
+            "longest_gap_s": round(max(gaps, default=0.0), 3), "gaps_over_1s": sum(g > 1.0 for g in gaps),
+            "pinger_connected": pinger.connected, "big_sessions": outcomes}  # fmt: skip
 
 
-def open_async(endpoint: str, ref: int) -> WorldClient:
-    client = WorldClient(endpoint, timeout_s=120)
-    client._send(P.Open(backend="engine", prompt="green hills at noon", options=BIG, ref=ref), required=True)
-    return client
+def _settled(outcome: list) -> bool:
+    return any(kind == "closed" or (kind == "error" and what != P.OVER_BUDGET) for _, kind, what in outcome)
 
 
 def big_opens(endpoint: str, count: int, seconds: float) -> dict:
@@ -59,13 +67,18 @@ def big_opens(endpoint: str, count: int, seconds: float) -> dict:
     normal.open("engine", "green hills at noon", seed=1)
     pinger = WorldClient(endpoint, timeout_s=30)
     pinger.open("engine", "green hills at noon", seed=2)
-    big = [open_async(endpoint, 100 + k) for k in range(count)]
-    stats, events = play(normal, seconds, [pinger, *big])
-    pinger.poll(0)
-    stats["pinger_connected"] = pinger.connected
-    stats["big_sessions"] = [e for e in events if e[0] != pinger.session]
-    for client in [normal, pinger, *big]:
+    big = []
+    for k in range(count):
+        sock = zmq.Context.instance().socket(zmq.DEALER)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.connect(endpoint)
+        sock.send_multipart(P.encode(P.Open(backend="engine", prompt="green hills at noon", options=BIG, ref=k)))
+        big.append(sock)
+    stats = play(normal, seconds, big, pinger)
+    for client in [normal, pinger]:
         client.close()
+    for sock in big:
+        sock.close(0)
     return stats
 
 

@@ -139,3 +139,18 @@ def test_the_budget_protects_other_clients_and_spares_a_session_alone():
     shared = [r for _ in range(6) for r in replies(core.produce_next())]
     assert [r.code for r in shared if r.TYPE == "error"] == [P.OVER_BUDGET]
     assert slow not in core.sessions and len(core.sessions) == 1
+
+
+def test_a_session_predicted_far_over_budget_is_refused_before_it_is_built():
+    """The 1024x1024, 16-frame engine took 80 s of CPU to build before its first chunk could be
+    timed; once the worker has seen what its backend costs, such an open is refused at once."""
+    core = WorkerCore(WorkerConfig(chunk_budget_s=1.0), "test")
+    first = core.handle(Inbound(b"\x00a", P.Open(backend="fake", prompt="hills", options={"delay_s": 0.1}), 0.0))
+    assert P.decode_reply(first[0].frames)[0].TYPE == "opened"
+    core.produce_next()  # its first chunk, timed: 0.1 s for 16x16x3 pixels
+    built = tests.fakes.FakeBackend.built
+    big = {"height": 1024, "width": 1024, "chunk_frames": 16}
+    (refused,) = core.handle(Inbound(b"\x00b", P.Open(backend="fake", prompt="hills", options=big), 0.0))
+    error = P.decode_reply(refused.frames)[0]
+    assert error.code == P.OVER_BUDGET and "would take about" in error.message
+    assert tests.fakes.FakeBackend.built == built  # nothing was built for it

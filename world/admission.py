@@ -110,3 +110,36 @@ class Admission:
     def _busy(self, why: str) -> None:
         retry = self.config.retry_after_s
         raise P.ProtocolError(P.BUSY, f"{why}; retry in {retry:g} s", retry_after_s=retry)
+
+
+class CostModel:
+    """What each backend has been seen to sustain: the lowest seconds per generated pixel-frame
+    of its sessions' first timed chunks. It predicts a new session's chunk time from its geometry
+    before anything is built, so a session far over its budget is refused at once instead of
+    after a build that costs everyone CPU (a 1024x1024 engine's terrain takes tens of seconds).
+    Small sessions have fixed costs, so predictions err high for large ones; PREDICTION_SLACK
+    keeps borderline sessions to their measured first chunk."""
+
+    PREDICTION_SLACK = 2.0
+
+    def __init__(self) -> None:
+        self.rate: dict[str, float] = {}  # backend -> seconds per pixel-frame
+        self.geometry: dict[str, tuple[int, int, int]] = {}  # backend -> (height, width, chunk_frames) last seen
+
+    def learn(self, backend: str, height: int, width: int, chunk_frames: int, seconds: float) -> None:
+        rate = seconds / (height * width * chunk_frames)
+        self.rate[backend] = min(rate, self.rate.get(backend, rate))
+        self.geometry[backend] = (height, width, chunk_frames)
+
+    def predict(self, backend: str, options: dict) -> float | None:
+        """Predicted seconds per chunk for a session with these options; None before any was seen."""
+        if backend not in self.rate:
+            return None
+        seen = dict(zip(("height", "width", "chunk_frames"), self.geometry[backend]))
+        h, w, f = (int(options.get(k) or seen[k]) for k in ("height", "width", "chunk_frames"))
+        return self.rate[backend] * h * w * f
+
+    def too_costly(self, backend: str, options: dict, budget_s: float) -> float | None:
+        """The predicted chunk time when it exceeds the budget by more than the slack, else None."""
+        predicted = self.predict(backend, options)
+        return predicted if predicted is not None and predicted > budget_s * self.PREDICTION_SLACK else None

@@ -39,7 +39,7 @@ from pathlib import Path
 import zmq
 
 from world import protocol as P
-from world.admission import Admission, AdmissionConfig, Holder, directory_bytes, estimate_bytes
+from world.admission import Admission, AdmissionConfig, CostModel, Holder, directory_bytes, estimate_bytes
 from world.auth import AuthError, ServerKeys, check_bind, secure_server, server_keys, start_authenticator
 from world.backends.registry import SESSION_DEFAULTS, backend_names, create_backend
 from world.errors import BackendError, PromptError
@@ -172,6 +172,7 @@ class WorkerCore:
         self.admission = Admission(AdmissionConfig(config.max_sessions, config.per_client,
                                                    config.memory_budget_mb * 1024 * 1024))  # fmt: skip
         self.log = RateLimitedLog(log)
+        self.costs = CostModel()
         self._weights: dict[str, int] = {}  # checkpoint path -> bytes on disk (memory estimates)
         self._rr = 0  # round-robin cursor into the session order
         self._pruned = 0.0
@@ -321,6 +322,8 @@ class WorkerCore:
         if header.extra.get("reset_view"):
             return out  # made by the reset; the next chunk is the first step_chunk, timed the same way
         session.trial = False
+        info = session.info
+        self.costs.learn(session.backend_name, info.height, info.width, info.chunk_frames, seconds)
         return out + self._check_budget(session, seconds, strikes=BUDGET_STRIKES)
 
     def _check_budget(self, session: Session, seconds: float, strikes: int = 1) -> list[Outgoing]:
@@ -406,8 +409,22 @@ class WorkerCore:
         check_client_options(req.options)
         holder = Holder(item.identity, item.user, self._estimate(req.backend, req.options, lookahead))
         self.admission.check(self._holders(), holder)
+        self._check_predicted_cost(req, item.identity)
         future = self.executor.submit(self._build, item, lookahead, holder)
         return self._start_job(Job("open", future, item.identity, request=item, holder=holder))
+
+    def _check_predicted_cost(self, req: P.Open, identity: bytes) -> None:
+        """Refuse, before building it, a session whose chunks would be far over budget while other
+        clients play (world/admission.py CostModel; the first chunk is measured anyway)."""
+        if not any(s.owner != identity for s in self.sessions.values()):
+            return  # alone on the worker, a slow session delays nobody
+        frames, fps = req.options.get("chunk_frames") or 3, req.options.get("fps") or 30.0
+        budget = max(frames / fps, self.config.chunk_budget_s)
+        predicted = self.costs.too_costly(req.backend, req.options, budget)
+        if predicted is not None:
+            raise P.ProtocolError(P.OVER_BUDGET, f"a chunk of this session would take about {predicted:.1f} s (from "
+                                  f"what this worker's {req.backend} sessions took); the budget is {budget:.2f} s "
+                                  "per chunk while others play: open a smaller session")  # fmt: skip
 
     def _estimate(self, backend: str, options: dict, lookahead: int) -> int:
         weights = 0
