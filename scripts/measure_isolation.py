@@ -59,7 +59,9 @@ def play(client: WorldClient, seconds: float, big: list[zmq.Socket], pinger: Wor
 
 
 def _settled(outcome: list) -> bool:
-    return any(kind == "closed" or (kind == "error" and what != P.OVER_BUDGET) for _, kind, what in outcome)
+    """Refused at open (any error before `opened`), or opened and then closed."""
+    kinds = [kind for _, kind, _ in outcome]
+    return "closed" in kinds or (bool(kinds) and kinds[0] == "error")
 
 
 def big_opens(endpoint: str, count: int, seconds: float) -> dict:
