@@ -7,6 +7,7 @@ channel 2 = crc32(prompt) % 256. A worker subprocess loads it with `--backend-mo
 
 from __future__ import annotations
 
+import errno
 import time
 import zlib
 from collections.abc import Sequence
@@ -74,3 +75,23 @@ class FakeBackend(Backend):
 
 
 register_backend("fake", FakeBackend)
+
+
+# A disk that fills up (recorder tests).
+
+
+class FullDisk:
+    """A file object whose writes fail like a full disk after `room` bytes."""
+
+    def __init__(self, real, room: int):
+        self.real, self.room = real, room
+
+    def write(self, data) -> int:
+        data = bytes(data)
+        if len(data) > self.room:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        self.room -= len(data)
+        return self.real.write(data)
+
+    def __getattr__(self, name):
+        return getattr(self.real, name)

@@ -215,3 +215,4 @@ def collect_chunks(client: WorldClient, n: int, timeout_s: float = 60.0, ack: bo
                     client.ack(event.seq)
     assert len(chunks) >= n, f"only {len(chunks)} chunks in {timeout_s} s"
     return chunks[:n]
+

@@ -7,7 +7,6 @@ stops with a clear message, play goes on to the last frame, and the frames saved
 
 from __future__ import annotations
 
-import errno
 import json
 import resource
 import subprocess
@@ -17,7 +16,7 @@ import warnings
 import numpy as np
 import pytest
 
-from tests.fakes import fake_frame
+from tests.fakes import FullDisk, fake_frame
 from world.actions import Action
 from world.client import ChunkEvent
 from world.dataset import EpisodeReader, open_dataset
@@ -49,23 +48,6 @@ def test_headless_play_survives_a_full_disk_and_keeps_what_was_written(tmp_path)
         (episode,) = open_dataset(tmp_path)
     assert len(episode) == saved and episode.frames.shape[0] == saved
     assert str(episode.path) in line
-
-
-class FullDisk:
-    """A file object whose writes fail like a full disk after `room` bytes."""
-
-    def __init__(self, real, room: int):
-        self.real, self.room = real, room
-
-    def write(self, data) -> int:
-        data = bytes(data)
-        if len(data) > self.room:
-            raise OSError(errno.ENOSPC, "No space left on device")
-        self.room -= len(data)
-        return self.real.write(data)
-
-    def __getattr__(self, name):
-        return getattr(self.real, name)
 
 
 @pytest.mark.parametrize("room_chunks", [0, 2])
