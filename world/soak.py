@@ -102,8 +102,8 @@ class Player:
         self.world = 0  # bumped on each reconnect: a new world, a new episode
         self.frames = 0
         self.recorded = 0
-        self.last_chunk = time.monotonic()
-        self.stalls: list[float] = []
+        self.last_chunk = self.started = time.monotonic()
+        self.stalls: list[tuple[float, float]] = []  # (seconds into the run, gap)
         self.reconnects = 0
         self.errors: Counter = Counter()
         self.down_since: float | None = None
@@ -122,7 +122,7 @@ class Player:
         now = time.monotonic()
         gap = now - self.last_chunk
         if gap > STALL_S and self.down_since is None:
-            self.stalls.append(round(gap, 3))
+            self.stalls.append((round(now - self.started, 1), round(gap, 3)))
         self.last_chunk = now
         self.frames += len(event.frames)
         self.recorder.append(event, seed=self.index, world=self.world)
@@ -146,7 +146,8 @@ class Player:
     def report(self, seconds: float) -> dict:
         self.recorder.stop()
         return {"player": self.index, "fps": round(self.frames / seconds, 2), "frames": self.frames,
-                "stalls_over_1s": len(self.stalls), "longest_stall_s": max(self.stalls, default=0.0),
+                "stalls_over_1s": len(self.stalls), "longest_stall_s": max((g for _, g in self.stalls), default=0.0),
+                "stalls_at_s": [t for t, _ in self.stalls][:30],
                 "reconnects": self.reconnects, "errors": dict(self.errors)}  # fmt: skip
 
 

@@ -39,6 +39,7 @@ from pathlib import Path
 import zmq
 
 from world import protocol as P
+from world.actions import IDLE
 from world.admission import Admission, AdmissionConfig, CostModel, Holder, directory_bytes, estimate_bytes
 from world.auth import AuthError, ServerKeys, check_bind, secure_server, server_keys, start_authenticator
 from world.backends.registry import SESSION_DEFAULTS, backend_names, create_backend
@@ -67,6 +68,9 @@ GEOMETRY_OPTIONS = ("height", "width", "chunk_frames", "fps")  # never null: the
 # Requests for a session whose job (first chunk, reset) runs off the loop wait for it, in order;
 # at most this many, then `busy`.
 MAX_DEFERRED = 64
+# A fresh worker times one chunk of this engine session off the loop (world/admission.py CostModel).
+DEFAULT_CALIBRATION = {"height": 64, "width": 64, "chunk_frames": 3}
+CALIBRATION_PROMPT = "green hills at noon"
 # Consecutive chunks over budget before a session is closed (one slow chunk may be the machine's).
 BUDGET_STRIKES = 2
 
@@ -293,6 +297,8 @@ class WorkerCore:
         self.jobs.remove(job)
         if job.kind == "open":
             return self._opened(job)
+        if job.kind == "calibrate":
+            return self._calibrated(job)
         session = job.session
         session.job = None
         if session.dropped:  # closed while the job ran: only its backend is left to free
@@ -304,6 +310,33 @@ class WorkerCore:
             for item in deferred:
                 out += self.handle(item)
         return out
+
+    def calibrate(self, backend: str = "engine", options: dict | None = None) -> None:
+        """Time one chunk of a small session off the loop, so the cost model can refuse a session
+        far over budget even before any client's session has been timed (a fresh worker)."""
+        options = dict(DEFAULT_CALIBRATION if options is None else options)
+
+        def run() -> tuple[int, int, int, float]:
+            world = self._create_backend(backend, {}, options)
+            try:
+                world.reset(0, CALIBRATION_PROMPT)
+                info = world.info
+                start = time.perf_counter()
+                world.step_chunk([IDLE] * info.chunk_frames)
+                return info.height, info.width, info.chunk_frames, time.perf_counter() - start
+            finally:
+                world.close()
+
+        self._start_job(Job("calibrate", self.executor.submit(run), b"", request=backend))
+
+    def _calibrated(self, job: Job) -> list[Outgoing]:
+        try:
+            height, width, frames, seconds = job.future.result()
+        except Exception as exc:  # a worker without that backend simply has no calibration
+            log.info("calibrating %s failed: %s: %.200s", job.request, type(exc).__name__, exc)
+            return []
+        self.costs.learn(job.request, height, width, frames, seconds)
+        return []
 
     @staticmethod
     def _timed_produce(session: Session) -> tuple[P.Chunk, object, float]:
@@ -885,6 +918,7 @@ def serve(config: WorkerConfig, stop: threading.Event, on_ready: Callable[[str],
     # worker stops do not delay it: `run` exits without waiting for them.
     executor = ThreadPoolExecutor(max_workers=config.max_sessions, thread_name_prefix="worker-job")
     core = WorkerCore(config, instance, stats, executor=executor, heard=heard)
+    core.calibrate("engine")
     io_stop = threading.Event()
     image_slots = threading.BoundedSemaphore(MAX_PENDING_IMAGES)
     io_thread = WorkerIO(router, pair_io, inbound, io_stop, instance, stats, on_failure=stop.set,
