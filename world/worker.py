@@ -68,7 +68,7 @@ GEOMETRY_OPTIONS = ("height", "width", "chunk_frames", "fps")  # never null: the
 # Requests for a session whose job (first chunk, reset) runs off the loop wait for it, in order;
 # at most this many, then `busy`.
 MAX_DEFERRED = 64
-# A fresh worker times one chunk of this engine session off the loop (world/admission.py CostModel).
+# A worker times one chunk of this engine session before it serves (world/admission.py CostModel).
 DEFAULT_CALIBRATION = {"height": 64, "width": 64, "chunk_frames": 3}
 CALIBRATION_PROMPT = "green hills at noon"
 # Consecutive chunks over budget before a session is closed (one slow chunk may be the machine's).
@@ -297,8 +297,6 @@ class WorkerCore:
         self.jobs.remove(job)
         if job.kind == "open":
             return self._opened(job)
-        if job.kind == "calibrate":
-            return self._calibrated(job)
         session = job.session
         session.job = None
         if session.dropped:  # closed while the job ran: only its backend is left to free
@@ -312,31 +310,23 @@ class WorkerCore:
         return out
 
     def calibrate(self, backend: str = "engine", options: dict | None = None) -> None:
-        """Time one chunk of a small session off the loop, so the cost model can refuse a session
-        far over budget even before any client's session has been timed (a fresh worker)."""
+        """Time one chunk of a small session before serving, so the cost model can refuse a session
+        far over budget from the first client on (about 0.2 s for the engine at 64x64)."""
         options = dict(DEFAULT_CALIBRATION if options is None else options)
-
-        def run() -> tuple[int, int, int, float]:
+        try:
             world = self._create_backend(backend, {}, options)
             try:
                 world.reset(0, CALIBRATION_PROMPT)
                 info = world.info
                 start = time.perf_counter()
                 world.step_chunk([IDLE] * info.chunk_frames)
-                return info.height, info.width, info.chunk_frames, time.perf_counter() - start
+                seconds = time.perf_counter() - start
             finally:
                 world.close()
-
-        self._start_job(Job("calibrate", self.executor.submit(run), b"", request=backend))
-
-    def _calibrated(self, job: Job) -> list[Outgoing]:
-        try:
-            height, width, frames, seconds = job.future.result()
         except Exception as exc:  # a worker without that backend simply has no calibration
-            log.info("calibrating %s failed: %s: %.200s", job.request, type(exc).__name__, exc)
-            return []
-        self.costs.learn(job.request, height, width, frames, seconds)
-        return []
+            log.info("calibrating %s failed: %s: %.200s", backend, type(exc).__name__, exc)
+            return
+        self.costs.learn(backend, info.height, info.width, info.chunk_frames, seconds)
 
     @staticmethod
     def _timed_produce(session: Session) -> tuple[P.Chunk, object, float]:
