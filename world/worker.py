@@ -437,17 +437,16 @@ class WorkerCore:
         return self._start_job(Job("open", future, item.identity, request=item, holder=holder))
 
     def _check_predicted_cost(self, req: P.Open, identity: bytes) -> None:
-        """Refuse, before building it, a session whose chunks would be far over budget while other
-        clients play (world/admission.py CostModel; the first chunk is measured anyway)."""
-        if not any(s.owner != identity for s in self.sessions.values()):
-            return  # alone on the worker, a slow session delays nobody
+        """Refuse, before building it, a session whose chunks would take over twice its budget
+        (world/admission.py CostModel). Also on an empty worker: others may come, and building
+        such a session alone costs a minute of CPU; sessions nearer the budget are timed instead."""
         frames, fps = req.options.get("chunk_frames") or 3, req.options.get("fps") or 30.0
         budget = max(frames / fps, self.config.chunk_budget_s)
         predicted = self.costs.too_costly(req.backend, req.options, budget)
         if predicted is not None:
             raise P.ProtocolError(P.OVER_BUDGET, f"a chunk of this session would take about {predicted:.1f} s (from "
                                   f"what this worker's {req.backend} sessions took); the budget is {budget:.2f} s "
-                                  "per chunk while others play: open a smaller session")  # fmt: skip
+                                  "per chunk: open a smaller session")  # fmt: skip
 
     def _estimate(self, backend: str, options: dict, lookahead: int) -> int:
         weights = 0
