@@ -99,4 +99,6 @@ def test_headless_play_restarts_its_local_worker_when_it_dies(tmp_path):
     summary = json.loads(out.strip().splitlines()[-1])
     assert summary["frames"] == 240
     episodes = sorted(p for p in tmp_path.iterdir() if p.is_dir())
-    assert len(episodes) == 2  # the world before the loss and the reopened one
+    # The world before the loss and the reopened one (on a machine loaded enough to miss 3 s of
+    # heartbeats, the client may reopen once more: a further episode).
+    assert len(episodes) >= 2
