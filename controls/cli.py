@@ -34,6 +34,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     from world.client import DEFAULT_PROMPT
 
     parser.add_argument("--connect", metavar="tcp://HOST:PORT", help="use a running worker (default: start one)")
+    parser.add_argument("--client-key", metavar="FILE", help="with --connect to a worker that authenticates: your "
+                        "secret key (NAME.key_secret from `run_world.py keys --name NAME`)")
+    parser.add_argument("--server-key", metavar="FILE|KEY", help="with --client-key: the worker's public key (its "
+                        ".key file or the 40 characters); its fingerprint is printed on connect")
     parser.add_argument(
         "--backend", choices=("engine", "generated"), default=None,
         help=f"world backend (default: {default_backend()}; 'generated' once assets/default_world/ exists)",
@@ -338,7 +342,7 @@ def _session(args, plan: Plan, endpoint: str, local: LocalWorker | None, prepare
 
     # Opening a generated world may load a checkpoint: allow it time. Later blocking calls
     # (reconnects) run off the window's thread, so this timeout never freezes the window.
-    client = WorldClient(endpoint, timeout_s=60.0 if plan.backend == "generated" else 10.0)
+    client = WorldClient(endpoint, timeout_s=60.0 if plan.backend == "generated" else 10.0, keys=client_keys(args))
     if not args.headless:
         return _connect_then_window(args, plan, client, endpoint, local, prepared)
     from controls.probe import probe
@@ -356,11 +360,31 @@ def _session(args, plan: Plan, endpoint: str, local: LocalWorker | None, prepare
         raise UsageError(f"the worker refused to open the world: {exc.message}") from None
     except WorldConnectionError as exc:
         client.close()
-        print(f"play: {exc}", file=sys.stderr)
+        hint = " (a worker that authenticates drops clients whose key it does not list)" if client.keys else ""
+        print(f"play: {exc}{hint}", file=sys.stderr)
         return None
+    if info.get("notice"):
+        print(f"play: the worker says: {info['notice']}", file=sys.stderr)
     if args.headless:
-        return _headless(args, client, info, prepared, plan.options)
+        return _headless(args, client, info, prepared, plan.options, local)
     return _window(args, client, info, prepared, endpoint, local, plan.options)
+
+
+def client_keys(args: argparse.Namespace):
+    """The CURVE keys from --client-key / --server-key (world/auth.py), or None. UsageError."""
+    from world.auth import AuthError, ClientKeys, fingerprint, read_public_key, read_secret_key
+
+    if args.client_key is None and args.server_key is None:
+        return None
+    if args.client_key is None or args.server_key is None or not args.connect:
+        raise UsageError("--client-key and --server-key go together, with --connect")
+    try:
+        public, secret = read_secret_key(args.client_key)
+        server = read_public_key(args.server_key)
+    except AuthError as exc:
+        raise UsageError(str(exc)) from None
+    print(f"play: worker key {fingerprint(server)}, client key {fingerprint(public)}", file=sys.stderr)
+    return ClientKeys(public, secret, server)
 
 
 def _open(client, plan: Plan, args: argparse.Namespace) -> dict:
@@ -379,7 +403,7 @@ def _open(client, plan: Plan, args: argparse.Namespace) -> dict:
     return client.open(plan.backend, args.prompt, args.seed, options=plan.options, **image)
 
 
-def _headless(args, client, info: dict, script, options: dict) -> dict | None:
+def _headless(args, client, info: dict, script, options: dict, local: LocalWorker | None = None) -> dict | None:
     from controls.headless import HeadlessConfig, HeadlessError, run_headless
 
     frames = args.frames or (None if script else 300)  # None: the whole script (after a reset view, if any)
@@ -388,7 +412,7 @@ def _headless(args, client, info: dict, script, options: dict) -> dict | None:
         record_dir=Path(args.record) if args.record else None, options=options,
     )  # fmt: skip
     try:
-        return run_headless(client, info, config)
+        return run_headless(client, info, config, revive=local.revive if local else None)
     except HeadlessError as exc:
         print(f"play: {exc}", file=sys.stderr)
         return None

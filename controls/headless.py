@@ -25,7 +25,7 @@ import json
 import sys
 import time
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -123,6 +123,7 @@ class HeadlessConfig:
     # No chunk for this long gives up. A dead worker is caught sooner by the heartbeat (`connected`);
     # this only bounds a live worker that stopped producing, and a teacher chunk can take seconds.
     stall_s: float = 120.0
+    max_restarts: int = 3  # local worker restarts (with a `revive`) before the run gives up
 
 
 class HeadlessRun:
@@ -135,8 +136,14 @@ class HeadlessRun:
     once chunk j - 1 has arrived; everything else is released as soon as an ack is available.
     """
 
-    def __init__(self, client: WorldClient, info: dict, config: HeadlessConfig) -> None:
+    def __init__(self, client: WorldClient, info: dict, config: HeadlessConfig,
+                 revive: Callable[[], None] | None = None) -> None:  # fmt: skip
+        """`revive`: restarts the local worker this run owns when it died (controls/cli.py's
+        LocalWorker.revive); the run then reopens the world and goes on. None: a lost worker ends it."""
         self.client = client
+        self.revive = revive
+        self.restarts = 0
+        self.world = 0  # bumped when the world is reopened on a restarted worker: a new episode
         self.info = info
         self.config = config
         self.F = info["chunk_frames"]
@@ -158,6 +165,8 @@ class HeadlessRun:
         self.start: str | None = info.get("start")  # what the world starts from (generated), from open
         self.start_notice: str | None = info.get("start_notice")
         self.finished = False  # finish_now() was called: chunks still in flight are ignored
+        self.pacer: FramePacer | None = None  # with realtime: frames waiting to be shown
+        self.paced: dict[int, ChunkEvent] = {}  # their chunks, by seq
 
     # -- hooks for runs that watch the stream (controls/worker_memory.py) ----------------
 
@@ -182,7 +191,7 @@ class HeadlessRun:
             self.config.frames = len(self.config.script) + (self.F if self.reset_view else 0)
         self.n_chunks = -(-self.config.frames // self.F)
         if self.recorder:
-            self.recorder.start(self.config.seed, self.config.prompt)
+            self.recorder.start(self.config.seed, self.config.prompt, self.world)
         start = time.perf_counter()
         try:
             self._release()
@@ -236,8 +245,8 @@ class HeadlessRun:
             self.planned, self.next_chunk = None, j + 1
 
     def _loop(self) -> None:
-        pacer = FramePacer(self.info["fps"]) if self.config.realtime else None
-        chunks: dict[int, ChunkEvent] = {}
+        pacer = self.pacer = FramePacer(self.info["fps"]) if self.config.realtime else None
+        chunks = self.paced
         while self.done < self.config.frames:
             wait_ms = 50 if pacer is None else max(1, int(pacer.seconds_until_due(time.perf_counter()) * 1000))
             for chunk in self._poll(wait_ms):
@@ -269,10 +278,37 @@ class HeadlessRun:
                 print(f"play: worker error {event.code}: {event.message}", file=sys.stderr)
                 if event.code == "session_closed":
                     raise HeadlessError(f"the worker closed the session: {event.message}")
-        if time.perf_counter() - self.last_chunk_at > self.config.stall_s or not self.client.connected:
+        if not self.client.connected:
+            self._recover()
+            return []
+        if time.perf_counter() - self.last_chunk_at > self.config.stall_s:
             raise HeadlessError(f"no frames from the worker at {self.client.address} for {self.config.stall_s:g} s")
         self.on_poll(chunks)
         return chunks
+
+    def _recover(self) -> None:
+        """The worker stopped answering: restart it (ours) and reopen the world, or give up."""
+        gone = f"the worker at {self.client.address} stopped answering (no message for {self.client.liveness_s:g} s)"
+        if self.revive is None or self.restarts >= self.config.max_restarts:
+            raise HeadlessError(gone)
+        print(f"play: {gone}; restarting the local worker and reopening the world from its first frame "
+              f"({self.done} frames done)", file=sys.stderr)  # fmt: skip
+        self.restarts += 1
+        try:
+            self.revive()
+            self.info = self.client.reconnect()
+        except Exception as exc:  # any failure to come back ends the run with its reason
+            raise HeadlessError(f"{gone}; restarting it failed: {exc}") from None
+        self.world += 1
+        if self.pacer is not None:  # frames of the lost session are never shown (seqs restart)
+            self.pacer.clear()
+        self.paced.clear()
+        self.acks.clear()
+        self.sent_at.clear()
+        self.next_chunk, self.received, self.planned = 0, -1, None
+        self.last_chunk_at = time.perf_counter()
+        self.acks.extend(self._prime())
+        self._release()
 
     def _consume(self, chunk: ChunkEvent, count: bool = True) -> None:
         """A chunk received (or, with realtime, starting to show): measure, record, free its ack."""
@@ -286,7 +322,10 @@ class HeadlessRun:
         self.gen_ms.append(chunk.gen_ms)
         left = self.config.frames - self.done  # the last chunk may hold more frames than needed
         if self.recorder:
-            self.recorder.append(chunk, self.config.seed, limit=min(left, len(chunk.frames)))
+            self.recorder.append(chunk, self.config.seed, world=self.world, limit=min(left, len(chunk.frames)))
+            failure = self.recorder.take_failure()
+            if failure:  # e.g. the disk is full: the run goes on without recording
+                print(f"play: {failure}", file=sys.stderr)
         if count:  # with realtime the loop counts frames as they are shown
             self.done += min(left, len(chunk.frames))
         self.acks.append(chunk.seq)
@@ -294,5 +333,6 @@ class HeadlessRun:
         self.on_chunk(chunk)
 
 
-def run_headless(client: WorldClient, info: dict, config: HeadlessConfig) -> dict:
-    return HeadlessRun(client, info, config).run()
+def run_headless(client: WorldClient, info: dict, config: HeadlessConfig,
+                 revive: Callable[[], None] | None = None) -> dict:  # fmt: skip
+    return HeadlessRun(client, info, config, revive).run()

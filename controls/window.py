@@ -471,6 +471,13 @@ class PlayWindow:
         if prompt is not None:
             self._switch_prompt(prompt)
 
+    def _report_record_failure(self) -> None:
+        """A recording that stopped on a write error (full disk): say so; play goes on."""
+        failure = self.recorder.take_failure()
+        if failure:
+            self._say(failure, error=True)
+            print(f"play: {failure}", file=sys.stderr)
+
     def _toggle_record(self) -> None:
         if self.replay is not None:
             self._say("this is a recording already: L takes over live, then F5 records", warning=True)
@@ -558,6 +565,7 @@ class PlayWindow:
                                                                             chunk.extra.get("pose"))  # fmt: skip
             if self.replay is None:
                 self.recorder.append(with_audio(chunk, self._audio), self.seed, self._world_key(chunk))
+                self._report_record_failure()
         self._shown = shown
         self.prompt = shown.record.get("prompt", self.prompt)
         self.frames_shown += 1

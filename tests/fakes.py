@@ -7,6 +7,8 @@ channel 2 = crc32(prompt) % 256. A worker subprocess loads it with `--backend-mo
 
 from __future__ import annotations
 
+import errno
+import time
 import zlib
 from collections.abc import Sequence
 
@@ -28,8 +30,14 @@ class FakeBackend(Backend):
     """Prompts containing "unknowable" raise PromptError; `fail_after` chunks makes step_chunk raise."""
 
     closed = 0  # class-wide count of close() calls, for in-process tests
+    built = 0  # class-wide count of backends built
 
-    def __init__(self, height: int = 16, width: int = 16, chunk_frames: int = 3, fail_after: int = -1):
+    def __init__(self, height: int = 16, width: int = 16, chunk_frames: int = 3, fail_after: int = -1,
+                 delay_s: float = 0.0, reset_delay_s: float = 0.0):
+        """`delay_s`: each chunk takes this long; `reset_delay_s`: each reset (slow worlds for the
+        isolation tests)."""
+        FakeBackend.built += 1
+        self.delay_s, self.reset_delay_s = float(delay_s), float(reset_delay_s)
         self._info = BackendInfo("fake", height, width, chunk_frames, fps=30.0, description="test pattern")
         self.fail_after = fail_after
         self.seed, self.prompt, self.i, self.chunks = 0, "", 0, 0
@@ -44,6 +52,7 @@ class FakeBackend(Backend):
 
     def reset(self, seed: int, prompt: str) -> np.ndarray:
         self._check(prompt)
+        time.sleep(self.reset_delay_s)
         self.seed, self.prompt, self.i, self.chunks = seed, prompt, 0, 0
         return fake_frame(seed, 0, Action(), prompt, self._info.height, self._info.width)
 
@@ -54,6 +63,7 @@ class FakeBackend(Backend):
     def step_chunk(self, actions: Sequence[Action]) -> ChunkResult:
         if self.chunks == self.fail_after:
             raise RuntimeError("fake backend failure")
+        time.sleep(self.delay_s)
         H, W = self._info.height, self._info.width
         frames = np.stack([fake_frame(self.seed, self.i + k, a, self.prompt, H, W) for k, a in enumerate(actions)])
         self.i += len(actions)
@@ -65,3 +75,23 @@ class FakeBackend(Backend):
 
 
 register_backend("fake", FakeBackend)
+
+
+# A disk that fills up (recorder tests).
+
+
+class FullDisk:
+    """A file object whose writes fail like a full disk after `room` bytes."""
+
+    def __init__(self, real, room: int):
+        self.real, self.room = real, room
+
+    def write(self, data) -> int:
+        data = bytes(data)
+        if len(data) > self.room:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        self.room -= len(data)
+        return self.real.write(data)
+
+    def __getattr__(self, name):
+        return getattr(self.real, name)

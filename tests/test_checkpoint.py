@@ -73,6 +73,16 @@ def test_errors_name_the_file_and_the_problem(tmp_path):
         config_from_dict(TinyConfig, {"dim": 4, "depth": 2})
     with pytest.raises(CheckpointError, match="expected int"):
         config_from_dict(TinyConfig, {"dim": "4"})
+    meta = json.loads((ck / "config.json").read_text())
+    (ck / "config.json").write_text(json.dumps({**meta, "stpe": 3}))  # issue 13: a typo was silently accepted
+    with pytest.raises(CheckpointError, match=r"unknown top-level keys \['stpe'\]"):
+        read_checkpoint_config(ck)
+    meta["modules"]["net"]["sha"] = "x"
+    (ck / "config.json").write_text(json.dumps(meta))
+    with pytest.raises(CheckpointError, match=r"unknown keys \['sha'\] in modules.net"):
+        read_checkpoint_config(ck)
+    del meta["modules"]["net"]["sha"]
+    (ck / "config.json").write_text(json.dumps(meta))
     (ck / "net.safetensors").write_bytes((ck / "net.safetensors").read_bytes()[:40])
     with pytest.raises(CheckpointError, match="truncated"):
         load_module(ck, "net", net)

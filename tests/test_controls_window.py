@@ -22,6 +22,7 @@ from controls import cli  # noqa: E402
 from controls import keymap as km  # noqa: E402
 from controls.pacing import FramePacer, KeyLatency  # noqa: E402
 from controls.window import PlayWindow, WindowConfig, WorldLink  # noqa: E402
+from tests.fakes import FullDisk  # noqa: E402
 from world.client import WorldClient  # noqa: E402
 from world.dataset import EpisodeReader  # noqa: E402
 from world.engine import ENGINE_VERSION  # noqa: E402
@@ -188,6 +189,24 @@ def test_f5_records_a_loadable_episode_of_the_chunks_shown(make_window, tmp_path
     assert first > 0 and [r["i"] for r in reader.records] == list(range(first, first + len(reader)))
     assert ["right"] in [r["action"]["keys"] for r in reader.records]
     assert reader.frames.shape[1:] == (64, 64, 3)
+
+
+def test_a_full_disk_stops_the_recording_with_a_message_and_play_goes_on(make_window, capsys):
+    window = make_window()
+    run_frames(window, 3)
+    press(pygame.K_F5)
+    run_frames(window, 6)
+    writer = window.recorder.writer
+    writer._frames = FullDisk(writer._frames, 0)  # the disk is full from now on
+    saved = writer.frames_written
+    run_frames(window, 9)
+    assert not window.recorder.recording
+    message = f"recording stopped: disk full; {saved} frames saved to {window.recorder.path}"
+    assert window._message.text == message and message in capsys.readouterr().err
+    shown = window.frames_shown
+    run_frames(window, 6)
+    assert window.frames_shown == shown + 6  # play goes on
+    assert len(EpisodeReader(window.recorder.path)) == saved
 
 
 def test_reset_help_pause_and_mouse_capture(make_window, monkeypatch):

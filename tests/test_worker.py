@@ -173,16 +173,41 @@ def test_open_refusals(fields, code):
         assert FakeBackend.closed == closed + 1  # a backend built for a refused open is freed
 
 
-def test_max_sessions():
+def test_max_sessions_is_busy_with_a_retry_hint():
     c = Core(max_sessions=2)
+    c.open(), c.open(identity=OTHER)
+    (error,) = c.send(P.Open(backend="fake", prompt="hills"), identity=b"\x00third")
+    assert error.code == P.BUSY and error.retry_after_s > 0
+
+
+def test_one_client_holds_at_most_its_cap_and_others_are_still_admitted():
+    c = Core(max_sessions=8, per_client=2)
     c.open(), c.open()
     (error,) = c.send(P.Open(backend="fake", prompt="hills"))
-    assert error.code == P.TOO_MANY_SESSIONS
+    assert error.code == P.TOO_MANY_SESSIONS and "2" in error.message
+    assert c.open(identity=OTHER)  # the worker still has room for everybody else
+
+
+def test_one_client_key_is_one_client_whatever_its_sockets():
+    c = Core(per_client=1)
+    key = "k" * 40
+    (opened,) = c.core.handle(Inbound(ME, P.Open(backend="fake", prompt="hills"), 0.0, user=key))
+    (error,) = c.core.handle(Inbound(OTHER, P.Open(backend="fake", prompt="hills"), 0.0, user=key))
+    assert P.decode_reply(error.frames)[0].code == P.TOO_MANY_SESSIONS
+
+
+def test_memory_budget_refuses_before_building():
+    c = Core(memory_budget_mb=20)  # one 16x16 fake session fits, a 1024x1024x16 one does not
+    built = FakeBackend.built
+    (error,) = c.send(P.Open(backend="fake", prompt="hills", options={"height": 1024, "width": 1024,
+                                                                       "chunk_frames": 16}))  # fmt: skip
+    assert error.code == P.BUSY and "memory budget" in error.message and FakeBackend.built == built
+    assert c.open()
 
 
 def test_round_robin_serves_every_session():
     c = Core(max_unacked=3)
-    sessions = {c.open(), c.open(), c.open()}
+    sessions = {c.open(), c.open(identity=OTHER), c.open(identity=b"\x00third")}
     produced = [m.session for m, _ in c.produce_all()]
     assert len(produced) == 9 and all(produced.count(s) == 3 for s in sessions)
     assert set(produced[:3]) == sessions  # interleaved, not one session after the other

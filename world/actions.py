@@ -63,7 +63,10 @@ class Action:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)):
                 raise ActionError(f"{name} must be a number, got {type(value).__name__}")
-            value = float(value)
+            try:
+                value = float(value)
+            except OverflowError:  # an integer literal of hundreds of digits
+                raise ActionError(f"{name} is outside [-{MOUSE_LIMIT}, {MOUSE_LIMIT}]") from None
             if not math.isfinite(value) or abs(value) > MOUSE_LIMIT:
                 raise ActionError(f"{name}={value!r} is outside [-{MOUSE_LIMIT}, {MOUSE_LIMIT}]")
             object.__setattr__(self, name, value)

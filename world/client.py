@@ -29,6 +29,7 @@ import zmq
 
 from world import protocol as P
 from world.actions import Action
+from world.auth import ClientKeys, secure_client
 from world.themes import EXAMPLE_PROMPTS
 
 DEFAULT_PROMPT = EXAMPLE_PROMPTS[0]
@@ -45,6 +46,8 @@ INFO_FIELDS = (
     "window",
     "start",  # what the world's first chunk starts from (generated backend), else None
     "start_notice",  # why the start is not the one asked for (e.g. "start: text (the engine does not know ...)")
+    "security",  # "curve" (authenticated, encrypted) or "none"
+    "notice",  # what the worker tells every client, e.g. that it runs --insecure beyond loopback
 )
 
 
@@ -55,10 +58,11 @@ class WorldConnectionError(ConnectionError):
 class WorldRequestError(RuntimeError):
     """The worker refused a blocking request (open, status); `code` is the protocol error code."""
 
-    def __init__(self, code: str, message: str):
+    def __init__(self, code: str, message: str, retry_after_s: float | None = None):
         super().__init__(f"{code}: {message}")
         self.code = code
         self.message = message
+        self.retry_after_s = retry_after_s  # on "busy": when trying again may succeed
 
 
 @dataclass(frozen=True)
@@ -119,8 +123,12 @@ class WorldClient:
         heartbeat_s: float = 1.0,
         liveness_s: float = 3.0,
         context: zmq.Context | None = None,
+        keys: ClientKeys | None = None,
     ):
+        """`keys`: this client's CURVE key pair and the worker's public key, for a worker that
+        authenticates its clients (world/auth.py); None for a loopback or --insecure worker."""
         self.address = address
+        self.keys = keys
         self.timeout_s = timeout_s
         self.heartbeat_s = heartbeat_s
         self.liveness_s = liveness_s  # no message from the worker for this long -> not connected
@@ -154,6 +162,8 @@ class WorldClient:
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.SNDHWM, 1000)
         sock.setsockopt(zmq.RCVHWM, 1000)
+        if self.keys is not None:
+            secure_client(sock, self.keys)
         sock.connect(self.address)
         self._socket = sock
         self._last_heard = time.monotonic()
@@ -218,7 +228,7 @@ class WorldClient:
             self._socket = None
             raise
         if isinstance(reply, P.Error):
-            raise WorldRequestError(reply.code, reply.message)
+            raise WorldRequestError(reply.code, reply.message, reply.retry_after_s)
         if not isinstance(reply, P.Opened):
             raise WorldRequestError(P.BAD_MESSAGE, f"unexpected reply {reply.TYPE} to open")
         self._spec = _OpenSpec(backend, prompt, seed, dict(options or {}), lookahead, start_image)

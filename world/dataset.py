@@ -15,9 +15,11 @@ it was writing, and nothing written by `close()` is needed to read the episode b
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import os
+import stat
 import time
 import warnings
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -57,6 +59,13 @@ META_KEYS = (
 )
 # Keys every record has. The writer fills "i", "chunk", "steps", "nfe" and "t" when missing.
 RECORD_KEYS = ("i", "chunk", "action", "prompt", "steps", "nfe", "t")
+
+# Reading limits: an episode may come from anywhere (a download, a crafted directory), so no read
+# is unbounded and no file is followed through a symlink or read from a device.
+MAX_META_BYTES = 64 * 1024
+MAX_RECORD_BYTES = 64 * 1024  # one frames.jsonl line
+MAX_META_OPTIONS = 64
+MAX_INDEX = 2**53  # frame and chunk indices, steps, nfe: integers in [0, 2**53]
 
 
 class DatasetError(ValueError):
@@ -244,10 +253,17 @@ class EpisodeWriter:
             os.fsync(f.fileno())
 
     def close(self) -> None:
-        """Close the files. Writes nothing the reader needs: a killed writer's episode loads too."""
+        """Close the files. Writes nothing the reader needs: a killed writer's episode loads too.
+        Both are closed even when flushing one fails (a full disk); then the first error is raised."""
+        error: OSError | None = None
         for f in (self._frames, self._records):
-            if not f.closed:
-                f.close()
+            try:
+                if not f.closed:
+                    f.close()
+            except OSError as exc:  # a buffered file is closed even when its last flush fails
+                error = error or exc
+        if error is not None:
+            raise error
 
 
 class EpisodeReader:
@@ -278,31 +294,30 @@ class EpisodeReader:
         file = self.path / META_FILE
         if not self.path.is_dir():
             raise DatasetError(f"{self.path}: not an episode directory (does not exist or is a file)")
-        if not file.is_file():
+        if not file.is_file() and not file.is_symlink():
             raise DatasetError(f"{file}: missing; not an episode (or its writer died before starting)")
         try:
-            meta = json.loads(file.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+            meta = _loads(read_bounded(file, MAX_META_BYTES))
+        except (UnicodeDecodeError, ValueError) as e:
             raise DatasetError(f"{file}: cannot read JSON: {e}") from e
         _check_meta(meta, file)
         return meta
 
     def _read_records(self) -> tuple[list[dict], bool]:
         file = self.path / RECORDS_FILE
-        try:
-            data = file.read_bytes()
-        except OSError as e:
-            raise DatasetError(f"{file}: cannot read: {e}") from e
+        frames = self._count_frames(self.meta["height"] * self.meta["width"] * 3)[0]
+        data = read_bounded(file, (frames + 1) * MAX_RECORD_BYTES)  # a line per frame, plus a torn one
         lines = data.split(b"\n")
         torn = lines.pop() != b""  # text after the last newline is a line cut short by a kill
         return [_parse_record(line, file, k + 1) for k, line in enumerate(lines)], torn
 
     def _count_frames(self, frame_bytes: int) -> tuple[int, bool]:
         file = self.path / FRAMES_FILE
+        fd = open_regular(file)
         try:
-            size = file.stat().st_size
-        except OSError as e:
-            raise DatasetError(f"{file}: cannot read: {e}") from e
+            size = os.fstat(fd).st_size
+        finally:
+            os.close(fd)
         return size // frame_bytes, size % frame_bytes != 0
 
     def _warn_if_torn(self, torn_line: bool, partial_frame: bool, n_lines: int, n_frames: int) -> None:
@@ -368,12 +383,13 @@ class EpisodeReader:
     def start_image(self) -> np.ndarray | None:
         """[H, W, 3] uint8 from start.png (a world started from a picture), or None without one."""
         file = self.path / START_IMAGE_FILE
-        if not file.is_file():
+        if not file.is_file() and not file.is_symlink():
             return None
         from PIL import Image
 
+        data = read_bounded(file, 8 * self.meta["height"] * self.meta["width"] * 3 + 65536)  # PNG: never much larger
         try:
-            with Image.open(file, formats=("PNG",)) as image:
+            with Image.open(io.BytesIO(data), formats=("PNG",)) as image:
                 pixels = np.asarray(image.convert("RGB"), dtype=np.uint8).copy()
         except Exception as e:  # a damaged file is the dataset's problem, reported with its name
             raise DatasetError(f"{file}: cannot read the start image: {e}") from e
@@ -404,22 +420,101 @@ def _check_meta(meta: object, file: Path) -> None:
     for name in ("height", "width", "chunk_frames"):
         if not _positive_int(meta[name]):
             raise DatasetError(f"{file}: {name} must be a positive int, got {meta[name]!r}")
+        if meta[name] > 1 << 16:
+            raise DatasetError(f"{file}: {name} {meta[name]} is beyond any world's size")
     fps = meta["fps"]
-    if not isinstance(fps, (int, float)) or isinstance(fps, bool) or not (math.isfinite(fps) and fps > 0):
-        raise DatasetError(f"{file}: fps must be a positive number, got {fps!r}")
+    if not isinstance(fps, (int, float)) or isinstance(fps, bool) or not (math.isfinite(fps) and 0 < fps <= 1000):
+        raise DatasetError(f"{file}: fps must be a positive number (at most 1000), got {fps!r:.40}")
+    seed = meta["seed"]
+    if not (isinstance(seed, int) and not isinstance(seed, bool) and 0 <= seed < 2**63):
+        raise DatasetError(f"{file}: seed must be an integer in [0, 2**63), got {meta['seed']!r:.40}")
+    options = meta["options"]
+    if not isinstance(options, dict) or len(options) > MAX_META_OPTIONS:
+        raise DatasetError(f"{file}: options must be an object with at most {MAX_META_OPTIONS} keys")
+    for key, value in options.items():
+        if not _scalar(value):
+            raise DatasetError(f"{file}: option {key!r:.60} must be a number, bool, null or string of at most "
+                               "256 characters")  # fmt: skip
 
 
 def _parse_record(line: bytes, file: Path, lineno: int) -> dict:
+    if len(line) > MAX_RECORD_BYTES:
+        raise DatasetError(f"{file}:{lineno}: a record of {len(line)} bytes; the limit is {MAX_RECORD_BYTES}")
     try:
-        rec = json.loads(line)
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        rec = _loads(line)
+    except (UnicodeDecodeError, ValueError) as e:
         raise DatasetError(f"{file}:{lineno}: bad JSON: {e}") from e
     if not isinstance(rec, dict):
         raise DatasetError(f"{file}:{lineno}: a record must be a JSON object")
     missing = [k for k in ("chunk", "action", "prompt") if k not in rec]
     if missing:
         raise DatasetError(f"{file}:{lineno}: record lacks {missing}")
+    for key in ("i", "chunk", "steps", "nfe"):
+        if key in rec and not _index(rec[key]):
+            raise DatasetError(f"{file}:{lineno}: {key} must be an integer in [0, 2**53], got {rec[key]!r:.40}")
+    if "t" in rec and not (isinstance(rec["t"], (int, float)) and not isinstance(rec["t"], bool)):
+        raise DatasetError(f"{file}:{lineno}: t must be a number, got {rec['t']!r:.40}")
+    if not isinstance(rec["prompt"], str):
+        raise DatasetError(f"{file}:{lineno}: prompt must be a string")
+    try:
+        Action.from_json(rec["action"])  # refuses NaN, out-of-range and unknown keys by name
+    except ActionError as e:
+        raise DatasetError(f"{file}:{lineno}: bad action: {e}") from e
     return rec
+
+
+def _index(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= MAX_INDEX
+
+
+def _scalar(value: object) -> bool:
+    if value is None or isinstance(value, bool):
+        return True
+    if isinstance(value, str):
+        return len(value) <= 256
+    if isinstance(value, int):
+        return abs(value) <= MAX_INDEX
+    return isinstance(value, float) and math.isfinite(value) and abs(value) <= 1e15
+
+
+def _refuse_constant(name: str) -> float:
+    raise ValueError(f"{name} is not a number JSON allows")
+
+
+def _loads(data: bytes) -> object:
+    """JSON without NaN/Infinity (Python's json would accept them), from UTF-8 bytes."""
+    return json.loads(data.decode("utf-8"), parse_constant=_refuse_constant)
+
+
+def open_regular(file: Path) -> int:
+    """A read-only descriptor of `file`, which must be a regular file and not a symlink
+    (a crafted episode could link frames.jsonl to /dev/zero or to a file outside it)."""
+    try:
+        fd = os.open(file, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0))
+    except OSError as e:
+        if file.is_symlink():
+            raise DatasetError(f"{file}: is a symlink; episode files must be regular files in the episode") from e
+        raise DatasetError(f"{file}: cannot read: {e.strerror or e}") from e
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise DatasetError(f"{file}: not a regular file; episode files must be regular files in the episode")
+    return fd
+
+
+def read_bounded(file: Path, limit: int) -> bytes:
+    """The bytes of a regular, non-symlinked file of at most `limit` bytes; DatasetError otherwise."""
+    fd = open_regular(file)
+    try:
+        size = os.fstat(fd).st_size
+        if size > limit:
+            raise DatasetError(f"{file}: {size} bytes; the most this file may hold here is {limit}")
+        with os.fdopen(os.dup(fd), "rb") as f:
+            data = f.read(limit + 1)
+    finally:
+        os.close(fd)
+    if len(data) > limit:
+        raise DatasetError(f"{file}: more than {limit} bytes; the most this file may hold here is {limit}")
+    return data
 
 
 def open_dataset(root: str | Path) -> list[EpisodeReader]:

@@ -43,6 +43,10 @@ MAX_OPTION_STR_CHARS = 256
 SEED_LIMIT = 2**63  # seeds are ints in [0, SEED_LIMIT): they fit a signed 64-bit integer
 MAX_SEQ = 2**63 - 1
 _MAX_SAFE_INT = 2**53  # JSON numbers beyond this lose precision in other languages
+# Option numbers beyond these are refused on decode, before any arithmetic (a 400-digit integer
+# would overflow float() in a backend; 1e300 would overflow a product).
+MAX_OPTION_INT = _MAX_SAFE_INT
+MAX_OPTION_FLOAT = 1e15
 
 Ref = int | str | None
 
@@ -78,6 +82,7 @@ BACKEND_ERROR = "backend_error"
 QUEUE_FULL = "queue_full"
 TOO_MANY_SESSIONS = "too_many_sessions"
 BUSY = "busy"
+OVER_BUDGET = "over_budget"
 INTERNAL = "internal"
 ERROR_CODES = (
     BAD_FRAME,
@@ -99,6 +104,7 @@ ERROR_CODES = (
     QUEUE_FULL,
     TOO_MANY_SESSIONS,
     BUSY,
+    OVER_BUDGET,
     INTERNAL,
 )
 
@@ -176,8 +182,19 @@ def _parse_options(value: object) -> dict:
             raise ProtocolError(BAD_OPTION, f"option key must have 1..{MAX_ID_CHARS} chars")
         scalar = item is None or isinstance(item, (bool, int, str)) or (isinstance(item, float) and math.isfinite(item))
         if not scalar or (isinstance(item, str) and len(item) > MAX_OPTION_STR_CHARS):
-            raise ProtocolError(BAD_OPTION, f"option {key!r} must be a number, bool, null or short string")
+            raise ProtocolError(BAD_OPTION, f"option {key!r:.70} must be a number, bool, null or short string")
+        if not option_number_in_range(item):
+            raise ProtocolError(BAD_OPTION, f"option {key!r:.70}: number out of range (integers within +-2**53, "
+                                f"other numbers within +-{MAX_OPTION_FLOAT:g})")  # fmt: skip
     return dict(value)
+
+
+def option_number_in_range(value: object) -> bool:
+    """True for non-numbers and for numbers small enough for any arithmetic a backend does."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return True
+    limit = MAX_OPTION_INT if isinstance(value, int) else MAX_OPTION_FLOAT
+    return abs(value) <= limit
 
 
 def parse_lookahead(value: object) -> int | None:
@@ -365,6 +382,10 @@ class Opened(Message):
     # (the generated one); start_notice: why it is not what was asked for (e.g. a fallback to text).
     start: str | None = None
     start_notice: str | None = None
+    # "curve" (authenticated and encrypted, docs/protocol.md "Authentication") or "none"; a worker
+    # bound beyond loopback with --insecure says so in `notice` to every client.
+    security: str | None = None
+    notice: str | None = None
 
 
 @dataclass(frozen=True)
@@ -401,7 +422,7 @@ class Chunk(Message):
 class Closed(Message):
     TYPE: ClassVar[str] = "closed"
     session: str = ""
-    reason: str = "client"  # "client" | "timeout" | "shutdown"
+    reason: str = "client"  # "client" | "timeout" | "shutdown" | "error" | "over_budget"
     ref: Ref = None
 
 
@@ -429,6 +450,7 @@ class Error(Message):
     session: str | None = None
     request: str | None = None  # the type of the request that failed, when known
     supported: int | None = None  # set on bad_version: the version this worker speaks
+    retry_after_s: float | None = None  # set on busy: when trying again may succeed
 
 
 REQUEST_TYPES: dict[str, type[Message]] = {
@@ -644,4 +666,5 @@ def error_for(exc: ProtocolError, session: str | None = None) -> Error:
         session=session,
         request=exc.extra.get("request"),
         supported=exc.extra.get("supported"),
+        retry_after_s=exc.extra.get("retry_after_s"),
     )

@@ -7,6 +7,7 @@ docs/dataset.md), so a recording is training data and can be replayed (world/rep
 
 from __future__ import annotations
 
+import errno
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,6 +23,21 @@ META_FACTS = ("engine_version", "model")
 # extra: they go into meta.json of every episode of that world, so a recording says how to make
 # its start again (and replay does).
 START_FACTS = ("start", "start_source", "start_requested", "start_notice")
+
+
+# Why a write failed, in the words a player reads ("recording stopped: disk full; ...").
+WRITE_FAILURES = {
+    errno.ENOSPC: "disk full",
+    errno.EDQUOT: "disk quota exceeded",
+    errno.EFBIG: "file size limit reached",
+    errno.EROFS: "read-only file system",
+    errno.EACCES: "permission denied",
+    errno.EPERM: "permission denied",
+}
+
+
+def write_failure(exc: OSError) -> str:
+    return WRITE_FAILURES.get(exc.errno, exc.strerror or type(exc).__name__)
 
 
 @dataclass(frozen=True)
@@ -44,6 +60,11 @@ class Recorder:
     Front ends pass every chunk they show to `append`, recording or not, so the recorder also
     learns how each world started from its reset view (START_FACTS) and puts that in the meta of
     episodes of that world; a world started from a picture also gets the picture as start.png.
+
+    A disk that fills up (or a file-size limit, a read-only or unwritable directory) never ends
+    play: the recording stops, everything flushed before the error stays readable (the dataset's
+    reader ignores a torn last chunk), and `take_failure()` hands the front end the message to
+    show once ("recording stopped: disk full; 252 frames saved to ...").
     """
 
     def __init__(self, root: str | Path, info: dict, options: dict | None = None, source: str = "play") -> None:
@@ -56,6 +77,7 @@ class Recorder:
         self._planned: _Planned | None = None
         self._world: object = None
         self._start: tuple[object, dict, np.ndarray] | None = None  # (world, START_FACTS, its first frame)
+        self._failure: str | None = None  # a write failure not yet shown
 
     @property
     def recording(self) -> bool:
@@ -88,11 +110,33 @@ class Recorder:
             return
         if world != self._world:
             self.start(seed, chunk.records[0]["prompt"], world)
-        if self.writer is None:
-            self.writer = self._open(self._planned, chunk)
-            self._planned = None
         n = len(chunk.frames) if limit is None else limit
-        self.writer.append_chunk(chunk.frames[:n], chunk.records[:n])
+        try:
+            if self.writer is None:
+                self.writer = self._open(self._planned, chunk)
+                self._planned = None
+            self.writer.append_chunk(chunk.frames[:n], chunk.records[:n])
+        except OSError as exc:
+            self._fail(exc)
+
+    def _fail(self, exc: OSError) -> None:
+        """Stop recording after a write error, keeping what is on disk; remember the message."""
+        frames = self.frames
+        path = self.path
+        try:
+            self.stop()
+        except OSError:  # the close's own flush hit the same full disk; the files are closed
+            self.writer = None
+        if frames == 0 and path is not None and not (path / "meta.json").exists():
+            self.paths = [p for p in self.paths if p != path]  # nothing readable was written
+            self._failure = f"recording stopped: {write_failure(exc)}; nothing saved ({exc.filename or path})"
+        else:
+            self._failure = f"recording stopped: {write_failure(exc)}; {frames} frames saved to {path}"
+
+    def take_failure(self) -> str | None:
+        """The message of a recording that stopped on a write error, once; else None."""
+        failure, self._failure = self._failure, None
+        return failure
 
     def _open(self, planned: _Planned, first: ChunkEvent) -> EpisodeWriter:
         info = self.info

@@ -80,6 +80,17 @@ class Session:
         self.frame_index = 0
         self.chunks_produced = 0
         self.last_seen = now
+        # Worker-side life cycle (world/worker.py): a job running off the compute loop on this
+        # session's backend (its first chunk, a reset), the requests that wait for it, and the
+        # cost limit its chunks are held to.
+        self.job: object | None = None
+        self.deferred: list = []
+        self.trial = True  # the first chunk made by step_chunk is timed off the loop before any inline one
+        self.budget_s = float("inf")
+        self.strikes = 0  # consecutive chunks over budget
+        self.dropped = False  # closed while a job ran: the job's end frees the backend
+        self.holder: object | None = None  # what it counts against in admission (world/admission.py)
+        self.build_s = 0.0  # how long building and resetting it took
         self.start: str | None = None  # what the current world started from, when the backend says
         self.start_notice: str | None = None  # why that is not the start that was asked for
         # The worker reset the backend before building the session (reset_ms: how long that took).

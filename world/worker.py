@@ -32,14 +32,20 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import zmq
 
 from world import protocol as P
+from world.actions import IDLE
+from world.admission import Admission, AdmissionConfig, CostModel, Holder, directory_bytes, estimate_bytes
+from world.auth import AuthError, ServerKeys, check_bind, secure_server, server_keys, start_authenticator
 from world.backends.registry import SESSION_DEFAULTS, backend_names, create_backend
 from world.errors import BackendError, PromptError
+from world.jobs import InlineExecutor, Job
+from world.ratelog import RateLimitedLog
 from world.session import Session
 from world.start import StartImageError, decode_start_image
 
@@ -52,8 +58,21 @@ WORKER_ONLY_OPTIONS = frozenset({"device", "checkpoint", "start_image"})
 # Opens carrying a start image (up to 4 MiB each) that may wait for the compute loop at once; more
 # are answered `busy`, so queued images never hold more than this many times the image limit.
 MAX_PENDING_IMAGES = 4
-# Options that size buffers; range-checked before a backend ever sees them.
-SIZE_OPTIONS = {"height": (8, 1024), "width": (8, 1024), "chunk_frames": (1, 16)}
+# Numeric options range-checked before a backend ever sees them: (low, high, integers only).
+# The sizes bound buffers; steps and fps bound the work one chunk may ask for.
+NUMBER_OPTIONS = {
+    "height": (8, 1024, True), "width": (8, 1024, True), "chunk_frames": (1, 16, True), "fps": (1, 240, False),
+    "steps": (1, 1000, True), "guidance": (0, 100, False), "context_noise": (0, 1000, False),
+}  # fmt: skip
+GEOMETRY_OPTIONS = ("height", "width", "chunk_frames", "fps")  # never null: they size every buffer
+# Requests for a session whose job (first chunk, reset) runs off the loop wait for it, in order;
+# at most this many, then `busy`.
+MAX_DEFERRED = 64
+# A worker times one chunk of this engine session before it serves (world/admission.py CostModel).
+DEFAULT_CALIBRATION = {"height": 64, "width": 64, "chunk_frames": 3}
+CALIBRATION_PROMPT = "green hills at noon"
+# Consecutive chunks over budget before a session is closed (one slow chunk may be the machine's).
+BUDGET_STRIKES = 2
 
 
 @dataclass
@@ -68,6 +87,18 @@ class WorkerConfig:
     inbound_queue: int = 1024  # decoded requests waiting for the compute loop
     hwm: int = 1000  # ZeroMQ send/receive high-water marks (messages)
     backend_options: dict[str, dict] = field(default_factory=dict)  # operator defaults per backend
+    per_client: int = 2  # sessions one client (routing identity, or client key) may hold
+    memory_budget_mb: int = 0  # estimated memory of all sessions; 0: half the machine's (world/admission.py)
+    # The longest one chunk of a session may hold the compute loop (every other session waits that
+    # long): a session's budget is the larger of this and its chunk's play time (F / fps). Enforced
+    # while other clients' sessions share the worker.
+    chunk_budget_s: float = 1.0
+    keys: ServerKeys | None = None  # CURVE keys: clients authenticate and frames are encrypted (world/auth.py)
+    notice: str | None = None  # told to every client in `opened` (an --insecure remote worker)
+
+    @property
+    def security(self) -> str:
+        return "curve" if self.keys is not None else "none"
 
 
 @dataclass(frozen=True)
@@ -75,6 +106,7 @@ class Inbound:
     identity: bytes
     request: P.Message
     received: float
+    user: str | None = None  # the client's public key (z85) on an authenticated worker
 
 
 @dataclass(frozen=True)
@@ -121,16 +153,33 @@ def rss_bytes() -> int | None:
 
 class WorkerCore:
     """All session state and request handling; `handle`/`expire`/`produce_next` return the
-    messages to send, so it is testable without sockets."""
+    messages to send, so it is testable without sockets.
 
-    def __init__(self, config: WorkerConfig, instance: str, io_stats: IOStats | None = None):
+    Work whose cost a client picks runs off the compute loop on `executor` (world/jobs.py):
+    building a session (a session is "opening" until it is built and reset), its first chunk made
+    by `step_chunk` (timed against the session's budget before any of its chunks runs on the
+    loop) and resets. Requests for a session with a job in flight wait for it, in order."""
+
+    def __init__(self, config: WorkerConfig, instance: str, io_stats: IOStats | None = None,
+                 executor: object | None = None, heard: dict[bytes, float] | None = None):  # fmt: skip
         self.config = config
         self.instance = instance
         self.sessions: dict[str, Session] = {}
         self.stats = CoreStats()
         self.io_stats = io_stats or IOStats()
         self.started = time.monotonic()
+        self.executor = executor or InlineExecutor()
+        # identity -> when the I/O thread last received anything from it (liveness from receipt,
+        # not from when this loop got round to the message).
+        self.heard = heard if heard is not None else {}
+        self.jobs: list[Job] = []
+        self.admission = Admission(AdmissionConfig(config.max_sessions, config.per_client,
+                                                   config.memory_budget_mb * 1024 * 1024))  # fmt: skip
+        self.log = RateLimitedLog(log)
+        self.costs = CostModel()
+        self._weights: dict[str, int] = {}  # checkpoint path -> bytes on disk (memory estimates)
         self._rr = 0  # round-robin cursor into the session order
+        self._pruned = 0.0
         self._handlers: dict[type, Callable[[Inbound], list[Outgoing]]] = {
             P.Open: self._open,
             P.Input: self._input,
@@ -150,44 +199,181 @@ class WorkerCore:
         self._touch(item.identity, item.received)
         request = item.request
         try:
+            waiting = self._defer(item)
+            if waiting is not None:
+                return waiting
             return self._handlers[type(request)](item)
         except P.ProtocolError as exc:
             exc.ref, exc.extra["request"] = request.ref, request.TYPE
             return [self._error(item.identity, P.error_for(exc, getattr(request, "session", None)))]
         except Exception as exc:  # a backend bug must not take the worker down
-            log.exception("request %s failed", request.TYPE)
-            error = P.Error(
-                code=P.INTERNAL,
-                message=f"{type(exc).__name__}: {exc}"[:500],
-                ref=request.ref,
-                session=getattr(request, "session", None),
-                request=request.TYPE,
-            )
-            return [self._error(item.identity, error)]
+            return [self._error(item.identity, self._internal(exc, request))]
+
+    def _internal(self, exc: Exception, request: P.Message) -> P.Error:
+        self.log.warning("request %s failed: %s: %.200s", request.TYPE, type(exc).__name__, exc)
+        return P.Error(code=P.INTERNAL, message=f"{type(exc).__name__}: {exc}"[:500], ref=request.ref,
+                       session=getattr(request, "session", None), request=request.TYPE)  # fmt: skip
+
+    def _defer(self, item: Inbound) -> list[Outgoing] | None:
+        """Requests for a session whose job is running wait for it ([] then); None: handle now."""
+        if not isinstance(item.request, (P.Input, P.Actions, P.Prompt, P.Reset, P.Ack)):
+            return None
+        session = self.sessions.get(item.request.session)
+        if session is None or session.owner != item.identity or session.job is None:
+            return None
+        if len(session.deferred) >= MAX_DEFERRED:
+            raise P.ProtocolError(P.BUSY, "the session is busy (resetting or timing its first chunk); retry in 1 s",
+                                  retry_after_s=1.0)  # fmt: skip
+        session.deferred.append(item)
+        return []
 
     def expire(self, now: float) -> list[Outgoing]:
         """Close sessions whose client has been silent for longer than the session timeout."""
         limit = self.config.session_timeout_s
-        stale = [s for s in self.sessions.values() if now - s.last_seen > limit]
+        stale = [s for s in self.sessions.values() if now - self._last_heard(s) > limit]
         out = []
         for session in stale:
-            log.info("session %s silent for %.1f s: closing", session.sid, now - session.last_seen)
+            log.info("session %s silent for %.1f s: closing", session.sid, now - self._last_heard(session))
             self.stats.sessions_expired += 1
             out.append(self._drop(session, "timeout"))
+        self._prune_heard(now)
         return out
 
+    def _last_heard(self, session: Session) -> float:
+        return max(session.last_seen, self.heard.get(session.owner, 0.0))
+
+    def _prune_heard(self, now: float) -> None:
+        """Forget clients that hold nothing and have been silent a while (bounds `heard`)."""
+        if now - self._pruned < 1.0:
+            return
+        self._pruned = now
+        owners = {s.owner for s in self.sessions.values()} | {j.identity for j in self.jobs}
+        for identity, when in list(self.heard.items()):
+            if identity not in owners and now - when > self.config.session_timeout_s:
+                self.heard.pop(identity, None)
+
     def produce_next(self) -> list[Outgoing]:
-        """Generate one chunk for the next session (round-robin) that may produce; [] if none."""
+        """Finish the jobs that are done, then generate one chunk for the next session
+        (round-robin) that may produce; a session's first chunk goes to the executor instead."""
+        out = self.collect()
         order = list(self.sessions.values())
         for k in range(len(order)):
             session = order[(self._rr + k) % len(order)]
-            if session.can_produce():
-                self._rr = (self._rr + k + 1) % len(order)
-                return self._produce(session)
-        return []
+            if session.job is not None or not session.can_produce():
+                continue
+            self._rr = (self._rr + k + 1) % len(order)
+            if session.trial:
+                out += self._start_job(Job("produce", self.executor.submit(self._timed_produce, session),
+                                           session.owner, session=session))  # fmt: skip
+                if out:
+                    return out  # an inline executor made it already
+                continue  # another session may still produce on the loop this round
+            return out + self._produce(session)
+        return out
+
+    def collect(self) -> list[Outgoing]:
+        """Replies for the jobs that have finished."""
+        done = [job for job in self.jobs if job.future.done()]
+        out: list[Outgoing] = []
+        for job in done:
+            out += self._finish(job)
+        return out
 
     def close_all(self, reason: str = "shutdown") -> list[Outgoing]:
         return [self._drop(s, reason) for s in list(self.sessions.values())]
+
+    # -- jobs --------------------------------------------------------------------------------------
+
+    def _start_job(self, job: Job) -> list[Outgoing]:
+        """Track a submitted job; one that already finished (InlineExecutor) is answered now."""
+        self.jobs.append(job)
+        if job.session is not None:
+            job.session.job = job
+        return self._finish(job) if job.future.done() else []
+
+    def _finish(self, job: Job) -> list[Outgoing]:
+        if job not in self.jobs:
+            return []
+        self.jobs.remove(job)
+        if job.kind == "open":
+            return self._opened(job)
+        session = job.session
+        session.job = None
+        if session.dropped:  # closed while the job ran: only its backend is left to free
+            self._close_backend(session)
+            return []
+        out = self._reset_done(job) if job.kind == "reset" else self._trial_done(job)
+        if session.sid in self.sessions:
+            deferred, session.deferred = session.deferred, []
+            for item in deferred:
+                out += self.handle(item)
+        return out
+
+    def calibrate(self, backend: str = "engine", options: dict | None = None) -> None:
+        """Time one chunk of a small session before serving, so the cost model can refuse a session
+        far over budget from the first client on (about 0.2 s for the engine at 64x64)."""
+        options = dict(DEFAULT_CALIBRATION if options is None else options)
+        try:
+            world = self._create_backend(backend, {}, options)
+            try:
+                world.reset(0, CALIBRATION_PROMPT)
+                info = world.info
+                start = time.perf_counter()
+                world.step_chunk([IDLE] * info.chunk_frames)
+                seconds = time.perf_counter() - start
+            finally:
+                world.close()
+        except Exception as exc:  # a worker without that backend simply has no calibration
+            log.info("calibrating %s failed: %s: %.200s", backend, type(exc).__name__, exc)
+            return
+        self.costs.learn(backend, info.height, info.width, info.chunk_frames, seconds)
+
+    @staticmethod
+    def _timed_produce(session: Session) -> tuple[P.Chunk, object, float]:
+        start = time.perf_counter()
+        header, frames = session.produce()
+        return header, frames, time.perf_counter() - start
+
+    def _trial_done(self, job: Job) -> list[Outgoing]:
+        session = job.session
+        try:
+            header, frames, seconds = job.future.result()
+            out = [Outgoing(session.owner, P.encode_chunk(header, frames))]
+        except Exception as exc:
+            return self._backend_failed(session, exc)
+        self.stats.chunks_produced += 1
+        if header.extra.get("reset_view"):
+            return out  # made by the reset; the next chunk is the first step_chunk, timed the same way
+        session.trial = False
+        info = session.info
+        self.costs.learn(session.backend_name, info.height, info.width, info.chunk_frames, seconds)
+        return out + self._check_budget(session, seconds, strikes=BUDGET_STRIKES)
+
+    def _check_budget(self, session: Session, seconds: float, strikes: int = 1) -> list[Outgoing]:
+        """Close a session whose chunks take longer than its budget (`strikes` at once: its first)
+        while other clients' sessions share the loop: alone, a slow session delays nobody."""
+        if seconds <= session.budget_s or not self._shared(session):
+            session.strikes = 0
+            return []
+        session.strikes += strikes
+        if session.strikes < BUDGET_STRIKES:
+            return []
+        error = P.Error(code=P.OVER_BUDGET, session=session.sid, message=(
+            f"a chunk of this session takes {seconds:.2f} s; this worker allows {session.budget_s:.2f} s per chunk "
+            f"(the larger of the chunk's play time and serve --chunk-budget {self.config.chunk_budget_s:g}): open "
+            "a smaller session (height, width, chunk_frames, steps)"))  # fmt: skip
+        log.info("session %s: chunk %.2f s over its budget of %.2f s: closing", session.sid, seconds, session.budget_s)
+        return [self._error(session.owner, error), self._drop(session, "over_budget")]
+
+    def _shared(self, session: Session) -> bool:
+        """True when another client has a session open or opening on this worker."""
+        return any(s.owner != session.owner for s in self.sessions.values()) or any(
+            j.kind == "open" and j.identity != session.owner for j in self.jobs)  # fmt: skip
+
+    def _backend_failed(self, session: Session, exc: Exception) -> list[Outgoing]:
+        self.log.warning("session %s: backend failed: %s: %.200s", session.sid, type(exc).__name__, exc)
+        error = P.Error(code=P.BACKEND_ERROR, message=f"generation failed: {exc}"[:500], session=session.sid)
+        return [self._error(session.owner, error), self._drop(session, "error")]
 
     # -- helpers ---------------------------------------------------------------------------------
 
@@ -211,31 +397,75 @@ class WorkerCore:
     def _drop(self, session: Session, reason: str, ref: P.Ref = None) -> Outgoing:
         del self.sessions[session.sid]
         self.stats.sessions_closed += 1
+        if session.job is not None:
+            session.dropped = True  # the job still uses the backend; its end frees it
+        else:
+            self._close_backend(session)
+        return _out(session.owner, P.Closed(session=session.sid, reason=reason, ref=ref))
+
+    def _close_backend(self, session: Session) -> None:
         try:
             session.close()
-        except Exception:
-            log.exception("closing backend of session %s failed", session.sid)
-        return _out(session.owner, P.Closed(session=session.sid, reason=reason, ref=ref))
+        except Exception as exc:
+            self.log.warning("closing backend of session %s failed: %s: %.200s", session.sid, type(exc).__name__, exc)
 
     def _produce(self, session: Session) -> list[Outgoing]:
         try:
-            header, frames = session.produce()
+            header, frames, seconds = self._timed_produce(session)
             out = [Outgoing(session.owner, P.encode_chunk(header, frames))]
         except Exception as exc:
-            log.exception("session %s: backend failed", session.sid)
-            error = P.Error(code=P.BACKEND_ERROR, message=f"generation failed: {exc}"[:500], session=session.sid)
-            return [self._error(session.owner, error), self._drop(session, "error")]
+            return self._backend_failed(session, exc)
         self.stats.chunks_produced += 1
-        return out
+        return out + self._check_budget(session, seconds)
 
     # -- request handlers ------------------------------------------------------------------------
 
+    def _holders(self) -> list[Holder]:
+        return [s.holder for s in self.sessions.values()] + [j.holder for j in self.jobs if j.kind == "open"]
+
     def _open(self, item: Inbound) -> list[Outgoing]:
+        """Check everything that is cheap to check, admit, then build the session off the loop."""
         req: P.Open = item.request
-        if len(self.sessions) >= self.config.max_sessions:
-            raise P.ProtocolError(P.TOO_MANY_SESSIONS, f"the worker serves at most {self.config.max_sessions} sessions")
         lookahead = self._lookahead(req.lookahead)  # checked before a backend is built
         self._check_backend_name(req.backend)
+        self._check_start(req)
+        check_client_options(req.options)
+        holder = Holder(item.identity, item.user, self._estimate(req.backend, req.options, lookahead))
+        self.admission.check(self._holders(), holder)
+        self._check_predicted_cost(req, item.identity)
+        future = self.executor.submit(self._build, item, lookahead, holder)
+        return self._start_job(Job("open", future, item.identity, request=item, holder=holder))
+
+    def _check_predicted_cost(self, req: P.Open, identity: bytes) -> None:
+        """Refuse, before building it, a session whose chunks would take over twice its budget
+        (world/admission.py CostModel). Also on an empty worker: others may come, and building
+        such a session alone costs a minute of CPU; sessions nearer the budget are timed instead."""
+        frames, fps = req.options.get("chunk_frames") or 3, req.options.get("fps") or 30.0
+        budget = max(frames / fps, self.config.chunk_budget_s)
+        predicted = self.costs.too_costly(req.backend, req.options, budget)
+        if predicted is not None:
+            raise P.ProtocolError(P.OVER_BUDGET, f"a chunk of this session would take about {predicted:.1f} s (from "
+                                  f"what this worker's {req.backend} sessions took); the budget is {budget:.2f} s "
+                                  "per chunk: open a smaller session")  # fmt: skip
+
+    def _estimate(self, backend: str, options: dict, lookahead: int) -> int:
+        weights = 0
+        if backend == "generated":
+            checkpoint = self.config.backend_options.get("generated", {}).get("checkpoint")
+            if checkpoint is None:
+                from world.backends.generated import bundled_checkpoint
+
+                checkpoint = bundled_checkpoint()
+            key = str(checkpoint)
+            if key not in self._weights:
+                self._weights[key] = directory_bytes(checkpoint)
+            weights = self._weights[key]
+        return estimate_bytes(backend, options, lookahead, weights)
+
+    def _build(self, item: Inbound, lookahead: int, holder: Holder) -> Session:
+        """Off the loop: the backend, reset with the seed and prompt, as a Session."""
+        req: P.Open = item.request
+        began = time.perf_counter()
         options, worker_set = self._start_options(req)
         backend = self._create_backend(req.backend, options, worker_set)
         try:
@@ -249,24 +479,30 @@ class WorkerCore:
         except BaseException:
             backend.close()
             raise
-        sid = secrets.token_hex(8)
-        session = Session(
-            sid,
-            item.identity,
-            req.backend,
-            backend,
-            req.prompt,
-            req.seed,
-            self.config.max_queued_actions,
-            item.received,
-            lookahead,
-            reset_ms=reset_ms,
-        )
-        self.sessions[sid] = session
+        session = Session(secrets.token_hex(8), item.identity, req.backend, backend, req.prompt, req.seed,
+                          self.config.max_queued_actions, item.received, lookahead, reset_ms=reset_ms)  # fmt: skip
+        info = session.info
+        session.budget_s = max(info.chunk_frames / info.fps, self.config.chunk_budget_s)
+        session.holder = holder
+        session.build_s = time.perf_counter() - began
+        return session
+
+    def _opened(self, job: Job) -> list[Outgoing]:
+        item, req = job.request, job.request.request
+        try:
+            session = job.future.result()
+        except P.ProtocolError as exc:
+            exc.ref, exc.extra["request"] = req.ref, req.TYPE
+            return [self._error(item.identity, P.error_for(exc))]
+        except Exception as exc:
+            return [self._error(item.identity, self._internal(exc, req))]
+        # The clock of a session that took long to build starts when it was built, not at the open.
+        session.last_seen = item.received + session.build_s
+        self.sessions[session.sid] = session
         self.stats.sessions_opened += 1
         info = session.info
         opened = P.Opened(
-            session=sid,
+            session=session.sid,
             backend=req.backend,
             height=info.height,
             width=info.width,
@@ -280,8 +516,21 @@ class WorkerCore:
             ref=req.ref,
             start=session.start,
             start_notice=session.start_notice,
+            security=self.config.security,
+            notice=self.config.notice,
         )
         return [_out(item.identity, opened)]
+
+    @staticmethod
+    def _check_start(req: P.Open) -> None:
+        """The start option against the image frame (cheap, before admission)."""
+        start = req.options.get("start")
+        if req.start_image is None and start == "image":
+            raise P.ProtocolError(P.BAD_OPTION, "start 'image' needs the image: send the PNG or JPEG file's bytes "
+                                  "as the open request's second frame (header field start_image)")  # fmt: skip
+        if req.start_image is not None and start not in (None, "image"):
+            raise P.ProtocolError(P.BAD_OPTION, f"the open carries a start image but asks for start {start!r:.40}; "
+                                  "an image comes with start 'image'")  # fmt: skip
 
     @staticmethod
     def _start_options(req: P.Open) -> tuple[dict, dict]:
@@ -290,14 +539,8 @@ class WorkerCore:
         decoded here, untrusted, so a bad image is a `bad_image` error and never reaches a backend."""
         options = dict(req.options)
         if req.start_image is None:
-            if options.get("start") == "image":
-                raise P.ProtocolError(P.BAD_OPTION, "start 'image' needs the image: send the PNG or JPEG file's bytes "
-                                      "as the open request's second frame (header field start_image)")  # fmt: skip
             return options, {}
-        start = options.setdefault("start", "image")
-        if start != "image":
-            raise P.ProtocolError(P.BAD_OPTION, f"the open carries a start image but asks for start {start!r:.40}; "
-                                  "an image comes with start 'image'")  # fmt: skip
+        options.setdefault("start", "image")
         try:
             image = decode_start_image(req.start_image)
         except StartImageError as exc:
@@ -341,6 +584,10 @@ class WorkerCore:
 
     @staticmethod
     def _check_info(info) -> None:
+        dims = (info.chunk_frames, info.height, info.width)
+        fps_ok = isinstance(info.fps, (int, float)) and not isinstance(info.fps, bool) and 0 < info.fps <= 1000
+        if not (all(P.is_int(d) and 0 < d <= 1 << 20 for d in dims) and fps_ok):
+            raise P.ProtocolError(P.BACKEND_ERROR, f"backend reports an unusable geometry: {info}")
         size = info.chunk_frames * info.height * info.width * 3
         if not (info.chunk_frames > 0 and info.height > 0 and info.width > 0 and info.fps > 0):
             raise P.ProtocolError(P.BACKEND_ERROR, f"backend reports an unusable geometry: {info}")
@@ -361,18 +608,22 @@ class WorkerCore:
         return [self._ok(item, session)]
 
     def _reset(self, item: Inbound) -> list[Outgoing]:
+        """Reset off the loop (a large world's terrain takes seconds); `ok` once it is done."""
         session = self._session(item)
+        future = self.executor.submit(session.reset, item.request.seed)
+        return self._start_job(Job("reset", future, item.identity, request=item, session=session))
+
+    def _reset_done(self, job: Job) -> list[Outgoing]:
+        session, item = job.session, job.request
         try:
-            session.reset(item.request.seed)
+            job.future.result()
         except Exception as exc:  # the world is half reset: end the session rather than stream garbage
-            log.exception("session %s: reset failed", session.sid)
-            error = P.Error(
-                code=P.BACKEND_ERROR,
-                message=f"reset failed: {exc}"[:500],
-                ref=item.request.ref,
-                session=session.sid,
-                request="reset",
-            )
+            if isinstance(exc, P.ProtocolError):  # a refused prompt: the old world goes on
+                exc.ref, exc.extra["request"] = item.request.ref, "reset"
+                return [self._error(item.identity, P.error_for(exc, session.sid))]
+            self.log.warning("session %s: reset failed: %s: %.200s", session.sid, type(exc).__name__, exc)
+            error = P.Error(code=P.BACKEND_ERROR, message=f"reset failed: {exc}"[:500], ref=item.request.ref,
+                            session=session.sid, request="reset")  # fmt: skip
             return [self._error(item.identity, error), self._drop(session, "error")]
         return [self._ok(item, session)]
 
@@ -411,6 +662,9 @@ class WorkerCore:
             "uptime_s": round(now - self.started, 3),
             "sessions": len(self.sessions),
             "max_sessions": self.config.max_sessions,
+            "opening": sum(1 for j in self.jobs if j.kind == "open"),
+            "per_client": self.config.per_client,
+            "security": self.config.security,
             "window": self.config.max_unacked,  # wire name: the largest lookahead granted
             "chunks_produced": core.chunks_produced,
             "sessions_opened": core.sessions_opened,
@@ -432,10 +686,12 @@ def check_client_options(options: dict) -> None:
                                   "request's second frame (header field start_image)")  # fmt: skip
         if key in WORKER_ONLY_OPTIONS:
             raise P.ProtocolError(P.BAD_OPTION, f"option {key!r} is set by the worker operator, not clients")
-        if key in SIZE_OPTIONS:
-            lo, hi = SIZE_OPTIONS[key]
-            if not P.is_int(value) or not lo <= value <= hi:
-                raise P.ProtocolError(P.BAD_OPTION, f"option {key!r} must be an integer in [{lo}, {hi}]")
+        if key in NUMBER_OPTIONS and (value is not None or key in GEOMETRY_OPTIONS):
+            lo, hi, whole = NUMBER_OPTIONS[key]
+            number = P.is_int(value) or (not whole and isinstance(value, float))
+            if not number or not lo <= value <= hi:
+                kind = "an integer" if whole else "a number"
+                raise P.ProtocolError(P.BAD_OPTION, f"option {key!r} must be {kind} in [{lo}, {hi}]")
 
 
 # -------------------------------------------------------------------------------------------
@@ -457,8 +713,15 @@ class WorkerIO(threading.Thread):
         stats: IOStats,
         on_failure: Callable[[], None] = lambda: None,
         image_slots: threading.Semaphore | None = None,
+        heard: dict[bytes, float] | None = None,
+        authenticated: bool = False,
     ):
         super().__init__(name="worker-io", daemon=True)
+        # identity -> receipt time of its latest message, any message (read by the compute loop's
+        # expiry: a loop busy for a while must not count the time as the client's silence).
+        self.heard = heard if heard is not None else {}
+        self.authenticated = authenticated  # read each message's client key (CURVE User-Id)
+        self.log = RateLimitedLog(log)
         self.router, self.pair, self.inbound, self.stop = router, pair, inbound, stop
         self.instance = instance
         self.stats = stats
@@ -504,11 +767,16 @@ class WorkerIO(threading.Thread):
             if self.inbound.full():
                 return
             try:
-                frames = self.router.recv_multipart(zmq.NOBLOCK)
+                frames = self.router.recv_multipart(zmq.NOBLOCK, copy=not self.authenticated)
             except zmq.Again:
                 return
+            user = None
+            if self.authenticated:  # the key ZAP accepted, for per-key session caps
+                user = frames[-1].get("User-Id")
+                frames = [f.bytes for f in frames]
             self.stats.received += 1
-            self._on_message(frames[0], frames[1:])
+            self.heard[frames[0]] = time.monotonic()
+            self._on_message(frames[0], frames[1:], user)
 
     def _decode(self, identity: bytes, frames: list[bytes]) -> P.Message | None:
         """The typed request, or None after answering with the error."""
@@ -517,13 +785,13 @@ class WorkerIO(threading.Thread):
         except P.ProtocolError as exc:
             error = P.error_for(exc)
         except Exception as exc:  # a validation bug must cost one message, not the I/O thread
-            log.exception("decoding a request failed")
+            self.log.warning("decoding a request failed: %s: %.200s", type(exc).__name__, exc)
             error = P.Error(code=P.INTERNAL, message=f"{type(exc).__name__} while decoding")
         self.stats.rejected += 1
         self._send(identity, P.encode(error))
         return None
 
-    def _on_message(self, identity: bytes, frames: list[bytes]) -> None:
+    def _on_message(self, identity: bytes, frames: list[bytes], user: str | None = None) -> None:
         request = self._decode(identity, frames)
         if request is None:
             return
@@ -534,7 +802,7 @@ class WorkerIO(threading.Thread):
             self._busy(identity, request, "too many start images are waiting to be decoded")
             return
         try:
-            self.inbound.put_nowait(Inbound(identity, request, time.monotonic()))
+            self.inbound.put_nowait(Inbound(identity, request, time.monotonic(), user))
         except queue.Full:
             if image:
                 self.image_slots.release()
@@ -543,7 +811,8 @@ class WorkerIO(threading.Thread):
 
     def _busy(self, identity: bytes, request: P.Message, why: str) -> None:
         self.stats.rejected += 1
-        busy = P.Error(code=P.BUSY, message=f"{why}; retry", ref=request.ref, request=request.TYPE)
+        busy = P.Error(code=P.BUSY, message=f"{why}; retry in 1 s", ref=request.ref, request=request.TYPE,
+                       retry_after_s=1.0)  # fmt: skip
         self._send(identity, P.encode(busy))
 
     def _send(self, identity: bytes, frames: list[bytes]) -> None:
@@ -564,6 +833,8 @@ def open_router(context: zmq.Context, config: WorkerConfig) -> tuple[zmq.Socket,
     router.setsockopt(zmq.SNDHWM, config.hwm)
     router.setsockopt(zmq.RCVHWM, config.hwm)
     router.setsockopt(zmq.MAXMSGSIZE, P.MAX_TRANSPORT_FRAME_BYTES)
+    if config.keys is not None:
+        secure_server(router, config.keys)
     try:
         router.bind(config.bind)
     except zmq.ZMQError:
@@ -621,6 +892,7 @@ def serve(config: WorkerConfig, stop: threading.Event, on_ready: Callable[[str],
     Returns False if it stopped because the I/O thread failed."""
     context = zmq.Context()
     instance = secrets.token_hex(8)
+    authenticator = start_authenticator(context, config.keys) if config.keys is not None else None
     router, endpoint = open_router(context, config)
     pair_io, pair_compute = context.socket(zmq.PAIR), context.socket(zmq.PAIR)
     address = f"inproc://worker-out-{instance}"
@@ -628,11 +900,18 @@ def serve(config: WorkerConfig, stop: threading.Event, on_ready: Callable[[str],
     pair_compute.connect(address)
     stats = IOStats()
     inbound: queue.Queue = queue.Queue(maxsize=config.inbound_queue)
-    core = WorkerCore(config, instance, stats)
+    heard: dict[bytes, float] = {}
+    # Jobs (building sessions, first chunks, resets) run here, never on the compute loop. A thread
+    # per admitted session (each has at most one job; opening ones count as admitted), so one
+    # client's slow jobs never make another's wait for a thread. Threads still busy when the
+    # worker stops do not delay it: `run` exits without waiting for them.
+    executor = ThreadPoolExecutor(max_workers=config.max_sessions, thread_name_prefix="worker-job")
+    core = WorkerCore(config, instance, stats, executor=executor, heard=heard)
+    core.calibrate("engine")
     io_stop = threading.Event()
     image_slots = threading.BoundedSemaphore(MAX_PENDING_IMAGES)
     io_thread = WorkerIO(router, pair_io, inbound, io_stop, instance, stats, on_failure=stop.set,
-                         image_slots=image_slots)  # fmt: skip
+                         image_slots=image_slots, heard=heard, authenticated=config.security == "curve")  # fmt: skip
     io_thread.start()
     if on_ready is not None:
         on_ready(endpoint)
@@ -642,7 +921,10 @@ def serve(config: WorkerConfig, stop: threading.Event, on_ready: Callable[[str],
         _emit(pair_compute, core.close_all("shutdown"), stop)
         io_stop.set()
         io_thread.join(timeout=5.0)
+        executor.shutdown(wait=False, cancel_futures=True)
         pair_compute.close(linger=0)
+        if authenticator is not None:
+            authenticator.stop()
         context.term()
     return not io_thread.failed
 
@@ -675,6 +957,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="chunks generated ahead of a client's last ack; the most a session's lookahead may ask for "
         "(default %(default)s)",
     )
+    parser.add_argument("--per-client", type=int, default=2, metavar="N",
+                        help="sessions one client (socket, or client key) may hold (default %(default)s)")
+    parser.add_argument("--memory-budget-mb", type=int, default=0, metavar="MB",
+                        help="estimated memory all sessions may take; 0: half the machine's (default)")
+    parser.add_argument("--chunk-budget", type=float, default=1.0, metavar="S",
+                        help="the longest one chunk of a session may take, unless its play time is longer; a "
+                        "session over it is closed (default %(default)s)")
+    parser.add_argument("--exit-with-parent", action="store_true",
+                        help="stop when stdin reaches end of file: the parent that owns this worker died")
+    parser.add_argument("--server-key", metavar="FILE", help="this worker's secret key (NAME.key_secret from "
+                        "`run_world.py keys`): clients must authenticate (CURVE) and frames are encrypted")
+    parser.add_argument("--authorized-keys", metavar="DIR", help="directory of the client public keys (*.key) "
+                        "this worker accepts; goes with --server-key")
+    parser.add_argument("--insecure", action="store_true", help="allow binding beyond loopback without keys "
+                        "(anyone who reaches the port plays; frames in clear); said in the log and to every client")
     parser.add_argument("--device", default=None, help="device for the generated backend (cpu, cuda, auto)")
     parser.add_argument("--checkpoint", default=None, help="checkpoint directory for the generated backend")
     parser.add_argument(
@@ -688,8 +985,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def config_from_args(args: argparse.Namespace) -> WorkerConfig:
-    if args.session_timeout <= 0 or args.max_sessions < 1 or args.max_unacked < 1:
-        raise SystemExit("serve: --session-timeout must be > 0, --max-sessions and --max-unacked >= 1")
+    if args.session_timeout <= 0 or args.max_sessions < 1 or args.max_unacked < 1 or args.per_client < 1:
+        raise SystemExit("serve: --session-timeout must be > 0, --max-sessions, --max-unacked and --per-client >= 1")
+    if not args.chunk_budget > 0 or args.memory_budget_mb < 0:
+        raise SystemExit("serve: --chunk-budget must be > 0 and --memory-budget-mb >= 0")
     generated = {k: v for k, v in (("device", args.device), ("checkpoint", args.checkpoint)) if v is not None}
     return WorkerConfig(
         bind=args.bind,
@@ -697,13 +996,11 @@ def config_from_args(args: argparse.Namespace) -> WorkerConfig:
         max_sessions=args.max_sessions,
         max_unacked=args.max_unacked,
         backend_options={"generated": generated} if generated else {},
+        per_client=args.per_client,
+        memory_budget_mb=args.memory_budget_mb,
+        chunk_budget_s=args.chunk_budget,
+        keys=server_keys(args.server_key, args.authorized_keys),
     )
-
-
-def _warn_if_exposed(bind: str) -> None:
-    host = bind.split("://", 1)[-1].rsplit(":", 1)[0]
-    if not bind.startswith(("inproc://", "ipc://")) and host not in ("127.0.0.1", "localhost", "[::1]", "::1"):
-        log.warning("binding %s: the worker is reachable from other machines and has no authentication", bind)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -712,11 +1009,17 @@ def run(args: argparse.Namespace) -> int:
     )
     for module in args.backend_module:
         importlib.import_module(module)
-    config = config_from_args(args)
-    _warn_if_exposed(config.bind)
+    try:
+        config = config_from_args(args)
+        config.notice = check_bind(config.bind, config.keys, args.insecure)
+    except AuthError as exc:
+        log.error("serve: %s", exc)
+        return 2
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
+    if args.exit_with_parent:
+        watch_parent(stop)
 
     def ready(endpoint: str) -> None:
         log.info("serving on %s (backends: %s)", endpoint, ", ".join(backend_names()))
@@ -728,7 +1031,32 @@ def run(args: argparse.Namespace) -> int:
         log.error("cannot bind %s: %s", config.bind, exc)
         return 1
     log.info("worker stopped")
-    return 0 if clean else 1
+    code = 0 if clean else 1
+    # Jobs still running (a world being built) would keep the interpreter alive until they end;
+    # everything that matters is closed, so leave now.
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
+def watch_parent(stop: threading.Event, grace_s: float = 1.0) -> None:
+    """Stop when stdin reaches end of file, and exit `grace_s` later whatever is still running.
+
+    The parent that started this worker (`play`, world.worker.start_worker_process) holds the
+    other end of stdin: when it dies, by any signal including SIGKILL, the kernel closes it and
+    this read returns. A pipe, not PR_SET_PDEATHSIG: that fires when the parent *thread* that
+    forked ends, and `play` restarts its worker from a short-lived reconnect thread."""
+
+    def watch() -> None:
+        while sys.stdin.buffer.read(4096):
+            pass
+        log.info("the parent process is gone: stopping")
+        stop.set()
+        time.sleep(grace_s)
+        os._exit(0)  # a chunk or a build that outlives the grace does not keep an orphan alive
+
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
 
 
 class WorkerStartError(RuntimeError):
@@ -742,13 +1070,16 @@ def start_worker_process(
     bind: str = "tcp://127.0.0.1:0", extra_args: Sequence[str] = (), timeout_s: float = 30.0,
     env: Mapping[str, str] | None = None,
 ) -> tuple[subprocess.Popen, str]:
-    """Launch `python run_world.py serve --bind BIND ...` and wait (bounded) for its READY line.
+    """Launch `python run_world.py serve --bind BIND --exit-with-parent ...` and wait (bounded) for
+    its READY line.
 
     Returns (process, endpoint). stderr is inherited so the worker's log shows up with ours; `env`
-    replaces the environment it starts with (default: ours).
+    replaces the environment it starts with (default: ours). The worker's stdin is a pipe only
+    this process holds: however this process dies, the worker sees end of file and exits.
     """
-    cmd = [sys.executable, str(REPO_ROOT / "run_world.py"), "serve", "--bind", bind, *extra_args]
-    proc = subprocess.Popen(cmd, cwd=REPO_ROOT, stdout=subprocess.PIPE, text=True, env=env)
+    cmd = [sys.executable, str(REPO_ROOT / "run_world.py"), "serve", "--bind", bind, "--exit-with-parent",
+           *extra_args]  # fmt: skip
+    proc = subprocess.Popen(cmd, cwd=REPO_ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
     try:
         endpoint = _wait_ready(proc, timeout_s)
     except BaseException:

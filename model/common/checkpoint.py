@@ -170,7 +170,27 @@ def read_checkpoint_config(directory: str | os.PathLike, kind: str | None = None
     for key in ("configs", "modules"):
         if not isinstance(meta.get(key), dict):
             raise CheckpointError(f"{path}: field {key!r} missing or not an object")
+    _refuse_unknown_keys(meta, path)
     return meta
+
+
+# What save_checkpoint writes; anything else in a config.json is a typo or a file from elsewhere,
+# refused rather than silently ignored. Each config inside "configs" is checked by its dataclass
+# (config_from_dict); "extra" is free-form by design.
+CONFIG_KEYS = frozenset({"format", "version", "kind", "step", "configs", "modules", "extra"})
+MODULE_KEYS = frozenset({"file", "dtype"})
+
+
+def _refuse_unknown_keys(meta: dict, path: Path) -> None:
+    unknown = sorted(set(meta) - CONFIG_KEYS)
+    if unknown:
+        raise CheckpointError(f"{path}: unknown top-level keys {unknown[:5]}; known: {', '.join(sorted(CONFIG_KEYS))}")
+    for name, entry in meta["modules"].items():
+        if not isinstance(entry, dict):
+            raise CheckpointError(f"{path}: modules.{name} must be an object")
+        unknown = sorted(set(entry) - MODULE_KEYS)
+        if unknown:
+            raise CheckpointError(f"{path}: unknown keys {unknown[:5]} in modules.{name}; known: file, dtype")
 
 
 def load_module(directory: str | os.PathLike, name: str, module: torch.nn.Module) -> None:

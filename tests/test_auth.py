@@ -1,0 +1,119 @@
+"""Issue 13, finding 8: a worker bound beyond loopback had no authentication.
+
+Real workers on loopback with CURVE keys made by `run_world.py keys`: a listed client key plays,
+an unknown key and a client without keys are refused, loopback without keys still works, and a
+bind beyond loopback without keys needs --insecure, which every client is told.
+"""
+
+from __future__ import annotations
+
+import stat
+import subprocess
+import sys
+
+import pytest
+
+from tests.helpers import FAKE_MODULE, collect
+from world import protocol as P
+from world.auth import ClientKeys, fingerprint, read_public_key, read_secret_key
+from world.client import WorldClient, WorldConnectionError, WorldRequestError
+from world.worker import REPO_ROOT, _wait_ready, start_worker_process, stop_worker_process
+
+
+def make_keys(directory, name: str) -> tuple[str, str]:
+    done = subprocess.run([sys.executable, str(REPO_ROOT / "run_world.py"), "keys", "--name", name, "--dir",
+                           str(directory)], cwd=REPO_ROOT, capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    public, secret = directory / f"{name}.key", directory / f"{name}.key_secret"
+    assert fingerprint(read_public_key(str(public))) in done.stdout
+    assert stat.S_IMODE(secret.stat().st_mode) == 0o600
+    return str(public), str(secret)
+
+
+@pytest.fixture(scope="module")
+def keys(tmp_path_factory):
+    home = tmp_path_factory.mktemp("keys")
+    authorized = tmp_path_factory.mktemp("authorized")
+    made = {name: make_keys(home, name) for name in ("worker", "player", "stranger")}
+    (authorized / "player.key").write_text(open(made["player"][0]).read())
+    return made, authorized
+
+
+@pytest.fixture(scope="module")
+def secure_worker(keys):
+    made, authorized = keys
+    args = [*FAKE_MODULE, "--server-key", made["worker"][1], "--authorized-keys", str(authorized), "--per-client", "2"]
+    proc, endpoint = start_worker_process(extra_args=args)
+    yield endpoint
+    assert stop_worker_process(proc) == 0
+
+
+def client_keys(made: dict, name: str) -> ClientKeys:
+    public, secret = read_secret_key(made[name][1])
+    return ClientKeys(public, secret, read_public_key(made["worker"][0]))
+
+
+def test_a_listed_client_key_plays_encrypted(keys, secure_worker):
+    client = WorldClient(secure_worker, timeout_s=10, keys=client_keys(keys[0], "player"))
+    info = client.open("fake", "hills", seed=1)
+    assert info["security"] == "curve" and info["notice"] is None
+    assert len(collect(client, 3)) >= 3
+    client.close()
+
+
+@pytest.mark.parametrize("who", ["stranger", "no keys"])
+def test_an_unknown_key_and_a_client_without_keys_are_refused(keys, secure_worker, who):
+    client = WorldClient(secure_worker, timeout_s=2, keys=None if who == "no keys" else client_keys(keys[0], who))
+    with pytest.raises(WorldConnectionError):
+        client.open("fake", "hills")
+    client.close()
+
+
+def test_one_key_is_one_client_across_sockets(keys, secure_worker):
+    sockets = [WorldClient(secure_worker, timeout_s=10, keys=client_keys(keys[0], "player")) for _ in range(3)]
+    sockets[0].open("fake", "hills"), sockets[1].open("fake", "hills")
+    with pytest.raises(WorldRequestError) as refused:
+        sockets[2].open("fake", "hills")  # a third socket, the same key: over the cap of 2
+    assert refused.value.code == P.TOO_MANY_SESSIONS
+    for client in sockets:
+        client.close()
+
+
+def test_loopback_without_keys_still_works():
+    proc, endpoint = start_worker_process(extra_args=FAKE_MODULE)
+    try:
+        client = WorldClient(endpoint, timeout_s=10)
+        assert client.open("fake", "hills")["security"] == "none"
+        client.close()
+    finally:
+        stop_worker_process(proc)
+
+
+def serve(*args: str) -> subprocess.Popen:
+    cmd = [sys.executable, str(REPO_ROOT / "run_world.py"), "serve", *FAKE_MODULE, *args]
+    return subprocess.Popen(cmd, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def test_beyond_loopback_needs_keys_or_insecure_which_every_client_hears():
+    refused = serve("--bind", "tcp://0.0.0.0:0")
+    out, err = refused.communicate(timeout=60)
+    assert refused.returncode == 2 and "--insecure" in err and "READY" not in out
+    proc = serve("--bind", "tcp://0.0.0.0:0", "--insecure")
+    try:
+        endpoint = _wait_ready(proc, 30).replace("0.0.0.0", "127.0.0.1")
+        client = WorldClient(endpoint, timeout_s=10)
+        info = client.open("fake", "hills")
+        assert info["security"] == "none" and "without authentication" in info["notice"]
+        client.close()
+    finally:
+        stop_worker_process(proc)
+    assert "WITHOUT authentication" in proc.stderr.read()
+
+
+def test_play_connects_with_its_key_and_the_worker_key(keys, secure_worker):
+    made = keys[0]
+    cmd = [sys.executable, str(REPO_ROOT / "run_world.py"), "play", "--headless", "--backend", "engine", "--frames",
+           "6", "--connect", secure_worker, "--client-key", made["player"][1], "--server-key", made["worker"][0]]
+    done = subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert fingerprint(read_public_key(made["worker"][0])) in done.stderr  # what the player may compare
