@@ -7,8 +7,9 @@ Two threads, each owning its sockets (the vLLM engine-core / ZeroMQ-guide split)
   compute loop through a bounded queue. It also forwards the compute loop's outgoing messages
   (received on an inproc PAIR) to the ROUTER.
 - The compute loop (`WorkerCore` driven by `_compute_loop`) applies requests to sessions, expires
-  silent sessions and round-robins one chunk at a time over the sessions whose clients are fewer
-  than their session's lookahead (the client's choice, at most `max_unacked`) chunks behind. It never
+  silent sessions and produces chunks for the sessions whose clients are fewer than their
+  session's lookahead (the client's choice, at most `max_unacked`) chunks behind: sessions of one
+  model and sampler as one batch, every such session once per round (world/batching.py). It never
   touches the ROUTER, so a slow backend cannot stall the socket, and a failing request is
   answered with an error, never raised out of the loop.
 
@@ -38,7 +39,9 @@ from pathlib import Path
 import zmq
 
 from world import protocol as P
+from world.backends.model_cache import MODELS
 from world.backends.registry import SESSION_DEFAULTS, backend_names, create_backend
+from world.batching import BatchScheduler, Made, produce_batch
 from world.errors import BackendError, PromptError
 from world.session import Session
 from world.start import StartImageError, decode_start_image
@@ -64,6 +67,7 @@ class WorkerConfig:
     # Flow control: the most chunks a session may have generated and not yet acknowledged; the largest
     # lookahead granted (`serve --max-unacked`, also spelled `--window`; `window` in status replies).
     max_unacked: int = 2
+    max_batch: int = 8  # sessions of one model and sampler whose chunks run as one batch (1: one at a time)
     max_queued_actions: int = P.MAX_QUEUED_ACTIONS
     inbound_queue: int = 1024  # decoded requests waiting for the compute loop
     hwm: int = 1000  # ZeroMQ send/receive high-water marks (messages)
@@ -130,7 +134,7 @@ class WorkerCore:
         self.stats = CoreStats()
         self.io_stats = io_stats or IOStats()
         self.started = time.monotonic()
-        self._rr = 0  # round-robin cursor into the session order
+        self.scheduler = BatchScheduler(config.max_batch)
         self._handlers: dict[type, Callable[[Inbound], list[Outgoing]]] = {
             P.Open: self._open,
             P.Input: self._input,
@@ -177,14 +181,13 @@ class WorkerCore:
         return out
 
     def produce_next(self) -> list[Outgoing]:
-        """Generate one chunk for the next session (round-robin) that may produce; [] if none."""
-        order = list(self.sessions.values())
-        for k in range(len(order)):
-            session = order[(self._rr + k) % len(order)]
-            if session.can_produce():
-                self._rr = (self._rr + k + 1) % len(order)
-                return self._produce(session)
-        return []
+        """Generate the next batch (world/batching.py: due sessions of one model and sampler, every due
+        session once per round); [] if none is due."""
+        batch = self.scheduler.next_batch(list(self.sessions.values()))
+        out: list[Outgoing] = []
+        for session, made in produce_batch(batch, self.scheduler.rounds):
+            out += self._produced(session, made)
+        return out
 
     def close_all(self, reason: str = "shutdown") -> list[Outgoing]:
         return [self._drop(s, reason) for s in list(self.sessions.values())]
@@ -217,10 +220,12 @@ class WorkerCore:
             log.exception("closing backend of session %s failed", session.sid)
         return _out(session.owner, P.Closed(session=session.sid, reason=reason, ref=ref))
 
-    def _produce(self, session: Session) -> list[Outgoing]:
+    def _produced(self, session: Session, made: Made) -> list[Outgoing]:
+        """A session's chunk from a batch, or its own failure (an error, and the session ends)."""
         try:
-            header, frames = session.produce()
-            out = [Outgoing(session.owner, P.encode_chunk(header, frames))]
+            if isinstance(made, Exception):
+                raise made
+            out = [Outgoing(session.owner, P.encode_chunk(*made))]
         except Exception as exc:
             log.exception("session %s: backend failed", session.sid)
             error = P.Error(code=P.BACKEND_ERROR, message=f"generation failed: {exc}"[:500], session=session.sid)
@@ -421,6 +426,7 @@ class WorkerCore:
             "messages_sent": io.sent,
             "dropped_sends": io.dropped,
             "rss_bytes": rss_bytes(),
+            **MODELS.stats(),  # shared world models: loaded, held, reused
         }
 
 
@@ -675,6 +681,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="chunks generated ahead of a client's last ack; the most a session's lookahead may ask for "
         "(default %(default)s)",
     )
+    parser.add_argument("--max-batch", type=int, default=8, metavar="N",
+                        help="chunks of sessions sharing a model and sampler made in one batch, at most N "
+                        "(1: one chunk at a time, round robin) (default %(default)s)")  # fmt: skip
     parser.add_argument("--device", default=None, help="device for the generated backend (cpu, cuda, auto)")
     parser.add_argument("--checkpoint", default=None, help="checkpoint directory for the generated backend")
     parser.add_argument(
@@ -688,14 +697,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def config_from_args(args: argparse.Namespace) -> WorkerConfig:
-    if args.session_timeout <= 0 or args.max_sessions < 1 or args.max_unacked < 1:
-        raise SystemExit("serve: --session-timeout must be > 0, --max-sessions and --max-unacked >= 1")
+    if args.session_timeout <= 0 or args.max_sessions < 1 or args.max_unacked < 1 or args.max_batch < 1:
+        raise SystemExit("serve: --session-timeout must be > 0, --max-sessions, --max-unacked and --max-batch >= 1")
     generated = {k: v for k, v in (("device", args.device), ("checkpoint", args.checkpoint)) if v is not None}
     return WorkerConfig(
         bind=args.bind,
         session_timeout_s=args.session_timeout,
         max_sessions=args.max_sessions,
         max_unacked=args.max_unacked,
+        max_batch=args.max_batch,
         backend_options={"generated": generated} if generated else {},
     )
 
