@@ -316,7 +316,12 @@ def run(args: argparse.Namespace) -> int:
         "threads": _threads(),
         "samplers": {k: asdict(v) for k, v in rows.items()}, "ratios": ratios(rows),
     }  # fmt: skip
-    print(table(report))
+    return write_report(report, table(report), args)
+
+
+def write_report(report: dict, text: str, args: argparse.Namespace) -> int:
+    """The table on stdout, the JSON to --out, and as the last stdout line with --json."""
+    print(text)
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps(report, indent=1) + "\n")

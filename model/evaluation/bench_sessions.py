@@ -31,15 +31,14 @@ The JSON is `{"sessions": [rows], "backend_build_ms": [..], ...}`; the table goe
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 
 import numpy as np
 
+from model.evaluation.bench import write_report
 from world.actions import Action
 from world.client import ChunkEvent, ErrorEvent, WorldClient
 
@@ -174,15 +173,10 @@ def run(args: argparse.Namespace) -> int:
         "seconds": args.seconds, "sessions": [asdict(r) for r in rows],
         "backend_build_ms": build_ms(args),  # [first (loads the model), second (shares it)]
     }  # fmt: skip
-    print(table(report))
-    print(f"building a generated backend: {report['backend_build_ms'][0]:.0f} ms with the model load, "
-          f"{report['backend_build_ms'][1]:.1f} ms sharing it")
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(report, indent=1) + "\n")
-    if args.json:
-        print(json.dumps(report))
-    return 0
+    build = report["backend_build_ms"]
+    text = (f"{table(report)}\nbuilding a generated backend: {build[0]:.0f} ms loading the model, "
+            f"{build[1]:.1f} ms sharing it")
+    return write_report(report, text, args)
 
 
 def table(report: dict) -> str:
