@@ -259,6 +259,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seconds", type=float, default=20.0, help="with --sessions: timed seconds per row")
     parser.add_argument("--max-batch", type=int, default=8, help="with --sessions: the worker's --max-batch")
     parser.add_argument("--connect", metavar="ENDPOINT", help="with --sessions: measure this running worker")
+    parser.add_argument("--plot", metavar="PNG", help="with --sessions: plot this run (and --compare runs)")
+    parser.add_argument("--label", help="with --plot: this run's name in the legend")
+    parser.add_argument("--compare", action="append", metavar="LABEL=JSON",
+                        help="with --plot: also draw an earlier --sessions run's JSON (repeatable)")
     parser.add_argument("--out", help="also write the JSON here")
     parser.add_argument("--json", action="store_true", help="last stdout line: one JSON object")
 

@@ -31,10 +31,12 @@ The JSON is `{"sessions": [rows], "backend_build_ms": [..], ...}`; the table goe
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import time
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 import numpy as np
 
@@ -173,10 +175,45 @@ def run(args: argparse.Namespace) -> int:
         "seconds": args.seconds, "sessions": [asdict(r) for r in rows],
         "backend_build_ms": build_ms(args),  # [first (loads the model), second (shares it)]
     }  # fmt: skip
+    if args.plot:
+        plot(compared(args, report), args.plot)
     build = report["backend_build_ms"]
     text = (f"{table(report)}\nbuilding a generated backend: {build[0]:.0f} ms loading the model, "
             f"{build[1]:.1f} ms sharing it")
     return write_report(report, text, args)
+
+
+def plot(reports: dict[str, dict], path: str) -> None:
+    """Aggregate FPS, p95 chunk interval and worker RSS against the session count, one line per run."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
+    measures = (("aggregate_fps", "aggregate FPS"), ("p95_chunk_ms", "p95 chunk interval (ms)"),
+                ("worker_rss_mib", "worker RSS (MiB)"))  # fmt: skip
+    for label, report in reports.items():
+        rows = report["sessions"]
+        for ax, (key, title) in zip(axes, measures):
+            ax.plot([r["n"] for r in rows], [r[key] or float("nan") for r in rows], marker="o", label=label)
+            ax.set_title(title)
+            ax.set_xlabel("sessions on one worker")
+            ax.set_xscale("log", base=2)
+    axes[0].legend(fontsize=8)
+    fig.tight_layout()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def compared(args: argparse.Namespace, report: dict) -> dict[str, dict]:
+    """This run ("this run", or --label) plus every --compare LABEL=JSON, for the plot."""
+    runs = {}
+    for spec in args.compare or []:
+        label, _, path = spec.partition("=")
+        runs[label] = json.loads(Path(path).read_text())
+    return {args.label or "this run": report, **runs}
 
 
 def table(report: dict) -> str:

@@ -53,6 +53,11 @@ What every chunk's extra also carries (docs/protocol.md section 5):
   engine sends the same field from its prompt). Absent when no classifier fits the model's size.
 - `prompt_notice` (the first chunk after a prompt that was cut): a one-line sentence for the
   player instead of the text encoder's Python warning.
+
+Several sessions: backends of one checkpoint and device share one loaded model
+(world/backends/model_cache.py); each keeps its own stream (cache, prompt, noise, sampler, start).
+Backends with equal `batch_key()` (one model, one sampler) make their next chunks together with
+`step_batch` (docs/multiplayer.md), each chunk identical to its own `step_chunk`.
 """
 
 from __future__ import annotations
