@@ -44,6 +44,7 @@ def pool_config(args: argparse.Namespace, worker: dict):
 
 
 def start_ray(cluster: str, config) -> None:
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # no reporting home from a player's machine
     import ray
 
     if cluster == "local":
