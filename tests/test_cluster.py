@@ -22,6 +22,20 @@ OPTIONS = {"sampler": "diagonal", "start": "text"}
 
 
 @pytest.fixture(scope="module")
+def world_dir(tmp_path_factory):
+    """conftest's tiny world, made without touching the global RNG: the modules after this one (the
+    evaluation suite's freshly initialised nets) see the RNG state they saw before it existed."""
+    import torch
+
+    from model.runtime.world_model import make_random_world
+
+    path = tmp_path_factory.mktemp("world") / "tiny"
+    with torch.random.fork_rng():
+        make_random_world(path, preset="tiny", text_encoder="hash")
+    return path
+
+
+@pytest.fixture(scope="module")
 def front(world_dir):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "RAY_USAGE_STATS_ENABLED": "0"}
     args = ("--cluster", "local", "--actors", "2", "--checkpoint", str(world_dir), "--device", "cpu",
