@@ -33,7 +33,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import zmq
@@ -42,7 +42,6 @@ from world import protocol as P
 from world.backends.model_cache import MODELS
 from world.backends.registry import SESSION_DEFAULTS, backend_names, create_backend
 from world.batching import BatchScheduler, Made, produce_batch
-from world.cluster import cli as cluster_cli
 from world.errors import BackendError, PromptError
 from world.session import Session
 from world.start import StartImageError, decode_start_image
@@ -695,7 +694,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="import MODULE first so it can register extra backends (repeatable)",
     )
     parser.add_argument("--log-level", default="INFO", help="logging level on stderr (default %(default)s)")
-    cluster_cli.add_arguments(parser)  # --cluster: the same worker as Ray actors (world/cluster/)
 
 
 def config_from_args(args: argparse.Namespace) -> WorkerConfig:
@@ -726,8 +724,6 @@ def run(args: argparse.Namespace) -> int:
         importlib.import_module(module)
     config = config_from_args(args)
     _warn_if_exposed(config.bind)
-    if args.cluster:
-        return cluster_cli.run(args, {k: v for k, v in asdict(config).items() if k != "bind"})
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())

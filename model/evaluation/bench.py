@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import json
 import os
 import resource
 import sys
@@ -37,6 +36,7 @@ from pathlib import Path
 
 import numpy as np
 
+from model.evaluation.report import write_report
 from world.actions import Action
 from world.backend import Backend, BackendError
 from world.backends.registry import create_backend
@@ -321,17 +321,6 @@ def run(args: argparse.Namespace) -> int:
         "samplers": {k: asdict(v) for k, v in rows.items()}, "ratios": ratios(rows),
     }  # fmt: skip
     return write_report(report, table(report), args)
-
-
-def write_report(report: dict, text: str, args: argparse.Namespace) -> int:
-    """The table on stdout, the JSON to --out, and as the last stdout line with --json."""
-    print(text)
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(report, indent=1) + "\n")
-    if args.json:
-        print(json.dumps(report))
-    return 0
 
 
 def _threads() -> int:

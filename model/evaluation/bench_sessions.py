@@ -40,7 +40,7 @@ from pathlib import Path
 
 import numpy as np
 
-from model.evaluation.bench import write_report
+from model.evaluation.report import write_report
 from world.actions import Action
 from world.client import ChunkEvent, ErrorEvent, WorldClient
 
