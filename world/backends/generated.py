@@ -62,6 +62,7 @@ Backends with equal `batch_key()` (one model, one sampler) make their next chunk
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Sequence
 from pathlib import Path
@@ -338,21 +339,28 @@ class GeneratedBackend(Backend):
 def regeneration_facts(model, sampler: Sampler, options: dict) -> dict:
     """What regenerating this backend's frames needs (JSON): the checkpoint (path, name, step, weight
     hashes), the resolved sampler and the options it was built from, device and compute dtype."""
-    from model.common.checkpoint import module_sha256
-
     where = Path(model.directory).resolve()
     device = model.device
     return {
         "checkpoint": str(where),
         "checkpoint_name": where.parent.name if where.name == "checkpoint" else where.name,
         "step": int(model.step),
-        "sha256": {name: module_sha256(where, name) for name in ("dit", "autoencoder")},
+        "sha256": _weight_hashes(str(where), checkpoint_stamp(where)),
         "text_encoder": model.config.text_encoder,
         "sampler": sampler.describe(),
         "sampler_options": options,
         "device": str(device),
         "dtype": "bfloat16" if device.type == "cuda" else "float32",  # model.common.device.autocast
     }
+
+
+@functools.lru_cache(maxsize=16)
+def _weight_hashes(where: str, stamp: tuple) -> dict:
+    """sha256 of the dit and autoencoder files, once per checkpoint version (stamp): hashing 30 MiB at
+    every open would cost a session sharing a loaded model more than building it."""
+    from model.common.checkpoint import module_sha256
+
+    return {name: module_sha256(Path(where), name) for name in ("dit", "autoencoder")}
 
 
 def _theme_reader(device, size: int):
@@ -362,8 +370,9 @@ def _theme_reader(device, size: int):
     from model.common.checkpoint import CheckpointError
     from model.evaluation.readers import load_classifier
 
+    key = ("classifier", str(CLASSIFIER_CHECKPOINT.resolve()), str(device), checkpoint_stamp(CLASSIFIER_CHECKPOINT))
     try:
-        reader = load_classifier(CLASSIFIER_CHECKPOINT, device)
+        reader = MODELS.get(key, lambda: load_classifier(CLASSIFIER_CHECKPOINT, device))  # shared, like the world
     except CheckpointError:
         return None
     return reader if (reader.config.height, reader.config.width) == (size, size) else None

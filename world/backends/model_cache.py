@@ -9,10 +9,11 @@ model/runtime/stream.py WorldStream).
 The key is (checkpoint directory, device, the files' sizes and modification times), so a checkpoint
 rewritten in place (a training run's periodic save) is loaded afresh by the next session while open
 sessions keep the copy they started with. Models no session uses any more are dropped (weak
-references), except the most recently used one, so a player who closes and reopens does not wait
-for a reload. Loading runs under a per-key lock: two sessions opening the same world at once load it
-once, and sessions of other worlds are not held up. Torch-free: the loader comes from the caller
-(world/backends/generated.py), so the worker can read the counters without importing the model.
+references), except the two most recently used (a world and the theme classifier its chunks are
+read with), so a player who closes and reopens does not wait for a reload. Loading runs under a
+per-key lock: two sessions opening the same world at once load it once, and sessions of other worlds
+are not held up. Torch-free: the loader comes from the caller (world/backends/generated.py), so the
+worker can read the counters without importing the model.
 """
 
 from __future__ import annotations
@@ -36,9 +37,12 @@ def checkpoint_stamp(directory: Path) -> tuple:
 class ModelCache:
     """`get(key, load)`: the object `load()` made for `key`, loaded once while anyone holds it."""
 
-    def __init__(self) -> None:
+    def __init__(self, keep_idle: int = 2) -> None:
         self._models: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
-        self._recent: object | None = None  # kept alive although no session uses it (fast reopen)
+        # The most recently used models stay alive although no session uses them (fast reopen): a world
+        # and the theme classifier its sessions read chunks with.
+        self._recent: dict[Hashable, object] = {}
+        self.keep_idle = keep_idle
         self._lock = threading.Lock()  # guards the dictionaries and the per-key locks
         self._loading: dict[Hashable, threading.Lock] = {}
         self.loads = 0  # models loaded by this process (tests and worker status read it)
@@ -52,14 +56,20 @@ class ModelCache:
                 model = self._models.get(key)
                 if model is not None:
                     self.hits += 1
-                    self._recent = model
+                    self._remember(key, model)
                     return model
             model = load()  # may raise: nothing is cached then
             with self._lock:
                 self._models[key] = model
-                self._recent = model
+                self._remember(key, model)
                 self.loads += 1
             return model
+
+    def _remember(self, key: Hashable, model: object) -> None:
+        self._recent.pop(key, None)
+        self._recent[key] = model  # newest last
+        while len(self._recent) > self.keep_idle:
+            self._recent.pop(next(iter(self._recent)))
 
     def held(self) -> int:
         """Models in memory now."""
@@ -73,7 +83,7 @@ class ModelCache:
         """Forget every model (tests); sessions holding one keep it."""
         with self._lock:
             self._models.clear()
-            self._recent = None
+            self._recent.clear()
 
 
 MODELS = ModelCache()  # the process's shared models (world/backends/generated.py)
