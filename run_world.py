@@ -25,7 +25,7 @@ import warnings
 
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "play": ("controls.cli", "open the window (or a --headless client) on a world"),
-    "serve": ("world.worker", "run the ZeroMQ worker that serves worlds"),
+    "serve": ("world.serve", "run the ZeroMQ worker that serves worlds (--cluster: as Ray actors)"),
     "keys": ("world.auth", "make a CURVE key pair for a remote worker or player (docs/protocol.md)"),
     "datagen": ("world.datagen", "render engine episodes with a scripted player into a dataset"),
     "export": ("world.export", "turn a recorded session into an mp4"),

@@ -51,7 +51,7 @@ class Core:
             produced = self.core.produce_next()
             if not produced:
                 return out
-            out.append(P.decode_reply(produced[0].frames))
+            out += [P.decode_reply(o.frames) for o in produced]  # a batch (or first chunks) may be several
         raise AssertionError("production did not stop at the window")
 
 

@@ -10,7 +10,7 @@ are re-exported here for older imports).
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Hashable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -81,6 +81,25 @@ class Backend(ABC):
         and the first chunk after a reset is the first `step_chunk`.
         """
         return None
+
+    def batch_key(self) -> Hashable | None:
+        """Backends whose keys are equal (and not None) may make their next chunks together through
+        `step_batch`: the generated world's sessions of one loaded model and sampler. None: alone."""
+        return None
+
+    @classmethod
+    def step_batch(cls, backends: Sequence[Backend],
+                   actions: Sequence[Sequence[Action]]) -> list[ChunkResult | Exception]:
+        """The next chunk of each backend (equal batch keys), actions[i] for backends[i]: its result or
+        the exception its own step raised, so one backend's failure never costs another its chunk.
+        Each result is what `step_chunk` alone would have returned. This default steps them in turn."""
+        results: list[ChunkResult | Exception] = []
+        for backend, acts in zip(backends, actions, strict=True):
+            try:
+                results.append(backend.step_chunk(acts))
+            except Exception as exc:  # noqa: BLE001 - handed to the caller, per backend
+                results.append(exc)
+        return results
 
     def close(self) -> None:
         """Free whatever the backend holds (caches, GPU memory)."""

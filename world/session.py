@@ -45,6 +45,16 @@ class ResetView:
     gen_ms: float  # wall time of the reset that generated it
 
 
+@dataclass(frozen=True)
+class PendingChunk:
+    """A chunk begun by `Session.begin_chunk`: the actions that make it and the prompt it is made with,
+    or the reset view it sends (then nothing is generated)."""
+
+    actions: list[Action]
+    prompt: str
+    view: ResetView | None
+
+
 class Session:
     """State of one open session. `seq` counts chunks for flow control and never resets;
     `chunk` and `i` (frame index) restart at 0 on reset, like a new dataset episode."""
@@ -156,16 +166,30 @@ class Session:
         """Generate the next chunk: [F, H, W, 3] uint8 frames and the header describing them.
 
         Right after open/reset, a pending reset view is sent instead (see the module docstring)."""
-        info = self.info
-        F, H, W = info.chunk_frames, info.height, info.width
+        pending = self.begin_chunk()
+        if pending.view is not None:
+            return self.finish_chunk(pending)
+        start = time.perf_counter()
+        result = self.backend.step_chunk(pending.actions)
+        return self.finish_chunk(pending, result, (time.perf_counter() - start) * 1000.0)
+
+    def begin_chunk(self) -> PendingChunk:
+        """Take what the next chunk is made of: the pending reset view, or the next F actions (queued
+        first, then the held input). The worker batches several sessions' steps between this and
+        `finish_chunk` (world/batching.py)."""
         view, self.reset_view = self.reset_view, None
         if view is not None:
-            actions, prompt, result, gen_ms = [IDLE] * F, view.prompt, view.result, view.gen_ms
-        else:
-            actions, prompt = self._take_actions(F), self.prompt
-            start = time.perf_counter()
-            result = self.backend.step_chunk(actions)
-            gen_ms = (time.perf_counter() - start) * 1000.0
+            return PendingChunk([IDLE] * self.info.chunk_frames, view.prompt, view)
+        return PendingChunk(self._take_actions(self.info.chunk_frames), self.prompt, None)
+
+    def finish_chunk(self, pending: PendingChunk, result: ChunkResult | None = None,
+                     gen_ms: float = 0.0) -> tuple[Chunk, np.ndarray]:
+        """The chunk's header and frames from the backend's result for `pending` (none for a reset view)."""
+        info = self.info
+        F, H, W = info.chunk_frames, info.height, info.width
+        view, actions, prompt = pending.view, pending.actions, pending.prompt
+        if view is not None:
+            result, gen_ms = view.result, view.gen_ms
         frames = np.asarray(result.frames)
         if frames.shape != (F, H, W, 3) or frames.dtype != np.uint8:
             raise RuntimeError(f"backend returned {frames.shape} {frames.dtype}, expected [{F},{H},{W},3] uint8")

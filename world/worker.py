@@ -7,8 +7,9 @@ Two threads, each owning its sockets (the vLLM engine-core / ZeroMQ-guide split)
   compute loop through a bounded queue. It also forwards the compute loop's outgoing messages
   (received on an inproc PAIR) to the ROUTER.
 - The compute loop (`WorkerCore` driven by `_compute_loop`) applies requests to sessions, expires
-  silent sessions and round-robins one chunk at a time over the sessions whose clients are fewer
-  than their session's lookahead (the client's choice, at most `max_unacked`) chunks behind. It never
+  silent sessions and produces chunks for the sessions whose clients are fewer than their
+  session's lookahead (the client's choice, at most `max_unacked`) chunks behind: sessions of one
+  model and sampler as one batch, every such session once per round (world/batching.py). It never
   touches the ROUTER, so a slow backend cannot stall the socket, and a failing request is
   answered with an error, never raised out of the loop.
 
@@ -42,7 +43,9 @@ from world import protocol as P
 from world.actions import IDLE
 from world.admission import Admission, AdmissionConfig, CostModel, Holder, directory_bytes, estimate_bytes
 from world.auth import AuthError, ServerKeys, check_bind, secure_server, server_keys, start_authenticator
+from world.backends.model_cache import MODELS
 from world.backends.registry import SESSION_DEFAULTS, backend_names, create_backend
+from world.batching import BatchScheduler, Made, produce_batch
 from world.errors import BackendError, PromptError
 from world.jobs import InlineExecutor, Job
 from world.ratelog import RateLimitedLog
@@ -83,6 +86,7 @@ class WorkerConfig:
     # Flow control: the most chunks a session may have generated and not yet acknowledged; the largest
     # lookahead granted (`serve --max-unacked`, also spelled `--window`; `window` in status replies).
     max_unacked: int = 2
+    max_batch: int = 8  # sessions of one model and sampler whose chunks run as one batch (1: one at a time)
     max_queued_actions: int = P.MAX_QUEUED_ACTIONS
     inbound_queue: int = 1024  # decoded requests waiting for the compute loop
     hwm: int = 1000  # ZeroMQ send/receive high-water marks (messages)
@@ -180,6 +184,7 @@ class WorkerCore:
         self._weights: dict[str, int] = {}  # checkpoint path -> bytes on disk (memory estimates)
         self._rr = 0  # round-robin cursor into the session order
         self._pruned = 0.0
+        self.scheduler = BatchScheduler(config.max_batch)
         self._handlers: dict[type, Callable[[Inbound], list[Outgoing]]] = {
             P.Open: self._open,
             P.Input: self._input,
@@ -253,22 +258,25 @@ class WorkerCore:
                 self.heard.pop(identity, None)
 
     def produce_next(self) -> list[Outgoing]:
-        """Finish the jobs that are done, then generate one chunk for the next session
-        (round-robin) that may produce; a session's first chunk goes to the executor instead."""
+        """Finish the jobs that are done; a session's first chunk goes to the executor (timed off the
+        loop); then generate the next batch (world/batching.py: due sessions of one model and sampler,
+        every due session once per round)."""
         out = self.collect()
-        order = list(self.sessions.values())
-        for k in range(len(order)):
-            session = order[(self._rr + k) % len(order)]
-            if session.job is not None or not session.can_produce():
+        ready = []
+        for session in list(self.sessions.values()):
+            if session.job is not None or session.sid not in self.sessions:
                 continue
-            self._rr = (self._rr + k + 1) % len(order)
             if session.trial:
-                out += self._start_job(Job("produce", self.executor.submit(self._timed_produce, session),
-                                           session.owner, session=session))  # fmt: skip
-                if out:
-                    return out  # an inline executor made it already
-                continue  # another session may still produce on the loop this round
-            return out + self._produce(session)
+                if session.can_produce():
+                    out += self._start_job(Job("produce", self.executor.submit(self._timed_produce, session),
+                                               session.owner, session=session))  # fmt: skip
+                    if out:
+                        return out  # an inline executor made it already: one session's chunk per call
+                continue
+            ready.append(session)
+        batch = self.scheduler.next_batch(ready)
+        for session, made in produce_batch(batch, self.scheduler.rounds):
+            out += self._produced(session, made, len(batch))
         return out
 
     def collect(self) -> list[Outgoing]:
@@ -409,10 +417,15 @@ class WorkerCore:
         except Exception as exc:
             self.log.warning("closing backend of session %s failed: %s: %.200s", session.sid, type(exc).__name__, exc)
 
-    def _produce(self, session: Session) -> list[Outgoing]:
+    def _produced(self, session: Session, made: Made, batch_size: int = 1) -> list[Outgoing]:
+        """A session's chunk from a batch, or its own failure (an error, and the session ends)."""
         try:
-            header, frames, seconds = self._timed_produce(session)
+            if isinstance(made, Exception):
+                raise made
+            header, frames = made
             out = [Outgoing(session.owner, P.encode_chunk(header, frames))]
+            # A batch's gen_ms is the whole batch's time; each session's share is what its budget sees.
+            seconds = header.gen_ms / 1000.0 / max(1, batch_size)
         except Exception as exc:
             return self._backend_failed(session, exc)
         self.stats.chunks_produced += 1
@@ -675,6 +688,7 @@ class WorkerCore:
             "messages_sent": io.sent,
             "dropped_sends": io.dropped,
             "rss_bytes": rss_bytes(),
+            **MODELS.stats(),  # shared world models: loaded, held, reused
         }
 
 
@@ -972,6 +986,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "this worker accepts; goes with --server-key")
     parser.add_argument("--insecure", action="store_true", help="allow binding beyond loopback without keys "
                         "(anyone who reaches the port plays; frames in clear); said in the log and to every client")
+    parser.add_argument("--max-batch", type=int, default=8, metavar="N",
+                        help="chunks of sessions sharing a model and sampler made in one batch, at most N "
+                        "(1: one chunk at a time, round robin) (default %(default)s)")  # fmt: skip
     parser.add_argument("--device", default=None, help="device for the generated backend (cpu, cuda, auto)")
     parser.add_argument("--checkpoint", default=None, help="checkpoint directory for the generated backend")
     parser.add_argument(
@@ -989,12 +1006,15 @@ def config_from_args(args: argparse.Namespace) -> WorkerConfig:
         raise SystemExit("serve: --session-timeout must be > 0, --max-sessions, --max-unacked and --per-client >= 1")
     if not args.chunk_budget > 0 or args.memory_budget_mb < 0:
         raise SystemExit("serve: --chunk-budget must be > 0 and --memory-budget-mb >= 0")
+    if args.session_timeout <= 0 or args.max_sessions < 1 or args.max_unacked < 1 or args.max_batch < 1:
+        raise SystemExit("serve: --session-timeout must be > 0, --max-sessions, --max-unacked and --max-batch >= 1")
     generated = {k: v for k, v in (("device", args.device), ("checkpoint", args.checkpoint)) if v is not None}
     return WorkerConfig(
         bind=args.bind,
         session_timeout_s=args.session_timeout,
         max_sessions=args.max_sessions,
         max_unacked=args.max_unacked,
+        max_batch=args.max_batch,
         backend_options={"generated": generated} if generated else {},
         per_client=args.per_client,
         memory_budget_mb=args.memory_budget_mb,

@@ -3,6 +3,7 @@
     python run_world.py bench                                  # bundled world, every sampler
     python run_world.py bench --samplers uniform,diagonal --chunks 100 --json
     python run_world.py bench --backend engine --json          # the engine's own row
+    python run_world.py bench --sessions 1,2,4,8 --json        # several players on one worker
 
 Per sampler: sustained FPS after warm-up (step_chunk returns decoded uint8 frames, so decoding
 is included), first-frames latency (what a user waits for after open/reset, warm and cold),
@@ -26,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import json
 import os
 import resource
 import sys
@@ -36,6 +36,7 @@ from pathlib import Path
 
 import numpy as np
 
+from model.evaluation.report import write_report
 from world.actions import Action
 from world.backend import Backend, BackendError
 from world.backends.registry import create_backend
@@ -252,6 +253,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--matmul-seconds", type=float, default=1.0, help="time spent measuring matmul GFLOP/s")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    parser.add_argument("--sessions", metavar="N,N,...",
+                        help="several players on one worker instead: rows for these session counts "
+                        "(model/evaluation/bench_sessions.py; --samplers then names one sampler)")
+    parser.add_argument("--seconds", type=float, default=20.0, help="with --sessions: timed seconds per row")
+    parser.add_argument("--max-batch", type=int, default=8, help="with --sessions: the worker's --max-batch")
+    parser.add_argument("--connect", metavar="ENDPOINT", help="with --sessions: measure this running worker")
+    parser.add_argument("--plot", metavar="PNG", help="with --sessions: plot this run (and --compare runs)")
+    parser.add_argument("--label", help="with --plot: this run's name in the legend")
+    parser.add_argument("--compare", action="append", metavar="LABEL=JSON",
+                        help="with --plot: also draw an earlier --sessions run's JSON (repeatable)")
     parser.add_argument("--out", help="also write the JSON here")
     parser.add_argument("--json", action="store_true", help="last stdout line: one JSON object")
 
@@ -281,6 +292,10 @@ def ratios(rows: dict[str, SamplerRow]) -> dict[str, float]:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.sessions:
+        from model.evaluation import bench_sessions
+
+        return bench_sessions.run(args)
     from model.common.device import resolve_device, set_threads
 
     set_threads(args.threads)
@@ -305,13 +320,7 @@ def run(args: argparse.Namespace) -> int:
         "threads": _threads(),
         "samplers": {k: asdict(v) for k, v in rows.items()}, "ratios": ratios(rows),
     }  # fmt: skip
-    print(table(report))
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(report, indent=1) + "\n")
-    if args.json:
-        print(json.dumps(report))
-    return 0
+    return write_report(report, table(report), args)
 
 
 def _threads() -> int:

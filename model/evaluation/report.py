@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 from pathlib import Path
@@ -248,3 +249,14 @@ def plot_strips(strips: list[tuple[str, tuple[np.ndarray, np.ndarray]]], path: P
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
+
+
+def write_report(report: dict, text: str, args: argparse.Namespace) -> int:
+    """The table on stdout, the JSON to --out, and as the last stdout line with --json."""
+    print(text)
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(report, indent=1) + "\n")
+    if args.json:
+        print(json.dumps(report))
+    return 0

@@ -30,6 +30,9 @@ Two modes, one attention rule:
   chunk (window-bounded cost, and the same code path as streaming).
 - streaming (`cache` given, F = one chunk): the chunk's K/V go into the cache's current slot and
   attention reads the cached span. Equal to full sequence on the same inputs (tests/test_dit.py).
+  The network reads a cache only through five calls (`KVCache.per_stream` and the four after it), so
+  a `CacheBatch` (model/nets/cache_batch.py) streams several worlds in one forward, each row group
+  with its own cache and prompt, identical to streaming them one by one.
 """
 
 from __future__ import annotations
@@ -44,6 +47,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
+from model.nets.cache_batch import CacheBatch
 from model.nets.kv_cache import CacheLayout, KVCache, attention_span
 from model.nets.rope import Rope3D
 
@@ -115,6 +119,9 @@ def dit_config(preset: str) -> DiTConfig:
         raise ValueError(f"unknown DiT preset {preset!r}; known: {sorted(DIT_PRESETS)}")
     return copy.deepcopy(DIT_PRESETS[preset])
 
+
+# A streaming cache: one stream's KVCache, or several streams' caches batched (model/nets/cache_batch.py).
+StreamCache = KVCache | CacheBatch
 
 # ----------------------------------------------------------------------------- embeddings
 
@@ -195,10 +202,14 @@ class CrossAttention(nn.Module):
         k, v = rearrange(self.kv(ctx), "b l (two h d) -> two b h l d", two=2, h=self.heads)
         return k, v
 
-    def forward(self, x: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """x [B, N, D], k/v [B, H, L, hd], mask [B, L] bool -> [B, N, D]."""
+    def forward(self, x: torch.Tensor, text: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]) -> torch.Tensor:
+        """x [B, N, D], text: groups (k/v [B_g, H, L_g, hd], mask [B_g, L_g] bool) covering the rows
+        in order (one group, or one per stream of a batch: prompts differ in length) -> [B, N, D]."""
         q = rearrange(self.q(x), "b n (h d) -> b h n d", h=self.heads)
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask[:, None, None, :])
+        qs = q.split([k.shape[0] for k, _, _ in text]) if len(text) > 1 else (q,)
+        outs = [F.scaled_dot_product_attention(qg, k, v, attn_mask=mask[:, None, None, :])
+                for qg, (k, v, mask) in zip(qs, text)]  # fmt: skip
+        out = outs[0] if len(outs) == 1 else torch.cat(outs)
         return self.proj(rearrange(out, "b h n d -> b n (h d)"))
 
 
@@ -217,13 +228,13 @@ class Block(nn.Module):
         # adaLN-single: this block's learned offset to the shared per-frame modulation.
         self.mod_table = nn.Parameter(torch.zeros(6, d))
 
-    def forward(self, x: torch.Tensor, mod: torch.Tensor, layer: int, attend: Attend, text: tuple) -> torch.Tensor:
-        """x [B, F, T, D], mod [B, F, 6, D] shared modulation, text (k, v, mask) -> [B, F, T, D]."""
+    def forward(self, x: torch.Tensor, mod: torch.Tensor, layer: int, attend: Attend, text: list) -> torch.Tensor:
+        """x [B, F, T, D], mod [B, F, 6, D] shared modulation, text [(k, v, mask)] groups -> [B, F, T, D]."""
         B, Fr, T, D = x.shape
         shift1, scale1, gate1, shift2, scale2, gate2 = (mod + self.mod_table).unsqueeze(2).unbind(3)  # [B,F,1,D]
         h = modulate(self.norm1(x), shift1, scale1).reshape(B, Fr * T, D)
         x = x + gate1 * self.attn(h, layer, attend).reshape(B, Fr, T, D)
-        x = x + self.cross(self.norm2(x).reshape(B, Fr * T, D), *text).reshape(B, Fr, T, D)
+        x = x + self.cross(self.norm2(x).reshape(B, Fr * T, D), text).reshape(B, Fr, T, D)
         return x + gate2 * self.mlp(modulate(self.norm3(x), shift2, scale2))
 
 
@@ -290,15 +301,18 @@ class CausalDiT(nn.Module):
         ones = torch.ones(text.shape[0], 1, dtype=torch.bool, device=text.device)
         return torch.cat([null, ctx], 1), torch.cat([ones, text_mask[:, :L].bool()], 1)
 
-    def _text_kv(self, text: torch.Tensor, text_mask: torch.Tensor, cache: KVCache | None) -> list[tuple]:
-        """Per-layer (k, v, mask) of the prompt; computed once per prompt when streaming."""
-        if cache is None or not cache.text_ready(text):
-            ctx, mask = self.text_context(text, text_mask)
-            kv = [blk.cross.text_kv(ctx) for blk in self.blocks]
-            if cache is None:
-                return [(k, v, mask) for k, v in kv]
-            cache.set_text(text, [k for k, _ in kv], [v for _, v in kv], mask)
-        return [(k, v, cache.text_mask) for k, v in zip(cache.text_k, cache.text_v)]
+    def _build_text_kv(self, text: torch.Tensor, text_mask: torch.Tensor) -> tuple[list, torch.Tensor]:
+        """text [B, L, text_dim], mask [B, L] -> (per-layer (k, v) [B, H, 1 + L', hd], mask [B, 1 + L'])."""
+        ctx, mask = self.text_context(text, text_mask)
+        return [blk.cross.text_kv(ctx) for blk in self.blocks], mask
+
+    def _text_kv(self, text: torch.Tensor | None, text_mask: torch.Tensor | None,
+                 cache: StreamCache | None) -> list[list[tuple]]:
+        """Per layer, the (k, v, mask) groups of the prompt(s); computed once per prompt when streaming."""
+        if cache is None:
+            kv, mask = self._build_text_kv(text, text_mask)
+            return [[(k, v, mask)] for k, v in kv]
+        return cache.text_kv(text, text_mask, self._build_text_kv)
 
     def _span_attention(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         """One chunk's queries q [B,H,Cq,hd] over its span k/v [B,H,Nk,hd] (chunk last), all unrotated.
@@ -331,14 +345,13 @@ class CausalDiT(nn.Module):
 
         return attend
 
-    def _streaming_attend(self, cache: KVCache) -> Attend:
+    def _streaming_attend(self, cache: StreamCache) -> Attend:
         def attend(layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-            k_span, v_span = cache.write_current(layer, k, v)
-            return self._span_attention(q, k_span, v_span)
+            return cache.attend(layer, q, k, v, self._span_attention)  # per stream: its own span
 
         return attend
 
-    def previous_frames(self, x: torch.Tensor, cache: KVCache | None) -> torch.Tensor:
+    def previous_frames(self, x: torch.Tensor, cache: StreamCache | None) -> torch.Tensor:
         """The copy path's input [B, F, C, h, w]: for every frame, the last frame of the chunk before
         its own as the context holds it; zeros for chunk 0 (the sink has no predecessor).
 
@@ -350,13 +363,20 @@ class CausalDiT(nn.Module):
             last = x[:, C - 1 :: C][:, :-1]  # [B, n_chunks - 1, c, h, w]: last frame of each earlier chunk
             prev = torch.cat([torch.zeros_like(x[:, :1]), last], 1)
             return prev.repeat_interleave(C, 1)
-        if cache.n_ctx == 0:
-            return torch.zeros_like(x)
-        return cache.inputs.x[:, cache.n_ctx - 1 : cache.n_ctx].expand(B, Fr, *x.shape[2:]).to(x.dtype)
+        return cache.previous_input(x)
 
     def condition(self, t: torch.Tensor, actions: torch.Tensor, drop_actions: torch.Tensor | None) -> torch.Tensor:
         """Per-frame condition c [B, F, D] from t [B, F] and actions [B, F, A]."""
         return self.t_embed(t) + self.a_embed(actions, drop_actions)
+
+    def _frame_terms(self, t: torch.Tensor, actions: torch.Tensor,
+                     drop_actions: torch.Tensor | None) -> tuple[torch.Tensor, ...]:
+        """Per-frame terms: c [B, F, D], adaLN mod [B, F, 6 * D], action tokens [B, F, D] (zeros without
+        them). A few rows per stream, so a batch computes them per stream (StreamCache.per_stream)."""
+        a = self.a_embed(actions, drop_actions)  # [B, F, D]
+        c = self.t_embed(t) + a  # [B, F, D] per-frame condition
+        a_tok = self.action_in(a) if self.action_in is not None else torch.zeros_like(a)
+        return c, self.adaln(c), a_tok
 
     def _patchify(self, x: torch.Tensor) -> torch.Tensor:
         """[B, F, C, h, w] -> [B, F, T, C * p * p] patch vectors."""
@@ -372,7 +392,7 @@ class CausalDiT(nn.Module):
         actions: torch.Tensor,
         text: torch.Tensor,
         text_mask: torch.Tensor,
-        cache: KVCache | None = None,
+        cache: StreamCache | None = None,
         drop_actions: torch.Tensor | None = None,
         prev: torch.Tensor | None = None,
     ) -> torch.Tensor:
@@ -380,7 +400,8 @@ class CausalDiT(nn.Module):
 
         x [B, F, C, h, w] noisy latents; t [B, F] network time in [0, 1000] (equal within a chunk);
         actions [B, F, A]; text [B, L, text_dim] with text_mask [B, L] (all False = no prompt);
-        cache: streaming mode (F = one chunk), else full sequence (F = whole chunks);
+        cache: streaming mode (F = one chunk), else full sequence (F = whole chunks); a CacheBatch
+        streams several worlds' chunks at once (text and text_mask None: each member brings its own);
         drop_actions [B] bool: use the null action (guidance); prev [B, F, C, h, w]: the copy path's
         input when it must not come from x or the cache (a recache replaying stored inputs).
         Returns v [B, F, C, h, w].
@@ -401,11 +422,13 @@ class CausalDiT(nn.Module):
         hid = self.patch_in(self._patchify(x))  # [B, F, T, D]
         if self.copy_in is not None:
             hid = hid + self.copy_in(self._patchify(prev))
-        a = self.a_embed(actions, drop_actions)  # [B, F, D]
-        c = self.t_embed(t) + a  # [B, F, D] per-frame condition
+        if drop_actions is None:  # the batch is split per stream below; give every row its flag
+            drop_actions = torch.zeros(B, dtype=torch.bool, device=x.device)
+        terms = (t, actions, drop_actions)
+        c, mod, a_tok = self._frame_terms(*terms) if cache is None else cache.per_stream(self._frame_terms, *terms)
         if self.action_in is not None:
-            hid = hid + self.action_in(a)[:, :, None, :]
-        mod = rearrange(self.adaln(c), "b f (six d) -> b f six d", six=6)
+            hid = hid + a_tok[:, :, None, :]
+        mod = rearrange(mod, "b f (six d) -> b f six d", six=6)
         text_kv = self._text_kv(text, text_mask, cache)
         for layer, blk in enumerate(self.blocks):
             hid = blk(hid, mod, layer, attend, text_kv[layer])

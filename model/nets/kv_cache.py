@@ -244,6 +244,37 @@ class KVCache:
         self.text_source, self.text_k, self.text_v, self.text_mask = text, k, v, mask
         self.text_builds += 1
 
+    # ------------------------------------------------------------------ the network's view of one stream
+    # CausalDiT reads a streaming cache only through these five calls; model/nets/cache_batch.py
+    # implements them for several streams' caches at once (batched chunks, exact per stream).
+
+    def per_stream(self, fn: Callable[..., tuple[torch.Tensor, ...]], *tensors: torch.Tensor) -> tuple:
+        """fn(*tensors) over this cache's rows: one stream, so simply the call."""
+        return fn(*tensors)
+
+    def previous_input(self, x: torch.Tensor) -> torch.Tensor:
+        """The copy path's input [B, F, c, h, w] for chunk x: the stored input of the newest committed
+        frame (what wrote its K/V), zeros before any (the sink has no predecessor)."""
+        B, Fr = x.shape[:2]
+        if self.n_ctx == 0:
+            return torch.zeros_like(x)
+        return self.inputs.x[:, self.n_ctx - 1 : self.n_ctx].expand(B, Fr, *x.shape[2:]).to(x.dtype)
+
+    def attend(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+               span_attention: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]) -> torch.Tensor:
+        """Write the chunk's k/v [B, H, C*T, hd] to its slot, then span_attention(q, span k, span v)."""
+        k_span, v_span = self.write_current(layer, k, v)
+        return span_attention(q, k_span, v_span)
+
+    def text_kv(self, text: torch.Tensor, text_mask: torch.Tensor,
+                build: Callable[[torch.Tensor, torch.Tensor], tuple[list, torch.Tensor]]) -> list[list[tuple]]:
+        """Per layer, one group [(k, v, mask)] of the prompt's cross-attention K/V; build(text, mask) ->
+        (per-layer (k, v), mask) runs once per prompt (text tensor identity, `text_ready`)."""
+        if not self.text_ready(text):
+            kv, mask = build(text, text_mask)
+            self.set_text(text, [k for k, _ in kv], [v for _, v in kv], mask)
+        return [[(k, v, self.text_mask)] for k, v in zip(self.text_k, self.text_v)]
+
     def nbytes(self) -> int:
         """Bytes held by self-attention buffers (bounded by the layout, not the stream length)."""
         return sum(b.numel() * b.element_size() for b in self.k + self.v if b is not None)

@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import threading
 import warnings
 from abc import ABC, abstractmethod
 from collections import OrderedDict
@@ -49,9 +50,16 @@ class BaseTextEncoder(ABC):
         self.cache_size = cache_size
         self._cache: OrderedDict[str, tuple[torch.Tensor, torch.Tensor]] = OrderedDict()
         self._warned: set[str] = set()
+        # One encoder serves every session of a shared world model (world/backends/model_cache.py), and
+        # a worker may open sessions on another thread than the one switching prompts: the LRU is guarded.
+        self._lock = threading.Lock()
 
     def encode(self, prompts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """prompts (B strings) -> tokens [B, L, dim] float32, mask [B, L] bool, on self.device."""
+        with self._lock:
+            return self._encode(prompts)
+
+    def _encode(self, prompts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
         if isinstance(prompts, str):
             raise TypeError("encode takes a list of prompts, not a single string")
         for p in prompts:

@@ -11,7 +11,7 @@ reproducible from (seed, prompts, actions) and the CPU result does not depend on
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -21,6 +21,7 @@ from model.common.device import autocast
 from model.diffusion.flow import network_time, predict_x0
 from model.diffusion.guidance import apply_guidance
 from model.diffusion.samplers import Sampler
+from model.nets.cache_batch import CacheBatch, Member
 from model.nets.dit import CausalDiT
 from model.nets.kv_cache import ChunkInputs, KVCache
 
@@ -62,8 +63,49 @@ class ChunkOutput:
     timesteps: list[int]  # network times of the forwards, the K/V-writing context pass last (0 = refresh)
 
 
+@dataclass
+class ChunkJob:
+    """One stream's next chunk: the arguments of `generate_chunk` (its docstring says what each is)."""
+
+    cache: KVCache
+    sampler: Sampler
+    cond: Conditioning
+    actions: torch.Tensor  # [B, F, A]
+    noise: Noise
+    schedule_index: int | None = None
+    exit_step: int | None = None
+    initial: torch.Tensor | None = None
+    on_step: StepHook | None = None
+
+
+# One network evaluation of one stream's chunk: (cache, x [B, F, C, h, w], level s, actions [B, F, A],
+# conditioning, rows per stream = 2 with guidance).
+Part = tuple[KVCache, torch.Tensor, float, torch.Tensor, Conditioning, int]
+
+
 def _rows(x: torch.Tensor, rows: int) -> torch.Tensor:
     return torch.cat([x] * rows) if rows > 1 else x
+
+
+def _network_inputs(x: torch.Tensor, s: float, actions: torch.Tensor, rows: int) -> tuple[torch.Tensor, ...]:
+    """x [B, F, ...] at level s -> (x, t, actions) with `rows` copies of the batch (cond, uncond)."""
+    B, Fr = x.shape[:2]
+    t = torch.full((B * rows, Fr), float(network_time(s)), device=x.device, dtype=x.dtype)
+    return _rows(x, rows), t, _rows(actions, rows)
+
+
+def forward_parts(dit: CausalDiT, parts: Sequence[Part]) -> list[torch.Tensor]:
+    """Evaluate the network once on every part's chunk (each writes its own K/V slot); returns each
+    part's raw output [rows * B, F, C, h, w]. Several parts run as one batched forward over a
+    CacheBatch, identical per part to running it alone (model/nets/cache_batch.py)."""
+    if len(parts) == 1:
+        cache, x, s, actions, cond, rows = parts[0]
+        return [dit(*_network_inputs(x, s, actions, rows), cond.text, cond.text_mask, cache, cond.drop_actions)]
+    inputs = [_network_inputs(x, s, actions, rows) for _, x, s, actions, _, rows in parts]
+    batch = CacheBatch([Member(cache, cond.text, cond.text_mask) for cache, _, _, _, cond, _ in parts])
+    drop = torch.cat([cond.drop_actions for _, _, _, _, cond, _ in parts])
+    v = dit(*(torch.cat(column) for column in zip(*inputs)), None, None, batch, drop)
+    return list(v.split(batch.sizes))
 
 
 def guided_velocity(
@@ -75,9 +117,7 @@ def guided_velocity(
     With guidance: v = c + g (c - u) (docs/design.md §3), cond and uncond rows in one batch.
     """
     rows = 2 if guidance > 0 else 1
-    B, Fr = x.shape[:2]
-    t = torch.full((B * rows, Fr), float(network_time(s)), device=x.device, dtype=x.dtype)
-    v = dit(_rows(x, rows), t, _rows(actions, rows), cond.text, cond.text_mask, cache, cond.drop_actions)
+    v = forward_parts(dit, [(cache, x, s, actions, cond, rows)])[0]
     return v if rows == 1 else apply_guidance(v, guidance)
 
 
@@ -89,6 +129,80 @@ def sampler_step(sampler: Sampler, x: torch.Tensor, x0: torch.Tensor, v: torch.T
     if sampler.update == "euler":
         return x + (s_next - s) * v
     return (1 - s_next) * x0 + s_next * noise(tuple(x.shape)).to(x)
+
+
+class _ChunkRun:
+    """One job's progress through its chunk's levels (a stream's own levels, noise and step count)."""
+
+    def __init__(self, dit: CausalDiT, job: ChunkJob):
+        self.job = job
+        cache = job.cache
+        self.levels = job.sampler.levels(cache.chunk_index if job.schedule_index is None else job.schedule_index)
+        self.run = self.levels if job.exit_step is None else self.levels[: job.exit_step + 1]
+        B, Fr = job.actions.shape[:2]
+        first = job.initial if job.initial is not None else job.noise((B, Fr, *dit.config.latent_shape))
+        self.x = first.to(job.actions)  # [B, F, C, h, w]
+        self.k = 0
+
+    @property
+    def active(self) -> bool:
+        return self.k < len(self.run)
+
+    def wants_grad(self) -> bool:
+        return self.job.exit_step is None or self.k == self.job.exit_step
+
+    def part(self) -> Part:
+        job = self.job
+        if job.on_step is not None:
+            job.on_step(self.run[self.k], self.x)
+        return (job.cache, self.x, self.run[self.k], job.actions, job.cond, job.sampler.rows)
+
+    def advance(self, out: torch.Tensor) -> None:
+        """Take the step from the network's raw output for this job's rows."""
+        sampler, s = self.job.sampler, self.run[self.k]
+        v = out if sampler.rows == 1 else apply_guidance(out, sampler.guidance)
+        x0 = predict_x0(self.x, v, s)
+        s_next = self.run[self.k + 1] if self.k + 1 < len(self.run) else 0.0
+        self.x = sampler_step(sampler, self.x, x0, v, s, s_next, self.job.noise)
+        self.k += 1
+
+    def context_part(self) -> Part | None:
+        """The extra K/V-writing forward, if this job needs one (`_context_pass`)."""
+        job = self.job
+        context = _context_pass(job.sampler, self.x.detach(), len(self.run) < len(self.levels), job.noise)
+        if context is None:
+            return None
+        return (job.cache, context, job.sampler.context_level, job.actions, job.cond, job.sampler.rows)
+
+    def output(self, wrote_context: bool) -> ChunkOutput:
+        sampler = self.job.sampler
+        timesteps = [round(float(network_time(s))) for s in self.run]
+        if wrote_context:
+            timesteps.append(round(sampler.context_noise))
+        return ChunkOutput(self.x, len(self.run), sampler.rows * (len(self.run) + int(wrote_context)), timesteps)
+
+
+def generate_chunks(dit: CausalDiT, jobs: Sequence[ChunkJob]) -> list[ChunkOutput]:
+    """Several streams' next chunks with their network evaluations batched: step k runs one forward
+    over every job that still has a k-th level (jobs may sit at different chunk indices of their
+    schedules, so a 4-step chunk and a 2-step chunk share their first two forwards), each with its own
+    cache, prompt, actions, level and noise; then one forward writes the K/V of every job that needs a
+    context pass. Each job's output, cache and noise draws are identical to `generate_chunk` on it alone."""
+    runs = [_ChunkRun(dit, job) for job in jobs]
+    grad = torch.is_grad_enabled()
+    while active := [r for r in runs if r.active]:
+        with torch.set_grad_enabled(grad and any(r.wants_grad() for r in active)):
+            outs = forward_parts(dit, [r.part() for r in active])
+            for r, out in zip(active, outs):
+                r.advance(out)
+    contexts = [r.context_part() for r in runs]
+    writing = [part for part in contexts if part is not None]
+    if writing:
+        with torch.no_grad():
+            forward_parts(dit, writing)
+    for r in runs:
+        r.job.cache.commit_chunk()
+    return [r.output(part is not None) for r, part in zip(runs, contexts)]
 
 
 def generate_chunk(
@@ -114,28 +228,8 @@ def generate_chunk(
     (diagonal forcing, docs/design.md §3). initial [B, F, C, h, w]: the pure-noise start (default: drawn
     from `noise`). on_step(s, x): called with each forward's input x at level s (ODE trajectories).
     """
-    levels = sampler.levels(cache.chunk_index if schedule_index is None else schedule_index)
-    run = levels if exit_step is None else levels[: exit_step + 1]
-    B, Fr = actions.shape[:2]
-    x = noise((B, Fr, *dit.config.latent_shape)).to(actions) if initial is None else initial.to(actions)
-    grad = torch.is_grad_enabled()
-    for k, s in enumerate(run):
-        if on_step is not None:
-            on_step(s, x)
-        with torch.set_grad_enabled(grad and (exit_step is None or k == exit_step)):
-            v = guided_velocity(dit, cache, x, s, actions, cond, sampler.guidance)
-            x0 = predict_x0(x, v, s)
-            s_next = run[k + 1] if k + 1 < len(run) else 0.0
-            x = sampler_step(sampler, x, x0, v, s, s_next, noise)
-    timesteps = [round(float(network_time(s))) for s in run]
-    context = _context_pass(sampler, x.detach(), exited_early=len(run) < len(levels), noise=noise)
-    if context is not None:
-        with torch.no_grad():
-            write_context(dit, cache, context, sampler.context_level, actions, cond, sampler.rows)
-        timesteps.append(round(sampler.context_noise))
-    cache.commit_chunk()
-    nfe = sampler.rows * (len(run) + int(context is not None))
-    return ChunkOutput(x, len(run), nfe, timesteps)
+    job = ChunkJob(cache, sampler, cond, actions, noise, schedule_index, exit_step, initial, on_step)
+    return generate_chunks(dit, [job])[0]
 
 
 def _context_pass(sampler: Sampler, x0: torch.Tensor, exited_early: bool, noise: Noise) -> torch.Tensor | None:
@@ -153,9 +247,7 @@ def _context_pass(sampler: Sampler, x0: torch.Tensor, exited_early: bool, noise:
 def write_context(dit: CausalDiT, cache: KVCache, x: torch.Tensor, s: float, actions: torch.Tensor,
                   cond: Conditioning, rows: int) -> None:
     """Forward the chunk x at level s so its K/V (not its output) land in the current slot."""
-    B, Fr = x.shape[:2]
-    t = torch.full((B * rows, Fr), float(network_time(s)), device=x.device, dtype=x.dtype)
-    dit(_rows(x, rows), t, _rows(actions, rows), cond.text, cond.text_mask, cache, cond.drop_actions)
+    forward_parts(dit, [(cache, x, s, actions, cond, rows)])
 
 
 def write_clean(dit: CausalDiT, cache: KVCache, x0: torch.Tensor, actions: torch.Tensor, cond: Conditioning,
@@ -267,9 +359,8 @@ class WorldStream:
         with autocast(self.device):
             return self.cache.recache(replay)
 
-    @torch.inference_mode()
-    def next_chunk(self, actions: torch.Tensor | np.ndarray) -> ChunkOutput:
-        """actions [F, A] (F = chunk frames) -> ChunkOutput with latents [F, C, h, w]."""
+    def _job(self, actions: torch.Tensor | np.ndarray) -> ChunkJob:
+        """The next chunk's job; actions [F, A] (F = chunk frames), checked here."""
         if self.cond is None:
             raise RuntimeError("WorldStream.next_chunk before reset")
         actions = torch.as_tensor(np.asarray(actions, dtype=np.float32)).to(self.device)
@@ -277,11 +368,11 @@ class WorldStream:
         if tuple(actions.shape) != expected:
             raise ValueError(f"actions must be {list(expected)}, got {list(actions.shape)}")
         index = self.chunks_since_switch if self.sampler.rewarm else None
-        with autocast(self.device):  # bf16 on CUDA, plain fp32 on CPU
-            out = generate_chunk(self.dit, self.cache, self.sampler, self.cond, actions[None], self._noise, index)
-        self.chunks_since_switch += 1
-        out.latents = out.latents[0].float()
-        return out
+        return ChunkJob(self.cache, self.sampler, self.cond, actions[None], self._noise, index)
+
+    def next_chunk(self, actions: torch.Tensor | np.ndarray) -> ChunkOutput:
+        """actions [F, A] (F = chunk frames) -> ChunkOutput with latents [F, C, h, w]."""
+        return next_chunks([self], [actions])[0]
 
     @torch.inference_mode()
     def decode(self, latents: torch.Tensor) -> np.ndarray:
@@ -289,3 +380,26 @@ class WorldStream:
         from model.common.images import tensor_to_frames
 
         return tensor_to_frames(self.autoencoder.decode(latents.float()))
+
+
+def batch_key(stream: WorldStream) -> tuple:
+    """Streams with equal keys may share batched chunks: the same network (one loaded copy), device
+    and sampler (a sampler with other step counts would make the others wait for its longer chunks)."""
+    return (id(stream.dit), str(stream.device), stream.sampler)
+
+
+@torch.inference_mode()
+def next_chunks(streams: Sequence[WorldStream], actions: Sequence[torch.Tensor | np.ndarray]) -> list[ChunkOutput]:
+    """Several streams' next chunks, their forwards batched (`generate_chunks`): actions[i] [F, A] for
+    streams[i]; each output (latents [F, C, h, w]) is identical to streams[i].next_chunk(actions[i]).
+    The streams must share one network and device; a bad input raises before anything runs."""
+    first = streams[0]
+    if any(s.dit is not first.dit or s.device != first.device for s in streams):
+        raise ValueError("batched streams must share one network on one device")
+    jobs = [stream._job(a) for stream, a in zip(streams, actions, strict=True)]
+    with autocast(first.device):  # bf16 on CUDA, plain fp32 on CPU
+        outs = generate_chunks(first.dit, jobs)
+    for stream, out in zip(streams, outs):
+        stream.chunks_since_switch += 1
+        out.latents = out.latents[0].float()
+    return outs

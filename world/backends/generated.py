@@ -53,10 +53,17 @@ What every chunk's extra also carries (docs/protocol.md section 5):
   engine sends the same field from its prompt). Absent when no classifier fits the model's size.
 - `prompt_notice` (the first chunk after a prompt that was cut): a one-line sentence for the
   player instead of the text encoder's Python warning.
+
+Several sessions: backends of one checkpoint and device share one loaded model
+(world/backends/model_cache.py); each keeps its own stream (cache, prompt, noise, sampler, start).
+Backends with equal `batch_key()` (one model, one sampler) make their next chunks together with
+`step_batch` (docs/multiplayer.md), each chunk identical to its own `step_chunk`.
 """
 
 from __future__ import annotations
 
+import functools
+import logging
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -65,12 +72,15 @@ import numpy as np
 
 from world.actions import IDLE, Action, actions_to_array
 from world.backend import Backend, BackendError, BackendInfo, ChunkResult, PromptError
+from world.backends.model_cache import MODELS, checkpoint_stamp
 from world.backends.notices import PromptNotice
 from world.start import START_MODES, StartImage, StartImageError, as_start_image, fit_image
 
 if TYPE_CHECKING:  # model (torch) is imported only once a world is built
     from model.diffusion.samplers import Sampler
+    from model.runtime.stream import ChunkOutput
 
+log = logging.getLogger("world.generated")
 ASSETS = Path(__file__).resolve().parents[2] / "assets"
 DEFAULT_CHECKPOINT = ASSETS / "default_world"  # the bundled default world (the distilled student)
 TEACHER_CHECKPOINT = ASSETS / "teacher"  # the bundled teacher: used when no default world is bundled
@@ -255,15 +265,21 @@ class GeneratedBackend(Backend):
         self._prompt_notice = caught.notice or self._prompt_notice
 
     def step_chunk(self, actions: Sequence[Action]) -> ChunkResult:
+        return self._result(self.stream.next_chunk(self._step_input(actions)))
+
+    def _step_input(self, actions: Sequence[Action]) -> np.ndarray:
+        """The next chunk's actions [F, A], once the request is known to be valid (BackendError if not)."""
         self._require_started()
         if len(actions) != self._info.chunk_frames:
             raise BackendError(f"the generated world steps {self._info.chunk_frames} frames at a time, "
                                f"got {len(actions)} actions")
         self._reset_chunk = None  # the world moved on: chunk 0 can no longer be shown as its first chunk
-        return self._generate(actions)
+        return actions_to_array(actions)
 
     def _generate(self, actions: Sequence[Action]) -> ChunkResult:
-        out = self.stream.next_chunk(actions_to_array(actions))
+        return self._result(self.stream.next_chunk(actions_to_array(actions)))
+
+    def _result(self, out: ChunkOutput) -> ChunkResult:
         frames = self.stream.decode(out.latents)
         extra = {"timesteps": out.timesteps, "sampler": self.sampler.name, **self._chunk_facts(frames)}
         return ChunkResult(frames=frames, steps=out.steps, nfe=out.nfe, extra=extra)
@@ -276,6 +292,38 @@ class GeneratedBackend(Backend):
         if self._prompt_notice:
             facts["prompt_notice"], self._prompt_notice = self._prompt_notice, None
         return facts
+
+    def batch_key(self) -> tuple:
+        """Sessions of one loaded model (shared weights) and one sampler batch their chunks."""
+        from model.runtime.stream import batch_key
+
+        return ("generated", *batch_key(self.stream))
+
+    @classmethod
+    def step_batch(cls, backends: Sequence[Backend],
+                   actions: Sequence[Sequence[Action]]) -> list[ChunkResult | Exception]:
+        """Every backend's next chunk from batched forwards (model/runtime/stream.py `next_chunks`), each
+        identical to its own step_chunk. A backend whose request is bad (not started, wrong action
+        count) gets its error and the rest run without it; if the batched generation itself fails,
+        every stream's noise is rewound and each steps alone, so only the failing one loses its chunk."""
+        results: dict[int, ChunkResult | Exception] = {}
+        ready: list[tuple[int, GeneratedBackend, np.ndarray]] = []
+        for i, (backend, acts) in enumerate(zip(backends, actions, strict=True)):
+            try:
+                ready.append((i, backend, backend._step_input(acts)))
+            except BackendError as exc:
+                results[i] = exc
+        outs = _generate_together([b for _, b, _ in ready], [a for _, _, a in ready]) if len(ready) > 1 else None
+        if outs is None:  # one left, or the batch failed: each alone
+            alone = super().step_batch([b for _, b, _ in ready], [actions[i] for i, _, _ in ready])
+            results.update(zip([i for i, _, _ in ready], alone))
+        else:
+            for (i, backend, _), out in zip(ready, outs):
+                try:
+                    results[i] = backend._result(out)  # decoding, per stream
+                except Exception as exc:  # noqa: BLE001 - this stream's own failure
+                    results[i] = exc
+        return [results[i] for i in range(len(backends))]
 
     def _require_started(self) -> None:
         if not self._started:
@@ -291,21 +339,28 @@ class GeneratedBackend(Backend):
 def regeneration_facts(model, sampler: Sampler, options: dict) -> dict:
     """What regenerating this backend's frames needs (JSON): the checkpoint (path, name, step, weight
     hashes), the resolved sampler and the options it was built from, device and compute dtype."""
-    from model.common.checkpoint import module_sha256
-
     where = Path(model.directory).resolve()
     device = model.device
     return {
         "checkpoint": str(where),
         "checkpoint_name": where.parent.name if where.name == "checkpoint" else where.name,
         "step": int(model.step),
-        "sha256": {name: module_sha256(where, name) for name in ("dit", "autoencoder")},
+        "sha256": _weight_hashes(str(where), checkpoint_stamp(where)),
         "text_encoder": model.config.text_encoder,
         "sampler": sampler.describe(),
         "sampler_options": options,
         "device": str(device),
         "dtype": "bfloat16" if device.type == "cuda" else "float32",  # model.common.device.autocast
     }
+
+
+@functools.lru_cache(maxsize=16)
+def _weight_hashes(where: str, stamp: tuple) -> dict:
+    """sha256 of the dit and autoencoder files, once per checkpoint version (stamp): hashing 30 MiB at
+    every open would cost a session sharing a loaded model more than building it."""
+    from model.common.checkpoint import module_sha256
+
+    return {name: module_sha256(Path(where), name) for name in ("dit", "autoencoder")}
 
 
 def _theme_reader(device, size: int):
@@ -315,8 +370,9 @@ def _theme_reader(device, size: int):
     from model.common.checkpoint import CheckpointError
     from model.evaluation.readers import load_classifier
 
+    key = ("classifier", str(CLASSIFIER_CHECKPOINT.resolve()), str(device), checkpoint_stamp(CLASSIFIER_CHECKPOINT))
     try:
-        reader = load_classifier(CLASSIFIER_CHECKPOINT, device)
+        reader = MODELS.get(key, lambda: load_classifier(CLASSIFIER_CHECKPOINT, device))  # shared, like the world
     except CheckpointError:
         return None
     return reader if (reader.config.height, reader.config.width) == (size, size) else None
@@ -331,6 +387,20 @@ def _read_theme(reader, frames: np.ndarray) -> dict:
     names = [reader.config.classes(f)[int(k)] for f, k in zip(("biome", "time_of_day", "weather"), labels)]
     theme = Theme(*names)
     return {**theme.to_json(), "text": describe(theme), "source": "classifier"}
+
+def _generate_together(backends: Sequence[GeneratedBackend], actions: Sequence[np.ndarray]) -> list | None:
+    """Their next chunks' latents from batched forwards, or None (their noise rewound, no cache
+    committed: generate_chunks commits only after every forward) when the batch fails."""
+    from model.runtime.stream import next_chunks
+
+    states = [b.stream.generator.get_state() for b in backends]
+    try:
+        return next_chunks([b.stream for b in backends], actions)
+    except Exception:  # noqa: BLE001 - the caller retries each stream alone, where the error is its own
+        log.exception("batched chunk of %d sessions failed; generating them one by one", len(backends))
+        for backend, state in zip(backends, states):
+            backend.stream.generator.set_state(state)
+        return None
 
 
 def _summary(sampler: Sampler) -> str:
@@ -362,7 +432,7 @@ def bundled_checkpoint(teacher_fallback: bool = True) -> Path | None:
 
 
 def _load(checkpoint: str | None, device: str):
-    from model.common.checkpoint import CheckpointError
+    from model.common.checkpoint import CheckpointError, checkpoint_dir
     from model.common.device import resolve_device
     from model.runtime.world_model import load_world_model
 
@@ -371,7 +441,10 @@ def _load(checkpoint: str | None, device: str):
         raise BackendError(f"no bundled world checkpoint at {DEFAULT_CHECKPOINT} or {TEACHER_CHECKPOINT}; "
                            "pass checkpoint=DIR (train one with `run_world.py train teacher`)")
     try:
-        return load_world_model(path, resolve_device(device))
+        resolved = resolve_device(device)
+        directory = checkpoint_dir(path)
+        key = (str(directory.resolve()), str(resolved), checkpoint_stamp(directory))
+        return MODELS.get(key, lambda: load_world_model(directory, resolved))  # one copy per process
     except CheckpointError as e:
         raise BackendError(f"cannot load the world checkpoint: {e}") from None
     except RuntimeError as e:  # e.g. --device cuda without CUDA
