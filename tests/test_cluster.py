@@ -94,7 +94,7 @@ def test_sessions_are_spread_over_the_actors(front):
                     if isinstance(event, ChunkEvent):
                         client.ack(event.seq)
                         got += 1
-            assert got == 2
+            assert got >= 2  # one poll may bring two chunks
     finally:
         for client in clients:
             client.close()

@@ -156,8 +156,9 @@ def test_batched_sessions_match_sessions_alone_despite_bad_neighbours(worker):
     assert all(len(g) >= n for g in got)
     for lone, crowded in zip(alone, got):
         assert all(np.array_equal(a, b) for a, b in zip(lone, frames_of(crowded[:n])))
-    # first chunks are made alone, off the loop (world/jobs.py): the later ones share batches
-    assert max(c.extra.get("batch", {}).get("size", 1) for g in got for c in g) >= 2
+    # Whether sessions share a batch here depends on timing (first chunks are made alone, off the
+    # loop, world/jobs.py; on a fast machine each later one may fall due alone), so it is not
+    # asserted: that batches are exact is tests/test_batched_chunks.py.
     assert {e.code for e in rude_errors} >= {"bad_prompt", "bad_ack"}
 
 
