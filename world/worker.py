@@ -182,7 +182,6 @@ class WorkerCore:
         self.log = RateLimitedLog(log)
         self.costs = CostModel()
         self._weights: dict[str, int] = {}  # checkpoint path -> bytes on disk (memory estimates)
-        self._rr = 0  # round-robin cursor into the session order
         self._pruned = 0.0
         self.scheduler = BatchScheduler(config.max_batch)
         self._handlers: dict[type, Callable[[Inbound], list[Outgoing]]] = {
