@@ -13,11 +13,12 @@ import numpy as np
 import pytest
 
 from tests.helpers import collect_chunks
+from world import protocol as P
 from world.actions import Action
 from world.backends.registry import create_backend
 from world.batching import BatchScheduler
 from world.client import ChunkEvent, ErrorEvent, WorldClient
-from world.worker import start_worker_process, stop_worker_process
+from world.worker import Inbound, WorkerConfig, WorkerCore, start_worker_process, stop_worker_process
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -25,8 +26,9 @@ DIAGONAL = {"sampler": "diagonal", "start": "text"}
 ACTIONS = [Action(("forward",)), Action(("turn_left",), 0.5, 0.0), Action(("rise", "right"))] * 4
 
 
-def open_client(endpoint: str, prompt: str, seed: int, options: dict | None = None,
-                lookahead: int | None = 1) -> WorldClient:
+def open_client(
+    endpoint: str, prompt: str, seed: int, options: dict | None = None, lookahead: int | None = 1
+) -> WorldClient:
     client = WorldClient(endpoint, timeout_s=30.0)
     client.open(backend="generated", prompt=prompt, seed=seed, options=options or DIAGONAL, lookahead=lookahead)
     return client
@@ -182,6 +184,49 @@ def test_a_failing_batch_costs_only_the_failing_session(world_dir):
     assert isinstance(results[1], Exception)
     for i in (0, 2):
         assert np.array_equal(results[i].frames, reference[i].frames)
+
+
+def play_in_core(world_dir, max_batch: int) -> tuple[list[list[tuple[P.Chunk, np.ndarray]]], list[str]]:
+    """Three generated sessions (three clients, seeds 0-2, six queued actions each) on an in-process
+    WorkerCore, so timing cannot decide anything. Returns the chunks of each produce_next call that
+    made any, until every session has made seq 2, and the session ids by seed."""
+    config = WorkerConfig(max_unacked=4, max_batch=max_batch,
+                          backend_options={"generated": {"checkpoint": str(world_dir), "device": "cpu"}})  # fmt: skip
+    core = WorkerCore(config, instance="test")
+    sids = []
+    for k in range(3):
+        who = f"client{k}".encode()
+        open_ = P.Open(backend="generated", prompt="green hills at noon", seed=k, options=DIAGONAL)
+        (opened,) = [P.decode_reply(o.frames)[0] for o in core.handle(Inbound(who, open_, 0.001 * k))]
+        sids.append(opened.session)
+        core.handle(Inbound(who, P.Actions(session=opened.session, actions=tuple(ACTIONS[:6])), 0.001 * k))
+    calls = []
+    for _ in range(30):
+        made = [P.decode_reply(o.frames) for o in core.produce_next()]
+        calls += [made] if made else []
+        if sum(c.seq == 2 for call in calls for c, _ in call) == 3:
+            break
+    core.close_all()
+    return calls, sids
+
+
+def test_the_worker_core_batches_sessions_that_are_due_together(world_dir):
+    """Each session's start view and first chunk are off-loop jobs, made alone; once all three are
+    due, ONE call makes their next chunks as one batch, frame for frame what each makes alone."""
+    (batched, sids), (alone, sids_alone) = play_in_core(world_dir, 8), play_in_core(world_dir, 1)
+    for calls in (batched, alone):
+        jobs = [call for call in calls if call[0][0].seq < 2]
+        assert len(jobs) == 6 and all(len(call) == 1 and "batch" not in call[0][0].extra for call in jobs)
+    (together,) = [call for call in batched if call[0][0].seq == 2]
+    assert sorted(c.session for c, _ in together) == sorted(sids)
+    assert {c.extra["batch"]["size"] for c, _ in together} == {3}
+    assert len({c.extra["batch"]["round"] for c, _ in together}) == 1
+    lone = [c_f for call in alone for c_f in call if c_f[0].seq == 2]
+    assert len(lone) == 3 and {c.extra["batch"]["size"] for c, _ in lone} == {1}
+    frames = {sids.index(c.session): f for c, f in together}
+    frames_alone = {sids_alone.index(c.session): f for c, f in lone}
+    for k in range(3):
+        assert np.array_equal(frames[k], frames_alone[k]), f"seed {k}: batched chunk differs from its lone run"
 
 
 # ----------------------------------------------------------------------------- fairness
