@@ -205,6 +205,23 @@ def test_memory_budget_refuses_before_building():
     assert c.open()
 
 
+def test_shared_weights_count_once_against_the_memory_budget():
+    """Sessions of one checkpoint share its loaded weights (world/backends/model_cache.py): the
+    budget counts them once per checkpoint, not once per session."""
+    from world.admission import MIB, Admission, AdmissionConfig, Holder, memory_bytes
+
+    def session(n: int, checkpoint: str = "a") -> Holder:
+        return Holder(bytes([n]), None, 10 * MIB, (checkpoint, 100 * MIB))
+
+    assert memory_bytes([session(1), session(2), session(3)]) == 130 * MIB
+    assert memory_bytes([session(1), session(2, "b")]) == 220 * MIB
+    admission = Admission(AdmissionConfig(max_sessions=8, per_client=8, memory_budget_bytes=125 * MIB))
+    admission.check([session(1)], session(2))  # 120 MiB: the second session adds only its own 10
+    with pytest.raises(P.ProtocolError) as refused:
+        admission.check([session(1)], session(2, "b"))  # another checkpoint's weights do not fit
+    assert refused.value.code == P.BUSY and "needs about 110 MiB" in str(refused.value)
+
+
 def test_round_robin_serves_every_session():
     c = Core(max_unacked=3)
     sessions = {c.open(), c.open(identity=OTHER), c.open(identity=b"\x00third")}

@@ -11,8 +11,10 @@ The worker admits an `open` only if
   with a `retry_after_s` hint: a slot frees when someone leaves).
 
 The memory estimate is deliberately simple and pessimistic (frames in flight plus a per-backend
-base: the engine's per-pixel buffers, the generated world's weights on disk); it exists so an
-`open` is refused before a backend is built, not after the machine starts swapping.
+base: the engine's per-pixel buffers, the generated world's runtime); it exists so an `open` is
+refused before a backend is built, not after the machine starts swapping. A generated world's
+weights are loaded once per checkpoint and shared by all its sessions
+(world/backends/model_cache.py), so they are counted once per checkpoint, not once per session.
 """
 
 from __future__ import annotations
@@ -38,7 +40,8 @@ class Holder:
 
     identity: bytes
     user: str | None  # the client's public key (z85) on an authenticated worker, else None
-    bytes: int
+    bytes: int  # this session's own memory
+    shared: tuple[str, int] | None = None  # (key, bytes) of memory all sessions with this key share
 
 
 @dataclass(frozen=True)
@@ -78,12 +81,20 @@ def directory_bytes(path: str | os.PathLike | None) -> int:
 
 def estimate_bytes(backend: str, options: dict, lookahead: int, weights_bytes: int = 0) -> int:
     """Pessimistic resident memory of one session: `lookahead` + 2 chunks of frames (in flight,
-    being made, being encoded), the backend's base and, for the engine, its per-pixel buffers."""
+    being made, being encoded), the backend's base and, for the engine, its per-pixel buffers
+    (plus `weights_bytes` of its own: weights shared with other sessions go in Holder.shared)."""
     geometry = {k: options.get(k) or v for k, v in DEFAULT_GEOMETRY.items()}  # range-checked by the worker
     pixels = int(geometry["height"]) * int(geometry["width"])
     frames = pixels * 3 * int(geometry["chunk_frames"]) * (lookahead + 2)
     extra = pixels * ENGINE_BYTES_PER_PIXEL if backend == "engine" else 0
     return frames + extra + BACKEND_BASE_BYTES.get(backend, 16 * MIB) + weights_bytes
+
+
+def memory_bytes(holders: Iterable[Holder]) -> int:
+    """Estimated memory of these sessions: each one's own bytes, and each shared part once."""
+    holders = list(holders)
+    shared = dict(h.shared for h in holders if h.shared is not None)
+    return sum(h.bytes for h in holders) + sum(shared.values())
 
 
 class Admission:
@@ -103,9 +114,10 @@ class Admission:
                                   f"client may hold on this worker ({cap}); close one first")  # fmt: skip
         if len(holders) >= self.config.max_sessions:
             self._busy(f"the worker serves its maximum of {self.config.max_sessions} sessions")
-        used = sum(h.bytes for h in holders)
-        if used + new.bytes > self.budget:
-            self._busy(f"the session needs about {new.bytes // MIB} MiB and {used // MIB} of the worker's "
+        used = memory_bytes(holders)
+        needs = memory_bytes([*holders, new]) - used  # shared weights already loaded cost nothing more
+        if used + needs > self.budget:
+            self._busy(f"the session needs about {needs // MIB} MiB and {used // MIB} of the worker's "
                        f"{self.budget // MIB} MiB memory budget are taken")  # fmt: skip
 
     def _busy(self, why: str) -> None:

@@ -442,7 +442,7 @@ class WorkerCore:
         self._check_backend_name(req.backend)
         self._check_start(req)
         check_client_options(req.options)
-        holder = Holder(item.identity, item.user, self._estimate(req.backend, req.options, lookahead))
+        holder = Holder(item.identity, item.user, *self._estimate(req.backend, req.options, lookahead))
         self.admission.check(self._holders(), holder)
         self._check_predicted_cost(req, item.identity)
         future = self.executor.submit(self._build, item, lookahead, holder)
@@ -460,8 +460,9 @@ class WorkerCore:
                                   f"what this worker's {req.backend} sessions took); the budget is {budget:.2f} s "
                                   "per chunk: open a smaller session")  # fmt: skip
 
-    def _estimate(self, backend: str, options: dict, lookahead: int) -> int:
-        weights = 0
+    def _estimate(self, backend: str, options: dict, lookahead: int) -> tuple[int, tuple[str, int] | None]:
+        """(the session's own bytes, (checkpoint, weight bytes) that its checkpoint's sessions share)."""
+        own = estimate_bytes(backend, options, lookahead)
         if backend == "generated":
             checkpoint = self.config.backend_options.get("generated", {}).get("checkpoint")
             if checkpoint is None:
@@ -471,8 +472,8 @@ class WorkerCore:
             key = str(checkpoint)
             if key not in self._weights:
                 self._weights[key] = directory_bytes(checkpoint)
-            weights = self._weights[key]
-        return estimate_bytes(backend, options, lookahead, weights)
+            return own, (key, self._weights[key])
+        return own, None
 
     def _build(self, item: Inbound, lookahead: int, holder: Holder) -> Session:
         """Off the loop: the backend, reset with the seed and prompt, as a Session."""
@@ -970,21 +971,50 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="chunks generated ahead of a client's last ack; the most a session's lookahead may ask for "
         "(default %(default)s)",
     )
-    parser.add_argument("--per-client", type=int, default=2, metavar="N",
-                        help="sessions one client (socket, or client key) may hold (default %(default)s)")
-    parser.add_argument("--memory-budget-mb", type=int, default=0, metavar="MB",
-                        help="estimated memory all sessions may take; 0: half the machine's (default)")
-    parser.add_argument("--chunk-budget", type=float, default=1.0, metavar="S",
-                        help="the longest one chunk of a session may take, unless its play time is longer; a "
-                        "session over it is closed (default %(default)s)")
-    parser.add_argument("--exit-with-parent", action="store_true",
-                        help="stop when stdin reaches end of file: the parent that owns this worker died")
-    parser.add_argument("--server-key", metavar="FILE", help="this worker's secret key (NAME.key_secret from "
-                        "`run_world.py keys`): clients must authenticate (CURVE) and frames are encrypted")
-    parser.add_argument("--authorized-keys", metavar="DIR", help="directory of the client public keys (*.key) "
-                        "this worker accepts; goes with --server-key")
-    parser.add_argument("--insecure", action="store_true", help="allow binding beyond loopback without keys "
-                        "(anyone who reaches the port plays; frames in clear); said in the log and to every client")
+    parser.add_argument(
+        "--per-client",
+        type=int,
+        default=2,
+        metavar="N",
+        help="sessions one client (socket, or client key) may hold (default %(default)s)",
+    )
+    parser.add_argument(
+        "--memory-budget-mb",
+        type=int,
+        default=0,
+        metavar="MB",
+        help="estimated memory all sessions may take; 0: half the machine's (default)",
+    )
+    parser.add_argument(
+        "--chunk-budget",
+        type=float,
+        default=1.0,
+        metavar="S",
+        help="the longest one chunk of a session may take, unless its play time is longer; a "
+        "session over it is closed (default %(default)s)",
+    )
+    parser.add_argument(
+        "--exit-with-parent",
+        action="store_true",
+        help="stop when stdin reaches end of file: the parent that owns this worker died",
+    )
+    parser.add_argument(
+        "--server-key",
+        metavar="FILE",
+        help="this worker's secret key (NAME.key_secret from "
+        "`run_world.py keys`): clients must authenticate (CURVE) and frames are encrypted",
+    )
+    parser.add_argument(
+        "--authorized-keys",
+        metavar="DIR",
+        help="directory of the client public keys (*.key) this worker accepts; goes with --server-key",
+    )
+    parser.add_argument(
+        "--insecure",
+        action="store_true",
+        help="allow binding beyond loopback without keys "
+        "(anyone who reaches the port plays; frames in clear); said in the log and to every client",
+    )
     parser.add_argument("--max-batch", type=int, default=8, metavar="N",
                         help="chunks of sessions sharing a model and sampler made in one batch, at most N "
                         "(1: one chunk at a time, round robin) (default %(default)s)")  # fmt: skip
@@ -1086,7 +1116,9 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 def start_worker_process(
-    bind: str = "tcp://127.0.0.1:0", extra_args: Sequence[str] = (), timeout_s: float = 30.0,
+    bind: str = "tcp://127.0.0.1:0",
+    extra_args: Sequence[str] = (),
+    timeout_s: float = 30.0,
     env: Mapping[str, str] | None = None,
 ) -> tuple[subprocess.Popen, str]:
     """Launch `python run_world.py serve --bind BIND --exit-with-parent ...` and wait (bounded) for
