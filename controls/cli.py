@@ -54,6 +54,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "keeps (default: the value the world was trained with; others are experiments)")
     parser.add_argument("--rewarm", action="store_const", const=True, default=None,
                         help="generated backend, diagonal sampler: restart the schedule after each prompt switch")
+    parser.add_argument("--guidance", type=float, metavar="G",
+                        help="generated backend: classifier-free guidance g in c + g (c - u), 0 off (default: the "
+                        "sampler's own: the teacher's 3, students 0)")
+    parser.add_argument("--guide", choices=("all", "actions", "text"),
+                        help="generated backend, with guidance: what it amplifies: all (prompt and actions, the "
+                        "default), actions (the response to keys and mouse), text (the prompt)")
     parser.add_argument("--start", choices=("engine", "text", "image"),
                         help="generated backend: what the world's first chunk is (default engine: the engine's view "
                         "of the prompt at the seed, or text when the engine cannot parse the prompt; text: generated "
@@ -140,11 +146,12 @@ def make_plan(args: argparse.Namespace) -> Plan:
             raise UsageError(f"{flag} applies to --backend generated only")
         worker_args += [flag, value]
     session_options = {k: v for k, v in (("sampler", args.sampler), ("steps", args.steps), ("schedule", args.schedule),
-                                         ("context_noise", args.context_noise), ("rewarm", args.rewarm))
+                                         ("context_noise", args.context_noise), ("rewarm", args.rewarm),
+                                         ("guidance", args.guidance), ("guide", args.guide))
                        if v is not None}
     if session_options and backend != "generated":
-        raise UsageError("--sampler, --steps, --schedule, --context-noise and --rewarm apply to --backend generated "
-                         "only")
+        raise UsageError("--sampler, --steps, --schedule, --context-noise, --rewarm, --guidance and --guide apply to "
+                         "--backend generated only")
     if not args.headless and (args.script or args.realtime):
         raise UsageError("--script and --realtime apply to --headless runs")
     if args.headless and (args.replay or args.prompts):

@@ -57,11 +57,12 @@ def script(model, sampler, batched: bool) -> list[list[torch.Tensor]]:
     "sampler",
     [
         {"name": "teacher", "steps": 3},  # Euler + guidance (2 rows per stream) + refresh pass
+        {"name": "teacher", "steps": 3, "guide": "actions"},  # uncond rows keep the prompt, null actions
         {"name": "uniform"},  # re-noising + refresh
         {"name": "diagonal", "schedule": [4, 3, 2]},  # streams at different step counts share forwards
         {"name": "diagonal", "schedule": [4, 3, 2], "rewarm": True},  # a switch restarts one stream's schedule
     ],
-    ids=["teacher", "uniform", "diagonal", "diagonal-rewarm"],
+    ids=["teacher", "teacher-guide-actions", "uniform", "diagonal", "diagonal-rewarm"],
 )
 def test_batched_equals_sequential(worlds, world, sampler):
     model = worlds[world]
@@ -117,3 +118,21 @@ def test_batch_key_and_mixing(worlds):
     other.reset(0, PROMPTS[0])
     with pytest.raises(ValueError, match="one network"):
         next_chunks([a, other], [np.zeros((3, 12), np.float32)] * 2)
+
+
+def test_streams_of_other_guides_have_other_keys_and_stay_exact_if_batched(worlds):
+    """The batch key is the whole sampler, so sessions guided on other conditionings are not grouped;
+    each job carries its own rows anyway, so even a batch mixing guides is exact per stream."""
+    model = worlds["plain"]
+    samplers = [model.sampler("teacher", steps=2, guide=g) for g in ("all", "actions", "text")]
+    streams = [model.stream(s) for s in samplers]
+    assert len({batch_key(s) for s in streams}) == 3
+    acts = [torch.rand(3, 12, generator=torch.Generator().manual_seed(i)) for i in range(3)]
+    for i, s in enumerate(streams):
+        s.reset(i, PROMPTS[0])
+    outs = next_chunks(streams, acts)
+    for i, sampler in enumerate(samplers):
+        alone = model.stream(sampler)
+        alone.reset(i, PROMPTS[0])
+        assert torch.equal(outs[i].latents, alone.next_chunk(acts[i]).latents)
+    assert not torch.equal(outs[0].latents, outs[1].latents)

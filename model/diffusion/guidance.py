@@ -1,7 +1,10 @@
 """Classifier-free guidance: v = c + g (c - u) (docs/design.md §3).
 
 The conditional and unconditional rows run in one batch, conditional first (model/runtime/stream.py
-`Conditioning`: the second half has no prompt and null actions); `apply_guidance` folds them back.
+`Conditioning`: the second half leaves out what the sampler's `guide` says: the prompt and the
+actions ("all"), the actions only ("actions": u_a, same prompt and the null action, so
+c + g (c - u_a) amplifies the response to keys) or the prompt only ("text"));
+`apply_guidance` folds them back.
 """
 
 from __future__ import annotations

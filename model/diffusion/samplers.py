@@ -12,8 +12,18 @@ streaming loop and reads from the sampler
     point, docs/design.md §3) on which every chunk's LAST denoising forward runs. Inference (the
     checkpoint's WorldConfig.context_noise) and distillation (model/training/student.py) build their
     sampler from the same value, so training's context is written exactly as inference's is;
-  - `guidance` g: v = c + g (c - u), cond and uncond (no prompt, null actions) batched; g = 0
-    runs the conditional network alone.
+  - `guidance` g: v = c + g (c - u), cond and uncond rows batched; g = 0 runs the conditional
+    network alone;
+  - `guide`: what the uncond rows u leave out, i.e. which conditioning guidance amplifies (the
+    teacher was trained dropping the prompt and the actions independently, model/training/teacher.py,
+    so it has all three modes):
+      "all"     (default, every sampler before this option) u = no prompt and the null action;
+      "actions" u = the same prompt and the null action: v = c + g (c - u_a) amplifies only the
+                response to keys and mouse (the network learnt to under-use them, docs/design.md);
+      "text"    u = no prompt and the same actions: amplifies only the prompt.
+    A guide other than "all" needs g > 0 (it would otherwise be silently ignored). `describe()`
+    always carries "guide"; records written before the option have none, and readers take a missing
+    one as "all" (world/backends/regenerate.py, model/evaluation/compare.py).
 
 NFE per chunk (network evaluations per stream, a batched cond + uncond forward counts 2):
     rows * (len(levels(i)) + refresh),  rows = 2 with guidance else 1
@@ -37,7 +47,7 @@ Registry SAMPLERS: "teacher", "uniform", "diagonal"; `make_sampler(name, ...)` v
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from model.diffusion.flow import TIME_SCALE, level_grid, network_time, shift_level
 
@@ -46,6 +56,7 @@ FEW_STEP_GRID = 4  # the distilled student's grid: [1000, 750, 500, 250] warped 
 DIAGONAL_SCHEDULE = (4, 3, 2)  # Diagonal Distillation release: chunk 0 4 steps, chunk 1 3, then 2
 CONTEXT_NOISE = 100.0  # docs/design.md §3: diagonal forcing is best at context noise t = 100 of 1000
 TEACHER_GUIDANCE = 3.0
+GUIDES = ("all", "actions", "text")  # what the uncond rows of guidance leave out (module docstring)
 
 
 @dataclass(frozen=True)
@@ -57,6 +68,7 @@ class Sampler:
     guidance: float = 0.0
     rewarm: bool = False  # restart the schedule after a prompt switch (more steps to establish it)
     context_noise: float = 0.0  # network time of the K/V a committed chunk leaves (0: refresh pass)
+    guide: str = "all"  # what guidance's uncond rows leave out: "all" | "actions" | "text" (GUIDES)
 
     def __post_init__(self) -> None:
         if self.update not in ("euler", "renoise"):
@@ -68,6 +80,10 @@ class Sampler:
                 raise ValueError(f"sampler {self.name!r}: levels must descend within (0, 1], got {levels}")
         if self.guidance < 0:
             raise ValueError(f"guidance must be >= 0, got {self.guidance}")
+        check_guide(self.guide)
+        if self.guide != "all" and self.guidance == 0:
+            raise ValueError(f"guide {self.guide!r} says what classifier-free guidance amplifies; it needs "
+                             f"guidance > 0 (guidance is 0 for sampler {self.name!r})")
         self._check_context()
 
     def _check_context(self) -> None:
@@ -116,7 +132,16 @@ class Sampler:
             "update": self.update,
             "context_noise": self.context_noise,
             "rewarm": self.rewarm,
+            "guide": self.guide,
         }
+
+
+def check_guide(guide: object) -> str:
+    """A guide name (GUIDES), else a ValueError naming the options."""
+    if not isinstance(guide, str) or guide not in GUIDES:
+        raise ValueError(f"guide must be one of {', '.join(GUIDES)} (what guidance's unconditional rows leave out: "
+                         f"prompt and actions, the actions only, the prompt only), got {guide!r}")
+    return guide
 
 
 def _check_positive(name: str, value: int, what: str) -> int:
@@ -235,8 +260,10 @@ def make_sampler(
     shift: float = 3.0,
     context_noise: float | None = None,
     rewarm: bool | None = None,
+    guide: str | None = None,
 ) -> Sampler:
-    """Build a registered sampler; options it does not take are an error, not silently ignored."""
+    """Build a registered sampler; options it does not take are an error, not silently ignored.
+    guide (None: "all") says what guidance's uncond rows leave out (module docstring)."""
     if name not in SAMPLERS:
         raise ValueError(f"unknown sampler {name!r}; available: {', '.join(SAMPLERS)}")
     kwargs: dict = {"shift": shift}
@@ -264,4 +291,5 @@ def make_sampler(
                              f"schedule after a prompt switch) is an option of 'diagonal'")
         if steps is not None:
             kwargs["steps"] = steps
-    return SAMPLERS[name](**kwargs)
+    sampler = SAMPLERS[name](**kwargs)
+    return sampler if guide is None else replace(sampler, guide=check_guide(guide))

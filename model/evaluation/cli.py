@@ -5,6 +5,7 @@
     python run_world.py eval --checkpoint runs/student --sampler diagonal --out runs/eval/student
     python run_world.py eval --checkpoint runs/student --sampler diagonal --schedule 5,4,3,2 --context-noise 250
     python run_world.py eval --backend still --quick                   # a baseline row (the floor)
+    python run_world.py eval --checkpoint assets/teacher --guidance 2 --guide actions   # guidance on keys only
 
 Writes results.json, report.md and PNG plots into --out (default runs/eval/<backend>-<time>/);
 with --json the last stdout line is one JSON object with the headline numbers.
@@ -23,7 +24,7 @@ from pathlib import Path
 
 from model.common.checkpoint import CheckpointError
 from model.common.device import resolve_device, set_threads
-from model.diffusion.samplers import parse_schedule
+from model.diffusion.samplers import GUIDES, parse_schedule
 from model.evaluation.config import EVAL_PRESETS, EvalConfig
 from model.evaluation.measure_actions import measure_actions
 from model.evaluation.measure_counterfactual import measure_counterfactual
@@ -57,6 +58,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "memory of past frames keeps (default: the value the world was distilled with)")
     parser.add_argument("--rewarm", action="store_const", const=True, default=None,
                         help="diagonal sampler: restart its schedule after each prompt switch")
+    add_guidance_arguments(parser)
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda (world, IDM and classifier)")
     parser.add_argument("--idm", default="assets/idm", help="inverse-dynamics checkpoint")
     parser.add_argument("--classifier", default="assets/classifier", help="theme classifier checkpoint")
@@ -75,7 +77,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="last stdout line: one JSON object of headline numbers")
 
 
-GENERATED_ONLY = ("checkpoint", "sampler", "steps", "schedule", "context_noise", "rewarm")
+def add_guidance_arguments(parser: argparse.ArgumentParser) -> None:
+    """--guidance and --guide (eval and the scoreboard)."""
+    parser.add_argument("--guidance", type=float, metavar="G", help="classifier-free guidance g in c + g (c - u); "
+                        "0 disables it (default: the sampler's own: the teacher's 3, students 0)")
+    parser.add_argument("--guide", choices=GUIDES, help="what guidance's unconditional rows u leave out: all (prompt "
+                        "and actions, the default), actions (same prompt, null actions: amplifies the response to "
+                        "keys), text (no prompt, same actions); needs guidance > 0")
+
+
+GENERATED_ONLY = ("checkpoint", "sampler", "steps", "schedule", "context_noise", "rewarm", "guidance", "guide")
 
 
 def parse_world_options(args: argparse.Namespace) -> dict:
@@ -188,7 +199,8 @@ def run(args: argparse.Namespace) -> int:
     results.update(
         backend=args.backend, start=args.start, world=worlds.world.info.description, checkpoint=args.checkpoint,
         sampler=args.sampler, steps=args.steps, schedule=options.get("schedule"),
-        context_noise=args.context_noise, rewarm=args.rewarm, sampler_config=_sampler_config(worlds.world),
+        context_noise=args.context_noise, rewarm=args.rewarm, guidance=args.guidance, guide=args.guide,
+        sampler_config=_sampler_config(worlds.world),
         device=str(device),
         quick=args.quick, idm=args.idm, classifier=args.classifier, seed=args.seed,
         seconds=time.perf_counter() - t0, out=str(out),

@@ -71,7 +71,9 @@ def sampler_text(r: dict) -> str:
         text = f"{cfg['name']} {'-'.join(map(str, steps))}".rstrip()
         if not cfg.get("refresh", True) and cfg.get("context_noise") is not None:
             text += f", t={cfg['context_noise']:g}"
-        return text + (f", g={cfg['guidance']:g}" if cfg.get("guidance") else "")
+        if cfg.get("guidance"):  # a run recorded before the `guide` option guided on everything ("all")
+            text += f", g={cfg['guidance']:g}" + (f" on {cfg['guide']}" if cfg.get("guide", "all") != "all" else "")
+        return text
     if not any(k in r for k in ("sampler", "steps", "schedule", "context_noise")):
         return MISSING
     parts = [str(r.get("sampler") or "checkpoint default")]

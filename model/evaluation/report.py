@@ -50,8 +50,8 @@ TABLE: tuple[tuple[str, str, str | None, str | None, str], ...] = (
      "=0 (still)", "<= 10"),
 )
 HEADLINE_KEYS = (
-    "backend", "world", "checkpoint", "sampler", "steps", "schedule", "context_noise", "quick", "start",
-    "action_f1", "action_f1_ceiling", "action_ratio_to_ceiling", "action_f1_chance",
+    "backend", "world", "checkpoint", "sampler", "steps", "schedule", "context_noise", "guidance", "guide", "quick",
+    "start", "action_f1", "action_f1_ceiling", "action_ratio_to_ceiling", "action_f1_chance",
     "motion_world", "motion_engine", "motion_ratio", "idm_moving_world", "idm_moving_engine",
     "counterfactual_accuracy", "counterfactual_chance", "counterfactual_spread_ratio",
     "counterfactual_accuracy_per_action",

@@ -3,6 +3,7 @@
     python -m model.evaluation.scoreboard --checkpoint runs/x/checkpoint --sampler uniform --threads 1 --json
     python -m model.evaluation.scoreboard --backend engine --json        # the ceiling row
     python -m model.evaluation.scoreboard --backend still --json         # the floor row
+    python -m model.evaluation.scoreboard --checkpoint assets/teacher --sampler uniform --guidance 2 --guide actions
 
 Runs only (docs/evaluation.md):
   - counterfactual accuracy and spread (4 contexts x 5 actions x 2 chunks), chance beside it;
@@ -64,7 +65,7 @@ def scoreboard(worlds: Worlds, cfg: EvalConfig = EVAL_PRESETS["scoreboard"],
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from model.evaluation.cli import BACKENDS
+    from model.evaluation.cli import BACKENDS, add_guidance_arguments
 
     parser.add_argument("--backend", default="generated", choices=BACKENDS)
     parser.add_argument("--checkpoint", help="world checkpoint directory, e.g. a training run's runs/x/checkpoint "
@@ -73,6 +74,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--steps", type=int, help="denoising steps of the teacher/uniform sampler")
     parser.add_argument("--schedule", help="per-chunk steps of the diagonal sampler, e.g. 4,3,2")
     parser.add_argument("--context-noise", type=float, help="diagonal sampler: network time of the context K/V")
+    add_guidance_arguments(parser)
     parser.add_argument("--device", default="cpu", help="cpu (default: deterministic, leaves a GPU to training) | "
                         "auto | cuda")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
@@ -106,7 +108,8 @@ def run(args: argparse.Namespace) -> int:
     results = {
         "backend": args.backend, "world": worlds.world.info.description, "checkpoint": args.checkpoint,
         "model_step": getattr(model, "step", None), "sampler": args.sampler, "steps": args.steps,
-        "schedule": options.get("schedule"), "context_noise": args.context_noise,
+        "schedule": options.get("schedule"), "context_noise": args.context_noise, "guidance": args.guidance,
+        "guide": args.guide,
         "sampler_config": _sampler_config(worlds.world), "device": args.device, "threads": args.threads,
         "seed": cfg.seed, **{k: results[k] for k in ("start", *FIELDS)},
         "counterfactual_contexts": results["counterfactual_contexts"],

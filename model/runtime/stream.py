@@ -20,7 +20,7 @@ import torch
 from model.common.device import autocast
 from model.diffusion.flow import network_time, predict_x0
 from model.diffusion.guidance import apply_guidance
-from model.diffusion.samplers import Sampler
+from model.diffusion.samplers import Sampler, check_guide
 from model.nets.cache_batch import CacheBatch, Member
 from model.nets.dit import CausalDiT
 from model.nets.kv_cache import ChunkInputs, KVCache
@@ -34,7 +34,9 @@ class Conditioning:
     """Per-row network inputs that stay fixed for a prompt: rows = batch * (2 with guidance).
 
     text [R, L, text_dim], text_mask [R, L] bool, drop_actions [R] bool. With guidance the rows
-    are [cond rows..., uncond rows...]; uncond = no prompt tokens and the null action.
+    are [cond rows..., uncond rows...]; what the uncond rows leave out is the sampler's `guide`
+    (model/diffusion/samplers.py): "all" no prompt tokens and the null action, "actions" the same
+    prompt and the null action, "text" no prompt tokens and the same actions.
     """
 
     text: torch.Tensor
@@ -42,17 +44,17 @@ class Conditioning:
     drop_actions: torch.Tensor
 
     @classmethod
-    def build(cls, text: torch.Tensor, text_mask: torch.Tensor, guidance: bool) -> Conditioning:
-        """text [B, L, D], mask [B, L] -> conditioning rows (doubled for guidance)."""
+    def build(cls, text: torch.Tensor, text_mask: torch.Tensor, guidance: bool, guide: str = "all") -> Conditioning:
+        """text [B, L, D], mask [B, L] -> conditioning rows (doubled for guidance, uncond rows per `guide`)."""
+        check_guide(guide)
         B = text.shape[0]
         keep = torch.zeros(B, dtype=torch.bool, device=text.device)
+        mask = text_mask.bool()
         if not guidance:
-            return cls(text, text_mask.bool(), keep)
-        return cls(
-            torch.cat([text, text]),
-            torch.cat([text_mask.bool(), torch.zeros_like(text_mask, dtype=torch.bool)]),
-            torch.cat([keep, ~keep]),
-        )
+            return cls(text, mask, keep)
+        uncond_mask = mask if guide == "actions" else torch.zeros_like(mask)
+        uncond_drop = keep if guide == "text" else ~keep
+        return cls(torch.cat([text, text]), torch.cat([mask, uncond_mask]), torch.cat([keep, uncond_drop]))
 
 
 @dataclass
@@ -283,7 +285,7 @@ class WorldStream:
     def _encode_prompt(self, prompt: str) -> Conditioning:
         tokens, mask = self.text_encoder.encode([prompt])  # [1, L, D], [1, L]; PromptError if empty
         tokens, mask = torch.as_tensor(tokens).to(self.device).float(), torch.as_tensor(mask).to(self.device)
-        return Conditioning.build(tokens, mask, self.sampler.guidance > 0)
+        return Conditioning.build(tokens, mask, self.sampler.guidance > 0, self.sampler.guide)
 
     @torch.inference_mode()
     def reset(self, seed: int, prompt: str, first_frame_latent: torch.Tensor | None = None) -> None:
@@ -384,7 +386,8 @@ class WorldStream:
 
 def batch_key(stream: WorldStream) -> tuple:
     """Streams with equal keys may share batched chunks: the same network (one loaded copy), device
-    and sampler (a sampler with other step counts would make the others wait for its longer chunks)."""
+    and sampler (a sampler with other step counts would make the others wait for its longer chunks;
+    the whole sampler is the key, so its guidance and guide too, though each job's rows are its own)."""
     return (id(stream.dit), str(stream.device), stream.sampler)
 
 

@@ -48,6 +48,9 @@ class WorldConfig:
     # session names another one explicitly (an inference-time ablation, WorldModel.sampler).
     context_noise: float | None = None
     guidance: float | None = None  # None: the sampler's own default (teacher 3, students 0)
+    # What guidance's uncond rows leave out (model/diffusion/samplers.py GUIDES); None: "all", what every
+    # checkpoint written before the option (it has no such key) sampled with.
+    guide: str | None = None
     shift: float = 3.0  # flow shift k the model was trained with (model/diffusion/flow.py)
     fps: float = 30.0  # world frames per second (display rate)
     chunk_frames: int = 3
@@ -66,7 +69,7 @@ class WorldModel:
 
     def sampler(self, name: str | None = None, steps: int | None = None, schedule: list[int] | None = None,
                 guidance: float | None = None, context_noise: float | None = None,
-                rewarm: bool | None = None) -> Sampler:
+                rewarm: bool | None = None, guide: str | None = None) -> Sampler:
         """The checkpoint's default sampler, or `name` with its own defaults; explicit options win.
 
         context_noise (diagonal only; make_sampler refuses it for the refresh samplers) defaults to
@@ -78,10 +81,12 @@ class WorldModel:
             steps = cfg.steps if steps is None else steps
             schedule = cfg.schedule if schedule is None else schedule
             guidance = cfg.guidance if guidance is None else guidance
+            if guide is None and guidance != 0:  # guidance 0 asked for: no guidance, so no checkpoint guide
+                guide = cfg.guide
         if name == "diagonal" and context_noise is None:
             context_noise = cfg.context_noise
         return make_sampler(name, steps=steps, schedule=schedule, guidance=guidance, shift=cfg.shift,
-                            context_noise=context_noise, rewarm=rewarm)
+                            context_noise=context_noise, rewarm=rewarm, guide=guide)
 
     def stream(self, sampler: Sampler | None = None) -> WorldStream:
         return WorldStream(self.dit, self.autoencoder, self.text_encoder, sampler or self.sampler(), self.device)

@@ -104,7 +104,8 @@ def teacher_trajectories(teacher, sampler: Sampler, grid: tuple[float, ...], noi
     """Roll the teacher out from `noise` [B, F, C, h, w]; returns (states [B, K, F, ...], x0 [B, F, ...])."""
     C = teacher.config.chunk_frames
     B, Fr = noise.shape[:2]
-    cache, cond = teacher.new_cache(), Conditioning.build(text, text_mask, sampler.guidance > 0)
+    cache = teacher.new_cache()
+    cond = Conditioning.build(text, text_mask, sampler.guidance > 0, sampler.guide)
     states = noise.new_zeros(B, len(grid), Fr, *noise.shape[2:])
     where = {round(g, 9): k for k, g in enumerate(grid)}
     outs = []

@@ -14,6 +14,9 @@ Options (everything else is a BackendError):
     rewarm        "diagonal" only, true/false: after a prompt switch, restart the schedule (4, 3, 2, ...)
                   so the new appearance gets more steps (docs/design.md §3, long streams); default false
     guidance      classifier-free guidance g in c + g (c - u); 0 disables it
+    guide         what the unconditional rows u leave out: "all" (no prompt, null actions; the
+                  default), "actions" (same prompt, null actions: amplifies the response to keys),
+                  "text" (no prompt, same actions); needs guidance > 0 (model/diffusion/samplers.py)
     start         what chunk 0 of every world is (world/start.py): "engine", "text" or "image";
                   default "text" here; sessions opened over the protocol default to "engine"
                   (world.backends.registry.SESSION_DEFAULTS)
@@ -85,7 +88,7 @@ ASSETS = Path(__file__).resolve().parents[2] / "assets"
 DEFAULT_CHECKPOINT = ASSETS / "default_world"  # the bundled default world (the distilled student)
 TEACHER_CHECKPOINT = ASSETS / "teacher"  # the bundled teacher: used when no default world is bundled
 CLASSIFIER_CHECKPOINT = ASSETS / "classifier"  # the theme classifier behind each chunk's `theme` reading
-OPTIONS = ("checkpoint", "device", "sampler", "steps", "schedule", "context_noise", "rewarm", "guidance",
+OPTIONS = ("checkpoint", "device", "sampler", "steps", "schedule", "context_noise", "rewarm", "guidance", "guide",
            "start", "start_image", "chunk_frames", "height", "width")
 
 
@@ -100,6 +103,7 @@ class GeneratedBackend(Backend):
         context_noise: float | None = None,
         rewarm: bool | None = None,
         guidance: float | None = None,
+        guide: str | None = None,
         start: str | None = None,
         start_image: StartImage | bytes | np.ndarray | None = None,
         chunk_frames: int | None = None,
@@ -116,14 +120,14 @@ class GeneratedBackend(Backend):
             if isinstance(schedule, str):
                 schedule = parse_schedule(schedule)
             self.sampler = self.model.sampler(sampler, steps=steps, schedule=schedule, guidance=guidance,
-                                              context_noise=context_noise, rewarm=rewarm)
+                                              context_noise=context_noise, rewarm=rewarm, guide=guide)
         except ValueError as e:
             raise BackendError(str(e)) from None
         self._check_geometry(chunk_frames=chunk_frames, height=height, width=width)
         self.stream = self.model.stream(self.sampler)
         self._facts = regeneration_facts(self.model, self.sampler, {
             "sampler": sampler, "steps": steps, "schedule": list(schedule) if schedule else None,
-            "context_noise": context_noise, "rewarm": rewarm, "guidance": guidance})  # fmt: skip
+            "context_noise": context_noise, "rewarm": rewarm, "guidance": guidance, "guide": guide})  # fmt: skip
         self._themes = _theme_reader(self.model.device, self.model.image_size)
         self._prompt_notice: str | None = None
         size, where = self.model.image_size, self.model.directory.resolve()
@@ -404,14 +408,17 @@ def _generate_together(backends: Sequence[GeneratedBackend], actions: Sequence[n
 
 
 def _summary(sampler: Sampler) -> str:
-    """Sampler summary such as "diagonal 4-3-2 steps, context t=100": enough to tell two sessions'
-    samplers apart in records (BackendInfo.description, results.json "world")."""
+    """Sampler summary such as "diagonal 4-3-2 steps, context t=100" or "teacher 32 steps, guidance 3 on
+    actions": enough to tell two sessions' samplers apart in records (BackendInfo.description,
+    results.json "world")."""
     text = f"{sampler.name} {'-'.join(str(n) for n in sampler.describe()['steps'])} steps"
     if not sampler.refresh:
         text += f", context t={sampler.context_noise:g}"
     if sampler.rewarm:
         text += ", re-warm after switches"
-    return text + (f", guidance {sampler.guidance:g}" if sampler.guidance > 0 else "")
+    if sampler.guidance > 0:
+        text += f", guidance {sampler.guidance:g}" + (f" on {sampler.guide}" if sampler.guide != "all" else "")
+    return text
 
 
 def _quote(prompt: str, limit: int = 80) -> str:

@@ -5,6 +5,8 @@ chunks' `extra.model`, world/backends/generated.py `regeneration_facts`), so `fi
 for those weights (`--checkpoint DIR`, the recorded path, the bundled worlds) without torch: the
 window calls it too, to start a worker for L's take-over. `regenerating_backend` builds the backend
 with the recorded sampler options on the recorded device when this machine has it (world/replay.py).
+Recordings older than a sampler option lack it: the backend's default is what made them (a missing
+`guide` is "all").
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from world.backend import BackendError
 from world.backends.generated import ASSETS, GeneratedBackend
 from world.files import sha256_file
 
-SAMPLER_OPTIONS = ("sampler", "steps", "schedule", "context_noise", "rewarm", "guidance")
+SAMPLER_OPTIONS = ("sampler", "steps", "schedule", "context_noise", "rewarm", "guidance", "guide")
 
 
 def regenerating_backend(meta: dict, where: Path, checkpoint: str | None = None,
@@ -37,8 +39,17 @@ def regenerating_backend(meta: dict, where: Path, checkpoint: str | None = None,
         options = {k: v for k, v in meta.get("options", {}).items() if k in SAMPLER_OPTIONS}
     recorded_device = facts.get("device") if isinstance(facts, dict) else None
     backend = GeneratedBackend(checkpoint=str(found), device=device or _usable(recorded_device), **options)
-    same = isinstance(facts, dict) and all(backend._facts[k] == facts.get(k) for k in ("device", "dtype", "sampler"))
+    same = isinstance(facts, dict) and all(backend._facts[k] == facts.get(k) for k in ("device", "dtype")) and \
+        _same_sampler(backend._facts["sampler"], facts.get("sampler"))
     return backend, same
+
+
+def _same_sampler(now: dict, recorded: object) -> bool:
+    """Whether the rebuilt sampler is the recorded one. Recordings made before the `guide` option have
+    no "guide": their sampler guided on everything, "all" (model/diffusion/samplers.py)."""
+    if not isinstance(recorded, dict):
+        return False
+    return now == {"guide": "all", **recorded}
 
 
 def _usable(device: str | None) -> str:
