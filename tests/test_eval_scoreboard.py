@@ -30,7 +30,6 @@ SMALL = EvalConfig(
 )  # fmt: skip
 
 
-
 def _worlds(name: str, start: str = "engine") -> Worlds:
     engine = create_backend("engine")
     if name == "engine":
@@ -221,3 +220,22 @@ def test_scoreboard_cli_engine_still_and_a_generated_world(tiny_presets, tmp_pat
     assert r["backend"] == "generated" and r["sampler_config"]["name"] == "uniform" and r["model_step"] is not None
     assert 0.0 <= r["counterfactual_accuracy"] <= 1.0 and r["teacher_forced_psnr_mean"] < 60
     assert len(r["psnr_per_chunk"]) == len(r["psnr_still_per_chunk"]) == SMALL.fidelity_chunks
+    # The autoencoder ceiling: a generated world has one, the engine and the baselines do not.
+    assert (
+        rows["engine"]["teacher_forced_psnr_autoencoder"] is None and rows["still"]["psnr_autoencoder_10chunk"] is None
+    )
+    ceiling, copy = r["teacher_forced_psnr_autoencoder"], r["teacher_forced_psnr_copy_last"]
+    assert set(ceiling) == set(TEACHER_FORCED_CLASSES) and all(0 < v < 60 for v in ceiling.values())
+    assert r["teacher_forced_gain_ceiling"] == pytest.approx({k: ceiling[k] - copy[k] for k in ceiling})
+    assert len(r["psnr_autoencoder_per_chunk"]) == SMALL.fidelity_chunks
+
+
+def test_autoencoder_roundtrip_is_the_worlds_own_encode_then_decode(world_dir):
+    from model.evaluation.ceiling import autoencoder_roundtrip
+
+    assert autoencoder_roundtrip(create_backend("engine"), np.zeros((2, 3, 64, 64, 3), np.uint8)) is None
+    world = create_backend("generated", checkpoint=str(world_dir), device="cpu")
+    frames = create_backend("engine").reset(3, "green hills at noon")[None]  # [1, H, W, 3]
+    out = autoencoder_roundtrip(world, frames[None])
+    assert out.shape == (1, *frames.shape) and out.dtype == np.uint8
+    assert np.array_equal(out[0], world.stream.decode(world.stream.encode(frames)))

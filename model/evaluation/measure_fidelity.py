@@ -14,13 +14,16 @@ Two modes, by the run's start (`eval --start`), reported in the JSON as `fidelit
 
 Beside every curve the `still` baseline (the start frame forever, world/backends/baselines.py)
 is scored on the same episodes with the same start: `psnr_still_per_chunk` etc. A world that
-does not beat it has learned nothing about motion.
+does not beat it has learned nothing about motion. `psnr_autoencoder_per_chunk` (and _10chunk) is
+the engine's frames encoded and decoded by the world's autoencoder (model/evaluation/ceiling.py):
+the most a latent world can score; None for worlds without an autoencoder.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
+from model.evaluation.ceiling import autoencoder_roundtrip
 from model.evaluation.config import EvalConfig
 from model.evaluation.measure_prompts import walk_actions
 from model.evaluation.metrics import psnr_per_frame, ssim_per_frame
@@ -56,12 +59,15 @@ def measure_fidelity(worlds: Worlds, cfg: EvalConfig) -> dict:
     f = info.chunk_frames
     still = create_backend("still", height=info.height, width=info.width, chunk_frames=f)
     baseline = Worlds(still, worlds.engine, start=worlds.start)
-    psnr, ssim, psnr_still, ssim_still, strips = [], [], [], [], None
+    psnr, ssim, psnr_still, ssim_still, psnr_ae, strips = [], [], [], [], [], None
     for e in range(cfg.fidelity_episodes):
         gen, ref = _episode(worlds, cfg, e)
         p, s = _per_chunk(gen, ref, f)  # [chunks]
         psnr.append(p)
         ssim.append(s)
+        roundtrip = autoencoder_roundtrip(worlds.world, ref)
+        if roundtrip is not None:
+            psnr_ae.append(_per_chunk(roundtrip, ref, f)[0])
         base, _ = _episode(baseline, cfg, e)
         p, s = _per_chunk(base, ref, f)
         psnr_still.append(p)
@@ -69,6 +75,7 @@ def measure_fidelity(worlds: Worlds, cfg: EvalConfig) -> dict:
         strips = strips or (gen, ref)
     psnr_c, ssim_c = np.mean(psnr, 0), np.mean(ssim, 0)  # per chunk, over episodes
     psnr_s, ssim_s = np.mean(psnr_still, 0), np.mean(ssim_still, 0)
+    psnr_a = np.mean(psnr_ae, 0) if psnr_ae else None
     return {
         "fidelity_mode": "context" if worlds.start == "engine" else "reset",
         "fidelity_start": worlds.start,
@@ -85,5 +92,7 @@ def measure_fidelity(worlds: Worlds, cfg: EvalConfig) -> dict:
         "ssim_still_10chunk": float(ssim_s[:10].mean()),
         "psnr_still_per_chunk": [float(x) for x in psnr_s],
         "ssim_still_per_chunk": [float(x) for x in ssim_s],
+        "psnr_autoencoder_10chunk": None if psnr_a is None else float(psnr_a[:10].mean()),
+        "psnr_autoencoder_per_chunk": None if psnr_a is None else [float(x) for x in psnr_a],
         "_strip": strips,  # (world, engine) frames of the first episode, for the report's PNG
     }

@@ -10,6 +10,10 @@ context frame repeated) is scored on the same contexts in the same run.
 - teacher_forced_psnr: class -> dB (mean over contexts); teacher_forced_psnr_mean over classes.
 - teacher_forced_psnr_copy_last (and _mean): the same for copy-last.
 - teacher_forced_gain: class -> world - copy-last (dB).
+- teacher_forced_psnr_autoencoder (and _mean): the engine's next chunk encoded and decoded by the
+  world's autoencoder (model/evaluation/ceiling.py): what a perfect latent prediction scores;
+  teacher_forced_gain_ceiling: class -> that minus copy-last, the most any world with this
+  autoencoder can gain over copy-last. None for worlds without an autoencoder.
 - teacher_forced_gain_min: the smallest gain over the classes that move the camera, i.e. every
   class but idle (its class in teacher_forced_gain_min_class). Under idle the engine's next frames
   *are* the last context frame, up to falling rain/snow and the camera settling onto the ground,
@@ -23,6 +27,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from model.evaluation.ceiling import autoencoder_roundtrip
 from model.evaluation.config import EvalConfig
 from model.evaluation.measure_counterfactual import context_start, outcomes
 from model.evaluation.metrics import psnr_per_frame
@@ -56,7 +61,7 @@ def measure_teacher_forced(worlds: Worlds, cfg: EvalConfig) -> dict:
     f = info.chunk_frames
     copy = Worlds(create_backend("copy-last", height=info.height, width=info.width, chunk_frames=f), worlds.engine)
     names = list(TEACHER_FORCED_CLASSES)
-    world_db, copy_db = [], []
+    world_db, copy_db, ae_db = [], [], []
     for c in range(cfg.teacher_forced_contexts):
         seed, prompt = cfg.seed + 1500 + c, EXAMPLE_PROMPTS[c % len(EXAMPLE_PROMPTS)]
         ctx = context_start(worlds, cfg, seed, prompt)
@@ -64,10 +69,14 @@ def measure_teacher_forced(worlds: Worlds, cfg: EvalConfig) -> dict:
         gen = ref if worlds.same else outcomes(worlds, seed, prompt, ctx, TEACHER_FORCED_CLASSES, f, engine=False)
         world_db.append(_psnr(gen, ref))
         copy_db.append(_psnr(outcomes(copy, seed, prompt, ctx, TEACHER_FORCED_CLASSES, f, engine=False), ref))
+        roundtrip = autoencoder_roundtrip(worlds.world, ref)
+        if roundtrip is not None:
+            ae_db.append(_psnr(roundtrip, ref))
     w, k = np.mean(world_db, 0), np.mean(copy_db, 0)
     gain = {n: float(a - b) for n, a, b in zip(names, w, k)}
     moving = {n: g for n, g in gain.items() if n != "idle"}
     worst = min(moving, key=moving.get)
+    ae = np.mean(ae_db, 0) if ae_db else None
     return {
         "teacher_forced_psnr": {n: float(x) for n, x in zip(names, w)},
         "teacher_forced_psnr_mean": float(w.mean()),
@@ -76,5 +85,8 @@ def measure_teacher_forced(worlds: Worlds, cfg: EvalConfig) -> dict:
         "teacher_forced_gain": gain,
         "teacher_forced_gain_min": moving[worst],
         "teacher_forced_gain_min_class": worst,
+        "teacher_forced_psnr_autoencoder": None if ae is None else {n: float(x) for n, x in zip(names, ae)},
+        "teacher_forced_psnr_autoencoder_mean": None if ae is None else float(ae.mean()),
+        "teacher_forced_gain_ceiling": None if ae is None else {n: float(a - b) for n, a, b in zip(names, ae, k)},
         "teacher_forced_contexts": cfg.teacher_forced_contexts,
     }

@@ -42,9 +42,10 @@ FIELDS = (
     "counterfactual_accuracy_per_action",
     "teacher_forced_psnr_mean", "teacher_forced_psnr_copy_last_mean", "teacher_forced_gain_min",
     "teacher_forced_gain_min_class", "teacher_forced_psnr", "teacher_forced_psnr_copy_last", "teacher_forced_gain",
+    "teacher_forced_psnr_autoencoder", "teacher_forced_psnr_autoencoder_mean", "teacher_forced_gain_ceiling",
     "psnr_1chunk", "psnr_still_1chunk", "psnr_10chunk", "psnr_still_10chunk", "ssim_1chunk", "ssim_still_1chunk",
     "ssim_10chunk", "ssim_still_10chunk", "psnr_per_chunk", "psnr_still_per_chunk", "ssim_per_chunk",
-    "ssim_still_per_chunk",
+    "ssim_still_per_chunk", "psnr_autoencoder_10chunk", "psnr_autoencoder_per_chunk",
 )  # fmt: skip
 
 
@@ -143,7 +144,19 @@ def summary(r: dict) -> str:
         f"{f(r['teacher_forced_gain_min'], 2)} dB ({r['teacher_forced_gain_min_class']})",
         f"  fidelity PSNR 1 / 10 chunks {f(r['psnr_1chunk'], 2)} / {f(r['psnr_10chunk'], 2)} dB "
         f"(still {f(r['psnr_still_1chunk'], 2)} / {f(r['psnr_still_10chunk'], 2)})",
+        *_ceiling_lines(r, f),
     ])
+
+
+def _ceiling_lines(r: dict, f: Callable) -> list[str]:
+    """The autoencoder ceiling (model/evaluation/ceiling.py), for worlds that have one."""
+    ae, gain = r.get("teacher_forced_psnr_autoencoder_mean"), r.get("teacher_forced_gain_ceiling")
+    if ae is None or gain is None:
+        return []
+    moving = {k: v for k, v in gain.items() if k != "idle"}
+    low = min(moving, key=moving.get)
+    return [f"  autoencoder ceiling: teacher-forced {f(ae, 2)} dB (most gain over copy-last on {low}: "
+            f"{f(moving[low], 2)} dB), fidelity 1-10 chunks {f(r.get('psnr_autoencoder_10chunk'), 2)} dB"]
 
 
 def main(argv: list[str] | None = None) -> int:
