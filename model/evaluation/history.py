@@ -59,7 +59,7 @@ def plot(rows: list[dict], out: str | Path, title: str) -> None:
         for field, label, style in series:
             ax.plot(hours, [r.get(field) for r in rows], style, label=label, markersize=4)
         ax.set_title(panel, fontsize=9)
-        ax.set_xlabel("training time (CPU hours, wall)")
+        ax.set_xlabel("training time (wall hours of the machine; x2 for core-hours on 2 CPU cores)")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     fig.suptitle(title, fontsize=10)
@@ -73,7 +73,7 @@ def table(rows: list[dict]) -> str:
     def f(v, d=2):
         return "n/a" if v is None else f"{v:.{d}f}"
 
-    lines = ["| step | training h | counterfactual acc. (chance) | spread | TF PSNR (copy-last) | worst TF gain | "
+    lines = ["| step | training h (wall) | counterfactual acc. (chance) | spread | TF PSNR (copy-last) | worst TF gain | "
              "PSNR ch. 1-10 (still) |", "| --- | --- | --- | --- | --- | --- | --- |"]
     for r in rows:
         lines.append(
