@@ -73,8 +73,8 @@ def table(rows: list[dict]) -> str:
     def f(v, d=2):
         return "n/a" if v is None else f"{v:.{d}f}"
 
-    lines = ["| step | training h (wall) | counterfactual acc. (chance) | spread | TF PSNR (copy-last) | worst TF gain | "
-             "PSNR ch. 1-10 (still) |", "| --- | --- | --- | --- | --- | --- | --- |"]
+    lines = ["| step | training h (wall) | counterfactual acc. (chance) | spread | TF PSNR (copy-last) | "
+             "worst TF gain | PSNR ch. 1-10 (still) |", "| --- | --- | --- | --- | --- | --- | --- |"]
     for r in rows:
         lines.append(
             f"| {r['step']} | {r['train_hours']:.2f} | {f(r.get('counterfactual_accuracy'), 3)} "
