@@ -79,15 +79,15 @@ def directory_bytes(path: str | os.PathLike | None) -> int:
     return total
 
 
-def estimate_bytes(backend: str, options: dict, lookahead: int, weights_bytes: int = 0) -> int:
+def estimate_bytes(backend: str, options: dict, lookahead: int) -> int:
     """Pessimistic resident memory of one session: `lookahead` + 2 chunks of frames (in flight,
     being made, being encoded), the backend's base and, for the engine, its per-pixel buffers
-    (plus `weights_bytes` of its own: weights shared with other sessions go in Holder.shared)."""
+    (weights shared with other sessions are not its own: they go in Holder.shared)."""
     geometry = {k: options.get(k) or v for k, v in DEFAULT_GEOMETRY.items()}  # range-checked by the worker
     pixels = int(geometry["height"]) * int(geometry["width"])
     frames = pixels * 3 * int(geometry["chunk_frames"]) * (lookahead + 2)
     extra = pixels * ENGINE_BYTES_PER_PIXEL if backend == "engine" else 0
-    return frames + extra + BACKEND_BASE_BYTES.get(backend, 16 * MIB) + weights_bytes
+    return frames + extra + BACKEND_BASE_BYTES.get(backend, 16 * MIB)
 
 
 def memory_bytes(holders: Iterable[Holder]) -> int:

@@ -292,4 +292,4 @@ def make_sampler(
         if steps is not None:
             kwargs["steps"] = steps
     sampler = SAMPLERS[name](**kwargs)
-    return sampler if guide is None else replace(sampler, guide=check_guide(guide))
+    return sampler if guide is None else replace(sampler, guide=guide)  # __post_init__ checks it
