@@ -113,3 +113,18 @@ def test_bout_scale_changes_keys_more_often_for_world_model_data():
     for bad in (0.0, -1.0, 11.0):
         with pytest.raises(ValueError, match="bout_scale"):
             ScriptedPlayer(1, bout_scale=bad)
+
+
+def test_random_share_holds_random_actions_and_zero_keeps_the_person_like_stream():
+    person = play(ScriptedPlayer(5))
+    assert np.array_equal(play(ScriptedPlayer(5, random_share=0.0)), person)  # old datasets stay reproducible
+    mixed = play(ScriptedPlayer(5, random_share=0.5))
+    keys = mixed[:, : len(KEYS)]
+    combos = {tuple(row) for row in keys.astype(int)}
+    assert len(combos) > 3 * len({tuple(row) for row in person[:, : len(KEYS)].astype(int)})
+    # every key is held somewhere (rare ones like sink and look_down included) and the mouse moves both ways
+    assert keys.sum(0).min() > 100
+    assert mixed[:, len(KEYS)].min() < -0.5 and mixed[:, len(KEYS) + 1].max() > 0.5
+    for bad in (-0.1, 1.5):
+        with pytest.raises(ValueError, match="random_share"):
+            ScriptedPlayer(1, random_share=bad)

@@ -53,11 +53,14 @@ class DatagenConfig:
     prompt_switch: bool = True
     switch_every_s: tuple[float, float] = (8.0, 20.0)  # (min, max) seconds between prompt switches
     bout_scale: float = 1.0  # ScriptedPlayer's: < 1 changes keys more often (world-model training data)
+    random_share: float = 0.0  # ScriptedPlayer's: share of bouts holding a random action for 1-8 frames
 
     def to_json(self) -> dict:
         d = json.loads(json.dumps(asdict(self)))  # tuples become lists, as in meta.json
         if d["bout_scale"] == 1.0:
             del d["bout_scale"]  # datasets made before the option existed keep resuming
+        if d["random_share"] == 0.0:
+            del d["random_share"]
         return d
 
 
@@ -94,6 +97,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--bout-scale", type=float, default=1.0,
                         help="scale the scripted player's bout durations; < 1 changes keys more often, "
                              "so a world model cannot predict the keys from the context (default 1)")
+    parser.add_argument("--random-share", type=float, default=0.0,
+                        help="share of bouts that hold a random action (any keys, a mouse step) for 1-8 "
+                             "frames, beside the person-like bouts (default 0)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -104,9 +110,13 @@ def run(args: argparse.Namespace) -> int:
             return 2
     config = DatagenConfig(seed=args.seed, frames_per_episode=args.frames_per_episode, size=args.size,
                            chunk_frames=args.chunk_frames, prompt_switch=not args.no_prompt_switch,
-                           switch_every_s=tuple(args.switch_every), bout_scale=args.bout_scale)  # fmt: skip
+                           switch_every_s=tuple(args.switch_every), bout_scale=args.bout_scale,
+                           random_share=args.random_share)  # fmt: skip
     if not 0 < config.bout_scale <= 10:
         print("datagen: --bout-scale must be in (0, 10]", file=sys.stderr)
+        return 2
+    if not 0 <= config.random_share <= 1:
+        print("datagen: --random-share must be in [0, 1]", file=sys.stderr)
         return 2
     if not 0 < config.switch_every_s[0] <= config.switch_every_s[1]:
         print("datagen: --switch-every needs 0 < MIN <= MAX", file=sys.stderr)
@@ -201,7 +211,7 @@ def render_episode(out: Path, config: DatagenConfig, plan: EpisodePlan,
         info = backend.info
         switch_every_s = config.switch_every_s if config.prompt_switch else None
         player = ScriptedPlayer(plan.player_seed, switch_every_s=switch_every_s, fps=info.fps,
-                                bout_scale=config.bout_scale)
+                                bout_scale=config.bout_scale, random_share=config.random_share)
         prompt = player.next_prompt()
         backend.reset(plan.world_seed, prompt)
         extra = {"prompt": prompt, "engine_version": backend.engine_version,  # replay checks it

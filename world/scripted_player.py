@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from world.actions import Action
+from world.actions import KEYS, Action
 
 
 @dataclass(frozen=True)
@@ -69,6 +69,10 @@ class ScriptedPlayer:
       model wants more (0.2-0.3): with bouts of 1-5 s, a 3-chunk training clip almost never sees
       the keys change, so the motion already visible in the context predicts the next chunk and
       the model learns to ignore the keys (docs/teacher-recipe.md, "why actions were ignored").
+    random_share: the share of bouts that hold a random action instead of a person-like one: any
+      subset of the keys (each held with probability 1/4) and a random mouse step, for 1-8 frames.
+      A world model otherwise sees mostly the modal actions (walking forward) and learns only
+      their effect (docs/world-model.md, "training data"). 0 keeps the person-like stream as it was.
     """
 
     def __init__(
@@ -78,6 +82,7 @@ class ScriptedPlayer:
         switch_every_s: tuple[float, float] | None = (8, 20),
         fps: float = 30,
         bout_scale: float = 1.0,
+        random_share: float = 0.0,
     ):
         if prompts is not None and not prompts:
             raise ValueError("prompts must be None or a non-empty sequence")
@@ -85,6 +90,8 @@ class ScriptedPlayer:
             raise ValueError(f"switch_every_s must be (min, max) with 0 < min <= max, got {switch_every_s}")
         if not 0 < bout_scale <= 10:
             raise ValueError(f"bout_scale must be in (0, 10], got {bout_scale}")
+        if not 0 <= random_share <= 1:
+            raise ValueError(f"random_share must be in [0, 1], got {random_share}")
         action_seq, prompt_seq = np.random.SeedSequence(seed & MASK64).spawn(2)  # any int, negatives too
         self._rng = np.random.default_rng(action_seq)
         self._prompt_rng = np.random.default_rng(prompt_seq)
@@ -92,6 +99,7 @@ class ScriptedPlayer:
         self.switch_every_s = switch_every_s
         self.fps = float(fps)
         self.bout_scale = float(bout_scale)
+        self.random_share = float(random_share)
         self.frame = 0  # actions issued so far
         self.prompt: str | None = None
         self._next_switch: float | None = None  # frame index of the next switch; inf: never
@@ -111,12 +119,20 @@ class ScriptedPlayer:
         return action
 
     def _next_bout(self) -> Bout:
+        # Drawn only when enabled, so random_share=0 leaves the person-like stream bit for bit.
+        if not self._queue and self.random_share > 0 and self._rng.random() < self.random_share:
+            return self._random_bout()
         if not self._queue:
             names = list(BEHAVIOURS)
             p = np.array([BEHAVIOURS[n] for n in names])
             name = names[self._rng.choice(len(names), p=p / p.sum())]
             self._queue.extend(getattr(self, f"_plan_{name}")())
         return self._queue.popleft()
+
+    def _random_bout(self) -> Bout:
+        keys = tuple(k for k in KEYS if self._rng.random() < 0.25)
+        dx, dy = (float(v) if self._rng.random() < 0.5 else 0.0 for v in self._rng.uniform(-1, 1, 2))
+        return Bout(keys, int(self._rng.integers(1, 9)), dx=dx, dy=dy)
 
     def _frames(self, lo_s: float, hi_s: float) -> int:
         return max(1, round(self._rng.uniform(lo_s, hi_s) * self.fps * self.bout_scale))

@@ -63,8 +63,8 @@ class CacheBatch:
         parts = [fn(*row) for row in zip(*(self._split(t) for t in tensors))]
         return tuple(torch.cat(outs) for outs in zip(*parts))
 
-    def previous_input(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.cat([m.cache.previous_input(xi) for m, xi in zip(self.members, self._split(x))])
+    def previous_input(self, x: torch.Tensor, frames: int = 1) -> torch.Tensor:
+        return torch.cat([m.cache.previous_input(xi, frames) for m, xi in zip(self.members, self._split(x))])
 
     def write_inputs(self, x: torch.Tensor, t: torch.Tensor, actions: torch.Tensor,
                      prev: torch.Tensor | None = None) -> None:

@@ -23,6 +23,12 @@ velocity `v = eps - x0` (docs/design.md §3) and knows nothing about noise sched
   sink) has no predecessor and gets zeros.
 - Action tokens (`action_tokens`): the frame's action embedding is also added to each of its
   tokens through a zero-initialised projection (Hunyuan-GameCraft: adding beats concatenating).
+- Motion at full resolution (`conv_width` > 0, model/nets/conv_stem.py): instead of a linear patch
+  embedding, residual conv blocks at the latent's resolution read the noisy frame, the copy path's
+  `copy_frames` previous frames and action planes, and turn them into the tokens; after the
+  transformer, conv blocks with skips from the input side make the velocity. `conv_levels` 2 adds a
+  half-resolution level, so the transformer sits at the bottom of a small U-Net (presets "unet"
+  and "hybrid" below; docs/world-model.md compares them).
 
 Two modes, one attention rule:
 - full sequence (`cache=None`, F a multiple of the chunk): each chunk's queries attend to the
@@ -48,6 +54,7 @@ from einops import rearrange
 from torch import nn
 
 from model.nets.cache_batch import CacheBatch
+from model.nets.conv_stem import AdaGroupNorm, ConvIn, ConvOut, action_planes
 from model.nets.kv_cache import CacheLayout, KVCache, attention_span
 from model.nets.rope import Rope3D
 
@@ -80,6 +87,12 @@ class DiTConfig:
     copy_path: bool = False
     # Action embedding added to every token of its frame as well as to adaLN (harder to ignore).
     action_tokens: bool = False
+    # Previous frames on the copy path, stacked on channels (1: the previous chunk's last frame).
+    copy_frames: int = 1
+    # Conv blocks at full latent resolution around the transformer (model/nets/conv_stem.py); 0: none.
+    conv_width: int = 0
+    conv_blocks: int = 2  # residual blocks per level, on each side
+    conv_levels: int = 1  # 2: a half-resolution level whose positions are the tokens (needs patch 2)
 
     def __post_init__(self) -> None:
         if self.latent_size % self.patch:
@@ -87,6 +100,9 @@ class DiTConfig:
         if self.dim % self.heads or (self.dim // self.heads) % 2:
             raise ValueError(f"dim {self.dim} must split into {self.heads} heads of even size")
         CacheLayout.from_config(self)  # validates sink/window against the chunk
+        if not 1 <= self.copy_frames <= max(1, self.window_frames - self.chunk_frames):
+            raise ValueError(f"copy_frames {self.copy_frames} must be in [1, window_frames - chunk_frames]: "
+                             "the cache holds that many recent frames")
 
     @property
     def grid(self) -> int:
@@ -111,6 +127,17 @@ DIT_PRESETS: dict[str, DiTConfig] = {
     # The bundled world: 8.15M parameters, so the fp16 file stays under 16 MiB (docs/design.md §5);
     # MLP ratio 3 rather than 4 pays for the cross-attention within that budget.
     "default": DiTConfig(dim=256, depth=8, heads=4, mlp_ratio=3.0),
+    # The DiT with residual conv blocks in and out at 16x16 (one layer fewer pays for them: 7.6M).
+    "hybrid": DiTConfig(dim=256, depth=7, heads=4, mlp_ratio=3.0, conv_width=64, conv_blocks=2, conv_levels=1,
+                        copy_path=True, copy_frames=1),
+    # A conv U-Net (96 channels at 16x16, 192 at 8x8, DIAMOND's adaptive group norm) whose lowest
+    # level is two transformer blocks: causal context and the prompt by cross-attention there.
+    "unet": DiTConfig(dim=256, depth=2, heads=4, mlp_ratio=3.0, conv_width=96, conv_blocks=2, conv_levels=2,
+                      copy_path=True, copy_frames=3),
+    # Seconds-long tests of the conv variants.
+    "tiny-unet": DiTConfig(dim=32, depth=1, heads=2, conv_width=8, conv_blocks=1, conv_levels=2,
+                           copy_path=True, copy_frames=3),
+    "tiny-hybrid": DiTConfig(dim=32, depth=2, heads=2, conv_width=8, conv_blocks=1, conv_levels=1, copy_path=True),
 }
 
 
@@ -247,7 +274,16 @@ class CausalDiT(nn.Module):
         self.config = cfg = config
         self.layout = CacheLayout.from_config(cfg)
         patch_dim = cfg.latent_channels * cfg.patch**2
-        self.patch_in = nn.Linear(patch_dim, cfg.dim)
+        if cfg.conv_width:
+            stacked = cfg.copy_frames if cfg.copy_path else 0
+            in_ch = cfg.latent_channels * (1 + stacked) + 2 * cfg.action_dim + 1  # + "actions given" plane
+            self.conv_in = ConvIn(in_ch, cfg.conv_width, cfg.conv_blocks, cfg.conv_levels, cfg.patch, cfg.dim, cfg.dim)
+            self.conv_out = ConvOut(cfg.latent_channels, cfg.conv_width, cfg.conv_blocks, cfg.conv_levels, cfg.patch,
+                                    cfg.dim)
+            self.patch_in, out_features = None, ConvOut.token_features(cfg.conv_width, cfg.conv_levels, cfg.patch)
+        else:
+            self.conv_in = self.conv_out = None
+            self.patch_in, out_features = nn.Linear(patch_dim, cfg.dim), patch_dim
         self.t_embed = TimestepEmbedder(cfg.dim, cfg.freq_dim)
         self.a_embed = ActionEmbedder(cfg.action_dim, cfg.dim)
         self.text_proj = nn.Sequential(
@@ -258,9 +294,11 @@ class CausalDiT(nn.Module):
         self.blocks = nn.ModuleList([Block(cfg) for _ in range(cfg.depth)])
         self.final_norm = nn.LayerNorm(cfg.dim, elementwise_affine=False, eps=1e-6)
         self.final_table = nn.Parameter(torch.zeros(2, cfg.dim))
-        self.final = nn.Linear(cfg.dim, patch_dim)
+        self.final = nn.Linear(cfg.dim, out_features)
         self.rope = Rope3D(cfg.head_dim, cfg.grid, self.layout.span_frames, cfg.rope_theta)
-        self.copy_in = nn.Linear(patch_dim, cfg.dim) if cfg.copy_path else None
+        # The conv stem reads the copy path itself; the patch DiT projects its patches.
+        use_copy_in = cfg.copy_path and not cfg.conv_width
+        self.copy_in = nn.Linear(patch_dim * cfg.copy_frames, cfg.dim) if use_copy_in else None
         self.action_in = nn.Linear(cfg.dim, cfg.dim) if cfg.action_tokens else None
         self.initialize_weights()
 
@@ -285,6 +323,10 @@ class CausalDiT(nn.Module):
         nn.init.zeros_(self.final_table)
         nn.init.zeros_(self.final.weight)
         nn.init.zeros_(self.final.bias)
+        for m in self.modules():  # the xavier pass above reset them: adaptive norms start as plain norms
+            if isinstance(m, AdaGroupNorm):
+                nn.init.zeros_(m.proj.weight)
+                nn.init.zeros_(m.proj.bias)
         # New inputs start silent, so a network warm-started from one without them begins as it was.
         for extra in (self.copy_in, self.action_in):
             if extra is not None:
@@ -352,18 +394,19 @@ class CausalDiT(nn.Module):
         return attend
 
     def previous_frames(self, x: torch.Tensor, cache: StreamCache | None) -> torch.Tensor:
-        """The copy path's input [B, F, C, h, w]: for every frame, the last frame of the chunk before
-        its own as the context holds it; zeros for chunk 0 (the sink has no predecessor).
+        """The copy path's input [B, F, K * c, h, w] (K = copy_frames): for every frame, the K frames
+        before its chunk as the context holds them, oldest first, stacked on channels; zeros where the
+        stream has fewer (chunk 0, the sink, has no predecessor).
 
-        Full sequence: the input x shifted by one chunk. Streaming: the cache's stored input of its
-        newest committed frame (what wrote that frame's K/V), so both modes agree."""
+        Full sequence: the input x itself, K frames before each chunk. Streaming: the cache's stored
+        inputs of its K newest committed frames (what wrote their K/V), so both modes agree."""
         B, Fr = x.shape[:2]
-        C = self.config.chunk_frames
-        if cache is None:
-            last = x[:, C - 1 :: C][:, :-1]  # [B, n_chunks - 1, c, h, w]: last frame of each earlier chunk
-            prev = torch.cat([torch.zeros_like(x[:, :1]), last], 1)
-            return prev.repeat_interleave(C, 1)
-        return cache.previous_input(x)
+        C, K = self.config.chunk_frames, self.config.copy_frames
+        if cache is not None:
+            return cache.previous_input(x, K)
+        padded = torch.cat([x.new_zeros(B, K, *x.shape[2:]), x], 1)  # frame j of x is padded[j + K]
+        stacks = [padded[:, i * C : i * C + K].flatten(1, 2) for i in range(Fr // C)]  # frames iC-K .. iC-1
+        return torch.stack(stacks, 1).repeat_interleave(C, 1)
 
     def condition(self, t: torch.Tensor, actions: torch.Tensor, drop_actions: torch.Tensor | None) -> torch.Tensor:
         """Per-frame condition c [B, F, D] from t [B, F] and actions [B, F, A]."""
@@ -419,13 +462,17 @@ class CausalDiT(nn.Module):
         else:
             assert Fr % cfg.chunk_frames == 0, f"{Fr} frames is not a whole number of chunks"
             attend = self._full_sequence_attend(Fr // cfg.chunk_frames)
-        hid = self.patch_in(self._patchify(x))  # [B, F, T, D]
-        if self.copy_in is not None:
-            hid = hid + self.copy_in(self._patchify(prev))
         if drop_actions is None:  # the batch is split per stream below; give every row its flag
             drop_actions = torch.zeros(B, dtype=torch.bool, device=x.device)
         terms = (t, actions, drop_actions)
         c, mod, a_tok = self._frame_terms(*terms) if cache is None else cache.per_stream(self._frame_terms, *terms)
+        skips: list[torch.Tensor] = []
+        if self.conv_in is not None:
+            hid, skips = self._conv_tokens(x, prev, actions, drop_actions, c)
+        else:
+            hid = self.patch_in(self._patchify(x))  # [B, F, T, D]
+            if self.copy_in is not None:
+                hid = hid + self.copy_in(self._patchify(prev))
         if self.action_in is not None:
             hid = hid + a_tok[:, :, None, :]
         mod = rearrange(mod, "b f (six d) -> b f six d", six=6)
@@ -435,7 +482,23 @@ class CausalDiT(nn.Module):
         shift, scale = (self.final_table + c[:, :, None, :]).unsqueeze(2).unbind(3)  # [B, F, 1, D]
         out = self.final(modulate(self.final_norm(hid), shift, scale))
         g, p = cfg.grid, cfg.patch
+        if self.conv_out is not None:
+            v = self.conv_out(out.flatten(0, 1), skips, c.flatten(0, 1), g)
+            return v.reshape(B, Fr, C, h, w)
         return rearrange(out, "b f (gh gw) (p q c) -> b f c (gh p) (gw q)", gh=g, gw=g, p=p, q=p)
+
+    def _conv_tokens(self, x: torch.Tensor, prev: torch.Tensor | None, actions: torch.Tensor,
+                     drop_actions: torch.Tensor, c: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """Conv stem: x [B, F, c, h, w], prev [B, F, K * c, h, w] or None, actions [B, F, A], drop [B],
+        c [B, F, D] -> tokens [B, F, T, D] and the skips the output side reads. A dropped clip's action
+        planes are zero and its "actions given" plane too (the null action of guidance)."""
+        B, Fr, _, h, w = x.shape
+        given = (~drop_actions).to(x.dtype)[:, None, None].expand(B, Fr, 1)
+        acts = torch.cat([action_planes(actions.to(x.dtype), self.config.chunk_frames) * given, given], -1)
+        planes = [x] + ([prev.to(x.dtype)] if self.config.copy_path else [])
+        planes.append(acts[..., None, None].expand(*acts.shape, h, w))
+        tokens, skips = self.conv_in(torch.cat(planes, 2).flatten(0, 1), c.flatten(0, 1))
+        return tokens.reshape(B, Fr, *tokens.shape[1:]), skips
 
     def new_cache(self) -> KVCache:
         return KVCache.for_config(self.config)

@@ -86,7 +86,7 @@ class ChunkInputs:
     x: torch.Tensor  # [B, C, c, h, w] (C = chunk frames)
     t: torch.Tensor  # [B, C] network time
     actions: torch.Tensor  # [B, C, A]
-    prev: torch.Tensor  # [B, C, c, h, w] the copy path's input (model/nets/dit.py; zeros without one)
+    prev: torch.Tensor  # [B, C, K * c, h, w] the copy path's input (model/nets/dit.py; zeros without one)
 
     def buffers(self) -> tuple[torch.Tensor, ...]:
         return (self.x, self.t, self.actions, self.prev)
@@ -156,7 +156,7 @@ class KVCache:
                 x.new_zeros(x.shape[0], span, *x.shape[2:]),
                 t.new_zeros(t.shape[0], span),
                 actions.new_zeros(actions.shape[0], span, actions.shape[-1]),
-                x.new_zeros(x.shape[0], span, *x.shape[2:]),
+                x.new_zeros(x.shape[0], span, *(x.shape[2:] if prev is None else prev.shape[2:])),
             )
         s = slice(self.n_ctx, self.n_ctx + self.layout.chunk_frames)
         self.inputs.x[:, s] = x.detach()
@@ -252,13 +252,16 @@ class KVCache:
         """fn(*tensors) over this cache's rows: one stream, so simply the call."""
         return fn(*tensors)
 
-    def previous_input(self, x: torch.Tensor) -> torch.Tensor:
-        """The copy path's input [B, F, c, h, w] for chunk x: the stored input of the newest committed
-        frame (what wrote its K/V), zeros before any (the sink has no predecessor)."""
+    def previous_input(self, x: torch.Tensor, frames: int = 1) -> torch.Tensor:
+        """The copy path's input [B, F, frames * c, h, w] for chunk x: the stored inputs of the newest
+        `frames` committed frames (what wrote their K/V), oldest first, stacked on channels; zeros
+        for frames the stream does not have yet (the sink has no predecessor)."""
         B, Fr = x.shape[:2]
-        if self.n_ctx == 0:
-            return torch.zeros_like(x)
-        return self.inputs.x[:, self.n_ctx - 1 : self.n_ctx].expand(B, Fr, *x.shape[2:]).to(x.dtype)
+        held = min(frames, self.n_ctx)
+        stack = x.new_zeros(B, frames, *x.shape[2:])
+        if held:
+            stack[:, frames - held :] = self.inputs.x[:, self.n_ctx - held : self.n_ctx].to(x.dtype)
+        return stack.flatten(1, 2)[:, None].expand(B, Fr, frames * x.shape[2], *x.shape[3:])
 
     def attend(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                span_attention: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]) -> torch.Tensor:

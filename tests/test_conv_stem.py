@@ -1,0 +1,157 @@
+"""Conv blocks at full latent resolution (model/nets/conv_stem.py) in the causal DiT: shapes,
+causality, action planes, stacked copy frames, streaming == full sequence, batched streams."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from model.diffusion.samplers import make_sampler
+from model.nets import count_parameters
+from model.nets.cache_batch import CacheBatch, Member
+from model.nets.conv_stem import action_planes
+from model.nets.dit import CausalDiT, dit_config
+from model.runtime.stream import Conditioning, generate_chunk
+from tests.helpers import TOL, inputs, random_dit, stream
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
+
+CONV_PRESETS = ["tiny-unet", "tiny-hybrid"]
+
+
+@pytest.mark.parametrize("preset", ["unet", "hybrid"])
+def test_bundled_conv_presets_fit_the_release_file(preset):
+    model = CausalDiT(dit_config(preset))
+    # fp16 release file <= 16 MiB (docs/design.md §5)
+    assert 4e6 < count_parameters(model) and count_parameters(model) * 2 < 16 * 2**20
+
+
+@pytest.mark.parametrize("preset", CONV_PRESETS)
+def test_fresh_conv_network_predicts_zero_and_keeps_shapes(preset):
+    model = CausalDiT(dit_config(preset))
+    x, t, a, text, mask = inputs(model.config, 2, 2)
+    with torch.no_grad():
+        v = model(x, t, a, text, mask)
+    assert v.shape == x.shape
+    assert torch.count_nonzero(v) == 0  # output conv starts at zero: warm starts and fresh runs begin silent
+
+
+@pytest.mark.parametrize("preset", CONV_PRESETS)
+def test_later_chunks_never_change_earlier_outputs(preset):
+    model = random_dit(preset)
+    x, t, a, text, mask = inputs(model.config, 2, 4)
+    with torch.no_grad():
+        base = model(x, t, a, text, mask)
+        x2, t2, a2 = x.clone(), t.clone(), a.clone()
+        x2[:, 6:] += 1.0
+        t2[:, 6:] = 17.0
+        a2[:, 6:] = -a2[:, 6:]
+        changed = model(x2, t2, a2, text, mask)
+    assert torch.allclose(base[:, :6], changed[:, :6], atol=1e-5)
+    assert not torch.allclose(base[:, 6:], changed[:, 6:], atol=1e-3)
+
+
+@pytest.mark.parametrize("preset", CONV_PRESETS)
+@pytest.mark.parametrize("n_chunks", [1, 2, 7])
+def test_streaming_equals_full_sequence(preset, n_chunks):
+    # 7 chunks = 21 frames > sink 3 + window 9: eviction must keep the stacked frames right.
+    model = random_dit(preset)
+    x, t, a, text, mask = inputs(model.config, 2, n_chunks)
+    drop = torch.tensor([False, True])
+    with torch.no_grad():
+        full = model(x, t, a, text, mask, drop_actions=drop)
+        streamed, _ = stream(model, x, t, a, text, mask, drop)
+    assert (full - streamed).abs().max() < TOL
+
+
+def test_stacked_copy_frames_are_the_frames_before_the_chunk():
+    model = random_dit("tiny-unet")  # copy_frames 3
+    x, *_ = inputs(model.config, 1, 3)
+    prev = model.previous_frames(x, None)  # [B, F, 3 * c, h, w]
+    c = model.config.latent_channels
+    assert prev.shape[2] == 3 * c
+    assert torch.count_nonzero(prev[:, :3]) == 0  # the sink chunk has no predecessor
+    for chunk in (1, 2):
+        for f in range(3):
+            for k in range(3):  # oldest first: frames 3*chunk - 3 .. 3*chunk - 1
+                assert torch.equal(prev[:, 3 * chunk + f, k * c : (k + 1) * c], x[:, 3 * chunk - 3 + k])
+
+
+def test_copy_frames_stack_matches_a_stream_shorter_than_the_stack():
+    """copy_frames 6 > one chunk: after chunk 0 the cache holds 3 frames, the other 3 are zeros, as in
+    the full-sequence forward (frames before the stream are zero there too)."""
+    model = random_dit("tiny-hybrid", copy_frames=6)
+    x, t, a, text, mask = inputs(model.config, 1, 4)
+    with torch.no_grad():
+        full = model(x, t, a, text, mask)
+        streamed, _ = stream(model, x, t, a, text, mask)
+    assert (full - streamed).abs().max() < TOL
+
+
+def test_action_planes_hold_own_action_and_chunk_running_sum():
+    a = torch.arange(2 * 6 * 2, dtype=torch.float32).reshape(2, 6, 2)
+    planes = action_planes(a, 3)
+    assert torch.equal(planes[..., :2], a)
+    assert torch.equal(planes[:, 0, 2:], a[:, 0])
+    assert torch.equal(planes[:, 2, 2:], a[:, 0] + a[:, 1] + a[:, 2])
+    assert torch.equal(planes[:, 3, 2:], a[:, 3])  # a new chunk starts its own sum
+
+
+@pytest.mark.parametrize("preset", CONV_PRESETS)
+def test_actions_change_the_output_and_a_dropped_clip_ignores_them(preset):
+    model = random_dit(preset)
+    x, t, a, text, mask = inputs(model.config, 2, 2)
+    drop = torch.tensor([False, True])
+    with torch.no_grad():
+        base = model(x, t, a, text, mask, drop_actions=drop)
+        other = model(x, t, torch.randn_like(a), text, mask, drop_actions=drop)
+    assert not torch.allclose(base[0], other[0], atol=1e-4)
+    assert torch.allclose(base[1], other[1], atol=1e-6)
+
+
+@pytest.mark.parametrize("preset", CONV_PRESETS)
+def test_gradients_reach_every_parameter(preset):
+    model = random_dit(preset).train()
+    x, t, a, text, mask = inputs(model.config, 2, 2)
+    model(x, t, a, text, mask, drop_actions=torch.tensor([False, True])).square().mean().backward()
+    silent = [n for n, p in model.named_parameters() if p.grad is None or not torch.any(p.grad != 0)]
+    assert not silent, silent
+
+
+@pytest.mark.parametrize("preset", CONV_PRESETS)
+def test_batched_streams_equal_streams_one_by_one(preset):
+    """The worker batches players' chunks (CacheBatch): each row group reads its own stacked frames."""
+    model = random_dit(preset)
+    cfg = model.config
+    C = cfg.chunk_frames
+    xs, ts, acts, texts, masks = inputs(cfg, 2, 3)
+    caches_one = [model.new_cache(), model.new_cache()]
+    caches_batch = [model.new_cache(), model.new_cache()]
+    with torch.no_grad():
+        for i in range(3):
+            s = slice(i * C, (i + 1) * C)
+            alone = [model(xs[b : b + 1, s], ts[b : b + 1, s], acts[b : b + 1, s], texts[b : b + 1],
+                           masks[b : b + 1], caches_one[b]) for b in range(2)]  # fmt: skip
+            batch = CacheBatch([Member(caches_batch[b], texts[b : b + 1], masks[b : b + 1]) for b in range(2)])
+            together = model(xs[:, s], ts[:, s], acts[:, s], None, None, batch)
+            for cache in caches_one + caches_batch:
+                cache.commit_chunk()
+            assert (torch.cat(alone) - together).abs().max() < TOL
+
+
+@pytest.mark.parametrize("sampler_name", ["uniform", "diagonal", "teacher"])
+def test_conv_world_streams_through_every_sampler(sampler_name):
+    model = random_dit("tiny-unet")
+    cfg = model.config
+    sampler = make_sampler(sampler_name, steps=3) if sampler_name != "diagonal" else make_sampler("diagonal")
+    cache = model.new_cache()
+    text, mask = torch.randn(1, 4, cfg.text_dim), torch.ones(1, 4, dtype=torch.bool)
+    cond = Conditioning.build(text, mask, sampler.guidance > 0)
+    gen = torch.Generator().manual_seed(0)
+    actions = torch.zeros(1, cfg.chunk_frames, cfg.action_dim)
+    with torch.no_grad():
+        outs = [generate_chunk(model, cache, sampler, cond, actions, lambda s: torch.randn(s, generator=gen))
+                for _ in range(5)]  # fmt: skip
+    assert all(o.latents.shape == (1, cfg.chunk_frames, *cfg.latent_shape) for o in outs)
+    assert all(torch.isfinite(o.latents).all() for o in outs)
+    assert cache.next_frame == 5 * cfg.chunk_frames
