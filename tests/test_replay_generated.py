@@ -59,7 +59,7 @@ def test_a_changed_frame_is_measured_and_fails_on_the_same_settings(recording, t
     result = last_json(out)
     assert code == 1 and result["first_mismatch"] == 5 and result["mismatched_frames"] == 1
     assert result["max_abs_error"] > 0 and result["mean_abs_error"] > 0 and 0 < result["psnr_db"] < 100
-    assert "same checkpoint, sampler, device and dtype" in err
+    assert "same checkpoint, sampler, device, dtype, threads, CPU kernels and torch build" in err
 
 
 def test_a_recording_whose_checkpoint_is_missing_says_which_one_it_needs(recording, world_dir, tmp_path, capsys):
@@ -100,3 +100,32 @@ def test_chunks_say_what_the_world_reads_as_and_a_cut_prompt_in_words(world_dir)
         assert "prompt_notice" not in second.extra
     finally:
         backend.close()
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_a_recording_replays_bit_identical_whatever_the_callers_thread_count(recording, threads, capsys):
+    """The recording says how many threads made it and replay uses that count: a GEMM splits its
+    sums by the thread count, so replaying at the caller's count moved the last bit of some frames."""
+    import torch
+
+    meta = EpisodeReader(recording).meta["model"]
+    assert meta["threads"] >= 1 and meta["cpu_kernels"] and meta["torch"] == torch.__version__
+    torch.set_num_threads(threads)
+    code, out, err = run_cli(capsys, "replay", str(recording))
+    assert code == 0 and last_json(out)["identical"], err
+    assert torch.get_num_threads() == threads  # the caller's count is given back
+
+
+def test_other_cpu_kernels_give_equivalent_frames_with_their_own_exit_code(recording, tmp_path, capsys):
+    other = shutil.copytree(recording, tmp_path / "other")
+    meta = json.loads((other / "meta.json").read_text())
+    meta["model"]["cpu_kernels"] = "SOME_OTHER_ISA"
+    (other / "meta.json").write_text(json.dumps(meta))
+    data = bytearray((other / "frames.u8").read_bytes())
+    frame = 64 * 64 * 3
+    data[4 * frame] = data[4 * frame] + 1 if data[4 * frame] < 255 else 254  # one level, as other kernels give
+    (other / "frames.u8").write_bytes(bytes(data))
+    code, out, err = run_cli(capsys, "replay", str(other))
+    result = last_json(out)
+    assert code == 3 and not result["same_settings"] and result["max_abs_error"] == 1
+    assert "equivalent within 1/255" in err and "cpu_kernels: SOME_OTHER_ISA ->" in err

@@ -23,8 +23,10 @@ the sampler is rebuilt from the recorded options, and the device is the recorded
 Prints {"frames", "identical", "first_mismatch", "mismatched_frames", "max_abs_error",
 "mean_abs_error", "psnr_db", "same_settings", "engine_version_recorded", "engine_version_now",
 "message"}. Frames are expected to be bit-identical on the same device and settings
-(`same_settings`), and a difference there exits 1; on another device or dtype the measured
-difference is the result (exit 0). The versions tell a recording made by another engine version
+(`same_settings`: device, dtype, sampler, CPU kernel family and torch build; the recorded thread
+count is applied before regenerating, so the caller's does not matter), and a difference there exits
+1; on another device, dtype, CPU kernel family or torch build the frames are "equivalent within
+N/255" (exit 3, EXIT_EQUIVALENT) and the measured difference is the result. The versions tell a recording made by another engine version
 (expected to differ: re-record it) from a real determinism failure. A recording that cannot be
 replayed at all (no frames, a seed that is not a seed, a missing checkpoint) exits 2: bad input.
 """
@@ -47,6 +49,9 @@ from world.dataset import DatasetError, EpisodeReader
 from world.engine import ENGINE_VERSION
 
 MAX_SEED = 2**63  # world/protocol.py's seed range: what a recording's seed can be
+EXIT_MISMATCH = 1  # same settings, different frames: a determinism bug or an altered recording
+EXIT_BAD_INPUT = 2
+EXIT_EQUIVALENT = 3  # other device / kernels / build: frames differ by the measured amount
 
 
 class ReplayError(RuntimeError):
@@ -82,34 +87,51 @@ def run(args: argparse.Namespace) -> int:
         result = replay_episode(args.episode, checkpoint=args.checkpoint, device=args.device)
     except (DatasetError, ReplayError, BackendError, PromptError) as e:
         print(f"replay: {e}", file=sys.stderr)
-        return 2
+        return EXIT_BAD_INPUT
     if result.message:
         print(f"replay: {result.message}", file=sys.stderr)
     print(json.dumps(asdict(result)))
-    return 0 if result.identical or not result.same_settings else 1
+    if result.identical:
+        return 0
+    return EXIT_MISMATCH if result.same_settings else EXIT_EQUIVALENT
 
 
 def replay_episode(path: str | Path, checkpoint: str | None = None, device: str | None = None) -> ReplayResult:
     reader = EpisodeReader(path)
     check_replayable(reader)
-    backend, same_settings = _backend_for(reader, checkpoint, device)
+    threads = _torch_threads()
+    backend, same_settings = _backend_for(reader, checkpoint, device)  # may apply the recorded thread count
     agreement = Agreement()
     try:
         for start, frames, recorded in _chunks(reader, backend):
             agreement.add(start, frames, recorded)
     finally:
         backend.close()
+        _restore_torch_threads(threads)
     recorded = reader.meta.get("engine_version")
     first = agreement.first_mismatch
     message = None
     if first is not None:
         message = (mismatch_message(first, recorded) if reader.meta["backend"] == "engine"
-                   else generated_mismatch_message(first, same_settings))  # fmt: skip
+                   else generated_mismatch_message(first, same_settings, agreement.max_abs,
+                                                   _setting_differences(reader.meta, backend)))  # fmt: skip
     return ReplayResult(frames=len(reader), identical=first is None, first_mismatch=first,
                         mismatched_frames=len(agreement.mismatches), max_abs_error=agreement.max_abs,
                         mean_abs_error=agreement.mean_abs, psnr_db=agreement.psnr_db,
                         same_settings=same_settings, engine_version_recorded=recorded,
                         engine_version_now=ENGINE_VERSION, message=message)  # fmt: skip
+
+
+def _torch_threads() -> int | None:
+    """torch's intra-op thread count when torch is loaded (engine replays never load it)."""
+    torch = sys.modules.get("torch")
+    return torch.get_num_threads() if torch is not None else None
+
+
+def _restore_torch_threads(threads: int | None) -> None:
+    torch = sys.modules.get("torch")
+    if torch is not None and threads is not None:
+        torch.set_num_threads(threads)
 
 
 class Agreement:
@@ -158,13 +180,26 @@ def check_replayable(reader: EpisodeReader) -> None:
                           "[0, 2^63)); the recording is damaged or was edited")  # fmt: skip
 
 
-def generated_mismatch_message(first: int, same_settings: bool) -> str:
+def generated_mismatch_message(first: int, same_settings: bool, max_abs: int = 0,
+                               differences: list[str] | None = None) -> str:
     where = f"frame {first} differs from the recording"
     if same_settings:
-        return (f"{where} with the same checkpoint, sampler, device and dtype: a real mismatch (a determinism "
-                "bug, another machine or library build, or an altered recording)")
-    return (f"{where}; it was recorded on another device or dtype, where frames are expected to differ "
-            "slightly: see max_abs_error, mean_abs_error and psnr_db")
+        return (f"{where} with the same checkpoint, sampler, device, dtype, threads, CPU kernels and torch build: "
+                "a real mismatch (a determinism bug or an altered recording)")
+    why = "; ".join(differences or []) or "another device or dtype"
+    return (f"equivalent within {max_abs}/255 (different CPU kernels or device: {why}); {where}, as expected "
+            "where the arithmetic differs: see max_abs_error, mean_abs_error and psnr_db")
+
+
+def _setting_differences(meta: dict, backend: Backend) -> list[str]:
+    """What differs between the recording's compute facts and this replay's, in words."""
+    recorded, now = meta.get("model"), getattr(backend, "_facts", None)
+    if not isinstance(recorded, dict) or not isinstance(now, dict):
+        return []
+    from world.backends.regenerate import kernel_differences
+
+    return [f"{k}: {recorded.get(k)} -> {now.get(k)}" for k in ("device", "dtype")
+            if recorded.get(k) != now.get(k)] + kernel_differences(recorded, now)  # fmt: skip
 
 
 def mismatch_message(first: int, recorded: object) -> str:

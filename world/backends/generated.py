@@ -355,7 +355,17 @@ def regeneration_facts(model, sampler: Sampler, options: dict) -> dict:
         "sampler_options": options,
         "device": str(device),
         "dtype": "bfloat16" if device.type == "cuda" else "float32",  # model.common.device.autocast
+        **compute_facts(),
     }
+
+
+def compute_facts() -> dict:
+    """What else changes the bits on a CPU: the intra-op thread count (GEMMs split their sums by it),
+    the kernel family torch dispatches to (AVX2, AVX512, ...) and the torch build."""
+    import torch
+
+    return {"threads": torch.get_num_threads(), "cpu_kernels": torch.backends.cpu.get_cpu_capability(),
+            "torch": torch.__version__}
 
 
 @functools.lru_cache(maxsize=16)

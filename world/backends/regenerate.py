@@ -38,10 +38,27 @@ def regenerating_backend(meta: dict, where: Path, checkpoint: str | None = None,
         found = Path(checkpoint)
         options = {k: v for k, v in meta.get("options", {}).items() if k in SAMPLER_OPTIONS}
     recorded_device = facts.get("device") if isinstance(facts, dict) else None
+    use_threads(facts.get("threads") if isinstance(facts, dict) else None)
     backend = GeneratedBackend(checkpoint=str(found), device=device or _usable(recorded_device), **options)
     same = isinstance(facts, dict) and all(backend._facts[k] == facts.get(k) for k in ("device", "dtype")) and \
-        _same_sampler(backend._facts["sampler"], facts.get("sampler"))
+        _same_sampler(backend._facts["sampler"], facts.get("sampler")) and not kernel_differences(facts, backend._facts)
     return backend, same
+
+
+def use_threads(threads: object) -> None:
+    """Replay with the recorded intra-op thread count: a GEMM splits its sums by it, so another count
+    moves the last bit of some frames (recordings older than the fact replay with the caller's)."""
+    if isinstance(threads, int) and not isinstance(threads, bool) and threads >= 1:
+        import torch
+
+        torch.set_num_threads(threads)
+
+
+def kernel_differences(recorded: dict, now: dict) -> list[str]:
+    """The compute facts (CPU kernel family, torch build) that differ from the recording's, as
+    "name: recorded -> now"; facts a recording predates are not compared."""
+    return [f"{k}: {recorded[k]} -> {now.get(k)}" for k in ("cpu_kernels", "torch")
+            if recorded.get(k) is not None and recorded[k] != now.get(k)]  # fmt: skip
 
 
 def _same_sampler(now: dict, recorded: object) -> bool:
