@@ -26,9 +26,9 @@ Prints {"frames", "identical", "first_mismatch", "mismatched_frames", "max_abs_e
 (`same_settings`: device, dtype, sampler, CPU kernel family and torch build; the recorded thread
 count is applied before regenerating, so the caller's does not matter), and a difference there exits
 1; on another device, dtype, CPU kernel family or torch build the frames are "equivalent within
-N/255" (exit 3,
-EXIT_EQUIVALENT) and the measured difference is the result. The versions tell a recording made by another engine version
-(expected to differ: re-record it) from a real determinism failure. A recording that cannot be
+N/255" (exit 3, EXIT_EQUIVALENT) and the measured difference is the result. The versions tell a
+recording made by another engine version (expected to differ: re-record it) from a real
+determinism failure. A recording that cannot be
 replayed at all (no frames, a seed that is not a seed, a missing checkpoint) exits 2: bad input.
 """
 
