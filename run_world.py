@@ -38,10 +38,21 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
+class Parser(argparse.ArgumentParser):
+    """Usage errors in one line plus where to read more: the usage block argparse prints first (17
+    lines for `play`) buried the one line that said what was wrong. Subcommand parsers inherit it."""
+
+    def error(self, message: str):
+        from world.launcher import command
+
+        see = command(f"{self.prog.removeprefix('run_world.py').strip()} --help".strip())
+        self.exit(2, f"{self.prog}: error: {message} (see {see})\n")
+
+
 def build_parser(argv: list[str]) -> argparse.ArgumentParser:
     # allow_abbrev=False everywhere: an abbreviation such as `--backend` silently meaning
     # `--backend-module` (serve) is worse than an error naming the option that does not exist.
-    parser = argparse.ArgumentParser(prog="run_world.py", description=__doc__.split("\n")[0], allow_abbrev=False)
+    parser = Parser(prog="run_world.py", description=__doc__.split("\n")[0], allow_abbrev=False)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     wanted = argv[0] if argv and not argv[0].startswith("-") else None
     for name, (module_name, help_text) in SUBCOMMANDS.items():

@@ -19,6 +19,8 @@ if [ ! -x "$venv/bin/python" ] || [ ! -f "$stamp" ] || [ pyproject.toml -nt "$st
   "$venv/bin/pip" install -q -e ".[dev,sound]" >&2
   touch "$stamp"
 fi
+# Hints the program prints read `./world.sh ...`, the form this user runs (world/launcher.py).
+export WORLD_LAUNCHER="${WORLD_LAUNCHER:-$0}"
 if [ "${1:-}" = "test" ]; then
   shift
   exec "$venv/bin/python" -m pytest "$@"

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from world.interrupts import sigterm_as_keyboard_interrupt
+from world.launcher import command
 
 # pygame greets on stdout when imported; stdout carries play's JSON summary line.
 os.environ.setdefault("PYGAME_HIDE_SUPPORT_PROMPT", "1")
@@ -33,31 +34,37 @@ def default_backend() -> str:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from world.client import DEFAULT_PROMPT
 
-    parser.add_argument("--connect", metavar="tcp://HOST:PORT", help="use a running worker (default: start one)")
-    parser.add_argument("--client-key", metavar="FILE", help="with --connect to a worker that authenticates: your "
-                        "secret key (NAME.key_secret from `run_world.py keys --name NAME`)")
-    parser.add_argument("--server-key", metavar="FILE|KEY", help="with --client-key: the worker's public key (its "
+    # Everyday options first (argparse's own group); the remote worker's and the experts' below.
+    parser.usage = "%(prog)s [options]"
+    remote = parser.add_argument_group("a worker elsewhere")
+    expert = parser.add_argument_group("experiments (sampler, memory, guidance; defaults are the world's own)")
+    parser.add_argument("-v", "--verbose", action="store_true", help="show the local worker's log (default: "
+                        "warnings and errors only)")
+    remote.add_argument("--connect", metavar="tcp://HOST:PORT", help="use a running worker (default: start one)")
+    remote.add_argument("--client-key", metavar="FILE", help="with --connect to a worker that authenticates: your "
+                        f"secret key (NAME.key_secret from `{command('keys --name NAME')}`)")
+    remote.add_argument("--server-key", metavar="FILE|KEY", help="with --client-key: the worker's public key (its "
                         ".key file or the 40 characters); its fingerprint is printed on connect")
     parser.add_argument(
         "--backend", choices=("engine", "generated"), default=None,
-        help=f"world backend (default: {default_backend()}; 'generated' once assets/default_world/ exists)",
+        help=f"world backend (default: {default_backend()})",
     )  # fmt: skip
-    parser.add_argument("--checkpoint", metavar="DIR", help="checkpoint for the generated backend (local worker)")
-    parser.add_argument("--device", help="device for the generated backend: cpu, cuda, auto (local worker)")
-    parser.add_argument("--sampler", choices=("teacher", "uniform", "diagonal"),
+    expert.add_argument("--checkpoint", metavar="DIR", help="checkpoint for the generated backend (local worker)")
+    expert.add_argument("--device", help="device for the generated backend: cpu, cuda, auto (local worker)")
+    expert.add_argument("--sampler", choices=("teacher", "uniform", "diagonal"),
                         help="generated backend: sampler for this session (default: the checkpoint's own)")
-    parser.add_argument("--steps", type=_positive_int, help="generated backend: denoising steps (teacher, uniform)")
-    parser.add_argument("--schedule", metavar="4,3,2",
+    expert.add_argument("--steps", type=_positive_int, help="generated backend: denoising steps (teacher, uniform)")
+    expert.add_argument("--schedule", metavar="4,3,2",
                         help="generated backend, diagonal sampler: steps per chunk (the last one repeats)")
-    parser.add_argument("--context-noise", type=float, metavar="T",
+    expert.add_argument("--context-noise", type=float, metavar="T",
                         help="generated backend, diagonal sampler: how much noise the model's memory of past frames "
                         "keeps (default: the value the world was trained with; others are experiments)")
-    parser.add_argument("--rewarm", action="store_const", const=True, default=None,
+    expert.add_argument("--rewarm", action="store_const", const=True, default=None,
                         help="generated backend, diagonal sampler: restart the schedule after each prompt switch")
-    parser.add_argument("--guidance", type=float, metavar="G",
+    expert.add_argument("--guidance", type=float, metavar="G",
                         help="generated backend: classifier-free guidance g in c + g (c - u), 0 off (default: the "
                         "sampler's own: the teacher's 3, students 0)")
-    parser.add_argument("--guide", choices=("all", "actions", "text"),
+    expert.add_argument("--guide", choices=("all", "actions", "text"),
                         help="generated backend, with guidance: what it amplifies: all (prompt and actions, the "
                         "default), actions (the response to keys and mouse), text (the prompt)")
     parser.add_argument("--start", choices=("engine", "text", "image"),
@@ -86,7 +93,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--prompts", metavar="FILE",
                         help="a prompt timeline: lines of TIME<TAB>PROMPT (seconds or m:ss) switch the prompt then")
     parser.add_argument("--no-sound", action="store_true", help="window: no sound (M mutes while playing)")
-    parser.add_argument(
+    expert.add_argument(
         "--lookahead", choices=("auto", "1", "2"), default="auto",
         help="chunks the worker generates ahead of the screen: 1 = lowest key-to-frame latency, 2 = slack "
         "against slow chunks (default auto: 1 for engine, 2 for generated; headless: the worker's window)",
@@ -219,11 +226,11 @@ def display_problem() -> str | None:
     return None
 
 
-NO_DISPLAY_HELP = (
-    "{problem}.\n"
-    "  Run without a window:      python run_world.py play --headless --frames 300\n"
-    "  Or give it a virtual one:  xvfb-run -a python run_world.py play"
-)
+def no_display_help(problem: str) -> str:
+    """What to do without a screen, in the form the person ran us (world/launcher.py)."""
+    return (f"{problem}.\n"
+            f"  Run without a window:      {command('play --headless --frames 300')}\n"
+            f"  Or give it a virtual one:  xvfb-run -a {command('play')}")
 
 
 @contextlib.contextmanager
@@ -232,7 +239,7 @@ def worker_endpoint(args: argparse.Namespace, plan: Plan) -> Iterator[tuple[str,
     if args.connect:
         yield args.connect, None
         return
-    worker = LocalWorker(plan.worker_args)
+    worker = LocalWorker(plan.worker_args, verbose=getattr(args, "verbose", False))
     try:
         yield worker.endpoint, worker
     finally:
@@ -261,10 +268,12 @@ LOCAL_SESSION_TIMEOUT_S = 120
 class LocalWorker:
     """The worker subprocess `play` starts; revived on the same port if it dies mid-session."""
 
-    def __init__(self, extra_args: tuple[str, ...]) -> None:
+    def __init__(self, extra_args: tuple[str, ...], verbose: bool = False) -> None:
         from world.worker import start_worker_process
 
-        extra_args = ("--session-timeout", str(LOCAL_SESSION_TIMEOUT_S), *extra_args)
+        # Its per-session INFO lines are for operators; a player sees them with -v only.
+        quiet = () if verbose else ("--log-level", "WARNING")
+        extra_args = ("--session-timeout", str(LOCAL_SESSION_TIMEOUT_S), *quiet, *extra_args)
         self.extra_args = extra_args
         print("play: starting a local worker ...", file=sys.stderr)
         self.proc, self.endpoint = start_worker_process(extra_args=extra_args, env=worker_env())
@@ -332,7 +341,7 @@ def _prepare_window(args: argparse.Namespace) -> object:
         raise UsageError(f"bad keymap: {exc}") from None
     problem = display_problem()
     if problem:
-        raise UsageError(NO_DISPLAY_HELP.format(problem=problem))
+        raise UsageError(no_display_help(problem))
     if args.prompts:
         from controls.timeline import TimelineError, load_timeline
 
@@ -531,7 +540,7 @@ class LiveTakeover:
         if endpoint is None:
             progress("going live: starting a worker\u2026")
             if self.local is None:
-                self.local = LocalWorker(self._worker_args())
+                self.local = LocalWorker(self._worker_args(), verbose=getattr(self.args, "verbose", False))
             endpoint = self.local.endpoint
         progress("going live: loading the world\u2026")
         client, info = open_live(self.reader, endpoint, AUTO_LOOKAHEAD.get(backend), timeout_s=120.0)

@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from world.client import WorldClient, WorldConnectionError
+from world.launcher import command
 
 ATTEMPTS = 10  # probes, one second each, before giving up on an address
 
@@ -24,4 +25,4 @@ def probe(client: WorldClient, attempts: int | None = None,
         except WorldConnectionError:
             continue
     return (f"no worker answers at {client.address} ({attempts} attempts in {attempts} s): check the address, or "
-            f"start one there with `python run_world.py serve --bind {client.address}`")
+            f"start one there with `{command('serve --bind ' + client.address)}`")

@@ -24,6 +24,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import zmq
+import zmq.auth
+
+from world.launcher import command
 
 log = logging.getLogger("world.auth")
 
@@ -106,7 +109,7 @@ def _load(path: str) -> tuple[bytes, bytes | None]:
     try:
         public, secret = zmq.auth.load_certificate(path)
     except (OSError, ValueError) as exc:
-        raise AuthError(f"{path} is not a ZeroMQ key file ({exc}); make one with `run_world.py keys`") from None
+        raise AuthError(f"{path} is not a ZeroMQ key file ({exc}); make one with `{command('keys')}`") from None
     return _check_z85(public, path), secret
 
 
@@ -140,7 +143,7 @@ def check_bind(bind: str, keys: ServerKeys | None, insecure: bool) -> str | None
         return None
     if not insecure:
         raise AuthError(f"binding {bind} reaches other machines: give the worker keys (--server-key, "
-                        "--authorized-keys; see `run_world.py keys`) or pass --insecure")  # fmt: skip
+                        f"--authorized-keys; see `{command('keys')}`) or pass --insecure")  # fmt: skip
     log.warning("binding %s WITHOUT authentication or encryption (--insecure): anyone who reaches the port plays "
                 "and frames travel in clear", bind)  # fmt: skip
     return INSECURE_NOTICE

@@ -77,6 +77,7 @@ from world.actions import IDLE, Action, actions_to_array
 from world.backend import Backend, BackendError, BackendInfo, ChunkResult, PromptError
 from world.backends.model_cache import MODELS, checkpoint_stamp
 from world.backends.notices import PromptNotice
+from world.launcher import command
 from world.start import START_MODES, StartImage, StartImageError, as_start_image, fit_image
 
 if TYPE_CHECKING:  # model (torch) is imported only once a world is built
@@ -456,7 +457,7 @@ def _load(checkpoint: str | None, device: str):
     path = Path(checkpoint) if checkpoint is not None else bundled_checkpoint()
     if path is None:
         raise BackendError(f"no bundled world checkpoint at {DEFAULT_CHECKPOINT} or {TEACHER_CHECKPOINT}; "
-                           "pass checkpoint=DIR (train one with `run_world.py train teacher`)")
+                           f"pass checkpoint=DIR (train one with `{command('train teacher')}`)")
     try:
         resolved = resolve_device(device)
         directory = checkpoint_dir(path)
