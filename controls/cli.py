@@ -44,7 +44,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     remote.add_argument("--client-key", metavar="FILE", help="with --connect to a worker that authenticates: your "
                         f"secret key (NAME.key_secret from `{command('keys --name NAME')}`)")
     remote.add_argument("--server-key", metavar="FILE|KEY", help="with --client-key: the worker's public key (its "
-                        ".key file or the 40 characters); its fingerprint is printed on connect")
+                        ".key file or the 40 characters), needed the first time only: it is remembered in "
+                        "--known-servers and a different key for the same address is refused")
+    remote.add_argument("--known-servers", metavar="FILE", help="worker keys remembered per address (default "
+                        "~/.gworld/known_servers)")
     parser.add_argument(
         "--backend", choices=("engine", "generated"), default=None,
         help=f"world backend (default: {default_backend()})",
@@ -388,18 +391,29 @@ def _session(args, plan: Plan, endpoint: str, local: LocalWorker | None, prepare
 
 def client_keys(args: argparse.Namespace):
     """The CURVE keys from --client-key / --server-key (world/auth.py), or None. UsageError."""
-    from world.auth import AuthError, ClientKeys, fingerprint, read_public_key, read_secret_key
+    from world.auth import (
+        DEFAULT_KNOWN_SERVERS,
+        AuthError,
+        ClientKeys,
+        fingerprint,
+        read_public_key,
+        read_secret_key,
+        trusted_server_key,
+    )
 
     if args.client_key is None and args.server_key is None:
         return None
-    if args.client_key is None or args.server_key is None or not args.connect:
-        raise UsageError("--client-key and --server-key go together, with --connect")
+    if args.client_key is None or not args.connect:
+        raise UsageError("--server-key needs --client-key, and both need --connect")
+    known = getattr(args, "known_servers", None) or DEFAULT_KNOWN_SERVERS
     try:
         public, secret = read_secret_key(args.client_key)
-        server = read_public_key(args.server_key)
+        given = read_public_key(args.server_key) if args.server_key is not None else None
+        server, how = trusted_server_key(args.connect, given, known)
     except AuthError as exc:
         raise UsageError(str(exc)) from None
-    print(f"play: worker key {fingerprint(server)}, client key {fingerprint(public)}", file=sys.stderr)
+    print(f"play: worker key {fingerprint(server)} ({how}, {known}), client key {fingerprint(public)}",
+          file=sys.stderr)
     return ClientKeys(public, secret, server)
 
 

@@ -1,8 +1,9 @@
-"""Issue 13, finding 8: a worker bound beyond loopback had no authentication.
+"""Authentication of remote players and workers (CURVE, world/auth.py).
 
 Real workers on loopback with CURVE keys made by `run_world.py keys`: a listed client key plays,
 an unknown key and a client without keys are refused, loopback without keys still works, and a
-bind beyond loopback without keys needs --insecure, which every client is told.
+bind beyond loopback without keys needs --insecure, which every client is told; players trust a
+worker's key on first use and refuse a changed one.
 """
 
 from __future__ import annotations
@@ -110,10 +111,39 @@ def test_beyond_loopback_needs_keys_or_insecure_which_every_client_hears():
     assert "WITHOUT authentication" in proc.stderr.read()
 
 
-def test_play_connects_with_its_key_and_the_worker_key(keys, secure_worker):
-    made = keys[0]
+def play(endpoint: str, *extra: str) -> subprocess.CompletedProcess:
     cmd = [sys.executable, str(REPO_ROOT / "run_world.py"), "play", "--headless", "--backend", "engine", "--frames",
-           "6", "--connect", secure_worker, "--client-key", made["player"][1], "--server-key", made["worker"][0]]
-    done = subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
+           "6", "--connect", endpoint, *extra]  # fmt: skip
+    return subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
+
+
+def test_play_connects_with_its_key_and_the_worker_key(keys, secure_worker, tmp_path):
+    made = keys[0]
+    done = play(secure_worker, "--client-key", made["player"][1], "--server-key", made["worker"][0],
+                "--known-servers", str(tmp_path / "known"))
     assert done.returncode == 0, done.stderr
     assert fingerprint(read_public_key(made["worker"][0])) in done.stderr  # what the player may compare
+
+
+def test_a_worker_key_is_trusted_on_first_use_and_a_changed_one_refused(keys, secure_worker, tmp_path):
+    made = keys[0]
+    known = tmp_path / "known_servers"
+    mine = ("--client-key", made["player"][1], "--known-servers", str(known))
+    done = play(secure_worker, *mine)  # nothing known yet, no key given: say what to do
+    assert done.returncode == 2 and f"no key is known for the worker at {secure_worker}" in done.stderr
+    done = play(secure_worker, *mine, "--server-key", made["worker"][0])
+    assert done.returncode == 0 and "(remembered," in done.stderr, done.stderr
+    assert known.read_text() == f"{secure_worker} {read_public_key(made['worker'][0]).decode()}\n"
+    done = play(secure_worker, *mine)  # the remembered key suffices from now on
+    assert done.returncode == 0 and "(known," in done.stderr, done.stderr
+    done = play(secure_worker, *mine, "--server-key", made["stranger"][0])  # someone else's key for this address
+    assert done.returncode == 2 and f"THE WORKER KEY FOR {secure_worker} HAS CHANGED" in done.stderr
+    assert fingerprint(read_public_key(made["stranger"][0])) in done.stderr and str(known) in done.stderr
+    assert known.read_text().count("\n") == 1  # the changed key was not written
+
+
+def test_keys_show_prints_a_fingerprint(keys):
+    made = keys[0]
+    done = subprocess.run([sys.executable, str(REPO_ROOT / "run_world.py"), "keys", "--show", made["worker"][0]],
+                          cwd=REPO_ROOT, capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert done.returncode == 0 and fingerprint(read_public_key(made["worker"][0])) in done.stdout

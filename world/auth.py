@@ -24,7 +24,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import zmq
-import zmq.auth
 
 from world.launcher import command
 
@@ -99,6 +98,55 @@ def read_secret_key(path: str) -> tuple[bytes, bytes]:
     if secret is None:
         raise AuthError(f"{path} holds no secret key (the secret one is the .key_secret file)")
     return public, secret
+
+
+# ----------------------------------------------------------------------------- known servers (trust on first use)
+
+DEFAULT_KNOWN_SERVERS = Path.home() / ".gworld" / "known_servers"
+
+
+class ServerKeyChanged(AuthError):
+    """The key given for a worker differs from the one remembered for its address."""
+
+
+def known_server_keys(path: str | os.PathLike) -> dict[str, bytes]:
+    """ADDRESS -> z85 public key from a known-servers file (lines `ADDRESS KEY`; # comments)."""
+    path = Path(path)
+    if not path.is_file():
+        return {}
+    known: dict[str, bytes] = {}
+    for n, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        parts = line.split()
+        if len(parts) != 2:
+            raise AuthError(f"{path}:{n}: expected 'ADDRESS KEY', got {line[:80]!r}")
+        known[parts[0]] = _check_z85(parts[1].encode("ascii", "replace"), f"{path}:{n}")
+    return known
+
+
+def trusted_server_key(address: str, given: bytes | None, path: str | os.PathLike) -> tuple[bytes, str]:
+    """The worker key to use for `address`, SSH's way: a key given for an address seen the first
+    time is remembered in `path`; later connects may leave it out; a given key that differs from
+    the remembered one is refused (ServerKeyChanged), since someone may be in between. Returns the
+    key and what happened ("remembered", "known", "given and known")."""
+    path = Path(path)
+    remembered = known_server_keys(path).get(address)
+    if remembered is None:
+        if given is None:
+            raise AuthError(f"no key is known for the worker at {address}: pass --server-key (its .key file or "
+                            f"40 characters) once; it is then remembered in {path}")  # fmt: skip
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "a") as f:
+            f.write(f"{address} {given.decode('ascii')}\n")
+        return given, "remembered"
+    if given is not None and given != remembered:
+        raise ServerKeyChanged(
+            f"THE WORKER KEY FOR {address} HAS CHANGED: remembered {fingerprint(remembered)}, given "
+            f"{fingerprint(given)}. Someone may be impersonating the worker (or it got a new key). Ask its "
+            f"operator for the fingerprint (`{command('keys --show FILE')}` prints it); if it is right, remove "
+            f"the line for {address} from {path} and connect again")  # fmt: skip
+    return remembered, "known" if given is None else "given and known"
 
 
 def _load(path: str) -> tuple[bytes, bytes | None]:
@@ -181,9 +229,18 @@ def add_arguments(parser) -> None:
     parser.add_argument("--name", default="worker", help="file name of the pair: NAME.key, NAME.key_secret "
                         "(default %(default)s; a player's: e.g. --name player)")  # fmt: skip
     parser.add_argument("--dir", default=str(DEFAULT_KEY_DIR), help="where to write them (default %(default)s)")
+    parser.add_argument("--show", metavar="FILE|KEY", help="make nothing: print the fingerprint of this key (to "
+                        "compare with what a player's known-servers file holds)")  # fmt: skip
 
 
 def run(args) -> int:
+    if getattr(args, "show", None):
+        try:
+            print(f"fingerprint {fingerprint(read_public_key(args.show))}")
+        except AuthError as exc:
+            print(f"keys: {exc}", flush=True)
+            return 2
+        return 0
     try:
         public_file, secret_file = make_keys(args.dir, args.name)
     except AuthError as exc:
