@@ -278,3 +278,21 @@ def test_rewarm_is_a_session_option_of_the_diagonal_sampler(world_dir):
     for bad in ({"sampler": "uniform", "rewarm": True}, {"sampler": "diagonal", "rewarm": "yes"}):
         with pytest.raises(BackendError, match="rewarm"):
             create_backend("generated", checkpoint=str(world_dir), device="cpu", **bad)
+
+
+@pytest.mark.parametrize("options, words", [
+    ({"sampler": "diagonal", "steps": 3}, "steps"),
+    ({"chunk_frames": 4}, "chunk_frames=4 is not possible"),
+    ({"sampler": "teacher", "guide": "bogus"}, "guide"),
+])  # fmt: skip
+def test_a_refused_open_never_loads_the_weights(tmp_path, monkeypatch, options, words):
+    """Sampler options and geometry come from config.json: a refusal costs a file read, not a model load."""
+    import model.runtime.world_model as wm
+    from world.backends.generated import GeneratedBackend
+
+    make_random_world(tmp_path / "w", preset="tiny", text_encoder="hash")
+    loads = []
+    monkeypatch.setattr(wm, "load_world_model", lambda *a, **k: loads.append(a) or pytest.fail("weights loaded"))
+    with pytest.raises(BackendError, match=words):
+        GeneratedBackend(checkpoint=str(tmp_path / "w"), device="cpu", **options)
+    assert loads == []

@@ -75,18 +75,7 @@ class WorldModel:
         context_noise (diagonal only; make_sampler refuses it for the refresh samplers) defaults to
         the checkpoint's WorldConfig.context_noise whichever schedule is asked for: it belongs to the
         weights, so another value is an explicit ablation, never a silent default."""
-        cfg = self.config
-        if name is None or name == cfg.sampler:
-            name = cfg.sampler
-            steps = cfg.steps if steps is None else steps
-            schedule = cfg.schedule if schedule is None else schedule
-            guidance = cfg.guidance if guidance is None else guidance
-            if guide is None and guidance != 0:  # guidance 0 asked for: no guidance, so no checkpoint guide
-                guide = cfg.guide
-        if name == "diagonal" and context_noise is None:
-            context_noise = cfg.context_noise
-        return make_sampler(name, steps=steps, schedule=schedule, guidance=guidance, shift=cfg.shift,
-                            context_noise=context_noise, rewarm=rewarm, guide=guide)
+        return world_sampler(self.config, name, steps, schedule, guidance, context_noise, rewarm, guide)
 
     def stream(self, sampler: Sampler | None = None) -> WorldStream:
         return WorldStream(self.dit, self.autoencoder, self.text_encoder, sampler or self.sampler(), self.device)
@@ -94,6 +83,32 @@ class WorldModel:
     @property
     def image_size(self) -> int:
         return self.autoencoder.config.image_size
+
+
+def world_sampler(cfg: WorldConfig, name: str | None = None, steps: int | None = None,
+                  schedule: list[int] | None = None, guidance: float | None = None,
+                  context_noise: float | None = None, rewarm: bool | None = None, guide: str | None = None) -> Sampler:
+    """`WorldModel.sampler` from the checkpoint's WorldConfig alone: a worker checks a session's
+    sampler options with it before loading any weights (ValueError)."""
+    if name is None or name == cfg.sampler:
+        name = cfg.sampler
+        steps = cfg.steps if steps is None else steps
+        schedule = cfg.schedule if schedule is None else schedule
+        guidance = cfg.guidance if guidance is None else guidance
+        if guide is None and guidance != 0:  # guidance 0 asked for: no guidance, so no checkpoint guide
+            guide = cfg.guide
+    if name == "diagonal" and context_noise is None:
+        context_noise = cfg.context_noise
+    return make_sampler(name, steps=steps, schedule=schedule, guidance=guidance, shift=cfg.shift,
+                        context_noise=context_noise, rewarm=rewarm, guide=guide)
+
+
+def read_world_configs(directory: str | os.PathLike) -> tuple[DiTConfig, object, WorldConfig]:
+    """(dit, autoencoder, world) configs of a world checkpoint, from config.json only (no weights)."""
+    from model.common.checkpoint import checkpoint_dir
+
+    directory = checkpoint_dir(directory)
+    return _configs(directory, read_checkpoint_config(directory, kind=KIND))
 
 
 def create_text_encoder(name: str, device: torch.device):

@@ -114,17 +114,24 @@ class GeneratedBackend(Backend):
     ) -> None:
         if unknown:
             raise BackendError(f"unknown generated-backend options {sorted(unknown)}; known: {', '.join(OPTIONS)}")
-        self.model = _load(checkpoint, device)
         from model.diffusion.samplers import parse_schedule
+        from model.runtime.world_model import world_sampler
 
+        # Everything the checkpoint's config.json decides is checked before the weights load, so a
+        # refused open costs a file read, not a model load (world/worker.py admits, then builds).
+        dit_cfg, ae_cfg, world_cfg = _configs(checkpoint)
+        options = {"steps": steps, "guidance": guidance, "context_noise": context_noise, "rewarm": rewarm,
+                   "guide": guide}  # fmt: skip
         try:
             if isinstance(schedule, str):
                 schedule = parse_schedule(schedule)
-            self.sampler = self.model.sampler(sampler, steps=steps, schedule=schedule, guidance=guidance,
-                                              context_noise=context_noise, rewarm=rewarm, guide=guide)
+            world_sampler(world_cfg, sampler, schedule=schedule, **options)
         except ValueError as e:
             raise BackendError(str(e)) from None
-        self._check_geometry(chunk_frames=chunk_frames, height=height, width=width)
+        self._check_geometry({"chunk_frames": dit_cfg.chunk_frames, "height": ae_cfg.image_size,
+                              "width": ae_cfg.image_size}, chunk_frames=chunk_frames, height=height, width=width)
+        self.model = _load(checkpoint, device)
+        self.sampler = self.model.sampler(sampler, schedule=schedule, **options)
         self.stream = self.model.stream(self.sampler)
         self._facts = regeneration_facts(self.model, self.sampler, {
             "sampler": sampler, "steps": steps, "schedule": list(schedule) if schedule else None,
@@ -143,9 +150,8 @@ class GeneratedBackend(Backend):
         self._start, self._start_image_facts, self._start_pixels = "text", None, None
         self.set_start("text" if start is None else start, start_image)
 
-    def _check_geometry(self, **wanted: int | None) -> None:
-        actual = {"chunk_frames": self.model.dit.config.chunk_frames, "height": self.model.image_size,
-                  "width": self.model.image_size}
+    @staticmethod
+    def _check_geometry(actual: dict, **wanted: int | None) -> None:
         for name, value in wanted.items():
             if value is not None and value != actual[name]:
                 raise BackendError(f"this world model has {name}={actual[name]}; {name}={value!r} is not possible")
@@ -449,15 +455,31 @@ def bundled_checkpoint(teacher_fallback: bool = True) -> Path | None:
     return next((p for p in candidates if (p / "config.json").is_file()), None)
 
 
+def _checkpoint_path(checkpoint: str | None) -> Path:
+    path = Path(checkpoint) if checkpoint is not None else bundled_checkpoint()
+    if path is None:
+        raise BackendError(f"no bundled world checkpoint at {DEFAULT_CHECKPOINT} or {TEACHER_CHECKPOINT}; "
+                           f"pass checkpoint=DIR (train one with `{command('train teacher')}`)")
+    return path
+
+
+def _configs(checkpoint: str | None):
+    """The checkpoint's (dit, autoencoder, world) configs from its config.json, weights untouched."""
+    from model.common.checkpoint import CheckpointError
+    from model.runtime.world_model import read_world_configs
+
+    try:
+        return read_world_configs(_checkpoint_path(checkpoint))
+    except CheckpointError as e:
+        raise BackendError(f"cannot load the world checkpoint: {e}") from None
+
+
 def _load(checkpoint: str | None, device: str):
     from model.common.checkpoint import CheckpointError, checkpoint_dir
     from model.common.device import resolve_device
     from model.runtime.world_model import load_world_model
 
-    path = Path(checkpoint) if checkpoint is not None else bundled_checkpoint()
-    if path is None:
-        raise BackendError(f"no bundled world checkpoint at {DEFAULT_CHECKPOINT} or {TEACHER_CHECKPOINT}; "
-                           f"pass checkpoint=DIR (train one with `{command('train teacher')}`)")
+    path = _checkpoint_path(checkpoint)
     try:
         resolved = resolve_device(device)
         directory = checkpoint_dir(path)
