@@ -22,10 +22,8 @@ def run(args: argparse.Namespace) -> int:
         return worker.run(args)
     for module in args.backend_module:
         importlib.import_module(module)
-    if args.server_key or args.authorized_keys:
-        # The front door relays frames; CURVE there is not built yet, and keys on the actors alone
-        # would protect nothing a client reaches.
-        raise SystemExit("serve: --cluster does not take --server-key/--authorized-keys yet; bind the front "
-                         "door to loopback or a private network")
+    # Keys protect the front door, the only socket a player reaches: clients authenticate there
+    # and frames are encrypted on the way to it. Actors listen on the cluster's own network.
     config = worker.config_from_args(args)  # each actor's worker; the front door binds --bind
-    return cluster_cli.run(args, {k: v for k, v in asdict(config).items() if k not in ("bind", "keys")})
+    actor = {k: v for k, v in asdict(config).items() if k not in ("bind", "keys")}
+    return cluster_cli.run(args, actor, keys=config.keys)

@@ -17,7 +17,7 @@ guidance, a clean refresh pass: the teacher sampler at 8 steps, 9 network evalua
   - inference cost: milliseconds per frame for 1, 2 and 4 network evaluations of a chunk against a
     full context (sink + window), plus the decoder, batch 1, at --threads;
   - training facts from the run's teacher.csv: steps, frames seen, seconds per step.
---quick scores counterfactual accuracy (teacher-forced, 4 contexts = 20 cases) alone: the points of
+--quick scores the teacher-forced counterfactual accuracy (the same 80 cases) alone: the points of
 the curve against training time. Writes OUT/<arm>.json per arm; `--table` and `--plot` build the
 report from those files.
 """
@@ -46,7 +46,7 @@ NFE_POINTS = (1, 2, 4)
 
 
 def training_facts(run: Path) -> dict:
-    """Steps, frames seen and seconds per step from a run's teacher.csv (the last row)."""
+    """Steps and seconds per step from a run's teacher.csv (its last row), frames seen from its checkpoint."""
     rows = list(csv.DictReader(open(run / "teacher.csv"))) if (run / "teacher.csv").exists() else []
     if not rows:
         return {}
@@ -57,6 +57,12 @@ def training_facts(run: Path) -> dict:
             out[f"train_{key}"] = float(last[key])
     if out.get("train_steps_per_s"):
         out["train_s_per_step"] = 1.0 / out["train_steps_per_s"]
+    config = run / "checkpoint" / "config.json"
+    if config.exists():  # frames seen = steps x clips x frames per clip
+        meta = json.loads(config.read_text())
+        train, chunk = meta["configs"].get("train", {}), meta["configs"]["dit"].get("chunk_frames", 3)
+        if "batch" in train and "clip_chunks" in train:
+            out["train_frames"] = int(meta["step"]) * train["batch"] * train["clip_chunks"] * chunk
     return out
 
 
@@ -104,7 +110,7 @@ def score_arm(checkpoint: str, heldout: str | None, episodes: list[int], quick: 
                  "timings_s": {}}  # fmt: skip
     try:
         parts = [("counterfactual_tf", lambda: measure_counterfactual(
-            worlds, replace(full, counterfactual_contexts=4 if quick else 16, counterfactual_chunks=1)))]
+            worlds, replace(full, counterfactual_contexts=16, counterfactual_chunks=1)))]
         if not quick:
             parts += [
                 ("counterfactual_free", lambda: measure_counterfactual(
@@ -202,6 +208,32 @@ def plot_curves(points: dict[str, list[tuple[float, float]]], out: Path, chance:
     fig.savefig(out)
 
 
+def write_report(full: Path, snaps: Path | None, arm_minutes: float, table: Path | None, plot: Path | None) -> str:
+    """The markdown table of every <arm>.json in `full` and the curve of counterfactual accuracy against
+    training minutes: <arm>_<m>min.json points from `snaps`, each arm's final at `arm_minutes`."""
+    results = {f.stem: json.loads(f.read_text()) for f in sorted(full.glob("*.json"))}
+    for r in results.values():  # training facts as the run has them now (older JSON may lack some)
+        run = Path(r["checkpoint"]).parent
+        if (run / "teacher.csv").exists():
+            r.update({k: v for k, v in training_facts(run).items() if k not in r})
+    text = markdown_table(results)
+    if table is not None:
+        table.parent.mkdir(parents=True, exist_ok=True)
+        table.write_text(text)
+    if plot is not None:
+        points: dict[str, list[tuple[float, float]]] = {}
+        for name, r in results.items():
+            points.setdefault(name, []).append((arm_minutes, r["counterfactual_tf_accuracy"]))
+        for f in sorted(snaps.glob("*min.json")) if snaps is not None else []:
+            name, _, minutes = f.stem.rpartition("_")
+            if name in points:
+                points[name].append((float(minutes.removesuffix("min")), json.loads(f.read_text())
+                                     ["counterfactual_tf_accuracy"]))  # fmt: skip
+        chance = next(iter(results.values()))["counterfactual_tf_chance"] if results else 0.2
+        plot_curves(points, plot, chance)
+    return text
+
+
 def main(argv: list[str] | None = None) -> int:
     from model.common.device import set_threads
     from model.evaluation.heldout import parse_episodes
@@ -211,10 +243,19 @@ def main(argv: list[str] | None = None) -> int:
                    help="an arm: its name and its run directory (or checkpoint); repeat per arm")
     p.add_argument("--heldout", help="latent cache of held-out episodes (held-out loss and action use)")
     p.add_argument("--episodes", default="0-15", help="held-out episode indices (default 0-15)")
-    p.add_argument("--quick", action="store_true", help="teacher-forced counterfactual accuracy only (20 cases)")
+    p.add_argument("--quick", action="store_true", help="teacher-forced counterfactual accuracy only (80 cases)")
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--out", required=True, help="directory for <arm>.json")
+    p.add_argument("--out", required=True, help="directory for <arm>.json (with --report: the one to read)")
+    p.add_argument("--report", action="store_true", help="score nothing: write --table and --plot from --out")
+    p.add_argument("--snapshots", help="with --report: directory of <arm>_<m>min.json curve points")
+    p.add_argument("--minutes", type=float, default=30.0, help="with --report: training minutes of every arm")
+    p.add_argument("--table", help="with --report: markdown table file")
+    p.add_argument("--plot", help="with --report: PNG of counterfactual accuracy against training time")
     args = p.parse_args(argv)
+    if args.report:
+        print(write_report(Path(args.out), Path(args.snapshots) if args.snapshots else None, args.minutes,
+                           Path(args.table) if args.table else None, Path(args.plot) if args.plot else None))
+        return 0
     set_threads(args.threads)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

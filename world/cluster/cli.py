@@ -55,7 +55,7 @@ def start_ray(cluster: str, config) -> None:
         ray.init(address=cluster, log_to_driver=False)
 
 
-def run(args: argparse.Namespace, worker: dict) -> int:
+def run(args: argparse.Namespace, worker: dict, keys=None) -> int:
     """Front door on args.bind, actors on Ray; returns when SIGINT/SIGTERM arrives."""
     from world.cluster.pool import RayPool
     from world.cluster.relay import serve_front
@@ -75,7 +75,7 @@ def run(args: argparse.Namespace, worker: dict) -> int:
         print(f"READY {endpoint}", flush=True)
 
     try:
-        serve_front(args.bind, events, stop, ready)
+        serve_front(args.bind, events, stop, ready, keys=keys)
     finally:
         pool.shutdown()
         import ray

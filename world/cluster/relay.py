@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 import zmq
 
 from world import protocol as P
+from world.auth import ServerKeys, secure_server, start_authenticator
 
 log = logging.getLogger("world.cluster")
 
@@ -272,8 +273,11 @@ class FrontDoor:
                 "sessions": len(self.sessions), "actors": actors, "actors_lost": self.lost}  # fmt: skip
 
 
-def open_front_router(context: zmq.Context, bind: str) -> tuple[zmq.Socket, str]:
+def open_front_router(context: zmq.Context, bind: str, keys: ServerKeys | None = None) -> tuple[zmq.Socket, str]:
+    """The players' socket; with `keys` a CURVE server (world/auth.py): set before bind, as libzmq wants."""
     router = context.socket(zmq.ROUTER)
+    if keys is not None:
+        secure_server(router, keys)
     router.setsockopt(zmq.LINGER, 0)
     router.setsockopt(zmq.ROUTER_MANDATORY, 1)
     router.setsockopt(zmq.MAXMSGSIZE, P.MAX_TRANSPORT_FRAME_BYTES)
@@ -282,10 +286,11 @@ def open_front_router(context: zmq.Context, bind: str) -> tuple[zmq.Socket, str]
 
 
 def serve_front(bind: str, events: queue.Queue, stop: threading.Event,
-                on_ready: Callable[[str], None] | None = None) -> None:  # fmt: skip
-    """Run a front door on `bind` until `stop` is set."""
+                on_ready: Callable[[str], None] | None = None, keys: ServerKeys | None = None) -> None:  # fmt: skip
+    """Run a front door on `bind` until `stop` is set; with `keys` players authenticate (CURVE)."""
     context = zmq.Context()
-    router, endpoint = open_front_router(context, bind)
+    authenticator = start_authenticator(context, keys) if keys is not None else None
+    router, endpoint = open_front_router(context, bind, keys)
     door = FrontDoor(context, router, events)
     if on_ready is not None:
         on_ready(endpoint)
@@ -293,4 +298,6 @@ def serve_front(bind: str, events: queue.Queue, stop: threading.Event,
         door.run(stop)
     finally:
         router.close(linger=0)
+        if authenticator is not None:
+            authenticator.stop()
         context.term()
