@@ -9,6 +9,8 @@
 # does not exist yet starts from INIT (a run directory to copy and resume, e.g. the ablation's
 # winner), else warm-starts from INIT_FROM (default: the bundled teacher, whose fp16 release weights
 # each session commits, so a fresh machine continues where the last session stopped).
+# Environment: RECIPE (training options, e.g. "--preset unet --copy-path ..."), DATA / LATENTS /
+# EPISODES / SEED / DATAGEN_ARGS (the data made when the cache is missing), PLOT / TABLE (outputs).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 segment=${1:-30}
@@ -20,6 +22,11 @@ nproc=${NPROC:-2}
 init_from=${INIT_FROM:-assets/teacher}
 data=${DATA:-data/engine}
 latents=${LATENTS:-data/latents}
+episodes=${EPISODES:-512}
+seed=${SEED:-1}
+read -r -a datagen_extra <<< "${DATAGEN_ARGS:-}"  # e.g. "--bout-scale 0.2 --random-share 0.3"
+plot=${PLOT:-docs/images/teacher_long_scoreboard.png}
+table=${TABLE:-docs/reports/teacher-long-scoreboard.md}
 recipe=(--copy-path --action-tokens --teacher-forcing-prob 0.9 --context-noise-max 0.3)
 [ -n "${RECIPE:-}" ] && read -r -a recipe <<< "$RECIPE"
 
@@ -29,7 +36,8 @@ from model.runtime.world_model import load_world_model
 from model.common.checkpoint import save_checkpoint
 ae = load_world_model('assets/teacher').autoencoder  # the autoencoder every teacher so far was trained with
 save_checkpoint('runs/ae_teacher', kind='autoencoder', modules={'autoencoder': ae}, configs={'autoencoder': ae.config})"
-  "$py" run_world.py datagen --out "$data" --episodes 512 --frames-per-episode 600 --seed 1 --workers "$nproc" --no-progress
+  "$py" run_world.py datagen --out "$data" --episodes "$episodes" --frames-per-episode 600 --seed "$seed" \
+    --workers "$nproc" --no-progress "${datagen_extra[@]}"
   "$py" run_world.py encode-latents --data "$data" --autoencoder runs/ae_teacher --out "$latents"
 fi
 
@@ -53,6 +61,5 @@ for ((k = 0; k < segments; k++)); do
   board="scoreboard/step_$step.json"
   OMP_NUM_THREADS=2 "$py" -m model.evaluation.scoreboard --checkpoint "$run/checkpoint" --sampler uniform \
     --threads 2 --out "$run/$board" > "$run/scoreboard/step_$step.log" 2>&1 && echo "$step,$hours,$board" >> "$run/history.csv"
-  "$py" -m model.evaluation.history "$run" --out docs/images/teacher_long_scoreboard.png \
-    --table docs/reports/teacher-long-scoreboard.md || true
+  "$py" -m model.evaluation.history "$run" --out "$plot" --table "$table" || true
 done
