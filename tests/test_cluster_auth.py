@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -50,9 +51,23 @@ def secure_front(keys, world_dir):
             "--log-level", "WARNING")  # fmt: skip
     proc, endpoint = start_worker_process(extra_args=args, timeout_s=180.0, env=env)
     try:
+        wait_for_an_actor(endpoint, client_keys(home, "player"))
         yield endpoint
     finally:
         stop_worker_process(proc, timeout_s=60.0)
+
+
+def wait_for_an_actor(endpoint: str, keys: ClientKeys, timeout_s: float = 120.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        client = WorldClient(endpoint, timeout_s=30.0, keys=keys)
+        try:
+            if client.status().worker["actors"]:
+                return
+        finally:
+            client.close()
+        time.sleep(0.5)
+    raise AssertionError(f"no world actor up after {timeout_s} s")
 
 
 def client_keys(home, name: str) -> ClientKeys:

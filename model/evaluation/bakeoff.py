@@ -225,10 +225,11 @@ def write_report(full: Path, snaps: Path | None, arm_minutes: float, table: Path
         for name, r in results.items():
             points.setdefault(name, []).append((arm_minutes, r["counterfactual_tf_accuracy"]))
         for f in sorted(snaps.glob("*min.json")) if snaps is not None else []:
-            name, _, minutes = f.stem.rpartition("_")
-            if name in points:
-                points[name].append((float(minutes.removesuffix("min")), json.loads(f.read_text())
-                                     ["counterfactual_tf_accuracy"]))  # fmt: skip
+            name = f.stem.rpartition("_")[0]
+            if name in points:  # a snapshot's checkpoint is its last save: place it by its step
+                snap = json.loads(f.read_text())
+                minutes = snap["model_step"] * results[name].get("train_s_per_step", 0.0) / 60.0
+                points[name].append((minutes, snap["counterfactual_tf_accuracy"]))
         chance = next(iter(results.values()))["counterfactual_tf_chance"] if results else 0.2
         plot_curves(points, plot, chance)
     return text
