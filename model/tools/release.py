@@ -25,8 +25,10 @@ from model.runtime.world_model import load_world_model, save_world
 MAX_FILE_MIB = 16.0  # committed files stay <= 16 MiB (developers' guide)
 
 
-def release_world(source: str | Path, target: str | Path, notes: dict | None = None) -> Path:
-    """Write source's playable world (dit + autoencoder, fp16) to target, replacing it atomically."""
+def release_world(source: str | Path, target: str | Path, notes: dict | None = None, step_offset: int = 0) -> Path:
+    """Write source's playable world (dit + autoencoder, fp16) to target, replacing it atomically.
+    step_offset: steps the weights had before this run (a run warm-started from a release counts
+    from 0), so the release states the network's whole training."""
     model = load_world_model(source, "cpu", with_text_encoder=False)
     world = replace(model.config, notes={**model.config.notes, "released_from": str(source), **(notes or {})})
     target = Path(target)
@@ -34,7 +36,7 @@ def release_world(source: str | Path, target: str | Path, notes: dict | None = N
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
     staging.chmod(0o755)  # mkdtemp's 0700 would make the bundled directory private
     try:
-        save_world(staging, model.dit, model.autoencoder, world, model.step)
+        save_world(staging, model.dit, model.autoencoder, world, model.step + step_offset)
         too_big = [(p.name, p.stat().st_size / 2**20) for p in staging.iterdir()
                    if p.stat().st_size / 2**20 > MAX_FILE_MIB]
         if too_big:
@@ -53,6 +55,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("source", help="world checkpoint (or training run directory holding checkpoint/)")
     parser.add_argument("target", help="release directory to write (replaced), e.g. assets/default_world")
     parser.add_argument("--note", action="append", default=[], help="key=value provenance note (repeatable)")
+    parser.add_argument("--step-offset", type=int, default=0, help="steps the weights had before the run (a run "
+                        "warm-started from a release of step N: N), added to the recorded step")
     args = parser.parse_args(argv)
     try:
         notes = dict(item.split("=", 1) for item in args.note)
@@ -60,7 +64,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"release: --note takes key=value, got {args.note}", file=sys.stderr)
         return 2
     try:
-        out = release_world(args.source, args.target, notes)
+        if args.step_offset < 0:
+            raise CheckpointError(f"--step-offset must be >= 0, got {args.step_offset}")
+        if args.step_offset:
+            notes["step_offset"] = str(args.step_offset)
+        out = release_world(args.source, args.target, notes, args.step_offset)
     except CheckpointError as e:
         print(f"release: {e}", file=sys.stderr)
         return 2
