@@ -223,7 +223,8 @@ def write_report(full: Path, snaps: Path | None, arm_minutes: float, table: Path
     if plot is not None:
         points: dict[str, list[tuple[float, float]]] = {}
         for name, r in results.items():
-            points.setdefault(name, []).append((arm_minutes, r["counterfactual_tf_accuracy"]))
+            if r.get("train_steps"):  # a trained arm (a bundled baseline has no training here)
+                points.setdefault(name, []).append((arm_minutes, r["counterfactual_tf_accuracy"]))
         for f in sorted(snaps.glob("*min.json")) if snaps is not None else []:
             name = f.stem.rpartition("_")[0]
             if name in points:  # a snapshot's checkpoint is its last save: place it by its step
