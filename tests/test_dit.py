@@ -31,8 +31,14 @@ def test_untrained_network_predicts_zero():
         assert torch.count_nonzero(model(x, t, a, text, mask)) == 0
 
 
-def test_later_chunks_never_change_earlier_outputs():
-    model = random_dit()
+# The patch DiT and its conv-stem variants (model/nets/conv_stem.py) obey the same causal rules;
+# conv arithmetic sums more terms, hence its looser float tolerance.
+PRESETS = {"tiny": 1e-6, "tiny-unet": 1e-5, "tiny-hybrid": 1e-5}
+
+
+@pytest.mark.parametrize("preset", PRESETS)
+def test_later_chunks_never_change_earlier_outputs(preset):
+    model = random_dit(preset)
     x, t, a, text, mask = inputs(model.config, 2, 4)
     with torch.no_grad():
         base = model(x, t, a, text, mask)
@@ -41,7 +47,7 @@ def test_later_chunks_never_change_earlier_outputs():
         t2[:, 6:] = 17.0
         a2[:, 6:] = -a2[:, 6:]
         changed = model(x2, t2, a2, text, mask)
-    assert torch.allclose(base[:, :6], changed[:, :6], atol=1e-6)  # chunks 0 and 1 untouched
+    assert torch.allclose(base[:, :6], changed[:, :6], atol=PRESETS[preset])  # chunks 0 and 1 untouched
     assert not torch.allclose(base[:, 6:], changed[:, 6:], atol=1e-3)
 
 
@@ -55,10 +61,12 @@ def test_frames_inside_a_chunk_see_each_other():
         assert not torch.allclose(base[:, 0], model(x2, t, a, text, mask)[:, 0], atol=1e-4)
 
 
-@pytest.mark.parametrize("n_chunks", [2, 7])
-def test_streaming_with_cache_equals_full_sequence(n_chunks):
-    # 7 chunks = 21 frames > sink 3 + window 9: exercises eviction and window-relative RoPE.
-    model = random_dit()
+@pytest.mark.parametrize("preset", PRESETS)
+@pytest.mark.parametrize("n_chunks", [1, 2, 7])
+def test_streaming_with_cache_equals_full_sequence(preset, n_chunks):
+    # 7 chunks = 21 frames > sink 3 + window 9: exercises eviction, window-relative RoPE and, for
+    # the conv stems, the stacked previous frames after eviction.
+    model = random_dit(preset)
     x, t, a, text, mask = inputs(model.config, 2, n_chunks)
     drop = torch.tensor([False, True])
     with torch.no_grad():
