@@ -149,3 +149,38 @@ def test_time_budget_stops_and_saves(tmp_path):
     trainer, batches = make_trainer(tiny_config(steps=1000, ckpt_every=500, max_minutes=1e-9), tmp_path / "t")
     trainer.train(batches)
     assert 1 <= trainer.step < 1000 and has_train_state(tmp_path / "t")
+
+
+class PrevRecorder(torch.nn.Module):
+    """Wraps a DiT and keeps the copy-path input it is given (None: the network derives it from x)."""
+
+    def __init__(self, dit):
+        super().__init__()
+        self.dit, self.prev, self.x = dit, None, None
+
+    def forward(self, x, t, *args, prev=None, **kwargs):
+        self.x, self.prev = x.clone(), None if prev is None else prev.clone()
+        return self.dit(x, t, *args, prev=prev, **kwargs)
+
+
+def test_clean_copy_context_gives_every_chunk_its_clean_predecessor(tmp_path):
+    cfg = tiny_config(preset="tiny-unet", teacher_forcing_prob=0.0, context_noise_max=0.0, batch=4,
+                      copy_path=True, copy_context="clean")
+    trainer, _ = make_trainer(cfg, tmp_path / "ckpt")
+    batch = ClipBatches(SyntheticClips(n=8), *text_table(), 4, 0, 1, 0)(0, torch.device("cpu"))
+    net = PrevRecorder(trainer.model)
+    loss = teacher_loss(net, batch, trainer.dit_cfg, cfg, torch.Generator().manual_seed(0))
+    assert torch.isfinite(loss)
+    K, C = trainer.dit_cfg.copy_frames, trainer.dit_cfg.chunk_frames
+    x0 = batch.latents
+    assert net.prev.shape == (4, x0.shape[1], K * x0.shape[2], *x0.shape[3:])
+    assert torch.equal(net.prev[:, :C], torch.zeros_like(net.prev[:, :C]))  # the sink has no predecessor
+    for i in range(1, x0.shape[1] // C):  # chunk i reads the clean frames before it, oldest first, though they were noised
+        expected = x0[:, i * C - K : i * C].flatten(1, 2)
+        for j in range(C):
+            torch.testing.assert_close(net.prev[:, i * C + j], expected)
+    assert not torch.allclose(net.x[:, C:], x0[:, C:])  # no prefix: the chunks themselves are noisy
+
+    cfg.copy_context = "input"  # the default derives the copy path from the noisy input itself
+    teacher_loss(net, batch, trainer.dit_cfg, cfg, torch.Generator().manual_seed(0))
+    assert net.prev is None

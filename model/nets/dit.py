@@ -147,6 +147,16 @@ def dit_config(preset: str) -> DiTConfig:
     return copy.deepcopy(DIT_PRESETS[preset])
 
 
+def stacked_previous(x: torch.Tensor, chunk_frames: int, copy_frames: int) -> torch.Tensor:
+    """x [B, F, c, h, w] (whole chunks) -> [B, F, K * c, h, w], K = copy_frames: for every frame, the K
+    frames of x before its chunk, oldest first, stacked on channels; zeros before the first frame."""
+    B, Fr = x.shape[:2]
+    C, K = chunk_frames, copy_frames
+    padded = torch.cat([x.new_zeros(B, K, *x.shape[2:]), x], 1)  # frame j of x is padded[j + K]
+    stacks = [padded[:, i * C : i * C + K].flatten(1, 2) for i in range(Fr // C)]  # frames iC-K .. iC-1
+    return torch.stack(stacks, 1).repeat_interleave(C, 1)
+
+
 # A streaming cache: one stream's KVCache, or several streams' caches batched (model/nets/cache_batch.py).
 StreamCache = KVCache | CacheBatch
 
@@ -400,13 +410,9 @@ class CausalDiT(nn.Module):
 
         Full sequence: the input x itself, K frames before each chunk. Streaming: the cache's stored
         inputs of its K newest committed frames (what wrote their K/V), so both modes agree."""
-        B, Fr = x.shape[:2]
-        C, K = self.config.chunk_frames, self.config.copy_frames
         if cache is not None:
-            return cache.previous_input(x, K)
-        padded = torch.cat([x.new_zeros(B, K, *x.shape[2:]), x], 1)  # frame j of x is padded[j + K]
-        stacks = [padded[:, i * C : i * C + K].flatten(1, 2) for i in range(Fr // C)]  # frames iC-K .. iC-1
-        return torch.stack(stacks, 1).repeat_interleave(C, 1)
+            return cache.previous_input(x, self.config.copy_frames)
+        return stacked_previous(x, self.config.chunk_frames, self.config.copy_frames)
 
     def condition(self, t: torch.Tensor, actions: torch.Tensor, drop_actions: torch.Tensor | None) -> torch.Tensor:
         """Per-frame condition c [B, F, D] from t [B, F] and actions [B, F, A]."""

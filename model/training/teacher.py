@@ -47,7 +47,7 @@ from model.common.device import PRECISIONS, resolve_device, training_precision
 from model.common.runlog import RunLog
 from model.diffusion.flow import FlowConfig, add_noise, flow_loss, network_time, sample_levels, velocity_target
 from model.nets import count_parameters
-from model.nets.dit import DIT_PRESETS, CausalDiT, DiTConfig, dit_config
+from model.nets.dit import DIT_PRESETS, CausalDiT, DiTConfig, dit_config, stacked_previous
 from model.runtime.world_model import KIND, WorldConfig, save_world
 from model.training.loop import (
     Budget,
@@ -60,6 +60,9 @@ from model.training.loop import (
     step_generator,
     update_ema,
 )
+
+
+COPY_CONTEXTS = ("input", "clean")
 
 
 @dataclass
@@ -84,6 +87,15 @@ class TeacherTrainConfig:
     copy_path: bool = option(False, help="fresh model: previous frame as extra input channels (DiTConfig.copy_path)")
     action_tokens: bool = option(False, help="fresh model: action embedding added to the frame's tokens as well as "
                                  "to adaLN (DiTConfig.action_tokens)")
+    # What the copy path (the stacked previous frames of the conv presets) reads in training. "input":
+    # the previous chunk as this clip holds it, noised to that chunk's own level unless it is in the
+    # teacher-forced prefix. "clean": for every chunk, the clip's clean frames at the clip's context
+    # level, which is what the refresh pass stores and the copy path reads when streaming; so every
+    # chunk that carries loss learns its motion from a clean predecessor (a one-step world model's
+    # setting), while attention still sees diffusion forcing's noisy chunks.
+    copy_context: str = option("input", choices=COPY_CONTEXTS,
+                               help="copy path in training: 'input' (the noisy previous chunk) or 'clean' (the "
+                               "clean previous frames at the context level, as streaming stores them)")
     precision: str = option("auto", choices=PRECISIONS,
                             help="auto: bf16 autocast on CUDA and on CPUs with AMX/AVX512-BF16, else fp32")
     init_from: str = option("", help="fresh run only: world checkpoint whose matching DiT weights seed the model")
@@ -159,10 +171,15 @@ def teacher_loss(model: torch.nn.Module, batch: Batch, dit_cfg: DiTConfig, cfg: 
     drop_text = torch.rand(B, generator=gen) < dit_cfg.cfg_dropout_text
     drop_actions = torch.rand(B, generator=gen) < dit_cfg.cfg_dropout_actions
     dev = x0.device
-    s, weight, eps = s.to(dev), weight.to(dev), eps.to(dev)
+    s, s_ctx, weight, eps = s.to(dev), s_ctx.to(dev), weight.to(dev), eps.to(dev)
     mask = batch.text_mask & ~drop_text.to(dev)[:, None]
+    prev = None
+    if cfg.copy_context == "clean" and dit_cfg.copy_path:
+        prev = stacked_previous(add_noise(x0, eps, s_ctx), C, dit_cfg.copy_frames)
+    elif cfg.copy_context not in COPY_CONTEXTS:
+        raise ValueError(f"copy_context must be one of {COPY_CONTEXTS}, got {cfg.copy_context!r}")
     v = model(add_noise(x0, eps, s), network_time(s), batch.actions, batch.text, mask,
-              drop_actions=drop_actions.to(dev))
+              drop_actions=drop_actions.to(dev), prev=prev)
     return flow_loss(v, velocity_target(x0, eps), weight)
 
 
