@@ -175,7 +175,7 @@ def test_clean_copy_context_gives_every_chunk_its_clean_predecessor(tmp_path):
     x0 = batch.latents
     assert net.prev.shape == (4, x0.shape[1], K * x0.shape[2], *x0.shape[3:])
     assert torch.equal(net.prev[:, :C], torch.zeros_like(net.prev[:, :C]))  # the sink has no predecessor
-    for i in range(1, x0.shape[1] // C):  # chunk i reads the clean frames before it, oldest first, though they were noised
+    for i in range(1, x0.shape[1] // C):  # chunk i reads the clean frames before it, though they were noised
         expected = x0[:, i * C - K : i * C].flatten(1, 2)
         for j in range(C):
             torch.testing.assert_close(net.prev[:, i * C + j], expected)

@@ -61,7 +61,6 @@ from model.training.loop import (
     update_ema,
 )
 
-
 COPY_CONTEXTS = ("input", "clean")
 
 
