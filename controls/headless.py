@@ -296,7 +296,8 @@ class HeadlessRun:
         self.restarts += 1
         try:
             self.revive()
-            self.info = self.client.reconnect()
+            # A scripted run replays exact actions from a world's first frame: a new episode, not a resume.
+            self.info = self.client.reconnect(resume=False)
         except Exception as exc:  # any failure to come back ends the run with its reason
             raise HeadlessError(f"{gone}; restarting it failed: {exc}") from None
         self.world += 1

@@ -195,6 +195,7 @@ class PlayWindow:
         self._capacity: float | None = None
         self._message: _Message | None = None
         self._generation = link.generation
+        self._worlds = 0  # worlds begun in this window: a reconnect that could not resume starts one
         self.show_hud, self.show_help, self.paused, self.running = True, False, False, True
         self.frames_shown, self.errors = 0, 0
         self.started = monotonic()
@@ -453,6 +454,7 @@ class PlayWindow:
             return
         frame = self._replay_frame()
         self.replay, self.link, self._generation = None, link, link.generation
+        self._worlds += 1
         self.seed, self.prompt = link.info.get("seed", self.seed), link.info.get("prompt", self.prompt)
         self.config.endpoint = getattr(link.client, "address", "") or self.config.endpoint
         self.pacer = FramePacer(link.info["fps"])
@@ -494,12 +496,18 @@ class PlayWindow:
 
     def _check_link(self) -> None:
         if self.link.generation != self._generation:
-            # Reconnected: a new session whose world starts from its first frame.
+            # Reconnected: a new session whose world goes on after the last chunk we acknowledged
+            # (counters continuing, the same recording) or, when it could not, starts afresh.
             self._generation = self.link.generation
             self.pacer.clear()
             self._chunks.clear()
             self._sent = IDLE
-            self._say("reconnected to the worker")
+            resumed = (self.link.info or {}).get("resumed")
+            if resumed:
+                self._say(f"reconnected to the worker: the world goes on from frame {resumed['frame']}")
+            else:
+                self._worlds += 1
+                self._say("reconnected to the worker: the world starts again")
 
     def _receive(self, events: list) -> None:
         now = monotonic()
@@ -600,7 +608,7 @@ class PlayWindow:
 
     def _world_key(self, chunk: ChunkEvent | None = None) -> tuple[int, int]:
         epoch = chunk.epoch if chunk is not None else (self._shown_chunk.epoch if self._shown_chunk else 0)
-        return (self.link.generation, epoch)
+        return (self._worlds, epoch)
 
     # ---- drawing -------------------------------------------------------------------------------
 

@@ -398,8 +398,9 @@ def test_client_notices_a_restarted_worker_and_reconnects():
         assert not client.connected
         info = client.reconnect()
         assert info["seed"] == 4 and info["window"] == 1 and client.connected  # the lookahead is kept
-        chunks = collect(client, 2)
-        assert chunks[0].seq == 0 and chunks[0].records[0]["i"] == 0
+        chunks = collect(client, 2)  # the world goes on after the two acknowledged chunks
+        assert info["resumed"]["seq"] == 2 and chunks[0].seq == 2
+        assert chunks[0].records[0]["i"] == info["resumed"]["frame"] > 0
     finally:
         client.close()
         stop_worker_process(proc)

@@ -82,6 +82,19 @@ class Backend(ABC):
         """
         return None
 
+    def resume_state(self) -> dict[str, float] | None:
+        """Numbers that put a fresh backend of this kind, reset with the same seed and prompt, back
+        where this one is now (`resume`). The worker sends them with every chunk (`extra.resume`),
+        so a client can re-seed a world whose worker died (docs/protocol.md, "Resuming"). None:
+        nothing to restore beyond what the open already says (the baselines hold their start
+        frame; a generated world resumes from its last frame as a start image)."""
+        return None
+
+    def resume(self, state: dict[str, float]) -> None:
+        """After `reset`: go on from an earlier backend's `resume_state()`. The default has none."""
+        if state:
+            raise BackendError(f"the {self.info.name} world keeps no resume state; got {sorted(state)!r:.80}")
+
     def batch_key(self) -> Hashable | None:
         """Backends whose keys are equal (and not None) may make their next chunks together through
         `step_batch`: the generated world's sessions of one loaded model and sampler. None: alone."""

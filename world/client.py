@@ -22,7 +22,7 @@ from __future__ import annotations
 import time
 from collections import deque
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import zmq
@@ -48,7 +48,9 @@ INFO_FIELDS = (
     "start_notice",  # why the start is not the one asked for (e.g. "start: text (the engine does not know ...)")
     "security",  # "curve" (authenticated, encrypted) or "none"
     "notice",  # what the worker tells every client, e.g. that it runs --insecure beyond loopback
+    "resumed",  # after a resuming reconnect: {seq, chunk, frame, epoch} the world went on from, else None
 )
+RESUME_HISTORY = 64  # received, unacknowledged chunks whose resume points are kept
 
 
 class WorldConnectionError(ConnectionError):
@@ -111,6 +113,36 @@ class _OpenSpec:
     start_image: bytes | None = None
 
 
+@dataclass(frozen=True)
+class ResumePoint:
+    """Where the world goes on after the last acknowledged chunk: the counters of the chunk after it,
+    the backend's resume state from its `extra.resume`, and its last frame (a generated world
+    resumes from that picture)."""
+
+    seq: int
+    chunk: int
+    frame: int
+    epoch: int
+    state: dict
+    last_frame: np.ndarray = field(repr=False)
+
+    def request(self) -> dict:
+        """The open request's `resume` field."""
+        return {"seq": self.seq, "chunk": self.chunk, "frame": self.frame, "epoch": self.epoch,
+                "state": dict(self.state)}  # fmt: skip
+
+
+def png_bytes(frame: np.ndarray) -> bytes:
+    """[H, W, 3] uint8 -> the bytes of a PNG file (lossless: a resumed world sees the exact pixels)."""
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(frame)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
 class WorldClient:
     """Client of one world session. Attributes: `session` (id or None), `info` (dict from open:
     session, backend, height, width, chunk_frames, fps, description, prompt, seed, window)."""
@@ -147,6 +179,8 @@ class WorldClient:
         self._reset_seeds: dict[int, int | None] = {}
         self._last_heard = time.monotonic()
         self._last_ping = 0.0
+        self._points: dict[int, ResumePoint] = {}  # seq of a received chunk -> where the world is after it
+        self.resume_point: ResumePoint | None = None  # after the last acknowledged chunk
 
     # -- connection ------------------------------------------------------------------------------
 
@@ -199,12 +233,14 @@ class WorldClient:
         options: dict | None = None,
         lookahead: int | None = None,
         start_image: bytes | None = None,
+        resume: ResumePoint | None = None,
     ) -> dict:
-        """Open a session; returns its info. `lookahead`: chunks the worker may generate ahead of
-        our last ack (1..the worker's window; None: the worker's window); info["window"] is the
-        value in force. `start_image`: the bytes of a PNG or JPEG file to start a generated world
-        from (session option start "image"; at most protocol.MAX_START_IMAGE_BYTES); info["start"]
-        says what the world started from and info["start_notice"] why, when it is not what was
+        """Open a session; returns its info. `resume`: go on from that point of a world whose worker
+        was lost (its counters continue; `reconnect` passes the last acknowledged one).
+        `lookahead`: chunks the worker may generate ahead of our last ack (1..the worker's window;
+        None: the worker's window); info["window"] is the value in force. `start_image`: the bytes
+        of a PNG or JPEG file to start a generated world from (session option start "image"; at
+        most protocol.MAX_START_IMAGE_BYTES); info["start"] says what the world started from and info["start_notice"] why, when it is not what was
         asked. Raises WorldRequestError if refused (bad prompt, unknown backend, bad lookahead, an
         image over the limit (checked here, before sending) or one the worker cannot decode, ...)
         and WorldConnectionError if the worker does not answer in timeout_s."""
@@ -218,7 +254,7 @@ class WorldClient:
         ref = self._next_ref()
         request = P.Open(
             backend=backend, prompt=prompt, seed=seed, options=dict(options or {}), lookahead=lookahead, ref=ref,
-            start_image=start_image,
+            start_image=start_image, resume=None if resume is None else resume.request(),
         )
         self._send(request, required=True)
         try:
@@ -234,21 +270,32 @@ class WorldClient:
         self._spec = _OpenSpec(backend, prompt, seed, dict(options or {}), lookahead, start_image)
         self.session, self._worker, self._lost = reply.session, reply.worker, False
         self._reset_ref = None
+        self._points, self.resume_point = {}, resume
         self.info = {k: getattr(reply, k) for k in INFO_FIELDS}
         return dict(self.info)
 
-    def reconnect(self, address: str | None = None) -> dict:
+    def reconnect(self, address: str | None = None, resume: bool = True) -> dict:
         """New socket (to `address` if given, e.g. a restarted worker on a new port), then re-open
         a session with the last backend, options, lookahead, start image, prompt and seed and re-send
         the held input.
-        The world restarts from its first frame. Raises like open()."""
+
+        With `resume` and a chunk acknowledged since the world began, the world goes on after that
+        chunk (docs/protocol.md, "Resuming"): seq, chunk and frame counters continue, the engine is
+        put back to its camera, and a generated world (one whose info says how it started) starts
+        from that chunk's last frame as its start image. Otherwise it restarts from its first frame.
+        info["resumed"] says which. Raises like open()."""
         if self._spec is None:
             raise RuntimeError("nothing to reconnect: open() was never successful")
         self.session = None
         self.address = address or self.address
         self._new_socket()
         spec = self._spec
-        info = self.open(spec.backend, spec.prompt, spec.seed, spec.options, spec.lookahead, spec.start_image)
+        point = self.resume_point if resume else None
+        options, image = spec.options, spec.start_image
+        if point is not None and (self.info or {}).get("start") is not None:
+            options, image = {**spec.options, "start": "image"}, png_bytes(point.last_frame)
+        info = self.open(spec.backend, spec.prompt, spec.seed, options, spec.lookahead, image, resume=point)
+        self._spec = replace(self._spec, options=spec.options, start_image=spec.start_image)
         if self._held is not None:
             self.send_input(self._held)
         return info
@@ -276,11 +323,17 @@ class WorldClient:
         ref = self._next_ref()
         self._reset_ref = ref
         self._reset_seeds = {ref: seed}
+        self._points, self.resume_point = {}, None  # a lost world restarts until the new one is acknowledged
         self._send(P.Reset(session=self._require_session(), seed=seed, ref=ref))
 
     def ack(self, chunk_seq: int) -> None:
-        """Acknowledge every chunk up to chunk_seq; the worker stays <= info["window"] chunks ahead."""
+        """Acknowledge every chunk up to chunk_seq; the worker stays <= info["window"] chunks ahead.
+        The world resumes after the newest acknowledged chunk if its worker is lost."""
         self._send(P.Ack(session=self._require_session(), seq=chunk_seq))
+        point = self._points.get(chunk_seq)
+        if point is not None:
+            self.resume_point = point
+            self._points = {seq: p for seq, p in self._points.items() if seq > chunk_seq}
 
     def request_status(self) -> None:
         """Ask for worker (and session) counters; the answer arrives from poll() as a StatusEvent."""
@@ -387,6 +440,11 @@ class WorldClient:
         if self._reset_ref is not None:
             self.ack(msg.seq)  # old world: free the worker's window, show nothing
             return None
+        if msg.records and len(self._points) < RESUME_HISTORY:
+            self._points[msg.seq] = ResumePoint(
+                msg.seq + 1, msg.chunk + 1, int(msg.records[-1].get("i", 0)) + 1, msg.epoch,
+                dict(msg.extra.get("resume") or {}), pixels[-1].copy(),
+            )  # fmt: skip
         return ChunkEvent(
             msg.seq, pixels, list(msg.records), msg.gen_ms, msg.steps, msg.nfe, msg.epoch, msg.chunk, dict(msg.extra)
         )

@@ -124,6 +124,21 @@ class EngineWorld:
             "frame": self.frame, "seed": self.seed, "theme": self.theme.to_json(),
         }
 
+    POSE_FIELDS = ("x", "y", "yaw", "pitch", "clearance", "ground", "frame")
+
+    def pose(self) -> dict[str, float]:
+        """The camera's exact state (yaw in radians): `restore` on a world reset with the same seed
+        and theme continues bit for bit, which `state()`'s rounded degrees could not promise."""
+        return {name: getattr(self, name) for name in self.POSE_FIELDS}
+
+    def restore(self, pose: dict[str, float]) -> None:
+        """Put the camera back to a `pose()` of this seed's world (after `reset`)."""
+        missing = [name for name in self.POSE_FIELDS if name not in pose]
+        if missing:
+            raise ValueError(f"engine pose lacks {missing}")
+        for name in self.POSE_FIELDS:
+            setattr(self, name, int(pose[name]) if name == "frame" else float(pose[name]))
+
     def teleport(self, x: float, y: float, yaw_deg: float | None = None, pitch: float | None = None) -> None:
         """Move the camera (for scripted set-ups and figures); the eye lands on the local ground."""
         self.x, self.y = float(x), float(y)

@@ -221,6 +221,39 @@ def image_too_large(size: int) -> str:
             f"({MAX_START_IMAGE_BYTES // (1024 * 1024)} MiB): send a smaller PNG or JPEG")
 
 
+RESUME_COUNTERS = ("seq", "chunk", "frame", "epoch")
+MAX_RESUME_STATE_KEYS = 16
+
+
+def parse_resume(value: object) -> dict | None:
+    """`open.resume`: where a world lost with its worker goes on (docs/protocol.md, "Resuming"): the
+    counters of the chunk after the last one the client acknowledged, and the backend's resume
+    state from that chunk's `extra.resume` (numbers only: the engine's camera)."""
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise ProtocolError(BAD_MESSAGE, "resume must be an object with seq, chunk, frame, epoch and state")
+    unknown = sorted(set(value) - {*RESUME_COUNTERS, "state"})
+    if unknown:
+        raise ProtocolError(BAD_MESSAGE, f"resume has unknown fields {unknown!r:.80}; known: "
+                            f"{', '.join(RESUME_COUNTERS)}, state")  # fmt: skip
+    out: dict = {}
+    for name in RESUME_COUNTERS:
+        item = value.get(name)
+        if not is_int(item) or not 0 <= item <= _MAX_SAFE_INT:
+            raise ProtocolError(BAD_MESSAGE, f"resume.{name} must be an integer in [0, 2**53], got {item!r:.40}")
+        out[name] = item
+    state = value.get("state", {})
+    if not isinstance(state, dict) or len(state) > MAX_RESUME_STATE_KEYS:
+        raise ProtocolError(BAD_MESSAGE, f"resume.state must be an object of at most {MAX_RESUME_STATE_KEYS} numbers")
+    for key, item in state.items():
+        number = isinstance(item, (int, float)) and not isinstance(item, bool) and math.isfinite(item)
+        if not (0 < len(key) <= MAX_ID_CHARS and number and option_number_in_range(item)):
+            raise ProtocolError(BAD_MESSAGE, f"resume.state[{key!r:.40}] must be a finite number")
+    out["state"] = dict(state)
+    return out
+
+
 def _parse_seq(value: object) -> int:
     if not is_int(value) or not 0 <= value <= MAX_SEQ:
         raise ProtocolError(BAD_ACK, f"seq must be an integer in [0, 2**63), got {value!r:.40}")
@@ -253,6 +286,7 @@ class Open(Message):
         "options": _parse_options,
         "lookahead": parse_lookahead,
         "start_image": _parse_start_image_size,
+        "resume": parse_resume,
         "ref": _parse_ref,
     }
     REQUIRED: ClassVar = ("backend", "prompt")
@@ -267,6 +301,9 @@ class Open(Message):
     # The bytes of a PNG or JPEG file to start the world from (session option start "image"). On
     # the wire: header field `start_image` = its byte count, the bytes in a second frame.
     start_image: bytes | None = field(default=None, repr=False)
+    # Go on from where a world lost with its worker stopped (`parse_resume`): its counters continue
+    # and the backend is restored from `state` (a generated world from the start image instead).
+    resume: dict | None = None
 
 
 @dataclass(frozen=True)
@@ -386,6 +423,8 @@ class Opened(Message):
     # bound beyond loopback with --insecure says so in `notice` to every client.
     security: str | None = None
     notice: str | None = None
+    # An open with `resume`: the counters the world goes on from ({seq, chunk, frame, epoch}).
+    resumed: dict | None = None
 
 
 @dataclass(frozen=True)

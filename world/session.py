@@ -206,6 +206,9 @@ class Session:
             for k, a in enumerate(actions)
         )
         extra = dict(result.extra)
+        state = self.backend.resume_state()
+        if state is not None:  # where this chunk leaves the world, for a client to resume from
+            extra["resume"] = state
         if view is not None:
             start = {"start": extra["start"]} if isinstance(extra.get("start"), str) else {}
             records = tuple({**r, "reset_view": True, **start} for r in records)
@@ -227,6 +230,14 @@ class Session:
         self.frame_index += F
         self.chunks_produced += 1
         return header, frames
+
+    def resume_at(self, seq: int, chunk: int, frame: int, epoch: int) -> None:
+        """Go on counting where a lost session stopped: its next chunk is `seq` (chunk `chunk` of
+        epoch `epoch`, first frame `frame`), everything before it counts as acknowledged, and the
+        reset view is not sent: the client showed those frames already."""
+        self.next_seq, self.acked = seq, seq - 1
+        self.chunk_index, self.frame_index, self.epoch = chunk, frame, epoch
+        self.reset_view = None
 
     def describe(self, now: float) -> dict:
         """JSON-able state for status replies."""

@@ -135,10 +135,11 @@ class Player:
     def _reconnect(self) -> None:
         self.down_since = self.down_since or time.monotonic()
         try:
-            self.client.reconnect()
+            info = self.client.reconnect()
         except (WorldConnectionError, WorldRequestError, zmq.ZMQError):
             return
-        self.world += 1
+        if not info.get("resumed"):  # a resumed world goes on in the same episode
+            self.world += 1
         self.reconnects += 1
         self.last_chunk = time.monotonic()
         self.down_since = None

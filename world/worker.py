@@ -486,14 +486,21 @@ class WorkerCore:
             start = time.perf_counter()
             backend.reset(req.seed, req.prompt)
             reset_ms = (time.perf_counter() - start) * 1000.0  # the reset view's gen_ms, if it has one
+            if req.resume is not None:
+                backend.resume(req.resume["state"])
         except PromptError as exc:
             backend.close()
             raise P.ProtocolError(P.BAD_PROMPT, str(exc)) from None
+        except BackendError as exc:  # a resume state this backend cannot take
+            backend.close()
+            raise P.ProtocolError(P.BACKEND_ERROR, str(exc)) from None
         except BaseException:
             backend.close()
             raise
         session = Session(secrets.token_hex(8), item.identity, req.backend, backend, req.prompt, req.seed,
                           self.config.max_queued_actions, item.received, lookahead, reset_ms=reset_ms)  # fmt: skip
+        if req.resume is not None:
+            session.resume_at(*(req.resume[k] for k in P.RESUME_COUNTERS))
         info = session.info
         session.budget_s = max(info.chunk_frames / info.fps, self.config.chunk_budget_s)
         session.holder = holder
@@ -531,6 +538,7 @@ class WorkerCore:
             start_notice=session.start_notice,
             security=self.config.security,
             notice=self.config.notice,
+            resumed=None if req.resume is None else {k: req.resume[k] for k in P.RESUME_COUNTERS},
         )
         return [_out(item.identity, opened)]
 

@@ -59,6 +59,17 @@ class EngineBackend(Backend):
         self._started = True
         return self._world.reset(seed, theme)
 
+    def resume_state(self) -> dict[str, float] | None:
+        return self._world.pose() if self._started else None
+
+    def resume(self, state: dict[str, float]) -> None:
+        """Continue from an earlier engine's `resume_state()` (same seed and prompt, after reset)."""
+        self._require_started()
+        try:
+            self._world.restore(state)
+        except ValueError as exc:
+            raise BackendError(f"cannot resume the engine: {exc}") from None
+
     def set_prompt(self, prompt: str) -> None:
         theme = parse_prompt(prompt)
         self._require_started()
