@@ -235,15 +235,15 @@ class WorldClient:
         start_image: bytes | None = None,
         resume: ResumePoint | None = None,
     ) -> dict:
-        """Open a session; returns its info. `resume`: go on from that point of a world whose worker
-        was lost (its counters continue; `reconnect` passes the last acknowledged one).
-        `lookahead`: chunks the worker may generate ahead of our last ack (1..the worker's window;
-        None: the worker's window); info["window"] is the value in force. `start_image`: the bytes
-        of a PNG or JPEG file to start a generated world from (session option start "image"; at
-        most protocol.MAX_START_IMAGE_BYTES); info["start"] says what the world started from and info["start_notice"] why, when it is not what was
-        asked. Raises WorldRequestError if refused (bad prompt, unknown backend, bad lookahead, an
-        image over the limit (checked here, before sending) or one the worker cannot decode, ...)
-        and WorldConnectionError if the worker does not answer in timeout_s."""
+        """Open a session; returns its info. `resume`: go on from that point of a world whose worker was lost (its
+        counters continue; `reconnect` passes the last acknowledged one). `lookahead`: chunks the worker may
+        generate ahead of our last ack (1..the worker's window; None: the worker's window); info["window"] is
+        the value in force. `start_image`: the bytes of a PNG or JPEG file to start a generated world from
+        (session option start "image"; at most protocol.MAX_START_IMAGE_BYTES); info["start"] says what the
+        world started from and info["start_notice"] why, when it is not what was asked. Raises WorldRequestError
+        if refused (bad prompt, unknown backend, bad lookahead, an image over the limit (checked here, before
+        sending) or one the worker cannot decode, ...) and WorldConnectionError if the worker does not answer in
+        timeout_s."""
         if start_image is not None:
             start_image = bytes(start_image)
             if len(start_image) > P.MAX_START_IMAGE_BYTES:
