@@ -184,3 +184,15 @@ def test_clean_copy_context_gives_every_chunk_its_clean_predecessor(tmp_path):
     cfg.copy_context = "input"  # the default derives the copy path from the noisy input itself
     teacher_loss(net, batch, trainer.dit_cfg, cfg, torch.Generator().manual_seed(0))
     assert net.prev is None
+
+
+def test_uniform_levels_train_more_near_pure_noise(tmp_path):
+    trainer, _ = make_trainer(tiny_config(), tmp_path / "ckpt")
+    batch = ClipBatches(SyntheticClips(n=64), *text_table(), 64, 0, 1, 0)(0, torch.device("cpu"))
+    net = TimeRecorder(trainer.model)
+    share = {}
+    for levels in ("logit_normal", "uniform"):
+        cfg = tiny_config(teacher_forcing_prob=0.0, batch=64, shift=1.0, level_sampling=levels)
+        teacher_loss(net, batch, trainer.dit_cfg, cfg, torch.Generator().manual_seed(0))
+        share[levels] = float((net.t > 900).float().mean())
+    assert share["uniform"] > 1.5 * share["logit_normal"]  # 10% of uniform levels against about 5%

@@ -99,6 +99,11 @@ class TeacherTrainConfig:
                             help="auto: bf16 autocast on CUDA and on CPUs with AMX/AVX512-BF16, else fp32")
     init_from: str = option("", help="fresh run only: world checkpoint whose matching DiT weights seed the model")
     shift: float = option(3.0, help="flow shift k")
+    # How training levels are drawn before the shift (model/diffusion/flow.py). Logit-normal trains
+    # mostly mid levels, where the noisy frame already shows which way the view moved; the keys
+    # decide the picture only near pure noise, which "uniform" (and a larger shift) trains more.
+    level_sampling: str = option("logit_normal", choices=("logit_normal", "uniform"),
+                                 help="training noise levels before the shift: logit_normal (SD3) or uniform")
     seed: int = option(0, help="seed of the initial weights, data order and noise")
     max_minutes: float = option(0.0, help="stop and save after this much wall time (0: run to --steps; "
                                 "equal-time ablations)")
@@ -161,7 +166,7 @@ def teacher_loss(model: torch.nn.Module, batch: Batch, dit_cfg: DiTConfig, cfg: 
     B, Fr = x0.shape[:2]
     C = dit_cfg.chunk_frames
     n_chunks = Fr // C
-    s = sample_levels(B, n_chunks, C, FlowConfig(shift=cfg.shift), gen)  # [B, F]
+    s = sample_levels(B, n_chunks, C, FlowConfig(shift=cfg.shift, level_sampling=cfg.level_sampling), gen)  # [B, F]
     weight = torch.ones(B, Fr)
     prefix = teacher_forcing_prefix(B, n_chunks, cfg.teacher_forcing_prob, gen).repeat_interleave(C, 1)
     s_ctx = context_levels(B, cfg.context_noise_max, gen)[:, None].expand(B, Fr)
