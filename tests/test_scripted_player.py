@@ -128,3 +128,13 @@ def test_random_share_holds_random_actions_and_zero_keeps_the_person_like_stream
     for bad in (-0.1, 1.5):
         with pytest.raises(ValueError, match="random_share"):
             ScriptedPlayer(1, random_share=bad)
+
+
+def test_random_bouts_of_one_key_hold_a_single_key_or_none_and_no_mouse():
+    vectors = play(ScriptedPlayer(6, random_share=1.0, random_keys="one"))
+    keys = vectors[:, : len(KEYS)]
+    assert keys.sum(1).max() == 1 and (keys.sum(1) == 0).any()  # one key at most; idle happens too
+    assert keys.sum(0).min() > 0  # every key is held somewhere
+    assert not vectors[:, len(KEYS):].any()  # no mouse
+    with pytest.raises(ValueError, match="random_keys"):
+        ScriptedPlayer(1, random_share=1.0, random_keys="some")

@@ -37,7 +37,7 @@ from world.dataset import (
     EpisodeWriter,
     new_episode_path,
 )
-from world.scripted_player import MASK64, ScriptedPlayer
+from world.scripted_player import MASK64, RANDOM_KEYS, ScriptedPlayer
 
 BACKEND = "engine"
 
@@ -54,6 +54,7 @@ class DatagenConfig:
     switch_every_s: tuple[float, float] = (8.0, 20.0)  # (min, max) seconds between prompt switches
     bout_scale: float = 1.0  # ScriptedPlayer's: < 1 changes keys more often (world-model training data)
     random_share: float = 0.0  # ScriptedPlayer's: share of bouts holding a random action for 1-8 frames
+    random_keys: str = "any"  # ScriptedPlayer's: what a random bout holds ("any" keys and mouse, or "one" key)
 
     def to_json(self) -> dict:
         d = json.loads(json.dumps(asdict(self)))  # tuples become lists, as in meta.json
@@ -61,6 +62,8 @@ class DatagenConfig:
             del d["bout_scale"]  # datasets made before the option existed keep resuming
         if d["random_share"] == 0.0:
             del d["random_share"]
+        if d["random_keys"] == "any":
+            del d["random_keys"]  # datasets made before the option existed keep resuming
         return d
 
 
@@ -100,6 +103,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--random-share", type=float, default=0.0,
                         help="share of bouts that hold a random action (any keys, a mouse step) for 1-8 "
                              "frames, beside the person-like bouts (default 0)")
+    parser.add_argument("--random-keys", choices=RANDOM_KEYS, default="any",
+                        help="what a random bout holds: any (a subset of the keys and a mouse step) or one "
+                             "(a single key or none, no mouse) (default any)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -111,7 +117,7 @@ def run(args: argparse.Namespace) -> int:
     config = DatagenConfig(seed=args.seed, frames_per_episode=args.frames_per_episode, size=args.size,
                            chunk_frames=args.chunk_frames, prompt_switch=not args.no_prompt_switch,
                            switch_every_s=tuple(args.switch_every), bout_scale=args.bout_scale,
-                           random_share=args.random_share)  # fmt: skip
+                           random_share=args.random_share, random_keys=args.random_keys)  # fmt: skip
     if not 0 < config.bout_scale <= 10:
         print("datagen: --bout-scale must be in (0, 10]", file=sys.stderr)
         return 2
@@ -211,7 +217,8 @@ def render_episode(out: Path, config: DatagenConfig, plan: EpisodePlan,
         info = backend.info
         switch_every_s = config.switch_every_s if config.prompt_switch else None
         player = ScriptedPlayer(plan.player_seed, switch_every_s=switch_every_s, fps=info.fps,
-                                bout_scale=config.bout_scale, random_share=config.random_share)
+                                bout_scale=config.bout_scale, random_share=config.random_share,
+                                random_keys=config.random_keys)
         prompt = player.next_prompt()
         backend.reset(plan.world_seed, prompt)
         extra = {"prompt": prompt, "engine_version": backend.engine_version,  # replay checks it

@@ -57,6 +57,7 @@ BEHAVIOURS: dict[str, float] = {
 # How far (in frames of holding rise) the player drifts from its start height before it prefers
 # to come back; keeps long episodes from climbing forever or grinding along the ground.
 HEIGHT_SCALE_FRAMES = 60.0
+RANDOM_KEYS = ("any", "one")  # what a random bout holds (ScriptedPlayer's random_keys)
 MASK64 = (1 << 64) - 1  # SeedSequence takes non-negative ints only
 
 
@@ -73,6 +74,8 @@ class ScriptedPlayer:
       subset of the keys (each held with probability 1/4) and a random mouse step, for 1-8 frames.
       A world model otherwise sees mostly the modal actions (walking forward) and learns only
       their effect (docs/world-model.md, "training data"). 0 keeps the person-like stream as it was.
+    random_keys: what a random bout holds: "any" (above) or "one": a single key or none, no mouse
+      (each of the 11 equally likely): the simplest control a world model can learn first.
     """
 
     def __init__(
@@ -83,6 +86,7 @@ class ScriptedPlayer:
         fps: float = 30,
         bout_scale: float = 1.0,
         random_share: float = 0.0,
+        random_keys: str = "any",
     ):
         if prompts is not None and not prompts:
             raise ValueError("prompts must be None or a non-empty sequence")
@@ -92,6 +96,8 @@ class ScriptedPlayer:
             raise ValueError(f"bout_scale must be in (0, 10], got {bout_scale}")
         if not 0 <= random_share <= 1:
             raise ValueError(f"random_share must be in [0, 1], got {random_share}")
+        if random_keys not in RANDOM_KEYS:
+            raise ValueError(f"random_keys must be one of {RANDOM_KEYS}, got {random_keys!r}")
         action_seq, prompt_seq = np.random.SeedSequence(seed & MASK64).spawn(2)  # any int, negatives too
         self._rng = np.random.default_rng(action_seq)
         self._prompt_rng = np.random.default_rng(prompt_seq)
@@ -100,6 +106,7 @@ class ScriptedPlayer:
         self.fps = float(fps)
         self.bout_scale = float(bout_scale)
         self.random_share = float(random_share)
+        self.random_keys = random_keys
         self.frame = 0  # actions issued so far
         self.prompt: str | None = None
         self._next_switch: float | None = None  # frame index of the next switch; inf: never
@@ -130,6 +137,9 @@ class ScriptedPlayer:
         return self._queue.popleft()
 
     def _random_bout(self) -> Bout:
+        if self.random_keys == "one":
+            pick = int(self._rng.integers(0, len(KEYS) + 1))  # len(KEYS): no key
+            return Bout(KEYS[pick : pick + 1], int(self._rng.integers(1, 9)))
         keys = tuple(k for k in KEYS if self._rng.random() < 0.25)
         dx, dy = (float(v) if self._rng.random() < 0.5 else 0.0 for v in self._rng.uniform(-1, 1, 2))
         return Bout(keys, int(self._rng.integers(1, 9)), dx=dx, dy=dy)
