@@ -24,17 +24,17 @@ import sys
 import warnings
 
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
-    "play": ("controls.cli", "open the window (or a --headless client) on a world"),
-    "serve": ("world.serve", "run the ZeroMQ worker that serves worlds (--cluster: as Ray actors)"),
-    "keys": ("world.auth", "make a CURVE key pair for a remote worker or player (docs/protocol.md)"),
-    "datagen": ("world.datagen", "render engine episodes with a scripted player into a dataset"),
-    "export": ("world.export", "turn a recorded session into an mp4"),
-    "replay": ("world.replay", "make a recording again (engine or generated world) and check every frame"),
-    "train": ("model.training.cli", "train a network (autoencoder, teacher, student, idm, classifier)"),
+    "play": ("controls.play", "open the window (or a --headless client) on a world"),
+    "serve": ("world.server.serve", "run the ZeroMQ worker that serves worlds (--cluster: as Ray actors)"),
+    "keys": ("world.server.auth", "make a CURVE key pair for a remote worker or player (docs/protocol.md)"),
+    "datagen": ("world.data.datagen", "render engine episodes with a scripted player into a dataset"),
+    "export": ("world.data.export", "turn a recorded session into an mp4"),
+    "replay": ("world.data.replay", "make a recording again (engine or generated world) and check every frame"),
+    "train": ("model.training.train", "train a network (autoencoder, teacher, student, idm, classifier)"),
     "encode-latents": ("model.training.encode_latents",
                        "encode a dataset to a latent cache (run once before teacher training)"),
-    "eval": ("model.evaluation.cli", "score a world model against the engine (fidelity, actions, prompts, drift)"),
-    "bench": ("model.evaluation.bench", "measure how fast a world model makes frames with each sampler"),
+    "eval": ("model.evaluation.suite", "score a world model against the engine (fidelity, actions, prompts, drift)"),
+    "bench": ("controls.harness.bench_sessions", "measure how fast a world model makes frames with each sampler"),
 }
 
 

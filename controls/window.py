@@ -26,14 +26,14 @@ from controls.hud import Hud, HudState
 from controls.input import InputMapper, MouseSettings
 from controls.keymap import Keymap
 from controls.pacing import FramePacer, KeyLatency, PacedFrame, RateMeter, monotonic
+from controls.playback import SPEEDS, RecordingLink, recorded_actions
 from controls.prompt_box import PromptBox, load_presets
-from controls.replay import SPEEDS, RecordingLink, recorded_actions
 from controls.sound import SoundPlayer
 from controls.timeline import PromptTimeline
 from world.actions import IDLE, Action
-from world.client import ChunkEvent, ErrorEvent, WorldClient, WorldConnectionError, WorldRequestError
-from world.recorder import Recorder
-from world.soundscape import SoundParams
+from world.data.recorder import Recorder
+from world.procedural.soundscape import SoundParams
+from world.server.client import ChunkEvent, ErrorEvent, WorldClient, WorldConnectionError, WorldRequestError
 
 POLL_MS_MAX = 8  # the loop never blocks on the socket longer than this, so input stays responsive
 IDLE_REDRAW_S = 0.25  # redraw this often when nothing happens (stalls, pause, reconnecting)
@@ -137,7 +137,7 @@ class WindowConfig:
     message_s: float = 4.0
     options: dict = field(default_factory=dict)  # session options, stored in recordings
     endpoint: str = ""
-    go_live: GoLive | None = None  # replay: how L takes over (controls/cli.py builds it)
+    go_live: GoLive | None = None  # replay: how L takes over (controls/play.py builds it)
     timeline: PromptTimeline | None = None  # --prompts FILE: scheduled prompt switches
     sound: bool = True  # False: no audio output (the per-frame sound params are still recorded)
 

@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 
 from world.actions import Action
-from world.dataset import META_FILE, RECORDS_FILE, DatasetError, EpisodeReader, EpisodeWriter
-from world.worker import REPO_ROOT
+from world.data.dataset import META_FILE, RECORDS_FILE, DatasetError, EpisodeReader, EpisodeWriter
+from world.server.worker import REPO_ROOT
 
 
 @pytest.fixture

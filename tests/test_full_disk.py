@@ -18,10 +18,10 @@ import pytest
 
 from tests.fakes import FullDisk, fake_frame
 from world.actions import Action
-from world.client import ChunkEvent
-from world.dataset import EpisodeReader, open_dataset
-from world.recorder import Recorder
-from world.worker import REPO_ROOT
+from world.data.dataset import EpisodeReader, open_dataset
+from world.data.recorder import Recorder
+from world.server.client import ChunkEvent
+from world.server.worker import REPO_ROOT
 
 LIMIT_BYTES = 200 * 1024  # about 16 engine frames of 64x64
 

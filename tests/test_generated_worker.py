@@ -12,13 +12,13 @@ from pathlib import Path
 import numpy as np
 
 from tests.helpers import collect_chunks
-from world import protocol as P
 from world.actions import Action
 from world.backends.registry import create_backend
-from world.client import WorldClient
-from world.dataset import EpisodeReader
-from world.replay import frame_mismatches
-from world.worker import Inbound, WorkerConfig, WorkerCore
+from world.data.dataset import EpisodeReader
+from world.data.replay import frame_mismatches
+from world.server import protocol as P
+from world.server.client import WorldClient
+from world.server.worker import Inbound, WorkerConfig, WorkerCore
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -180,7 +180,7 @@ def test_first_chunk_after_open_and_reset_is_the_reset_view_over_the_wire(worker
 def test_scripted_headless_run_shows_the_reset_view_then_the_script_and_replays(worker, world_dir, tmp_path, capsys):
     import argparse
 
-    from controls import cli
+    from controls import play as cli
 
     script = [{"keys": ["forward"], "mouse": [0.0, 0.0]}] * 4 + [{"keys": [], "mouse": [0.5, -0.25]}] * 2
     path = tmp_path / "script.json"

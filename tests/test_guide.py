@@ -175,7 +175,7 @@ def test_the_generated_backend_takes_guide_and_says_so(world_dir):
 
 
 def test_recordings_made_before_guide_regenerate_with_the_same_settings(world_dir, tmp_path):
-    from world.backends.regenerate import regenerating_backend
+    from model.runtime.regenerate import regenerating_backend
     from world.backends.registry import create_backend
 
     made = create_backend("generated", checkpoint=str(world_dir), device="cpu", steps=2)
@@ -195,7 +195,7 @@ def test_recordings_made_before_guide_regenerate_with_the_same_settings(world_di
 
 
 def test_eval_scoreboard_and_play_take_guidance_and_guide():
-    from controls import cli as play
+    from controls import play as play
     from model.evaluation import cli, scoreboard
     from model.evaluation.compare import sampler_text
 

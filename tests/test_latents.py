@@ -26,7 +26,7 @@ from model.training.encode_latents import (
     text_table,
 )
 from tests.helpers import synthetic_frames, tiny_ae, write_dataset
-from world.dataset import open_dataset
+from world.data.dataset import open_dataset
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
 
@@ -150,7 +150,7 @@ def test_encode_latents_is_a_command(built, tmp_path):
 
 
 def test_train_cli_dispatches_lazily(built, tmp_path, monkeypatch, capsys):
-    from model.training import cli as train_cli
+    from model.training import train as train_cli
     from run_world import main as world_main
 
     data, ck, _ = built

@@ -25,7 +25,7 @@ def test_hints_use_the_launcher_the_person_ran(monkeypatch):
 
 def test_a_dead_address_suggests_serve_in_the_launchers_form(monkeypatch):
     from controls.probe import probe
-    from world.client import WorldClient
+    from world.server.client import WorldClient
 
     monkeypatch.setenv(LAUNCHER_ENV, "./world.sh")
     client = WorldClient("tcp://127.0.0.1:1", timeout_s=1.0)
@@ -77,4 +77,4 @@ def test_the_local_workers_info_log_shows_only_with_verbose(verbose):
                           text=True, timeout=120)  # fmt: skip
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout.strip().splitlines()[-1])["frames"] == 6
-    assert ("INFO world.worker" in done.stderr) == verbose
+    assert ("INFO world.server.worker" in done.stderr) == verbose

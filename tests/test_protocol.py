@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from world import protocol as P
 from world.actions import Action
+from world.server import protocol as P
 
 SID = "0123456789abcdef"
 WALK = Action(("forward", "turn_left"), 0.25, -0.5)

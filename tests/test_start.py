@@ -17,13 +17,13 @@ import zmq
 from PIL import Image
 
 from tests.helpers import collect_chunks
-from world import protocol as P
 from world.actions import Action
 from world.backend import BackendError
 from world.backends.registry import create_backend
-from world.client import ChunkEvent, WorldClient, WorldRequestError
-from world.dataset import START_IMAGE_FILE, EpisodeReader
-from world.replay import frame_mismatches, recorded_start
+from world.data.dataset import START_IMAGE_FILE, EpisodeReader
+from world.data.replay import frame_mismatches, recorded_start
+from world.server import protocol as P
+from world.server.client import ChunkEvent, WorldClient, WorldRequestError
 from world.start import StartImageError, decode_start_image, fit_image
 
 PROMPT = "green hills at noon"
@@ -265,7 +265,7 @@ def test_oversized_and_corrupt_images_get_clear_errors_and_the_worker_goes_on(wo
 
 
 def play(argv: list[str], capsys) -> tuple[int, str, str]:
-    from controls import cli
+    from controls import play as cli
 
     parser = argparse.ArgumentParser()
     cli.add_arguments(parser)
@@ -374,7 +374,7 @@ def test_the_io_thread_lets_only_a_few_images_wait_and_answers_busy_beyond(monke
     import queue
     import threading
 
-    from world.worker import IOStats, WorkerIO
+    from world.server.worker import IOStats, WorkerIO
 
     io = WorkerIO(None, None, queue.Queue(maxsize=16), threading.Event(), "test", IOStats(),
                   image_slots=threading.BoundedSemaphore(2))  # fmt: skip
@@ -394,7 +394,7 @@ def test_the_io_thread_lets_only_a_few_images_wait_and_answers_busy_beyond(monke
 def test_the_recorder_keeps_a_worlds_start_for_episodes_started_later(tmp_path):
     """F5 after the reset view was shown: the episode still says how its world started (and keeps
     the picture); an episode of another world does not borrow it."""
-    from world.recorder import Recorder
+    from world.data.recorder import Recorder
 
     info = {"backend": "generated", "height": 64, "width": 64, "chunk_frames": 3, "fps": 30.0,
             "description": "causal DiT world tiny (step 0), sampler diagonal 4-3-2 steps"}  # fmt: skip

@@ -14,11 +14,11 @@ import zmq
 import tests.fakes  # noqa: F401  (registers the "fake" backend in this process)
 from tests.fakes import FakeBackend, fake_frame
 from tests.helpers import E2E_BACKEND, E2E_PROMPTS, FAKE_MODULE, collect, replay
-from world import protocol as P
-from world import worker as worker_module
 from world.actions import Action
-from world.client import ChunkEvent, ErrorEvent, WorldClient, WorldConnectionError, WorldRequestError
-from world.worker import Inbound, WorkerConfig, WorkerCore, start_worker_process, stop_worker_process
+from world.server import protocol as P
+from world.server import worker as worker_module
+from world.server.client import ChunkEvent, ErrorEvent, WorldClient, WorldConnectionError, WorldRequestError
+from world.server.worker import Inbound, WorkerConfig, WorkerCore, start_worker_process, stop_worker_process
 
 WALK = Action(("forward",))
 
@@ -208,7 +208,7 @@ def test_memory_budget_refuses_before_building():
 def test_shared_weights_count_once_against_the_memory_budget():
     """Sessions of one checkpoint share its loaded weights (world/backends/model_cache.py): the
     budget counts them once per checkpoint, not once per session."""
-    from world.admission import MIB, Admission, AdmissionConfig, Holder, memory_bytes
+    from world.server.admission import MIB, Admission, AdmissionConfig, Holder, memory_bytes
 
     def session(n: int, checkpoint: str = "a") -> Holder:
         return Holder(bytes([n]), None, 10 * MIB, (checkpoint, 100 * MIB))

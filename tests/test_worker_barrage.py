@@ -13,10 +13,10 @@ import time
 import zmq
 
 from tests.helpers import E2E_BACKEND, E2E_PROMPTS, FAKE_MODULE, collect, replay
-from world import protocol as P
 from world.actions import KEYS, Action
-from world.client import ChunkEvent, ErrorEvent, WorldClient
-from world.worker import start_worker_process, stop_worker_process
+from world.server import protocol as P
+from world.server.client import ChunkEvent, ErrorEvent, WorldClient
+from world.server.worker import start_worker_process, stop_worker_process
 
 MESSAGES = 3200
 WRONG_VALUES = [None, True, False, -1, 0, 2**64, 1.5, -0.0, "", "x", "a" * 600, [], [1, "a"], {}, {"k": None}]
@@ -142,7 +142,7 @@ def test_barrage_leaves_worker_and_other_sessions_intact():
                     victim.set_prompt(E2E_PROMPTS[1])
             assert time.monotonic() < deadline, "barrage took too long"
         # Collect the last replies, fuzz sessions closed included. Requests to a session still being
-        # built off the loop wait for it (world/jobs.py), so one quiet 100 ms is not the end: stop
+        # built off the loop wait for it (world/server/jobs.py), so one quiet 100 ms is not the end: stop
         # after 2 s of quiet (bounded at 60 s).
         quiet_polls = 0
         for _ in range(600):

@@ -13,12 +13,12 @@ import numpy as np
 import pytest
 
 from tests.helpers import collect_chunks
-from world import protocol as P
 from world.actions import Action
 from world.backends.registry import create_backend
-from world.batching import BatchScheduler
-from world.client import ChunkEvent, ErrorEvent, WorldClient
-from world.worker import Inbound, WorkerConfig, WorkerCore, start_worker_process, stop_worker_process
+from world.server import protocol as P
+from world.server.batching import BatchScheduler
+from world.server.client import ChunkEvent, ErrorEvent, WorldClient
+from world.server.worker import Inbound, WorkerConfig, WorkerCore, start_worker_process, stop_worker_process
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -159,7 +159,7 @@ def test_batched_sessions_match_sessions_alone_despite_bad_neighbours(worker):
     for lone, crowded in zip(alone, got):
         assert all(np.array_equal(a, b) for a, b in zip(lone, frames_of(crowded[:n])))
     # Whether sessions share a batch here depends on timing (first chunks are made alone, off the
-    # loop, world/jobs.py; on a fast machine each later one may fall due alone), so it is not
+    # loop, world/server/jobs.py; on a fast machine each later one may fall due alone), so it is not
     # asserted: that batches are exact is tests/test_batched_chunks.py.
     assert {e.code for e in rude_errors} >= {"bad_prompt", "bad_ack"}
 

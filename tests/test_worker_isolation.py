@@ -14,9 +14,9 @@ import pytest
 
 import tests.fakes  # noqa: F401  (registers the "fake" backend in this process)
 from tests.helpers import FAKE_MODULE, collect
-from world import protocol as P
-from world.client import ChunkEvent, ErrorEvent, WorldClient, WorldRequestError
-from world.worker import Inbound, WorkerConfig, WorkerCore, start_worker_process, stop_worker_process
+from world.server import protocol as P
+from world.server.client import ChunkEvent, ErrorEvent, WorldClient, WorldRequestError
+from world.server.worker import Inbound, WorkerConfig, WorkerCore, start_worker_process, stop_worker_process
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,4 @@
-"""controls.worker_memory (also run by its old path, model.evaluation.worker_memory): the trend maths
+"""controls.harness.worker_memory (also run by its old path, model.evaluation.worker_memory): the trend maths
 on synthetic samples, and short real runs through a worker subprocess (engine, a tiny random generated world,
 a bad checkpoint)."""
 
@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from controls.worker_memory import (
+from controls.harness.worker_memory import (
     FLAT_ABS_MIB,
     MeasurementError,
     MemoryConfig,

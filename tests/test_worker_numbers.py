@@ -14,8 +14,8 @@ import sys
 import zmq
 
 from tests.helpers import FAKE_MODULE
-from world import protocol as P
-from world.worker import REPO_ROOT, _wait_ready, stop_worker_process
+from world.server import protocol as P
+from world.server.worker import REPO_ROOT, _wait_ready, stop_worker_process
 
 HUGE = [10**400, -(10**400), 10**21, 1e21, 1e300, -1e300, 2**64]
 

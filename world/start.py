@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from world.protocol import MAX_START_IMAGE_BYTES, MAX_START_IMAGE_SIDE
+from world.server.protocol import MAX_START_IMAGE_BYTES, MAX_START_IMAGE_SIDE
 
 START_MODES = ("engine", "text", "image")
 IMAGE_FORMATS = ("PNG", "JPEG")

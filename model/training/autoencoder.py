@@ -403,7 +403,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from world.dataset import open_dataset
+    from world.data.dataset import open_dataset
 
     device = resolve_device(args.device)
     trainer = build_trainer(args, open_dataset(args.data), device)

@@ -1,0 +1,253 @@
+"""Authentication and encryption for remote players: CurveZMQ through pyzmq's `zmq.auth`.
+
+A worker bound beyond loopback must know who plays on it (docs/protocol.md, "Authentication"):
+
+- `run_world.py keys --name NAME` makes a key pair, `NAME.key` (public: give it away) and
+  `NAME.key_secret` (secret: keep it), in ZeroMQ's certificate format (`zmq.auth`);
+- the worker runs with its secret key (`serve --server-key worker.key_secret`) and a directory of
+  the client public keys it accepts (`--authorized-keys DIR`); libzmq's CURVE handshake then
+  authenticates each client against that directory (ZAP, `zmq.auth.thread.ThreadAuthenticator`)
+  and encrypts every frame;
+- a client connects with its own secret key and the worker's public key (`play --connect ...
+  --client-key player.key_secret --server-key worker.key`, or the key's 40 characters).
+
+Binding beyond loopback without keys is refused unless `serve --insecure`, which the log and
+every client's `opened` reply say. Nothing here is our own cryptography: libzmq does all of it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import zmq
+
+from world.launcher import command
+
+log = logging.getLogger("world.server.auth")
+
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "[::1]", "::1")
+DEFAULT_KEY_DIR = Path.home() / ".gworld" / "keys"
+INSECURE_NOTICE = ("this worker is bound beyond loopback without authentication (serve --insecure): anyone who "
+                   "reaches its port can play, and frames travel unencrypted")  # fmt: skip
+
+
+class AuthError(ValueError):
+    """A key that cannot be used (missing, unreadable, malformed) or a bind that needs keys."""
+
+
+@dataclass(frozen=True)
+class ServerKeys:
+    public: bytes  # z85, 40 bytes
+    secret: bytes
+    authorized_dir: Path  # client public keys (*.key) accepted
+
+
+@dataclass(frozen=True)
+class ClientKeys:
+    public: bytes
+    secret: bytes
+    server_public: bytes
+
+
+def is_loopback(bind: str) -> bool:
+    """True for endpoints only this machine reaches (loopback TCP, ipc, inproc)."""
+    if bind.startswith(("inproc://", "ipc://")):
+        return True
+    host = bind.split("://", 1)[-1].rsplit(":", 1)[0]
+    return host in LOOPBACK_HOSTS
+
+
+def fingerprint(public: bytes) -> str:
+    """A short, comparable form of a public key: SHA-256 of its z85 text, 16 hex digits in 4 groups."""
+    digest = hashlib.sha256(public).hexdigest()[:16]
+    return ":".join(digest[i : i + 4] for i in range(0, 16, 4))
+
+
+def make_keys(directory: str | os.PathLike, name: str) -> tuple[Path, Path]:
+    """A new key pair `name.key` / `name.key_secret` in `directory` (the secret one mode 0600).
+    Refuses to overwrite an existing pair."""
+    import zmq.auth
+
+    directory = Path(directory)
+    if not name or "/" in name or name.startswith("."):
+        raise AuthError(f"key name {name!r} must be a plain file name")
+    public, secret = directory / f"{name}.key", directory / f"{name}.key_secret"
+    if public.exists() or secret.exists():
+        raise AuthError(f"{public} or {secret} exists already; pick another --name or remove them")
+    directory.mkdir(parents=True, exist_ok=True)
+    zmq.auth.create_certificates(directory, name)
+    os.chmod(secret, 0o600)
+    return public, secret
+
+
+def read_public_key(value: str) -> bytes:
+    """A public key from a `.key` (or `.key_secret`) file, or the 40 z85 characters themselves."""
+    if len(value) == 40 and not Path(value).exists():
+        return _check_z85(value.encode("ascii", "replace"), "the key")
+    public, _ = _load(value)
+    return public
+
+
+def read_secret_key(path: str) -> tuple[bytes, bytes]:
+    """(public, secret) from a `.key_secret` file."""
+    public, secret = _load(path)
+    if secret is None:
+        raise AuthError(f"{path} holds no secret key (the secret one is the .key_secret file)")
+    return public, secret
+
+
+# ----------------------------------------------------------------------------- known servers (trust on first use)
+
+DEFAULT_KNOWN_SERVERS = Path.home() / ".gworld" / "known_servers"
+
+
+class ServerKeyChanged(AuthError):
+    """The key given for a worker differs from the one remembered for its address."""
+
+
+def known_server_keys(path: str | os.PathLike) -> dict[str, bytes]:
+    """ADDRESS -> z85 public key from a known-servers file (lines `ADDRESS KEY`; # comments)."""
+    path = Path(path)
+    if not path.is_file():
+        return {}
+    known: dict[str, bytes] = {}
+    for n, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        parts = line.split()
+        if len(parts) != 2:
+            raise AuthError(f"{path}:{n}: expected 'ADDRESS KEY', got {line[:80]!r}")
+        known[parts[0]] = _check_z85(parts[1].encode("ascii", "replace"), f"{path}:{n}")
+    return known
+
+
+def trusted_server_key(address: str, given: bytes | None, path: str | os.PathLike) -> tuple[bytes, str]:
+    """The worker key to use for `address`, SSH's way: a key given for an address seen the first
+    time is remembered in `path`; later connects may leave it out; a given key that differs from
+    the remembered one is refused (ServerKeyChanged), since someone may be in between. Returns the
+    key and what happened ("remembered", "known", "given and known")."""
+    path = Path(path)
+    remembered = known_server_keys(path).get(address)
+    if remembered is None:
+        if given is None:
+            raise AuthError(f"no key is known for the worker at {address}: pass --server-key (its .key file or "
+                            f"40 characters) once; it is then remembered in {path}")  # fmt: skip
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "a") as f:
+            f.write(f"{address} {given.decode('ascii')}\n")
+        return given, "remembered"
+    if given is not None and given != remembered:
+        raise ServerKeyChanged(
+            f"THE WORKER KEY FOR {address} HAS CHANGED: remembered {fingerprint(remembered)}, given "
+            f"{fingerprint(given)}. Someone may be impersonating the worker (or it got a new key). Ask its "
+            f"operator for the fingerprint (`{command('keys --show FILE')}` prints it); if it is right, remove "
+            f"the line for {address} from {path} and connect again")  # fmt: skip
+    return remembered, "known" if given is None else "given and known"
+
+
+def _load(path: str) -> tuple[bytes, bytes | None]:
+    import zmq.auth
+
+    if not Path(path).is_file():
+        raise AuthError(f"key file {path} does not exist")
+    try:
+        public, secret = zmq.auth.load_certificate(path)
+    except (OSError, ValueError) as exc:
+        raise AuthError(f"{path} is not a ZeroMQ key file ({exc}); make one with `{command('keys')}`") from None
+    return _check_z85(public, path), secret
+
+
+def _check_z85(key: bytes | None, where: str) -> bytes:
+    from zmq.utils import z85
+
+    try:
+        if key is None or len(z85.decode(key)) != 32:
+            raise ValueError
+    except ValueError:
+        raise AuthError(f"{where}: not a CURVE public key (40 z85 characters)") from None
+    return key
+
+
+def server_keys(secret_file: str | None, authorized_dir: str | None) -> ServerKeys | None:
+    """The worker's keys from `serve --server-key --authorized-keys`, or None when neither is given."""
+    if secret_file is None and authorized_dir is None:
+        return None
+    if secret_file is None or authorized_dir is None:
+        raise AuthError("--server-key and --authorized-keys go together")
+    public, secret = read_secret_key(secret_file)
+    if not Path(authorized_dir).is_dir():
+        raise AuthError(f"--authorized-keys {authorized_dir}: not a directory of client .key files")
+    return ServerKeys(public, secret, Path(authorized_dir))
+
+
+def check_bind(bind: str, keys: ServerKeys | None, insecure: bool) -> str | None:
+    """Raise AuthError for a bind beyond loopback without keys (and without --insecure); returns the
+    notice every client is told, if any."""
+    if keys is not None or is_loopback(bind):
+        return None
+    if not insecure:
+        raise AuthError(f"binding {bind} reaches other machines: give the worker keys (--server-key, "
+                        f"--authorized-keys; see `{command('keys')}`) or pass --insecure")  # fmt: skip
+    log.warning("binding %s WITHOUT authentication or encryption (--insecure): anyone who reaches the port plays "
+                "and frames travel in clear", bind)  # fmt: skip
+    return INSECURE_NOTICE
+
+
+def start_authenticator(context: zmq.Context, keys: ServerKeys) -> object:
+    """ZAP handler for `context`: CURVE clients whose public key is in keys.authorized_dir pass."""
+    from zmq.auth.thread import ThreadAuthenticator
+
+    authenticator = ThreadAuthenticator(context, log=logging.getLogger("world.server.auth.zap"))
+    authenticator.start()
+    authenticator.configure_curve(domain="*", location=str(keys.authorized_dir))
+    count = len(list(keys.authorized_dir.glob("*.key")))
+    log.info("CURVE on: server key %s, %d authorized client keys in %s", fingerprint(keys.public), count,
+             keys.authorized_dir)  # fmt: skip
+    return authenticator
+
+
+def secure_server(socket: zmq.Socket, keys: ServerKeys) -> None:
+    socket.curve_secretkey = keys.secret
+    socket.curve_publickey = keys.public
+    socket.curve_server = True
+
+
+def secure_client(socket: zmq.Socket, keys: ClientKeys) -> None:
+    socket.curve_secretkey = keys.secret
+    socket.curve_publickey = keys.public
+    socket.curve_serverkey = keys.server_public
+
+
+# -- `run_world.py keys` ---------------------------------------------------------------------------
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("--name", default="worker", help="file name of the pair: NAME.key, NAME.key_secret "
+                        "(default %(default)s; a player's: e.g. --name player)")  # fmt: skip
+    parser.add_argument("--dir", default=str(DEFAULT_KEY_DIR), help="where to write them (default %(default)s)")
+    parser.add_argument("--show", metavar="FILE|KEY", help="make nothing: print the fingerprint of this key (to "
+                        "compare with what a player's known-servers file holds)")  # fmt: skip
+
+
+def run(args) -> int:
+    if getattr(args, "show", None):
+        try:
+            print(f"fingerprint {fingerprint(read_public_key(args.show))}")
+        except AuthError as exc:
+            print(f"keys: {exc}", flush=True)
+            return 2
+        return 0
+    try:
+        public_file, secret_file = make_keys(args.dir, args.name)
+    except AuthError as exc:
+        print(f"keys: {exc}", flush=True)
+        return 2
+    public = read_public_key(str(public_file))
+    print(f"public key  {public_file}  (give this file away)")
+    print(f"secret key  {secret_file}  (keep it; mode 0600)")
+    print(f"fingerprint {fingerprint(public)}")
+    return 0
