@@ -272,7 +272,7 @@ class LocalWorker:
     """The worker subprocess `play` starts; revived on the same port if it dies mid-session."""
 
     def __init__(self, extra_args: tuple[str, ...], verbose: bool = False) -> None:
-        from world.server.worker import start_worker_process
+        from world.server.process import start_worker_process
 
         # Its per-session INFO lines are for operators; a player sees them with -v only.
         quiet = () if verbose else ("--log-level", "WARNING")
@@ -282,14 +282,14 @@ class LocalWorker:
         self.proc, self.endpoint = start_worker_process(extra_args=extra_args, env=worker_env())
 
     def revive(self) -> None:
-        from world.server.worker import start_worker_process
+        from world.server.process import start_worker_process
 
         if self.proc.poll() is not None:
             print(f"play: the local worker exited ({self.proc.returncode}); restarting it", file=sys.stderr)
             self.proc, _ = start_worker_process(bind=self.endpoint, extra_args=self.extra_args, env=worker_env())
 
     def stop(self) -> None:
-        from world.server.worker import stop_worker_process
+        from world.server.process import stop_worker_process
 
         stop_worker_process(self.proc)
 
@@ -307,7 +307,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from world.server.worker import WorkerStartError
+    from world.server.process import WorkerStartError
 
     plan = make_plan(args)
     prepared = _prepare_headless(args) if args.headless else _prepare_window(args)

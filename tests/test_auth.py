@@ -18,7 +18,7 @@ from tests.helpers import FAKE_MODULE, collect
 from world.server import protocol as P
 from world.server.auth import ClientKeys, fingerprint, read_public_key, read_secret_key
 from world.server.client import WorldClient, WorldConnectionError, WorldRequestError
-from world.server.worker import REPO_ROOT, _wait_ready, start_worker_process, stop_worker_process
+from world.server.process import REPO_ROOT, _wait_ready, start_worker_process, stop_worker_process
 
 
 def make_keys(directory, name: str) -> tuple[str, str]:

@@ -16,7 +16,7 @@ from collections import Counter
 import pytest
 
 from world.server.client import ChunkEvent, ErrorEvent, WorldClient
-from world.server.worker import start_worker_process, stop_worker_process
+from world.server.process import start_worker_process, stop_worker_process
 
 OPTIONS = {"sampler": "diagonal", "start": "text"}
 

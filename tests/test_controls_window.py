@@ -26,7 +26,7 @@ from tests.fakes import FullDisk  # noqa: E402
 from world.data.dataset import EpisodeReader  # noqa: E402
 from world.procedural.engine import ENGINE_VERSION  # noqa: E402
 from world.server.client import WorldClient  # noqa: E402
-from world.server.worker import start_worker_process, stop_worker_process  # noqa: E402
+from world.server.process import start_worker_process, stop_worker_process  # noqa: E402
 
 GUARD_S = 30.0  # a stuck loop fails the test instead of hanging it; not a performance bound
 

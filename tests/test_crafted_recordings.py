@@ -18,7 +18,7 @@ import pytest
 
 from world.actions import Action
 from world.data.dataset import META_FILE, RECORDS_FILE, DatasetError, EpisodeReader, EpisodeWriter
-from world.server.worker import REPO_ROOT
+from world.server.process import REPO_ROOT
 
 
 @pytest.fixture

@@ -21,7 +21,7 @@ from world.actions import Action
 from world.data.dataset import EpisodeReader, open_dataset
 from world.data.recorder import Recorder
 from world.server.client import ChunkEvent
-from world.server.worker import REPO_ROOT
+from world.server.process import REPO_ROOT
 
 LIMIT_BYTES = 200 * 1024  # about 16 engine frames of 64x64
 

@@ -18,7 +18,8 @@ from world.data.dataset import EpisodeReader
 from world.data.replay import frame_mismatches
 from world.server import protocol as P
 from world.server.client import WorldClient
-from world.server.worker import Inbound, WorkerConfig, WorkerCore
+from world.server.core import WorkerCore
+from world.server.worker_config import Inbound, WorkerConfig
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -20,7 +20,7 @@ from world.data.replay import replay_episode
 from world.procedural.engine import ENGINE_VERSION
 from world.server import protocol as P
 from world.server.client import DEFAULT_PROMPT, ChunkEvent, WorldRequestError
-from world.server.worker import start_worker_process, stop_worker_process
+from world.server.process import start_worker_process, stop_worker_process
 
 REPO = Path(__file__).resolve().parent.parent
 SUMMARY_KEYS = {"frames", "fps", "latency_ms", "errors", "backend", "prompt", "record", "gen_ms_p50"}

@@ -77,4 +77,4 @@ def test_the_local_workers_info_log_shows_only_with_verbose(verbose):
                           text=True, timeout=120)  # fmt: skip
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout.strip().splitlines()[-1])["frames"] == 6
-    assert ("INFO world.server.worker" in done.stderr) == verbose
+    assert ("INFO world.worker" in done.stderr) == verbose

@@ -14,7 +14,7 @@ import sys
 import time
 from pathlib import Path
 
-from world.server.worker import REPO_ROOT, start_worker_process, stop_worker_process
+from world.server.process import REPO_ROOT, start_worker_process, stop_worker_process
 
 GONE_WITHIN_S = 2.0  # the target
 SLACK_S = 3.0  # a loaded test machine

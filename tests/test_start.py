@@ -374,7 +374,8 @@ def test_the_io_thread_lets_only_a_few_images_wait_and_answers_busy_beyond(monke
     import queue
     import threading
 
-    from world.server.worker import IOStats, WorkerIO
+    from world.server.io_loop import WorkerIO
+    from world.server.worker_config import IOStats
 
     io = WorkerIO(None, None, queue.Queue(maxsize=16), threading.Event(), "test", IOStats(),
                   image_slots=threading.BoundedSemaphore(2))  # fmt: skip

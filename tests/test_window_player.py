@@ -25,7 +25,7 @@ from controls.timeline import PromptTimeline, TimelineError, load_timeline  # no
 from controls.window import PlayWindow, WindowConfig, WorldLink, picture_rect, reads_as  # noqa: E402
 from world.data.dataset import EpisodeReader  # noqa: E402
 from world.server.client import WorldClient  # noqa: E402
-from world.server.worker import start_worker_process, stop_worker_process  # noqa: E402
+from world.server.process import start_worker_process, stop_worker_process  # noqa: E402
 
 GUARD_S = 30.0  # a stuck loop fails the test instead of hanging it; not a performance bound
 SWITCH = "snowy mountains at dusk in fog"

@@ -16,7 +16,7 @@ from tests.helpers import E2E_BACKEND, E2E_PROMPTS, FAKE_MODULE, collect, replay
 from world.actions import KEYS, Action
 from world.server import protocol as P
 from world.server.client import ChunkEvent, ErrorEvent, WorldClient
-from world.server.worker import start_worker_process, stop_worker_process
+from world.server.process import start_worker_process, stop_worker_process
 
 MESSAGES = 3200
 WRONG_VALUES = [None, True, False, -1, 0, 2**64, 1.5, -0.0, "", "x", "a" * 600, [], [1, "a"], {}, {"k": None}]

@@ -18,7 +18,9 @@ from world.backends.registry import create_backend
 from world.server import protocol as P
 from world.server.batching import BatchScheduler
 from world.server.client import ChunkEvent, ErrorEvent, WorldClient
-from world.server.worker import Inbound, WorkerConfig, WorkerCore, start_worker_process, stop_worker_process
+from world.server.core import WorkerCore
+from world.server.process import start_worker_process, stop_worker_process
+from world.server.worker_config import Inbound, WorkerConfig
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

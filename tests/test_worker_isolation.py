@@ -16,7 +16,9 @@ import tests.fakes  # noqa: F401  (registers the "fake" backend in this process)
 from tests.helpers import FAKE_MODULE, collect
 from world.server import protocol as P
 from world.server.client import ChunkEvent, ErrorEvent, WorldClient, WorldRequestError
-from world.server.worker import Inbound, WorkerConfig, WorkerCore, start_worker_process, stop_worker_process
+from world.server.core import WorkerCore
+from world.server.process import start_worker_process, stop_worker_process
+from world.server.worker_config import Inbound, WorkerConfig
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,7 @@ import zmq
 
 from tests.helpers import FAKE_MODULE
 from world.server import protocol as P
-from world.server.worker import REPO_ROOT, _wait_ready, stop_worker_process
+from world.server.process import REPO_ROOT, _wait_ready, stop_worker_process
 
 HUGE = [10**400, -(10**400), 10**21, 1e21, 1e300, -1e300, 2**64]
 

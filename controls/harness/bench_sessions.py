@@ -160,7 +160,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def run_sessions(args: argparse.Namespace) -> int:
-    from world.server.worker import start_worker_process, stop_worker_process
+    from world.server.process import start_worker_process, stop_worker_process
 
     counts = parse_counts(args.sessions)
     proc = None

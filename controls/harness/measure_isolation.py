@@ -22,7 +22,7 @@ import zmq
 
 from world.server import protocol as P
 from world.server.client import ChunkEvent, WorldClient, WorldRequestError
-from world.server.worker import start_worker_process, stop_worker_process
+from world.server.process import start_worker_process, stop_worker_process
 
 BIG = {"height": 1024, "width": 1024, "chunk_frames": 16}
 

@@ -37,7 +37,8 @@ from world.data.dataset import open_dataset
 from world.data.recorder import Recorder
 from world.server import protocol as P
 from world.server.client import ChunkEvent, ErrorEvent, WorldClient, WorldConnectionError, WorldRequestError
-from world.server.worker import rss_bytes, start_worker_process, stop_worker_process
+from world.server.process import start_worker_process, stop_worker_process
+from world.server.worker_config import rss_bytes
 
 STALL_S = 1.0
 WRONG = [None, True, -1, 0, 2**64, 10**400, 1e300, 1.5, "", "x" * 300, [], {}, [1, "a"], {"k": None}]

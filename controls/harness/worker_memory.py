@@ -5,7 +5,7 @@
     python -m controls.harness.worker_memory --backend generated --checkpoint DIR --sampler diagonal \\
         --chunks 2000 --threads 1 --json
 
-A worker subprocess is started exactly as `play` starts one (world.server.worker.start_worker_process),
+A worker subprocess is started exactly as `play` starts one (world.server.process.start_worker_process),
 one session is opened through the real client (world.server.client.WorldClient) and driven by the
 headless client's flow control (controls.headless.HeadlessRun) with the scripted player's
 actions, as fast as the worker produces chunks. Every `--prompt-switch-every` wall-clock seconds
@@ -54,7 +54,7 @@ from world.interrupts import sigterm_as_keyboard_interrupt
 from world.procedural.scripted_player import ScriptedPlayer
 from world.procedural.themes import EXAMPLE_PROMPTS
 from world.server.client import ChunkEvent, WorldClient, WorldConnectionError, WorldRequestError
-from world.server.worker import WorkerStartError, start_worker_process, stop_worker_process
+from world.server.process import WorkerStartError, start_worker_process, stop_worker_process
 
 MIB = 1024 * 1024
 PEAK_LIMIT_MIB = 1024.0  # the target: worker peak memory <= 1 GiB

@@ -115,7 +115,7 @@ class GeneratedBackend(Backend):
         from model.runtime.world_model import world_sampler
 
         # Everything the checkpoint's config.json decides is checked before the weights load, so a
-        # refused open costs a file read, not a model load (world/server/worker.py admits, then builds).
+        # refused open costs a file read, not a model load (world/server/core.py admits, then builds).
         dit_cfg, ae_cfg, world_cfg = _configs(checkpoint)
         options = {"steps": steps, "guidance": guidance, "context_noise": context_noise, "rewarm": rewarm,
                    "guide": guide}  # fmt: skip

@@ -27,7 +27,7 @@ import zmq
 
 from world.launcher import command
 
-log = logging.getLogger("world.server.auth")
+log = logging.getLogger("world.auth")
 
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "[::1]", "::1")
 DEFAULT_KEY_DIR = Path.home() / ".gworld" / "keys"
@@ -201,7 +201,7 @@ def start_authenticator(context: zmq.Context, keys: ServerKeys) -> object:
     """ZAP handler for `context`: CURVE clients whose public key is in keys.authorized_dir pass."""
     from zmq.auth.thread import ThreadAuthenticator
 
-    authenticator = ThreadAuthenticator(context, log=logging.getLogger("world.server.auth.zap"))
+    authenticator = ThreadAuthenticator(context, log=logging.getLogger("world.auth.zap"))
     authenticator.start()
     authenticator.configure_curve(domain="*", location=str(keys.authorized_dir))
     count = len(list(keys.authorized_dir.glob("*.key")))

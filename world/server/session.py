@@ -90,7 +90,7 @@ class Session:
         self.frame_index = 0
         self.chunks_produced = 0
         self.last_seen = now
-        # Worker-side life cycle (world/server/worker.py): a job running off the compute loop on this
+        # Worker-side life cycle (world/server/core.py): a job running off the compute loop on this
         # session's backend (its first chunk, a reset), the requests that wait for it, and the
         # cost limit its chunks are held to.
         self.job: object | None = None

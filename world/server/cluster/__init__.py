@@ -1,6 +1,6 @@
 """More players than one machine holds: world workers as Ray actors behind one ZeroMQ front door.
 
-- `actor.py`: `WorldActor`, one ordinary worker (world/server/worker.py `serve`, batching included) inside a
+- `actor.py`: `WorldActor`, one ordinary worker (world/server/io_loop.py `serve`, batching included) inside a
   Ray actor, one per GPU (or per CPU worker);
 - `relay.py`: `FrontDoor`, the ROUTER clients already speak to: places each new session on the least
   loaded live actor, relays its messages both ways, and ends the sessions of an actor that dies with

@@ -1,4 +1,4 @@
-"""`WorldActor`: one ordinary world worker (world/server/worker.py `serve`) inside a Ray actor.
+"""`WorldActor`: one ordinary world worker (world/server/io_loop.py `serve`) inside a Ray actor.
 
 Ray-free on purpose (world/server/cluster/pool.py makes it remote), so it runs and reads like any worker:
 the constructor starts `serve` on a thread bound to `bind_host` and returns once it listens; the
@@ -14,7 +14,8 @@ import os
 import socket
 import threading
 
-from world.server.worker import WorkerConfig, serve
+from world.server.io_loop import serve
+from world.server.worker_config import WorkerConfig
 
 
 class WorldActor:

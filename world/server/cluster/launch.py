@@ -18,7 +18,7 @@ import signal
 import sys
 import threading
 
-log = logging.getLogger("world.server.cluster")
+log = logging.getLogger("world.cluster")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

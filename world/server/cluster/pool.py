@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 from world.server.cluster.actor import WorldActor
 
-log = logging.getLogger("world.server.cluster")
+log = logging.getLogger("world.cluster")
 
 
 @dataclass

@@ -37,7 +37,7 @@ import zmq
 from world.server import protocol as P
 from world.server.auth import ServerKeys, secure_server, start_authenticator
 
-log = logging.getLogger("world.server.cluster")
+log = logging.getLogger("world.cluster")
 
 WORKER_LOST = "worker_lost"  # the reason of the `closed` a client gets when its actor is gone
 
