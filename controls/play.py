@@ -499,7 +499,8 @@ def _window_config(args, endpoint: str, options: dict, **more) -> object:
 
 
 def _window(args, client, info: dict, keymap, endpoint: str, local: LocalWorker | None, options: dict) -> dict:
-    from controls.window import PlayWindow, WorldLink
+    from controls.link import WorldLink
+    from controls.window import PlayWindow
 
     link = WorldLink(client, revive=local.revive if local else None)
     try:
@@ -546,8 +547,8 @@ class LiveTakeover:
         self.link = None
 
     def go_live(self, frame: int, progress) -> object:
+        from controls.link import WorldLink
         from controls.playback import catch_up, open_live, takeover_frame
-        from controls.window import WorldLink
 
         backend = self.reader.meta["backend"]
         endpoint = self.args.connect

@@ -20,8 +20,9 @@ import pygame  # noqa: E402
 
 from controls import keymap as km  # noqa: E402
 from controls import play as cli  # noqa: E402
+from controls.link import WorldLink  # noqa: E402
 from controls.pacing import FramePacer, KeyLatency  # noqa: E402
-from controls.window import PlayWindow, WindowConfig, WorldLink  # noqa: E402
+from controls.window import PlayWindow, WindowConfig  # noqa: E402
 from tests.fakes import FullDisk  # noqa: E402
 from world.data.dataset import EpisodeReader  # noqa: E402
 from world.procedural.engine import ENGINE_VERSION  # noqa: E402

@@ -17,6 +17,7 @@ from world.backends.registry import create_backend
 from world.data.dataset import EpisodeReader
 from world.data.replay import frame_mismatches
 from world.server import protocol as P
+from world.server import wire
 from world.server.client import WorldClient
 from world.server.core import WorkerCore
 from world.server.worker_config import Inbound, WorkerConfig
@@ -119,10 +120,10 @@ def test_worker_core_sends_the_reset_view_first_and_keeps_the_queue_for_chunk_1(
 
     def send(request):
         now[0] += 0.001
-        return [P.decode_reply(o.frames)[0] for o in core.handle(Inbound(b"me", request, now[0]))]
+        return [wire.decode_reply(o.frames)[0] for o in core.handle(Inbound(b"me", request, now[0]))]
 
     def produce(n: int):
-        out = [P.decode_reply(core.produce_next()[0].frames) for _ in range(n)]
+        out = [wire.decode_reply(core.produce_next()[0].frames) for _ in range(n)]
         assert core.produce_next() == []  # the window of 3 is full
         return out
 

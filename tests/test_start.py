@@ -23,6 +23,7 @@ from world.backends.registry import create_backend
 from world.data.dataset import START_IMAGE_FILE, EpisodeReader
 from world.data.replay import frame_mismatches, recorded_start
 from world.server import protocol as P
+from world.server import wire
 from world.server.client import ChunkEvent, WorldClient, WorldRequestError
 from world.start import StartImageError, decode_start_image, fit_image
 
@@ -209,7 +210,7 @@ def raw_open(endpoint: str, frames: list[bytes]) -> P.Message:
     try:
         sock.send_multipart(frames)
         assert sock.poll(30000), "no reply"
-        reply, _ = P.decode_reply(sock.recv_multipart())
+        reply, _ = wire.decode_reply(sock.recv_multipart())
         return reply
     finally:
         sock.close()
@@ -347,7 +348,8 @@ def test_an_oversized_start_image_file_is_refused_before_anything_is_sent(tmp_pa
 def test_window_hud_shows_the_start_and_the_fallback_notice(worker, tmp_path):
     pygame = pytest.importorskip("pygame")
     from controls import keymap as km
-    from controls.window import PlayWindow, WindowConfig, WorldLink
+    from controls.link import WorldLink
+    from controls.window import PlayWindow, WindowConfig
 
     pygame.display.init()
     pygame.font.init()
@@ -380,11 +382,11 @@ def test_the_io_thread_lets_only_a_few_images_wait_and_answers_busy_beyond(monke
     io = WorkerIO(None, None, queue.Queue(maxsize=16), threading.Event(), "test", IOStats(),
                   image_slots=threading.BoundedSemaphore(2))  # fmt: skip
     sent: list[P.Message] = []
-    monkeypatch.setattr(io, "_send", lambda identity, frames: sent.append(P.decode_reply(frames)[0]))
-    image_open = P.encode(P.Open(backend="generated", prompt=PROMPT, start_image=png(PICTURE), ref=7))
+    monkeypatch.setattr(io, "_send", lambda identity, frames: sent.append(wire.decode_reply(frames)[0]))
+    image_open = wire.encode(P.Open(backend="generated", prompt=PROMPT, start_image=png(PICTURE), ref=7))
     for _ in range(3):
         io._on_message(b"peer", image_open)
-    io._on_message(b"peer", P.encode(P.Open(backend="generated", prompt=PROMPT, ref=8)))
+    io._on_message(b"peer", wire.encode(P.Open(backend="generated", prompt=PROMPT, ref=8)))
     assert io.inbound.qsize() == 3 and [(m.code, m.ref) for m in sent] == [(P.BUSY, 7)]
     assert "start images" in sent[0].message
     io.image_slots.release()  # the compute loop handled one

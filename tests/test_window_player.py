@@ -20,9 +20,11 @@ import pygame  # noqa: E402
 from controls import keymap as km  # noqa: E402
 from controls import play as cli  # noqa: E402
 from controls.connecting import ConnectScreen  # noqa: E402
+from controls.frames import picture_rect, reads_as  # noqa: E402
+from controls.link import WorldLink  # noqa: E402
 from controls.playback import RecordingLink, catch_up_script, takeover_frame  # noqa: E402
 from controls.timeline import PromptTimeline, TimelineError, load_timeline  # noqa: E402
-from controls.window import PlayWindow, WindowConfig, WorldLink, picture_rect, reads_as  # noqa: E402
+from controls.window import PlayWindow, WindowConfig  # noqa: E402
 from world.data.dataset import EpisodeReader  # noqa: E402
 from world.server.client import WorldClient  # noqa: E402
 from world.server.process import start_worker_process, stop_worker_process  # noqa: E402
@@ -233,7 +235,7 @@ def test_resizing_letterboxes_with_whole_number_scales_and_f12_saves_two_pngs(di
 
 
 def test_hud_words_reads_as_and_behind():
-    from controls.window import window_title
+    from controls.frames import window_title
 
     assert window_title({"backend": "engine"}, False) == "engine world"  # not "generated world - engine"
     assert window_title({"backend": "generated", "description": "replay of ep-s3"}, True) == \

@@ -9,7 +9,7 @@ import tests.fakes  # noqa: F401  (registers the "fake" backend in this process)
 from tests.fakes import FakeBackend, fake_frame
 from world.actions import Action
 from world.server import protocol as P
-from world.server import session_builder
+from world.server import session_builder, wire
 from world.server.core import WorkerCore
 from world.server.worker_config import Inbound, WorkerConfig
 
@@ -30,7 +30,7 @@ class Core:
 
     def send(self, request: P.Message, identity: bytes = ME) -> list[P.Message]:
         self.now += 0.001
-        return [P.decode_reply(o.frames)[0] for o in self.core.handle(Inbound(identity, request, self.now))]
+        return [wire.decode_reply(o.frames)[0] for o in self.core.handle(Inbound(identity, request, self.now))]
 
     def open(self, identity: bytes = ME, **fields) -> str:
         fields = {"backend": "fake", "prompt": "hills", "seed": 5, **fields}
@@ -44,7 +44,7 @@ class Core:
             produced = self.core.produce_next()
             if not produced:
                 return out
-            out += [P.decode_reply(o.frames) for o in produced]  # a batch (or first chunks) may be several
+            out += [wire.decode_reply(o.frames) for o in produced]  # a batch (or first chunks) may be several
         raise AssertionError("production did not stop at the window")
 
 
@@ -186,7 +186,7 @@ def test_one_client_key_is_one_client_whatever_its_sockets():
     key = "k" * 40
     (opened,) = c.core.handle(Inbound(ME, P.Open(backend="fake", prompt="hills"), 0.0, user=key))
     (error,) = c.core.handle(Inbound(OTHER, P.Open(backend="fake", prompt="hills"), 0.0, user=key))
-    assert P.decode_reply(error.frames)[0].code == P.TOO_MANY_SESSIONS
+    assert wire.decode_reply(error.frames)[0].code == P.TOO_MANY_SESSIONS
 
 
 def test_memory_budget_refuses_before_building():
@@ -229,7 +229,7 @@ def test_silent_sessions_expire_and_free_their_backend():
     closed = FakeBackend.closed
     c.now = 0.9
     c.send(P.Ping(), identity=OTHER)  # any message keeps the sender's sessions alive
-    out = [P.decode_reply(o.frames)[0] for o in c.core.expire(now=1.5)]
+    out = [wire.decode_reply(o.frames)[0] for o in c.core.expire(now=1.5)]
     assert out == [P.Closed(session=quiet, reason="timeout")]
     assert set(c.core.sessions) == {busy} and FakeBackend.closed == closed + 1
     assert c.core.stats.sessions_expired == 1
@@ -238,7 +238,7 @@ def test_silent_sessions_expire_and_free_their_backend():
 def test_backend_failure_closes_only_that_session():
     c = Core()
     bad, good = c.open(options={"fail_after": 0}), c.open(identity=OTHER)
-    replies = [P.decode_reply(o.frames)[0] for o in c.core.produce_next()]
+    replies = [wire.decode_reply(o.frames)[0] for o in c.core.produce_next()]
     assert [r.TYPE for r in replies] == ["error", "closed"] and replies[0].code == P.BACKEND_ERROR
     assert set(c.core.sessions) == {good} and bad not in c.core.sessions
     assert c.produce_all()  # the other session keeps playing

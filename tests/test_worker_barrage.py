@@ -15,6 +15,7 @@ import zmq
 from tests.helpers import E2E_BACKEND, E2E_PROMPTS, FAKE_MODULE, collect, replay
 from world.actions import KEYS, Action
 from world.server import protocol as P
+from world.server import wire
 from world.server.client import ChunkEvent, ErrorEvent, WorldClient
 from world.server.process import start_worker_process, stop_worker_process
 
@@ -96,14 +97,14 @@ def drain(sock: zmq.Socket, codes: dict[str, int], refs: set) -> None:
     """Read every reply waiting for the fuzzer; close any session a valid open created."""
     for _ in range(10_000):
         try:
-            reply, _ = P.decode_reply(sock.recv_multipart(zmq.NOBLOCK))
+            reply, _ = wire.decode_reply(sock.recv_multipart(zmq.NOBLOCK))
         except zmq.Again:
             return
         refs.add(getattr(reply, "ref", None))
         key = reply.code if reply.TYPE == "error" else reply.TYPE
         codes[key] = codes.get(key, 0) + 1
         if reply.TYPE == "opened":
-            sock.send_multipart(P.encode(P.Close(session=reply.session)))
+            sock.send_multipart(wire.encode(P.Close(session=reply.session)))
 
 
 def stream_step(victim: WorldClient, chunks: list[ChunkEvent], rng: random.Random) -> None:

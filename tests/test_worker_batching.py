@@ -16,6 +16,7 @@ from tests.helpers import collect_chunks
 from world.actions import Action
 from world.backends.registry import create_backend
 from world.server import protocol as P
+from world.server import wire
 from world.server.batching import BatchScheduler
 from world.server.client import ChunkEvent, ErrorEvent, WorldClient
 from world.server.core import WorkerCore
@@ -199,12 +200,12 @@ def play_in_core(world_dir, max_batch: int) -> tuple[list[list[tuple[P.Chunk, np
     for k in range(3):
         who = f"client{k}".encode()
         open_ = P.Open(backend="generated", prompt="green hills at noon", seed=k, options=DIAGONAL)
-        (opened,) = [P.decode_reply(o.frames)[0] for o in core.handle(Inbound(who, open_, 0.001 * k))]
+        (opened,) = [wire.decode_reply(o.frames)[0] for o in core.handle(Inbound(who, open_, 0.001 * k))]
         sids.append(opened.session)
         core.handle(Inbound(who, P.Actions(session=opened.session, actions=tuple(ACTIONS[:6])), 0.001 * k))
     calls = []
     for _ in range(30):
-        made = [P.decode_reply(o.frames) for o in core.produce_next()]
+        made = [wire.decode_reply(o.frames) for o in core.produce_next()]
         calls += [made] if made else []
         if sum(c.seq == 2 for call in calls for c, _ in call) == 3:
             break

@@ -16,6 +16,7 @@ import tests.fakes  # noqa: F401  (registers the "fake" backend in this process)
 from tests.helpers import E2E_BACKEND, E2E_PROMPTS, FAKE_MODULE, collect, replay
 from world.actions import Action
 from world.server import protocol as P
+from world.server import wire
 from world.server.client import ChunkEvent, ErrorEvent, WorldClient, WorldConnectionError, WorldRequestError
 from world.server.process import start_worker_process, stop_worker_process
 
@@ -71,15 +72,15 @@ def test_bad_requests_over_the_wire_get_errors(worker):
             ([json.dumps({"v": 7, "type": "ping", "ref": 1}).encode()], P.BAD_VERSION),
             ([b"{}", b"extra"], P.BAD_FRAME),
             ([json.dumps({"v": 1, "type": "shutdown"}).encode()], P.UNKNOWN_TYPE),
-            (P.encode(P.Open(backend="nope", prompt="hills")), P.UNKNOWN_BACKEND),
-            (P.encode(P.Input(session="ffff", action=WALK)), P.UNKNOWN_SESSION),
-            (P.encode(P.Open(backend=E2E_BACKEND, prompt=E2E_PROMPTS[0], options={"colour": "blue"})), P.BAD_OPTION),
-            (P.encode(P.Open(backend=E2E_BACKEND, prompt="x" * 501)), P.BAD_PROMPT),
+            (wire.encode(P.Open(backend="nope", prompt="hills")), P.UNKNOWN_BACKEND),
+            (wire.encode(P.Input(session="ffff", action=WALK)), P.UNKNOWN_SESSION),
+            (wire.encode(P.Open(backend=E2E_BACKEND, prompt=E2E_PROMPTS[0], options={"colour": "blue"})), P.BAD_OPTION),
+            (wire.encode(P.Open(backend=E2E_BACKEND, prompt="x" * 501)), P.BAD_PROMPT),
         ]
         for frames, code in cases:
             sock.send_multipart(frames)
             assert sock.poll(5000), f"no reply for {code}"
-            reply, _ = P.decode_reply(sock.recv_multipart())
+            reply, _ = wire.decode_reply(sock.recv_multipart())
             assert reply.TYPE == "error" and reply.code == code
             if code == P.BAD_VERSION:
                 assert reply.supported == P.PROTOCOL_VERSION and reply.ref == 1

@@ -15,6 +15,7 @@ import zmq
 
 from tests.helpers import FAKE_MODULE
 from world.server import protocol as P
+from world.server import wire
 from world.server.process import REPO_ROOT, _wait_ready, stop_worker_process
 
 HUGE = [10**400, -(10**400), 10**21, 1e21, 1e300, -1e300, 2**64]
@@ -50,7 +51,7 @@ def test_out_of_range_numbers_are_refused_by_name_and_never_logged_as_tracebacks
         sock.setsockopt(zmq.LINGER, 0)
         sock.connect(endpoint)
         sock.send(json.dumps({"v": 1, "type": "open", "backend": "fake", "prompt": "hills", "ref": "o"}).encode())
-        while (reply := P.decode_reply(sock.recv_multipart())[0]).TYPE != "opened":
+        while (reply := wire.decode_reply(sock.recv_multipart())[0]).TYPE != "opened":
             pass
         codes = []
         sent = messages(reply.session)
@@ -59,7 +60,7 @@ def test_out_of_range_numbers_are_refused_by_name_and_never_logged_as_tracebacks
         while len(codes) < len(sent) - 2 * len(HUGE):  # pings and status with a huge ref: replies, not errors
             if not sock.poll(10000):
                 break
-            answer = P.decode_reply(sock.recv_multipart())[0]
+            answer = wire.decode_reply(sock.recv_multipart())[0]
             if answer.TYPE == "error":
                 codes.append(answer.code)
         assert codes and P.INTERNAL not in codes, codes

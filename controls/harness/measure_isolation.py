@@ -20,7 +20,9 @@ import time
 
 import zmq
 
+from controls.harness.common import raw_socket
 from world.server import protocol as P
+from world.server import wire
 from world.server.client import ChunkEvent, WorldClient, WorldRequestError
 from world.server.process import start_worker_process, stop_worker_process
 
@@ -45,7 +47,7 @@ def play(client: WorldClient, seconds: float, big: list[zmq.Socket], pinger: Wor
         pinger.poll(0)  # pings only: this client never acks
         for k, sock in enumerate(big):
             while sock.poll(0):
-                reply = P.decode_reply(sock.recv_multipart())[0]
+                reply = wire.decode_reply(sock.recv_multipart())[0]
                 if reply.TYPE != "chunk":
                     outcomes[k].append((round(time.monotonic() - start, 1), reply.TYPE,
                                         getattr(reply, "code", getattr(reply, "reason", None))))
@@ -68,10 +70,8 @@ def big_opens(endpoint: str, count: int, seconds: float) -> dict:
     pinger.open("engine", "green hills at noon", seed=2)
     big = []
     for k in range(count):
-        sock = zmq.Context.instance().socket(zmq.DEALER)
-        sock.setsockopt(zmq.LINGER, 0)
-        sock.connect(endpoint)
-        sock.send_multipart(P.encode(P.Open(backend="engine", prompt="green hills at noon", options=BIG, ref=k)))
+        sock = raw_socket(zmq.Context.instance(), endpoint)
+        sock.send_multipart(wire.encode(P.Open(backend="engine", prompt="green hills at noon", options=BIG, ref=k)))
         big.append(sock)
     stats = play(normal, seconds, big, pinger)
     for client in [normal, pinger]:

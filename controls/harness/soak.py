@@ -32,6 +32,8 @@ from pathlib import Path
 
 import zmq
 
+from controls.harness.common import raw_socket, replies
+from controls.harness.memory import rss_bytes_of
 from world.actions import KEYS, Action
 from world.data.dataset import open_dataset
 from world.data.recorder import Recorder
@@ -67,28 +69,6 @@ class SoakConfig:
     kill_at: float | None = 0.5  # SIGKILL the worker at this fraction of the run; None: never
     worker_args: tuple[str, ...] = ()
     record_dir: str | None = None  # default: a temporary directory
-
-
-def _raw_socket(context: zmq.Context, endpoint: str) -> zmq.Socket:
-    sock = context.socket(zmq.DEALER)
-    sock.setsockopt(zmq.LINGER, 0)
-    sock.setsockopt(zmq.SNDHWM, 1000)
-    sock.connect(endpoint)
-    return sock
-
-
-def _replies(sock: zmq.Socket, limit: int = 1000) -> list[P.Message]:
-    out = []
-    for _ in range(limit):
-        try:
-            frames = sock.recv_multipart(zmq.NOBLOCK)
-        except zmq.Again:
-            break
-        try:
-            out.append(P.decode_reply(frames)[0])
-        except P.ProtocolError:
-            out.append(P.Error(code="undecodable_reply"))
-    return out
 
 
 class Player:
@@ -156,7 +136,7 @@ class Fuzzer:
     """Malformed messages of every request type: bad fields, huge numbers, junk frames."""
 
     def __init__(self, context: zmq.Context, endpoint: str, config: SoakConfig, seed: int = 0):
-        self.sock, self.config, self.rng = _raw_socket(context, endpoint), config, random.Random(seed)
+        self.sock, self.config, self.rng = raw_socket(context, endpoint), config, random.Random(seed)
         self.sent = 0
         self.codes: Counter = Counter()
 
@@ -167,7 +147,7 @@ class Fuzzer:
                 self.sent += 1
             except zmq.Again:
                 break
-        for reply in _replies(self.sock):
+        for reply in replies(self.sock):
             if reply.TYPE == "error":
                 self.codes[reply.code] += 1
             elif reply.TYPE == "opened":  # a mutation that is still a valid open: give it back
@@ -221,12 +201,12 @@ class Oversized:
     """Opens the largest allowed session again and again (and closes it when it is admitted)."""
 
     def __init__(self, context: zmq.Context, endpoint: str, config: SoakConfig, every_s: float = 2.0):
-        self.sock, self.config, self.every_s, self.next = _raw_socket(context, endpoint), config, every_s, 0.0
+        self.sock, self.config, self.every_s, self.next = raw_socket(context, endpoint), config, every_s, 0.0
         self.outcomes: Counter = Counter()
 
     def step(self) -> None:
         now = time.monotonic()
-        for reply in _replies(self.sock):
+        for reply in replies(self.sock):
             self.outcomes[reply.code if reply.TYPE == "error" else reply.TYPE] += 1
             if reply.TYPE == "closed":
                 self.outcomes[f"closed:{reply.reason}"] += 1
@@ -244,7 +224,7 @@ class Thief:
     """Acts on other clients' session ids from its own socket; every attempt must be refused."""
 
     def __init__(self, context: zmq.Context, endpoint: str, players: list[Player]):
-        self.sock, self.players, self.attempts = _raw_socket(context, endpoint), players, 0
+        self.sock, self.players, self.attempts = raw_socket(context, endpoint), players, 0
         self.refused, self.succeeded = 0, 0
 
     def step(self) -> None:
@@ -255,7 +235,7 @@ class Thief:
                         "prompt": {"prompt": "desert"}, "close": {}, "status": {}}[kind]  # fmt: skip
                 self.sock.send(json.dumps({"v": 1, "type": kind, "session": sid, **body}).encode())
                 self.attempts += 1
-        for reply in _replies(self.sock):
+        for reply in replies(self.sock):
             if reply.TYPE == "error" and reply.code == P.UNKNOWN_SESSION:
                 self.refused += 1
             elif reply.TYPE in ("ok", "closed", "status"):
@@ -298,11 +278,7 @@ def run_soak(config: SoakConfig, log=print) -> dict:
 
 
 def _rss_of(pid: int) -> int:
-    try:
-        with open(f"/proc/{pid}/statm") as f:
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    except (OSError, ValueError, IndexError):
-        return rss_bytes() or 0
+    return rss_bytes_of(pid) or rss_bytes() or 0
 
 
 def _report(config, actors, players, seconds, rss, record_dir, proc) -> dict:

@@ -30,6 +30,7 @@ import zmq
 from world.actions import Action
 from world.procedural.themes import EXAMPLE_PROMPTS
 from world.server import protocol as P
+from world.server import wire
 from world.server.auth import ClientKeys, secure_client
 
 DEFAULT_PROMPT = EXAMPLE_PROMPTS[0]
@@ -173,7 +174,7 @@ class WorldClient:
         if self._socket is None:
             self._new_socket()
         try:
-            self._socket.send_multipart(P.encode(message), zmq.NOBLOCK)
+            self._socket.send_multipart(wire.encode(message), zmq.NOBLOCK)
         except zmq.Again:
             # The send queue is full: the worker has not been reading for a long time.
             self._lost = True
@@ -367,7 +368,7 @@ class WorldClient:
     def _dispatch(self, frames: list[bytes]) -> tuple[P.Message | None, Event | None]:
         """Decode one worker message and update client state; returns (reply, event for poll)."""
         try:
-            reply, pixels = P.decode_reply(frames)
+            reply, pixels = wire.decode_reply(frames)
         except P.ProtocolError as exc:
             return None, ErrorEvent(exc.code, f"undecodable message from the worker: {exc.message}")
         self._last_heard = time.monotonic()

@@ -17,6 +17,7 @@ from collections.abc import Callable
 
 from world.backends.model_cache import MODELS
 from world.server import protocol as P
+from world.server import wire
 from world.server.admission import Admission, AdmissionConfig, CostModel, Holder
 from world.server.batching import BatchScheduler, Made, produce_batch
 from world.server.jobs import InlineExecutor, Job
@@ -93,7 +94,7 @@ class WorkerCore:
             return self._handlers[type(request)](item)
         except P.ProtocolError as exc:
             exc.ref, exc.extra["request"] = request.ref, request.TYPE
-            return [self._error(item.identity, P.error_for(exc, getattr(request, "session", None)))]
+            return [self._error(item.identity, wire.error_for(exc, getattr(request, "session", None)))]
         except Exception as exc:  # a backend bug must not take the worker down
             return [self._error(item.identity, self._internal(exc, request))]
 
@@ -214,7 +215,7 @@ class WorkerCore:
         session = job.session
         try:
             header, frames, seconds = job.future.result()
-            out = [Outgoing(session.owner, P.encode_chunk(header, frames))]
+            out = [Outgoing(session.owner, wire.encode_chunk(header, frames))]
         except Exception as exc:
             return self._backend_failed(session, exc)
         self.stats.chunks_produced += 1
@@ -291,7 +292,7 @@ class WorkerCore:
             if isinstance(made, Exception):
                 raise made
             header, frames = made
-            out = [Outgoing(session.owner, P.encode_chunk(header, frames))]
+            out = [Outgoing(session.owner, wire.encode_chunk(header, frames))]
             # A batch's gen_ms is the whole batch's time; each session's share is what its budget sees.
             seconds = header.gen_ms / 1000.0 / max(1, batch_size)
         except Exception as exc:
@@ -323,7 +324,7 @@ class WorkerCore:
             session = job.future.result()
         except P.ProtocolError as exc:
             exc.ref, exc.extra["request"] = req.ref, req.TYPE
-            return [self._error(item.identity, P.error_for(exc))]
+            return [self._error(item.identity, wire.error_for(exc))]
         except Exception as exc:
             return [self._error(item.identity, self._internal(exc, req))]
         # The clock of a session that took long to build starts when it was built, not at the open.
@@ -377,7 +378,7 @@ class WorkerCore:
         except Exception as exc:  # the world is half reset: end the session rather than stream garbage
             if isinstance(exc, P.ProtocolError):  # a refused prompt: the old world goes on
                 exc.ref, exc.extra["request"] = item.request.ref, "reset"
-                return [self._error(item.identity, P.error_for(exc, session.sid))]
+                return [self._error(item.identity, wire.error_for(exc, session.sid))]
             self.log.warning("session %s: reset failed: %s: %.200s", session.sid, type(exc).__name__, exc)
             error = P.Error(code=P.BACKEND_ERROR, message=f"reset failed: {exc}"[:500], ref=item.request.ref,
                             session=session.sid, request="reset")  # fmt: skip

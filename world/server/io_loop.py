@@ -31,6 +31,7 @@ from concurrent.futures import ThreadPoolExecutor
 import zmq
 
 from world.server import protocol as P
+from world.server import wire
 from world.server.auth import secure_server, start_authenticator
 from world.server.core import WorkerCore
 from world.server.ratelog import RateLimitedLog
@@ -122,14 +123,14 @@ class WorkerIO(threading.Thread):
     def _decode(self, identity: bytes, frames: list[bytes]) -> P.Message | None:
         """The typed request, or None after answering with the error."""
         try:
-            return P.decode_request(frames)
+            return wire.decode_request(frames)
         except P.ProtocolError as exc:
-            error = P.error_for(exc)
+            error = wire.error_for(exc)
         except Exception as exc:  # a validation bug must cost one message, not the I/O thread
             self.log.warning("decoding a request failed: %s: %.200s", type(exc).__name__, exc)
             error = P.Error(code=P.INTERNAL, message=f"{type(exc).__name__} while decoding")
         self.stats.rejected += 1
-        self._send(identity, P.encode(error))
+        self._send(identity, wire.encode(error))
         return None
 
     def _on_message(self, identity: bytes, frames: list[bytes], user: str | None = None) -> None:
@@ -137,7 +138,7 @@ class WorkerIO(threading.Thread):
         if request is None:
             return
         if isinstance(request, P.Ping):  # answered here so heartbeats never wait for a chunk
-            self._send(identity, P.encode(P.Pong(worker=self.instance, ref=request.ref)))
+            self._send(identity, wire.encode(P.Pong(worker=self.instance, ref=request.ref)))
         image = carries_image(request)
         if image and not self.image_slots.acquire(blocking=False):
             self._busy(identity, request, "too many start images are waiting to be decoded")
@@ -154,7 +155,7 @@ class WorkerIO(threading.Thread):
         self.stats.rejected += 1
         busy = P.Error(code=P.BUSY, message=f"{why}; retry in 1 s", ref=request.ref, request=request.TYPE,
                        retry_after_s=1.0)  # fmt: skip
-        self._send(identity, P.encode(busy))
+        self._send(identity, wire.encode(busy))
 
     def _send(self, identity: bytes, frames: list[bytes]) -> None:
         # NOBLOCK + ROUTER_MANDATORY: a peer that is gone or not reading loses this message instead

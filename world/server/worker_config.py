@@ -9,6 +9,7 @@ import os
 from dataclasses import dataclass, field
 
 from world.server import protocol as P
+from world.server import wire
 from world.server.auth import ServerKeys
 
 DEFAULT_BIND = "tcp://127.0.0.1:5555"
@@ -77,7 +78,7 @@ class Outgoing:
 
 
 def outgoing(identity: bytes, message: P.Message) -> Outgoing:
-    return Outgoing(identity, P.encode(message))
+    return Outgoing(identity, wire.encode(message))
 
 
 @dataclass

@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 import zmq
 
 from world.server import protocol as P
+from world.server import wire
 from world.server.auth import ServerKeys, secure_server, start_authenticator
 
 log = logging.getLogger("world.cluster")
@@ -162,7 +163,7 @@ class FrontDoor:
                 self.actor_lost(link.index, f"no answer for {now - link.last_pong:.1f} s")
                 continue
             try:
-                link.control.send_multipart(P.encode(P.Ping()), zmq.NOBLOCK)
+                link.control.send_multipart(wire.encode(P.Ping()), zmq.NOBLOCK)
             except zmq.Again:
                 pass  # its queue is full: the missing pongs will say so
 
@@ -175,9 +176,9 @@ class FrontDoor:
 
     def _from_client(self, identity: bytes, frames: list[bytes]) -> None:
         try:
-            request = P.decode_request(frames)
+            request = wire.decode_request(frames)
         except P.ProtocolError as exc:
-            self._send(identity, P.error_for(exc))
+            self._send(identity, wire.error_for(exc))
             return
         if isinstance(request, P.Open):
             self._open(identity, request, frames)
@@ -234,7 +235,7 @@ class FrontDoor:
         index, identity = self.owners[dealer]
         link = self.actors[index]
         try:
-            header = P.parse_header(frames[0])
+            header = wire.parse_header(frames[0])
         except P.ProtocolError:
             log.warning("actor %d sent an unreadable reply; dropped", index)
             return
@@ -257,7 +258,7 @@ class FrontDoor:
         return any(placed == (index, identity) for placed in self.sessions.values())
 
     def _send(self, identity: bytes, message: P.Message) -> None:
-        self._send_frames(identity, P.encode(message))
+        self._send_frames(identity, wire.encode(message))
 
     def _send_frames(self, identity: bytes, frames: list[bytes]) -> None:
         try:
