@@ -24,7 +24,7 @@ from model.evaluation.suite import evaluate
 from model.readers.idm import IDMConfig
 from model.readers.train_classifier import ClassifierTask
 from model.readers.train_idm import IDMTask
-from model.readers.trainer import TrainConfig, Trainer
+from model.readers.trainer import ReaderTrainConfig, Trainer
 from world.backends.registry import create_backend
 from world.procedural.themes import all_themes, describe, parse_prompt
 
@@ -40,7 +40,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
 
 
 def _train(task, out, steps):
-    cfg = TrainConfig(steps=steps, batch=16, lr=3e-3, warmup=10, eval_every=10**6, save_every=10**6)
+    cfg = ReaderTrainConfig(steps=steps, batch=16, lr=3e-3, warmup=10, eval_every=10**6, save_every=10**6)
     Trainer(task, out, cfg, torch.device("cpu"), {}, out.parent / f"{task.kind}-log").run()
     return out
 

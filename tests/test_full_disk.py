@@ -1,4 +1,4 @@
-"""Issue 13, finding 4: a full disk ended play with a raw OSError traceback.
+"""docs/reliability.md, row 4: a full disk must not end play with a raw OSError traceback.
 
 `play --headless --record` runs as a real process (with its own local worker) under a file-size
 limit (`ulimit -f`: writes past it fail with EFBIG, as on a full disk with ENOSPC): the recording

@@ -252,7 +252,7 @@ def test_hud_words_reads_as_and_behind():
 
 
 def test_typing_a_long_prompt_does_not_delay_the_next_chunk(display, worker, tmp_path):
-    """The one timing check the issue asks for: while 500 characters are typed into the prompt box
+    """The typing timing check: while 500 characters are typed into the prompt box
     (the window used to redraw the whole box on every keystroke, 20 ms at that length), each chunk
     arrives no later than one chunk time after it was due (due: the previous arrival plus the longer
     of its display time and the time the worker took to make it, gen_ms)."""

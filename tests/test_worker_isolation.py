@@ -1,4 +1,4 @@
-"""Issue 13, findings 1 and 3: what one client asks for must not stall or starve the others.
+"""docs/reliability.md, rows 1 and 3: what one client asks for must not stall or starve the others.
 
 Real `serve` subprocesses on loopback with the fake backend, whose `reset_delay_s` / `delay_s`
 options make a world as slow to open or to step as a 1024x1024 engine (docs/reliability.md).

@@ -1,4 +1,5 @@
-"""Issue 13, finding 5: huge numbers got `internal` errors and 24-line tracebacks in the log.
+"""docs/reliability.md, row 5: huge numbers must be refused by the field they are in, never answered
+with `internal` errors and tracebacks in the log.
 
 A real worker (its log captured) gets every request type with out-of-range numbers in every
 numeric place: each is refused with a specific code, none with `internal`, and the log holds no

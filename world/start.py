@@ -48,12 +48,6 @@ class StartImage:
                 "sha256": self.sha256}  # fmt: skip
 
 
-def check_start_mode(mode: object) -> str:
-    if mode not in START_MODES:
-        raise ValueError(f"start must be one of {', '.join(START_MODES)}; got {mode!r:.40}")
-    return mode
-
-
 def decode_start_image(data: bytes) -> StartImage:
     """PNG or JPEG bytes -> StartImage with RGB pixels. Raises StartImageError naming the problem.
 

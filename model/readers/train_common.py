@@ -12,7 +12,7 @@ from pathlib import Path
 from model.common.configs import add_options, given_options, replace_config
 from model.common.device import resolve_device
 from model.evaluation.data import Episode, load_dataset, render_engine_episodes, split_episodes
-from model.readers.trainer import TrainConfig, Trainer
+from model.readers.trainer import ReaderTrainConfig, Trainer
 
 
 def add_common_arguments(parser: argparse.ArgumentParser, default_steps: int) -> None:
@@ -23,7 +23,7 @@ def add_common_arguments(parser: argparse.ArgumentParser, default_steps: int) ->
         "to render engine episodes on the spot (--episodes x --frames-per-episode)",
     )
     parser.add_argument("--out", required=True, help="checkpoint directory (resumes when it holds one)")
-    add_options(parser, TrainConfig, defaults=replace(TrainConfig(), steps=default_steps))
+    add_options(parser, ReaderTrainConfig, defaults=replace(ReaderTrainConfig(), steps=default_steps))
     parser.add_argument("--preset", default="default", help="network size: tiny | default")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda")
     parser.add_argument("--episodes", type=int, default=40, help="episodes to render when --data is omitted")
@@ -55,10 +55,10 @@ def load_episodes(args: argparse.Namespace) -> tuple[list[Episode], list[Episode
     return train, held, f"{source}; {n(train)} train / {n(held)} held-out frames"
 
 
-def train_config(args: argparse.Namespace) -> TrainConfig:
-    save_every = max(100, min(TrainConfig.save_every, args.steps // 4 or 1))
+def train_config(args: argparse.Namespace) -> ReaderTrainConfig:
+    save_every = max(100, min(ReaderTrainConfig.save_every, args.steps // 4 or 1))
     derived = {"save_every": save_every, "warmup": min(100, args.steps // 10 + 1)}
-    return replace_config(TrainConfig(), {**given_options(args, TrainConfig), **derived}, "train options")
+    return replace_config(ReaderTrainConfig(), {**given_options(args, ReaderTrainConfig), **derived}, "train options")
 
 
 def run_training(task, args: argparse.Namespace, data_note: str) -> int:

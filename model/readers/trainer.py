@@ -31,7 +31,7 @@ from model.training.loop import LoopConfig, TrainLoop, autocast_for, optimizer_s
 
 
 @dataclass(frozen=True)
-class TrainConfig:
+class ReaderTrainConfig:
     """A field with help is also a `train idm` / `train classifier` option (model/common/configs.py)."""
 
     steps: int = option(3000, help="total optimiser steps")
@@ -57,7 +57,7 @@ class Task(Protocol):
     def evaluate(self) -> dict[str, float]: ...
 
 
-def lr_at(step: int, cfg: TrainConfig) -> float:
+def lr_at(step: int, cfg: ReaderTrainConfig) -> float:
     """Linear warm-up, then cosine decay to 10% of the peak."""
     if step < cfg.warmup:
         return cfg.lr * (step + 1) / cfg.warmup
@@ -67,7 +67,8 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
 
 class Trainer:
     def __init__(
-        self, task: Task, out: str | Path, cfg: TrainConfig, device: torch.device, extra: dict, log_dir: str | Path
+        self, task: Task, out: str | Path, cfg: ReaderTrainConfig, device: torch.device, extra: dict,
+        log_dir: str | Path,
     ):
         self.task, self.out, self.cfg, self.device, self.extra = task, Path(out), cfg, device, dict(extra)
         self.heldout: dict[str, float] | None = self.extra.get("heldout")  # the latest held-out metrics

@@ -2,17 +2,14 @@
 
 Each WHAT lives in its own module exposing `add_arguments(parser)` and `run(args) -> int`. A module
 is imported only when its WHAT is chosen (argparse fills that sub-parser at parse time), so
-`train autoencoder` never pays for the transformer code and a module not written yet fails only when
-asked for, with a clear message.
+`train autoencoder` never pays for the transformer code.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
-import importlib.util
 import sys
-from types import ModuleType
 
 TARGETS: dict[str, tuple[str, str]] = {
     "autoencoder": ("model.training.autoencoder", "train the frame autoencoder on a dataset"),
@@ -28,36 +25,6 @@ TARGETS: dict[str, tuple[str, str]] = {
 ALIASES: dict[str, str] = {"latents": "encode-latents"}
 
 
-class TargetUnavailable(RuntimeError):
-    """A training target whose module is not part of this installation (yet)."""
-
-
-def import_target(what: str) -> ModuleType:
-    """The module behind `what`; TargetUnavailable when that module itself does not exist."""
-    module_name = TARGETS[what][0]
-    try:
-        return importlib.import_module(module_name)
-    except ModuleNotFoundError as e:
-        # Only the target module (or its package) missing means "not available"; a missing
-        # dependency inside an existing module is a real error and must surface as such.
-        if e.name is not None and module_name.startswith(e.name):
-            raise TargetUnavailable(f"train {what}: not available yet ({module_name} is not part of this "
-                                    f"installation); available: {', '.join(available_targets())}") from None
-        raise
-
-
-def available_targets() -> list[str]:
-    """Targets whose module is installed (found without importing it)."""
-    return [what for what, (module_name, _) in TARGETS.items() if _module_exists(module_name)]
-
-
-def _module_exists(module_name: str) -> bool:
-    try:
-        return importlib.util.find_spec(module_name) is not None
-    except ModuleNotFoundError:  # parent package missing
-        return False
-
-
 class _LazySubParsers(argparse._SubParsersAction):
     """Sub-parsers whose arguments come from the chosen module, imported only when chosen."""
 
@@ -65,10 +32,7 @@ class _LazySubParsers(argparse._SubParsersAction):
         what = values[0]
         sub = self._name_parser_map.get(what)
         if sub is not None and not sub.get_default("_train_loaded"):
-            try:
-                module = import_target(what)
-            except TargetUnavailable as e:
-                parser.error(str(e))
+            module = importlib.import_module(TARGETS[what][0])
             module.add_arguments(sub)
             sub.set_defaults(_train_run=module.run, _train_loaded=True)
         super().__call__(parser, namespace, values, option_string)

@@ -283,10 +283,6 @@ class WorldClient:
         """Acknowledge every chunk up to chunk_seq; the worker stays <= info["window"] chunks ahead."""
         self._send(P.Ack(session=self._require_session(), seq=chunk_seq))
 
-    def request_status(self) -> None:
-        """Ask for worker (and session) counters; the answer arrives from poll() as a StatusEvent."""
-        self._send(P.Status(session=self.session, ref=self._next_ref()))
-
     def status(self, timeout_s: float | None = None) -> StatusEvent:
         """Blocking status request; other events that arrive meanwhile are kept for poll()."""
         ref = self._next_ref()
