@@ -174,3 +174,17 @@ def test_no_test_module_imports_another():
                 names = [node.module]
             bad += [f"{path.name} imports {n}" for n in names if n.startswith("tests.test_")]
     assert not bad, "\n".join(bad)
+
+
+def test_the_architecture_page_draws_the_packages_that_exist():
+    """docs/architecture.md's tree names every package, and every file path the page names exists."""
+    import re
+
+    page = (ROOT / "docs" / "architecture.md").read_text()
+    tree = page.split("## The tree", 1)[1].split("```", 2)[1]
+    packages = {module_name(p.parent) for pkg in PACKAGES for p in (ROOT / pkg).rglob("__init__.py")}
+    missing = sorted(p for p in packages if not re.search(rf"^\s*{p.rpartition('.')[2]}/", tree, re.M))
+    assert not missing, f"packages missing from the tree in docs/architecture.md: {missing}"
+    named = set(re.findall(r"(?<![\w/.])((?:world|model|controls)/[\w/]+\.py)", page))
+    gone = sorted(path for path in named if not (ROOT / path).is_file())
+    assert not gone, f"docs/architecture.md names files that do not exist: {gone}"
