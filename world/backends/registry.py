@@ -60,7 +60,8 @@ def create_backend(name: str, **options) -> Backend:
     return (load_object(factory) if isinstance(factory, str) else factory)(**options)
 
 
-def regenerator(name: str) -> Callable | None:
-    """The function that makes a recording of backend `name` again, or None when none is registered."""
-    path = _REGENERATORS.get(name)
+def regenerator(name: object) -> Callable | None:
+    """The function that makes a recording of backend `name` again, or None when none is registered
+    (`name` comes from a recording's meta.json, so it may be anything)."""
+    path = _REGENERATORS.get(name) if isinstance(name, str) else None
     return None if path is None else load_object(path)
