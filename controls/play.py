@@ -198,7 +198,8 @@ def start_option(args: argparse.Namespace, backend: str) -> tuple[str | None, by
 
 def read_start_image(path: str) -> bytes:
     """The bytes of a start image file, checked against the protocol's size limit. UsageError."""
-    from world.server.protocol import MAX_START_IMAGE_BYTES, image_too_large
+    from world.server.protocol import image_too_large
+    from world.start import MAX_START_IMAGE_BYTES
 
     try:
         data = Path(path).read_bytes()

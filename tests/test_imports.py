@@ -142,6 +142,18 @@ def test_model_does_not_import_controls():
     assert not bad, "model/ imports controls/:\n" + "\n".join(bad)
 
 
+def test_worlds_shared_vocabulary_imports_none_of_its_sub_packages():
+    """world/'s root modules (actions, backend, errors, files, start ...) are what every layer and
+    every world/ sub-package shares: they import none of procedural/, server/, data/, backends/."""
+    graph = import_graph()
+    root = [m for m in graph if m.startswith("world.") and (ROOT / "world" / f"{m[6:]}.py").is_file()]
+    bad = sorted(f"{m} -> {t}" for m in root for t in graph[m] if t.count(".") and t.split(".")[1] in SUB_PACKAGES)
+    assert not bad, "world/'s shared root imports a sub-package:\n" + "\n".join(bad)
+
+
+SUB_PACKAGES = {p.name for p in (ROOT / "world").iterdir() if (p / "__init__.py").is_file()}
+
+
 def test_backends_registered_by_module_path_exist():
     """world/ names the generated backend by its path instead of importing it: the path must be real."""
     from world.backends import registry

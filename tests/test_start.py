@@ -25,7 +25,7 @@ from world.data.replay import frame_mismatches, recorded_start
 from world.server import protocol as P
 from world.server import wire
 from world.server.client import ChunkEvent, WorldClient, WorldRequestError
-from world.start import StartImageError, decode_start_image, fit_image
+from world.start import MAX_START_IMAGE_SIDE, StartImageError, decode_start_image, fit_image
 
 PROMPT = "green hills at noon"
 UNKNOWN = "purple elephants"  # names no biome, time of day or weather: the engine cannot render it
@@ -80,7 +80,7 @@ def test_start_images_decode_to_rgb_and_fit_the_world():
     (b"GIF89a" + b"\0" * 64, "not a PNG or JPEG"),
     (b"not an image at all", "not a PNG or JPEG"),
     (png(PICTURE)[:200], "cannot be decoded"),  # truncated
-    (png(np.zeros((1, P.MAX_START_IMAGE_SIDE + 1, 3), np.uint8)), "4097x1 pixels; the limit is 4096"),
+    (png(np.zeros((1, MAX_START_IMAGE_SIDE + 1, 3), np.uint8)), "4097x1 pixels; the limit is 4096"),
     (b"\x89PNG" + b"x" * P.MAX_START_IMAGE_BYTES, "bytes; the limit"),
 ])  # fmt: skip
 def test_bad_start_images_are_refused_with_the_reason(data, match):

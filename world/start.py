@@ -21,10 +21,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from world.server.protocol import MAX_START_IMAGE_BYTES, MAX_START_IMAGE_SIDE
-
 START_MODES = ("engine", "text", "image")
 IMAGE_FORMATS = ("PNG", "JPEG")
+MAX_START_IMAGE_BYTES = 4 * 1024 * 1024  # encoded PNG / JPEG bytes of a start image (the open's image frame)
+MAX_START_IMAGE_SIDE = 4096  # pixels, each side, checked before the image is decoded
 
 
 class StartImageError(ValueError):

@@ -20,6 +20,7 @@ from typing import Any, ClassVar
 
 from world.actions import Action, ActionError
 from world.errors import MAX_PROMPT_CHARS
+from world.start import MAX_START_IMAGE_BYTES  # the start image's own limit (world/start.py)
 
 PROTOCOL_VERSION = 1
 
@@ -29,8 +30,6 @@ PROTOCOL_VERSION = 1
 # connection is dropped instead of answered). It is twice the image limit, so an image somewhat
 # over the limit is still answered with a `too_large` error that says so.
 MAX_HEADER_BYTES = 64 * 1024
-MAX_START_IMAGE_BYTES = 4 * 1024 * 1024  # encoded PNG / JPEG bytes of a start image
-MAX_START_IMAGE_SIDE = 4096  # pixels, each side, checked before the image is decoded
 MAX_TRANSPORT_FRAME_BYTES = 2 * MAX_START_IMAGE_BYTES
 MAX_PAYLOAD_BYTES = 64 * 1024 * 1024  # the largest chunk payload a worker may send
 MAX_QUEUED_ACTIONS = 256  # per session, across "actions" messages
