@@ -331,26 +331,7 @@ class WorkerCore:
         session.last_seen = item.received + session.build_s
         self.sessions[session.sid] = session
         self.stats.sessions_opened += 1
-        info = session.info
-        opened = P.Opened(
-            session=session.sid,
-            backend=req.backend,
-            height=info.height,
-            width=info.width,
-            chunk_frames=info.chunk_frames,
-            fps=info.fps,
-            description=info.description,
-            prompt=req.prompt,
-            seed=req.seed,
-            window=session.lookahead,
-            worker=self.instance,
-            ref=req.ref,
-            start=session.start,
-            start_notice=session.start_notice,
-            security=self.config.security,
-            notice=self.config.notice,
-        )
-        return [outgoing(item.identity, opened)]
+        return [outgoing(item.identity, self.builder.opened(session, req, self.instance))]
 
     def _input(self, item: Inbound) -> list[Outgoing]:
         self._session(item).set_held(item.request.action)

@@ -116,6 +116,28 @@ class SessionBuilder:
         session.build_s = time.perf_counter() - began
         return session
 
+    def opened(self, session: Session, req: P.Open, instance: str) -> P.Opened:
+        """The reply to the open that built `session`: its geometry, lookahead, start and security."""
+        info = session.info
+        return P.Opened(
+            session=session.sid,
+            backend=req.backend,
+            height=info.height,
+            width=info.width,
+            chunk_frames=info.chunk_frames,
+            fps=info.fps,
+            description=info.description,
+            prompt=req.prompt,
+            seed=req.seed,
+            window=session.lookahead,
+            worker=instance,
+            ref=req.ref,
+            start=session.start,
+            start_notice=session.start_notice,
+            security=self.config.security,
+            notice=self.config.notice,
+        )
+
     def create_backend(self, name: str, options: dict, worker_set: dict | None = None):
         """Build the backend: session defaults (world.backends.registry.SESSION_DEFAULTS), then the operator's
         defaults, then the client's options, then what the worker sets itself (a start image)."""
