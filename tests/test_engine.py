@@ -129,7 +129,7 @@ def test_camera_never_below_terrain(world):
 
 def _mean(world: EngineWorld, theme: Theme) -> np.ndarray:
     world.set_theme(theme)
-    return world.procedural.render().reshape(-1, 3).mean(axis=0)
+    return world.render().reshape(-1, 3).mean(axis=0)
 
 
 def test_themes_look_different(world):

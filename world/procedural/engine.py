@@ -286,7 +286,7 @@ def contact_sheet(path: str, seed: int = 11, size: int = 64, scale: int = 2,
         draw.text((4, label_h + i * cell + cell // 2 - 6), biome, fill=(230, 230, 230))
         for j, (t, w) in enumerate(columns):
             world.set_theme(Theme(biome, t, w))
-            img = Image.fromarray(world.procedural.render()).resize((cell, cell), Image.NEAREST)
+            img = Image.fromarray(world.render()).resize((cell, cell), Image.NEAREST)
             sheet.paste(img, (label_w + j * cell, label_h + i * cell))
     sheet.save(path)
 
@@ -306,7 +306,7 @@ def controls_strip(path: str, seed: int = 11, size: int = 64, scale: int = 2, ho
     for i, (name, action) in enumerate(rows):
         world.reset(seed, Theme())
         world.teleport(world.x + pose[0], world.y + pose[1], yaw_deg=pose[2])
-        frames = [world.procedural.render()] + [world.step(action) for _ in range(hold)]
+        frames = [world.render()] + [world.step(action) for _ in range(hold)]
         draw.text((4, i * cell + cell // 2 - 6), name, fill=(230, 230, 230))
         for j, frame in enumerate(frames[:: hold // 2]):
             sheet.paste(Image.fromarray(frame).resize((cell, cell), Image.NEAREST), (label_w + j * cell, i * cell))
