@@ -6,6 +6,7 @@ from __future__ import annotations
 import zmq
 
 from world.server import protocol as P
+from world.server import wire
 
 
 def raw_socket(context: zmq.Context, endpoint: str) -> zmq.Socket:
@@ -24,7 +25,7 @@ def replies(sock: zmq.Socket, limit: int = 1000) -> list[P.Message]:
         except zmq.Again:
             break
         try:
-            out.append(P.decode_reply(frames)[0])
+            out.append(wire.decode_reply(frames)[0])
         except P.ProtocolError:
             out.append(P.Error(code="undecodable_reply"))
     return out
