@@ -13,28 +13,29 @@
     python run_world.py bench ...       # sampler speed benchmark
 
 Each subcommand lives in its own module exposing `add_arguments(parser)` and `run(args) -> int`;
-modules are imported only when their subcommand runs, so `play` never pays for torch.
+modules are imported only when their subcommand runs (world/commands.py), so `play` never pays for torch.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
 import sys
 import warnings
 
+from world.commands import add_commands
+
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
-    "play": ("controls.cli", "open the window (or a --headless client) on a world"),
-    "serve": ("world.serve", "run the ZeroMQ worker that serves worlds (--cluster: as Ray actors)"),
-    "keys": ("world.auth", "make a CURVE key pair for a remote worker or player (docs/protocol.md)"),
-    "datagen": ("world.datagen", "render engine episodes with a scripted player into a dataset"),
-    "export": ("world.export", "turn a recorded session into an mp4"),
-    "replay": ("world.replay", "make a recording again (engine or generated world) and check every frame"),
-    "train": ("model.training.cli", "train a network (autoencoder, teacher, student, idm, classifier)"),
+    "play": ("controls.play", "open the window (or a --headless client) on a world"),
+    "serve": ("world.server.serve", "run the ZeroMQ worker that serves worlds (--cluster: as Ray actors)"),
+    "keys": ("world.server.auth", "make a CURVE key pair for a remote worker or player (docs/protocol.md)"),
+    "datagen": ("world.data.datagen", "render engine episodes with a scripted player into a dataset"),
+    "export": ("world.data.export", "turn a recorded session into an mp4"),
+    "replay": ("world.data.replay", "make a recording again (engine or generated world) and check every frame"),
+    "train": ("model.training.train", "train a network (autoencoder, teacher, student, idm, classifier)"),
     "encode-latents": ("model.training.encode_latents",
                        "encode a dataset to a latent cache (run once before teacher training)"),
-    "eval": ("model.evaluation.cli", "score a world model against the engine (fidelity, actions, prompts, drift)"),
-    "bench": ("model.evaluation.bench", "measure how fast a world model makes frames with each sampler"),
+    "eval": ("model.evaluation.suite", "score a world model against the engine (fidelity, actions, prompts, drift)"),
+    "bench": ("controls.harness.bench_sessions", "measure how fast a world model makes frames with each sampler"),
 }
 
 
@@ -53,14 +54,7 @@ def build_parser(argv: list[str]) -> argparse.ArgumentParser:
     # allow_abbrev=False everywhere: an abbreviation such as `--backend` silently meaning
     # `--backend-module` (serve) is worse than an error naming the option that does not exist.
     parser = Parser(prog="run_world.py", description=__doc__.split("\n")[0], allow_abbrev=False)
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    wanted = argv[0] if argv and not argv[0].startswith("-") else None
-    for name, (module_name, help_text) in SUBCOMMANDS.items():
-        p = sub.add_parser(name, help=help_text, description=help_text, allow_abbrev=False)
-        if name == wanted:  # import only the module whose subcommand runs
-            module = importlib.import_module(module_name)
-            module.add_arguments(p)
-            p.set_defaults(_run=module.run)
+    add_commands(parser, SUBCOMMANDS, argv, dest="command")  # imports only the module whose subcommand runs
     return parser
 
 
@@ -77,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         build_parser([]).print_help()
         return 2
-    return int(args._run(args) or 0)
+    return int(args._command_run(args) or 0)
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ import pygame
 
 from controls.hud import BAD, DIM, PAD, TEXT, Fonts, wrap_text
 from controls.probe import ATTEMPTS, probe
-from world.client import WorldClient, WorldConnectionError, WorldRequestError
+from world.server.client import WorldClient, WorldConnectionError, WorldRequestError
 
 SHOW_ERROR_S = 6.0  # how long a failure stays on screen (any key closes it sooner)
 BACKGROUND = (12, 14, 18)

@@ -1,5 +1,5 @@
 """The play client without a window, plus the pieces the window shares with it (the recorder
-both use is world/recorder.py).
+both use is world/data/recorder.py).
 
 `run_headless` drives a session with exact per-frame actions (from a script file or the scripted
 player), consumes the frames as fast as the worker delivers them (or at the world's fps with
@@ -33,9 +33,9 @@ import numpy as np
 
 from controls.pacing import FramePacer, percentiles_ms
 from world.actions import IDLE, Action, ActionError
-from world.client import ChunkEvent, ErrorEvent, WorldClient
-from world.recorder import Recorder
-from world.scripted_player import ScriptedPlayer
+from world.data.recorder import Recorder
+from world.procedural.scripted_player import ScriptedPlayer
+from world.server.client import ChunkEvent, ErrorEvent, WorldClient
 
 DEFAULT_RECORD_DIR = Path("recordings")
 
@@ -138,7 +138,7 @@ class HeadlessRun:
 
     def __init__(self, client: WorldClient, info: dict, config: HeadlessConfig,
                  revive: Callable[[], None] | None = None) -> None:  # fmt: skip
-        """`revive`: restarts the local worker this run owns when it died (controls/cli.py's
+        """`revive`: restarts the local worker this run owns when it died (controls/play.py's
         LocalWorker.revive); the run then reopens the world and goes on. None: a lost worker ends it."""
         self.client = client
         self.revive = revive
@@ -168,7 +168,7 @@ class HeadlessRun:
         self.pacer: FramePacer | None = None  # with realtime: frames waiting to be shown
         self.paced: dict[int, ChunkEvent] = {}  # their chunks, by seq
 
-    # -- hooks for runs that watch the stream (controls/worker_memory.py) ----------------
+    # -- hooks for runs that watch the stream (controls/harness/worker_memory.py) ----------------
 
     def on_poll(self, chunks: list[ChunkEvent]) -> None:
         """Called after every poll with the chunks it brought (possibly none)."""

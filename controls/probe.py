@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from world.client import WorldClient, WorldConnectionError
 from world.launcher import command
+from world.server.client import WorldClient, WorldConnectionError
 
 ATTEMPTS = 10  # probes, one second each, before giving up on an address
 

@@ -1,4 +1,4 @@
-"""The window's sound: the procedural soundscape (world/soundscape.py) played through `sounddevice`.
+"""The window's sound: the procedural soundscape (world/procedural/soundscape.py) played through `sounddevice`.
 
 Audio runs in PortAudio's callback thread: the callback renders the next block from the latest
 per-frame `SoundParams` the window handed over, so the frame loop never waits on audio and a late
@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import threading
 
-from world.soundscape import SAMPLE_RATE, SoundDirector, SoundParams, Synth
+from world.procedural.soundscape import SAMPLE_RATE, SoundDirector, SoundParams, Synth
 
 BLOCK = 512  # samples per callback: 23 ms at 22050 Hz
 

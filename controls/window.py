@@ -1,39 +1,47 @@
 """The play window: shows the stream at a steady pace and turns keys, mouse and prompts into input.
 
 Like DIAMOND's play loop, the window only talks to the world through a narrow interface (the
-`WorldLink` below: poll, send_input, ack, set_prompt, reset) and reads what it shows on the HUD
+`WorldLink` of controls/link.py: poll, send_input, ack, set_prompt, reset) and reads what it shows on the HUD
 from the chunks' own records. One loop iteration: handle pygame events, poll the socket for at
 most a few milliseconds, show the next frame when one is due, send the held input when it changed.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import random
 import sys
 import threading
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pygame
-import zmq
 
+from controls.frames import (
+    TimedMessage,
+    picture_rect,
+    reads_as,
+    recorded_audio,
+    save_screenshot,
+    short_path,
+    window_title,
+    with_audio,
+)
 from controls.headless import DEFAULT_RECORD_DIR, summary
 from controls.hud import Hud, HudState
 from controls.input import InputMapper, MouseSettings
 from controls.keymap import Keymap
+from controls.link import WorldLink
 from controls.pacing import FramePacer, KeyLatency, PacedFrame, RateMeter, monotonic
+from controls.playback import SPEEDS, RecordingLink, recorded_actions
 from controls.prompt_box import PromptBox, load_presets
-from controls.replay import SPEEDS, RecordingLink, recorded_actions
 from controls.sound import SoundPlayer
 from controls.timeline import PromptTimeline
 from world.actions import IDLE, Action
-from world.client import ChunkEvent, ErrorEvent, WorldClient, WorldConnectionError, WorldRequestError
-from world.recorder import Recorder
-from world.soundscape import SoundParams
+from world.data.recorder import Recorder
+from world.procedural.soundscape import SoundParams
+from world.server.client import ChunkEvent, ErrorEvent
 
 POLL_MS_MAX = 8  # the loop never blocks on the socket longer than this, so input stays responsive
 IDLE_REDRAW_S = 0.25  # redraw this often when nothing happens (stalls, pause, reconnecting)
@@ -49,83 +57,6 @@ DIGIT_KEYS = {getattr(pygame, f"K_{d}"): d for d in range(10)}  # replay: jump t
 GoLive = Callable[[int, Callable[[str], None]], "WorldLink"]
 
 
-class WorldLink:
-    """The client plus reconnection.
-
-    While the worker is unreachable (down, restarted, session closed), a background thread calls
-    `client.reconnect()` every `retry_s`; that call blocks for up to the client's timeout, which
-    is why it is not made on the loop's thread. Meanwhile the loop sees state "reconnecting", gets
-    no events, and its sends are dropped. The thread is the only user of the client until it ends.
-    """
-
-    def __init__(self, client: WorldClient, revive: Callable[[], None] | None = None, retry_s: float = 1.0) -> None:
-        self.client = client
-        self.revive = revive  # e.g. restart a local worker that died; called before each attempt
-        self.retry_s = retry_s
-        self.state = "connected"
-        self.generation = 0  # bumped on each successful reconnect: a new world began
-        self.info: dict = dict(client.info or {})
-        self.last_error = ""
-        self._thread: threading.Thread | None = None
-        self._stop = threading.Event()
-
-    @property
-    def connected(self) -> bool:
-        return self.state == "connected"
-
-    def poll(self, timeout_ms: int) -> list:
-        if not self.connected:
-            time.sleep(timeout_ms / 1000.0)
-            return []
-        try:
-            events = self.client.poll(timeout_ms)
-        except zmq.ZMQError as exc:
-            self._lost(str(exc))
-            return []
-        if not self.client.connected:
-            self._lost("the worker stopped answering")
-        return events
-
-    def call(self, method: str, *args: object) -> None:
-        """client.<method>(*args) if connected; a failure starts reconnecting instead of raising."""
-        if not self.connected:
-            return
-        try:
-            getattr(self.client, method)(*args)
-        except (zmq.ZMQError, WorldConnectionError, RuntimeError) as exc:
-            self._lost(str(exc))
-
-    def _lost(self, reason: str) -> None:
-        self.state = "reconnecting"
-        self.last_error = reason
-        self._thread = threading.Thread(target=self._reconnect_until_done, name="reconnect", daemon=True)
-        self._thread.start()
-
-    def _reconnect_until_done(self) -> None:
-        while not self._stop.is_set():
-            try:
-                if self.revive is not None:
-                    self.revive()
-                self.info = self.client.reconnect()
-            except (WorldConnectionError, WorldRequestError, zmq.ZMQError, OSError, RuntimeError) as exc:
-                self.last_error = str(exc)
-                self._stop.wait(self.retry_s)
-                continue
-            self.generation += 1
-            self.state = "connected"  # last: the loop may use the client again from here on
-            return
-
-    def close(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=0.2)
-        if self._thread is None or not self._thread.is_alive():
-            try:
-                self.client.close()
-            except (zmq.ZMQError, WorldConnectionError):
-                pass  # closing a session on a dead worker: nothing left to tell it
-
-
 @dataclass
 class WindowConfig:
     scale: int = 8
@@ -137,17 +68,9 @@ class WindowConfig:
     message_s: float = 4.0
     options: dict = field(default_factory=dict)  # session options, stored in recordings
     endpoint: str = ""
-    go_live: GoLive | None = None  # replay: how L takes over (controls/cli.py builds it)
+    go_live: GoLive | None = None  # replay: how L takes over (controls/play.py builds it)
     timeline: PromptTimeline | None = None  # --prompts FILE: scheduled prompt switches
     sound: bool = True  # False: no audio output (the per-frame sound params are still recorded)
-
-
-@dataclass
-class _Message:
-    text: str
-    is_error: bool
-    until: float
-    is_warning: bool = False
 
 
 class PlayWindow:
@@ -193,7 +116,7 @@ class PlayWindow:
         self._last_send = 0.0
         self._last_draw = 0.0
         self._capacity: float | None = None
-        self._message: _Message | None = None
+        self._message: TimedMessage | None = None
         self._generation = link.generation
         self._worlds = 0  # worlds begun in this window: a reconnect that could not resume starts one
         self.show_hud, self.show_help, self.paused, self.running = True, False, False, True
@@ -379,7 +302,7 @@ class PlayWindow:
         except (OSError, pygame.error) as exc:
             self._say(f"screenshot not saved: {exc}", error=True)
             return
-        self._say(f"screenshot: {_short(world)} and {window.name}")
+        self._say(f"screenshot: {short_path(world)} and {window.name}")
 
     # ---- replay --------------------------------------------------------------------------------
 
@@ -487,10 +410,10 @@ class PlayWindow:
         self.sound.cue("record")
         if self.recorder.recording:
             frames, path = self.recorder.frames, self.recorder.stop()
-            self._say(f"saved {frames} frames: {_short(path)}" if path else "recording stopped: no frames shown")
+            self._say(f"saved {frames} frames: {short_path(path)}" if path else "recording stopped: no frames shown")
         else:
             path = self.recorder.start(self.seed, self.prompt, self._world_key())
-            self._say(f"recording to {_short(path)}")
+            self._say(f"recording to {short_path(path)}")
 
     # ---- network -------------------------------------------------------------------------------
 
@@ -677,54 +600,4 @@ class PlayWindow:
         return None
 
     def _say(self, text: str, error: bool = False, warning: bool = False) -> None:
-        self._message = _Message(text, error, monotonic() + self.config.message_s, warning)
-
-
-def with_audio(chunk: ChunkEvent, audio: list[SoundParams]) -> ChunkEvent:
-    """The chunk as recorded: each frame's record also holds its sound params ("audio", docs/dataset.md)."""
-    records = [{**record, "audio": params.to_json()} for record, params in zip(chunk.records, audio)]
-    return dataclasses.replace(chunk, records=records)
-
-
-def recorded_audio(records: list[dict]) -> list[SoundParams]:
-    """A replayed chunk's recorded sound params, or [] when it has none."""
-    if not all(isinstance(r.get("audio"), dict) for r in records):
-        return []
-    return [SoundParams.from_json(r["audio"]) for r in records]
-
-
-def window_title(info: dict, replay: bool) -> str:
-    """The engine is not a generated world; a replay says so."""
-    world = "generated world" if info.get("backend") == "generated" else f"{info.get('backend', 'world')} world"
-    return f"{world} \u2014 replay of {info.get('description', '').removeprefix('replay of ')}" if replay else world
-
-
-def reads_as(theme: dict) -> str:
-    """The HUD's "reads as" line: "snow / dusk / fog" from a chunk's `theme`."""
-    weather = theme.get("weather", "")
-    return " / ".join(str(theme.get(k, "?")) for k in ("biome", "time_of_day")) + (f" / {weather}" if weather else "")
-
-
-def picture_rect(world: tuple[int, int], window: tuple[int, int]) -> pygame.Rect:
-    """The largest whole-number scale of the world's picture that fits the window, centred (letterboxed)."""
-    scale = max(1, min(window[0] // world[0], window[1] // world[1]))
-    w, h = world[0] * scale, world[1] * scale
-    return pygame.Rect((window[0] - w) // 2, (window[1] - h) // 2, w, h)
-
-
-def save_screenshot(folder: Path, frame: np.ndarray, screen: pygame.Surface) -> tuple[Path, Path]:
-    """F12: the frame at world resolution and the window as it is, as two PNGs in `folder`."""
-    folder.mkdir(parents=True, exist_ok=True)
-    stamp = time.strftime("%Y%m%d-%H%M%S") + f"-{int(time.time() * 1000) % 1000:03d}"
-    world, window = folder / f"screenshot-{stamp}-world.png", folder / f"screenshot-{stamp}-window.png"
-    pygame.image.save(pygame.image.frombuffer(np.ascontiguousarray(frame), frame.shape[1::-1], "RGB"), str(world))
-    pygame.image.save(screen, str(window))
-    return world, window
-
-
-def _short(path: Path) -> str:
-    """An episode path as the HUD shows it: relative to the working directory when inside it."""
-    try:
-        return str(path.resolve().relative_to(Path.cwd()))
-    except ValueError:
-        return str(path)
+        self._message = TimedMessage(text, error, monotonic() + self.config.message_s, warning)

@@ -38,7 +38,7 @@ def world_dir(tmp_path_factory):
 @pytest.fixture(scope="module")
 def worker(world_dir):
     """A real worker process on loopback serving `world_dir`; its endpoint."""
-    from world.worker import start_worker_process, stop_worker_process
+    from world.server.process import start_worker_process, stop_worker_process
 
     proc, endpoint = start_worker_process(extra_args=("--checkpoint", str(world_dir), "--device", "cpu"))
     yield endpoint

@@ -17,8 +17,8 @@ from model.nets.dit import CausalDiT, DiTConfig, dit_config
 from model.training.teacher import TeacherTrainConfig
 from world.actions import KEYS, Action
 from world.backends.registry import create_backend
-from world.client import ChunkEvent, ErrorEvent, WorldClient
-from world.dataset import EpisodeWriter
+from world.data.dataset import EpisodeWriter
+from world.server.client import ChunkEvent, ErrorEvent, WorldClient
 
 # ----------------------------------------------------------------------------- the causal DiT
 
@@ -163,7 +163,7 @@ def tiny_ae(seed: int = 0) -> Autoencoder:
 
 
 # End-to-end tests play the real engine once it exists; the fake keeps them runnable before that.
-E2E_BACKEND = "engine" if importlib.util.find_spec("world.backends.engine") else "fake"
+E2E_BACKEND = "engine" if importlib.util.find_spec("world.backends.engine_backend") else "fake"
 
 
 E2E_PROMPTS = ("green hills at noon", "snowy mountains at dusk in fog")

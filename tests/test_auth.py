@@ -1,4 +1,4 @@
-"""Authentication of remote players and workers (CURVE, world/auth.py).
+"""Authentication of remote players and workers (CURVE, world/server/auth.py).
 
 Real workers on loopback with CURVE keys made by `run_world.py keys`: a listed client key plays,
 an unknown key and a client without keys are refused, loopback without keys still works, and a
@@ -15,10 +15,10 @@ import sys
 import pytest
 
 from tests.helpers import FAKE_MODULE, collect
-from world import protocol as P
-from world.auth import ClientKeys, fingerprint, read_public_key, read_secret_key
-from world.client import WorldClient, WorldConnectionError, WorldRequestError
-from world.worker import REPO_ROOT, _wait_ready, start_worker_process, stop_worker_process
+from world.server import protocol as P
+from world.server.auth import ClientKeys, fingerprint, read_public_key, read_secret_key
+from world.server.client import WorldClient, WorldConnectionError, WorldRequestError
+from world.server.process import REPO_ROOT, _wait_ready, start_worker_process, stop_worker_process
 
 
 def make_keys(directory, name: str) -> tuple[str, str]:

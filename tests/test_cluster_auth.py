@@ -12,9 +12,9 @@ import time
 import pytest
 
 from tests.helpers import collect
-from world.auth import ClientKeys, read_public_key, read_secret_key
-from world.client import WorldClient, WorldConnectionError
-from world.worker import REPO_ROOT, start_worker_process, stop_worker_process
+from world.server.auth import ClientKeys, read_public_key, read_secret_key
+from world.server.client import WorldClient, WorldConnectionError
+from world.server.process import REPO_ROOT, start_worker_process, stop_worker_process
 
 OPTIONS = {"sampler": "diagonal", "start": "text"}
 

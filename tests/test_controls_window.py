@@ -18,15 +18,16 @@ os.environ.setdefault("PYGAME_HIDE_SUPPORT_PROMPT", "1")
 
 import pygame  # noqa: E402
 
-from controls import cli  # noqa: E402
 from controls import keymap as km  # noqa: E402
+from controls import play as cli  # noqa: E402
+from controls.link import WorldLink  # noqa: E402
 from controls.pacing import FramePacer, KeyLatency  # noqa: E402
-from controls.window import PlayWindow, WindowConfig, WorldLink  # noqa: E402
+from controls.window import PlayWindow, WindowConfig  # noqa: E402
 from tests.fakes import FullDisk  # noqa: E402
-from world.client import WorldClient  # noqa: E402
-from world.dataset import EpisodeReader  # noqa: E402
-from world.engine import ENGINE_VERSION  # noqa: E402
-from world.worker import start_worker_process, stop_worker_process  # noqa: E402
+from world.data.dataset import EpisodeReader  # noqa: E402
+from world.procedural.engine import ENGINE_VERSION  # noqa: E402
+from world.server.client import WorldClient  # noqa: E402
+from world.server.process import start_worker_process, stop_worker_process  # noqa: E402
 
 GUARD_S = 30.0  # a stuck loop fails the test instead of hanging it; not a performance bound
 

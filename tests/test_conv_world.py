@@ -16,9 +16,9 @@ from model.runtime.stream import Conditioning, generate_chunk
 from tests.helpers import collect_chunks, random_dit
 from world.actions import Action
 from world.backends.registry import create_backend
-from world.client import WorldClient
-from world.dataset import EpisodeReader
-from world.replay import frame_mismatches
+from world.data.dataset import EpisodeReader
+from world.data.replay import frame_mismatches
+from world.server.client import WorldClient
 
 PROMPT = "green hills at noon"
 TINY_UNET = {"conv_width": 8, "conv_blocks": 1, "conv_levels": 2, "copy_path": True, "copy_frames": 3, "depth": 1}
@@ -71,7 +71,7 @@ def test_a_recording_of_the_conv_world_regenerates_frame_for_frame(worker, world
     import argparse
     import json
 
-    from controls import cli
+    from controls import play as cli
 
     script = [{"keys": ["turn_right"], "mouse": [0.3, 0.0]}] * 6 + [{"keys": ["forward"], "mouse": [0.0, 0.0]}] * 6
     path = tmp_path / "script.json"

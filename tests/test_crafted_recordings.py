@@ -1,4 +1,4 @@
-"""Issue 13, finding 7: crafted recordings must be refused by name, never read without bound.
+"""docs/reliability.md, row 7: crafted recordings must be refused by name, never read without bound.
 
 Each case starts from a real recording (an EpisodeWriter episode on disk) and damages it the way
 a hostile download could: symlinks to a device or a binary, huge indices, NaN actions, oversized
@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 
 from world.actions import Action
-from world.dataset import META_FILE, RECORDS_FILE, DatasetError, EpisodeReader, EpisodeWriter
-from world.worker import REPO_ROOT
+from world.data.dataset import META_FILE, RECORDS_FILE, DatasetError, EpisodeReader, EpisodeWriter
+from world.server.process import REPO_ROOT
 
 
 @pytest.fixture

@@ -12,9 +12,9 @@ import pytest
 import run_world
 from tests.helpers import last_json, run_cli
 from world.actions import Action
-from world.dataset import EpisodeReader, EpisodeWriter, open_dataset
-from world.engine import ENGINE_VERSION
-from world.export import BAR_HEIGHT
+from world.data.dataset import EpisodeReader, EpisodeWriter, open_dataset
+from world.data.export import BAR_HEIGHT
+from world.procedural.engine import ENGINE_VERSION
 
 SIZE, FRAMES = 32, 61  # 61: the last chunk is short, as a killed-and-trimmed episode may be
 DATAGEN = ["datagen", "--episodes", "2", "--frames-per-episode", str(FRAMES), "--size", str(SIZE),
@@ -234,7 +234,7 @@ def test_datagen_bout_scale_is_recorded_and_keeps_old_datasets_resumable(dataset
 
 
 def test_the_overlay_font_keeps_its_spaces_and_wraps_by_width():
-    from world.export import overlay_font, wrap_pixels
+    from world.data.export import overlay_font, wrap_pixels
 
     font = overlay_font()
     assert font.getlength("hills at") - font.getlength("hillsat") >= 3  # "green hillsat noon" no more

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from world.actions import ACTION_DIM, KEYS, Action
-from world.dataset import (
+from world.data.dataset import (
     FORMAT,
     VERSION,
     DatasetError,
@@ -128,7 +128,7 @@ KILLED_WRITER = textwrap.dedent(
     import sys
     sys.path.insert(0, {tests!r})
     from test_dataset import frames_for, records_for
-    from world.dataset import EpisodeWriter
+    from world.data.dataset import EpisodeWriter
     size, f = {size}, {chunk}
     pattern = frames_for(0, 256, size, size)
     with EpisodeWriter({path!r}, backend="engine", seed=1, height=size, width=size, chunk_frames=f, fps=30,

@@ -8,7 +8,7 @@ import pytest
 
 from model.diffusion.samplers import CONTEXT_NOISE, DIAGONAL_SCHEDULE
 from model.runtime.world_model import load_world_model
-from world.backends.generated import DEFAULT_CHECKPOINT
+from world.bundled import DEFAULT_CHECKPOINT
 
 pytestmark = pytest.mark.skipif(not (DEFAULT_CHECKPOINT / "config.json").is_file(),
                                 reason="no bundled assets/default_world in this checkout")

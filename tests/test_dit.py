@@ -20,7 +20,7 @@ def test_shapes_and_presets():
         v = model(x, t, a, text, mask)
     assert v.shape == x.shape and v.dtype == torch.float32
     default = CausalDiT(dit_config("default"))
-    # fp16 release file <= 16 MiB (docs/design.md §5) and within the brief's 5-15M range
+    # fp16 release file <= 16 MiB (docs/design.md §5) and within the 5-15M parameters the design sizes it for
     assert 5e6 < count_parameters(default) and count_parameters(default) * 2 < 16 * 2**20
 
 

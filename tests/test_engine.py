@@ -5,10 +5,10 @@ import pytest
 
 from world.actions import KEYS, Action
 from world.backend import BackendError, ChunkResult, PromptError
-from world.backends.engine import EngineBackend
+from world.backends.engine_backend import EngineBackend
 from world.backends.registry import create_backend
-from world.engine import EngineConfig, EngineWorld
-from world.themes import Theme
+from world.procedural.engine import EngineConfig, EngineWorld
+from world.procedural.themes import Theme
 
 IDLE = Action()
 WALK = [Action(("forward",)), Action(("forward", "turn_left")), Action(("right", "look_up"), 0.4, -0.2),
@@ -198,8 +198,8 @@ def test_other_resolutions_render():
 
 
 def test_chunks_do_not_depend_on_batching():
-    from world.render import bake_colors, make_look
-    from world.terrain import TerrainConfig, field_chunks
+    from world.procedural.render import bake_colors, make_look
+    from world.procedural.terrain import TerrainConfig, field_chunks
 
     cfg = TerrainConfig()
     alone = field_chunks([(3, -2)], 0, 9, cfg)[0]

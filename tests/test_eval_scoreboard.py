@@ -11,8 +11,9 @@ import numpy as np
 import pytest
 
 import run_world
-from model.evaluation import cli, scoreboard
-from model.evaluation.config import EvalConfig
+from model.evaluation import scoreboard
+from model.evaluation import suite as cli
+from model.evaluation.eval_config import EvalConfig
 from model.evaluation.measure_counterfactual import COUNTERFACTUAL_ACTIONS, credit, measure_counterfactual
 from model.evaluation.measure_fidelity import measure_fidelity
 from model.evaluation.measure_teacher_forced import TEACHER_FORCED_CLASSES, measure_teacher_forced

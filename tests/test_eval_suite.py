@@ -13,20 +13,20 @@ import pytest
 import torch
 
 import run_world
-from model.evaluation.cli import evaluate
-from model.evaluation.config import EvalConfig
+from model.evaluation.action_probes import probe_segments
 from model.evaluation.data import Episode, split_episodes
-from model.evaluation.idm import IDMConfig
+from model.evaluation.eval_config import EvalConfig
 from model.evaluation.measure_prompts import frames_to_agree, prompt_sets, read_prompt_file
 from model.evaluation.metrics import PSNR_CAP_DB
-from model.evaluation.probe import probe_segments
 from model.evaluation.report import markdown, write_outputs
 from model.evaluation.rollout import Worlds, rollout
-from model.evaluation.train_classifier import ClassifierTask
-from model.evaluation.train_idm import IDMTask
-from model.evaluation.trainer import TrainConfig, Trainer
+from model.evaluation.suite import evaluate
+from model.readers.idm import IDMConfig
+from model.readers.train_classifier import ClassifierTask
+from model.readers.train_idm import IDMTask
+from model.readers.trainer import ReaderTrainConfig, Trainer
 from world.backends.registry import create_backend
-from world.themes import all_themes, describe, parse_prompt
+from world.procedural.themes import all_themes, describe, parse_prompt
 
 TINY = EvalConfig(
     probe_worlds=1, probe_hold=6, settle_frames=0, train_prompts=3, heldout_prompts=3, prompt_frames=6,
@@ -40,7 +40,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
 
 
 def _train(task, out, steps):
-    cfg = TrainConfig(steps=steps, batch=16, lr=3e-3, warmup=10, eval_every=10**6, save_every=10**6)
+    cfg = ReaderTrainConfig(steps=steps, batch=16, lr=3e-3, warmup=10, eval_every=10**6, save_every=10**6)
     Trainer(task, out, cfg, torch.device("cpu"), {}, out.parent / f"{task.kind}-log").run()
     return out
 
@@ -71,7 +71,7 @@ def nets(tmp_path_factory):
     train, held = split_episodes(bout_episodes(6, 96), 0.2)
     idm_dir = _train(IDMTask(train, held, "tiny"), root / "idm", 400)
     cls_dir = _train(ClassifierTask(train, held, "tiny"), root / "classifier", 60)
-    from model.evaluation.readers import load_classifier, load_idm
+    from model.readers.reading import load_classifier, load_idm
 
     cpu = torch.device("cpu")
     return idm_dir, cls_dir, load_idm(idm_dir, cpu), load_classifier(cls_dir, cpu)
@@ -120,7 +120,7 @@ def test_random_world_scores_near_chance(nets, engine_results, tmp_path):
 
 def test_motion_measures():
     from model.evaluation.measure_actions import frame_motion, moving_share
-    from model.evaluation.readers import ActionReading
+    from model.readers.reading import ActionReading
 
     still = np.zeros((4, 8, 8, 3), np.uint8)
     assert frame_motion(still) == (0.0, 3) and frame_motion(still[:1]) == (0.0, 0)
@@ -169,7 +169,7 @@ def test_cli_engine_quick_json(nets, tmp_path, capsys):
 
 
 def test_cli_sampler_options_are_recorded(nets, tmp_path, capsys, monkeypatch):
-    from model.evaluation import cli
+    from model.evaluation import suite as cli
     from model.runtime.world_model import make_random_world
 
     monkeypatch.setitem(cli.EVAL_PRESETS, "quick", replace(TINY, probe_hold=3))

@@ -8,8 +8,8 @@ import torch
 
 import run_world
 from model.common.checkpoint import CheckpointError
-from model.evaluation.classifier import ThemeClassifier, classifier_config
-from model.evaluation.idm import (
+from model.readers.classifier import ThemeClassifier, classifier_config
+from model.readers.idm import (
     IDMConfig,
     InverseDynamicsModel,
     idm_config,
@@ -18,7 +18,7 @@ from model.evaluation.idm import (
     mirror_labels,
     mouse_to_bins,
 )
-from model.evaluation.readers import load_classifier, load_idm, sliding_windows
+from model.readers.reading import load_classifier, load_idm, sliding_windows
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
 

@@ -1,4 +1,4 @@
-"""Issue 13, finding 4: a full disk ended play with a raw OSError traceback.
+"""docs/reliability.md, row 4: a full disk must not end play with a raw OSError traceback.
 
 `play --headless --record` runs as a real process (with its own local worker) under a file-size
 limit (`ulimit -f`: writes past it fail with EFBIG, as on a full disk with ENOSPC): the recording
@@ -18,10 +18,10 @@ import pytest
 
 from tests.fakes import FullDisk, fake_frame
 from world.actions import Action
-from world.client import ChunkEvent
-from world.dataset import EpisodeReader, open_dataset
-from world.recorder import Recorder
-from world.worker import REPO_ROOT
+from world.data.dataset import EpisodeReader, open_dataset
+from world.data.recorder import Recorder
+from world.server.client import ChunkEvent
+from world.server.process import REPO_ROOT
 
 LIMIT_BYTES = 200 * 1024  # about 16 engine frames of 64x64
 

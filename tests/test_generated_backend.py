@@ -226,16 +226,17 @@ def test_rewarm_restarts_the_diagonal_schedule_after_a_switch(world_dir):
 
 
 def test_without_a_checkpoint_the_default_world_wins_over_the_teacher(tmp_path, monkeypatch, world_dir):
-    from world.backends import generated
+    from model.runtime import generated_backend as generated
+    from world import bundled
 
-    monkeypatch.setattr(generated, "DEFAULT_CHECKPOINT", tmp_path / "default_world")
-    monkeypatch.setattr(generated, "TEACHER_CHECKPOINT", tmp_path / "teacher")
+    monkeypatch.setattr(bundled, "DEFAULT_CHECKPOINT", tmp_path / "default_world")
+    monkeypatch.setattr(bundled, "TEACHER_CHECKPOINT", tmp_path / "teacher")
     with pytest.raises(BackendError, match="no bundled world checkpoint"):
         generated._load(None, "cpu")
-    monkeypatch.setattr(generated, "TEACHER_CHECKPOINT", world_dir)
-    assert generated.bundled_checkpoint() == world_dir
-    monkeypatch.setattr(generated, "DEFAULT_CHECKPOINT", world_dir.parent)  # not a checkpoint: skipped
-    assert generated.bundled_checkpoint() == world_dir
+    monkeypatch.setattr(bundled, "TEACHER_CHECKPOINT", world_dir)
+    assert bundled.bundled_checkpoint() == world_dir
+    monkeypatch.setattr(bundled, "DEFAULT_CHECKPOINT", world_dir.parent)  # not a checkpoint: skipped
+    assert bundled.bundled_checkpoint() == world_dir
 
 
 def test_reset_chunk_is_chunk_zero_handed_over_once(world_dir):
@@ -288,7 +289,7 @@ def test_rewarm_is_a_session_option_of_the_diagonal_sampler(world_dir):
 def test_a_refused_open_never_loads_the_weights(tmp_path, monkeypatch, options, words):
     """Sampler options and geometry come from config.json: a refusal costs a file read, not a model load."""
     import model.runtime.world_model as wm
-    from world.backends.generated import GeneratedBackend
+    from model.runtime.generated_backend import GeneratedBackend
 
     make_random_world(tmp_path / "w", preset="tiny", text_encoder="hash")
     loads = []

@@ -12,13 +12,15 @@ from pathlib import Path
 import numpy as np
 
 from tests.helpers import collect_chunks
-from world import protocol as P
 from world.actions import Action
 from world.backends.registry import create_backend
-from world.client import WorldClient
-from world.dataset import EpisodeReader
-from world.replay import frame_mismatches
-from world.worker import Inbound, WorkerConfig, WorkerCore
+from world.data.dataset import EpisodeReader
+from world.data.replay import frame_mismatches
+from world.server import protocol as P
+from world.server import wire
+from world.server.client import WorldClient
+from world.server.core import WorkerCore
+from world.server.worker_config import Inbound, WorkerConfig
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -118,10 +120,10 @@ def test_worker_core_sends_the_reset_view_first_and_keeps_the_queue_for_chunk_1(
 
     def send(request):
         now[0] += 0.001
-        return [P.decode_reply(o.frames)[0] for o in core.handle(Inbound(b"me", request, now[0]))]
+        return [wire.decode_reply(o.frames)[0] for o in core.handle(Inbound(b"me", request, now[0]))]
 
     def produce(n: int):
-        out = [P.decode_reply(core.produce_next()[0].frames) for _ in range(n)]
+        out = [wire.decode_reply(core.produce_next()[0].frames) for _ in range(n)]
         assert core.produce_next() == []  # the window of 3 is full
         return out
 
@@ -180,7 +182,7 @@ def test_first_chunk_after_open_and_reset_is_the_reset_view_over_the_wire(worker
 def test_scripted_headless_run_shows_the_reset_view_then_the_script_and_replays(worker, world_dir, tmp_path, capsys):
     import argparse
 
-    from controls import cli
+    from controls import play as cli
 
     script = [{"keys": ["forward"], "mouse": [0.0, 0.0]}] * 4 + [{"keys": [], "mouse": [0.5, -0.25]}] * 2
     path = tmp_path / "script.json"

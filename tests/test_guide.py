@@ -175,7 +175,7 @@ def test_the_generated_backend_takes_guide_and_says_so(world_dir):
 
 
 def test_recordings_made_before_guide_regenerate_with_the_same_settings(world_dir, tmp_path):
-    from world.backends.regenerate import regenerating_backend
+    from model.runtime.regenerate import regenerating_backend
     from world.backends.registry import create_backend
 
     made = create_backend("generated", checkpoint=str(world_dir), device="cpu", steps=2)
@@ -195,20 +195,20 @@ def test_recordings_made_before_guide_regenerate_with_the_same_settings(world_di
 
 
 def test_eval_scoreboard_and_play_take_guidance_and_guide():
-    from controls import cli as play
-    from model.evaluation import cli, scoreboard
+    from controls import play
+    from model.evaluation import scoreboard, suite
     from model.evaluation.compare import sampler_text
 
-    for add in (cli.add_arguments, scoreboard.add_arguments):
+    for add in (suite.add_arguments, scoreboard.add_arguments):
         parser = argparse.ArgumentParser()
         add(parser)
         args = parser.parse_args(["--guidance", "2", "--guide", "actions"])
-        assert cli.parse_world_options(args) == {"guidance": 2.0, "guide": "actions"}
+        assert suite.parse_world_options(args) == {"guidance": 2.0, "guide": "actions"}
         with pytest.raises(SystemExit):
             parser.parse_args(["--guide", "keys"])
         engine = parser.parse_args(["--backend", "engine", "--guide", "actions"])
         with pytest.raises(ValueError, match="--guide"):
-            cli.parse_world_options(engine)
+            suite.parse_world_options(engine)
     parser = argparse.ArgumentParser()
     play.add_arguments(parser)
     plan = play.make_plan(parser.parse_args(["--backend", "generated", "--guidance", "2", "--guide", "actions"]))

@@ -12,15 +12,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from controls import cli
+from controls import play as cli
 from controls.headless import HeadlessError, load_script
-from world import protocol as P
-from world.client import DEFAULT_PROMPT, ChunkEvent, WorldRequestError
-from world.dataset import EpisodeReader
-from world.engine import ENGINE_VERSION
-from world.recorder import Recorder
-from world.replay import replay_episode
-from world.worker import start_worker_process, stop_worker_process
+from world.data.dataset import EpisodeReader
+from world.data.recorder import Recorder
+from world.data.replay import replay_episode
+from world.procedural.engine import ENGINE_VERSION
+from world.server import protocol as P
+from world.server.client import DEFAULT_PROMPT, ChunkEvent, WorldRequestError
+from world.server.process import start_worker_process, stop_worker_process
 
 REPO = Path(__file__).resolve().parent.parent
 SUMMARY_KEYS = {"frames", "fps", "latency_ms", "errors", "backend", "prompt", "record", "gen_ms_p50"}
@@ -129,9 +129,9 @@ def test_unknown_engine_prompt_is_refused_with_exit_2(worker, capsys):
 
 
 def test_default_backend_follows_the_bundled_checkpoint(tmp_path, monkeypatch):
-    from world.backends import generated
+    from world import bundled
 
-    monkeypatch.setattr(generated, "DEFAULT_CHECKPOINT", tmp_path / "default_world")
+    monkeypatch.setattr(bundled, "DEFAULT_CHECKPOINT", tmp_path / "default_world")
     parser = argparse.ArgumentParser()
     cli.add_arguments(parser)
     assert cli.default_backend() == "engine"
@@ -145,9 +145,9 @@ def test_default_backend_follows_the_bundled_checkpoint(tmp_path, monkeypatch):
 
 
 def test_lookahead_choice_follows_the_backend_and_headless_keeps_the_worker_window(tmp_path, monkeypatch):
-    from world.backends import generated
+    from world import bundled
 
-    monkeypatch.setattr(generated, "DEFAULT_CHECKPOINT", tmp_path / "absent")
+    monkeypatch.setattr(bundled, "DEFAULT_CHECKPOINT", tmp_path / "absent")
     parser = argparse.ArgumentParser()
     cli.add_arguments(parser)
     plan = cli.make_plan(parser.parse_args([]))

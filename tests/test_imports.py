@@ -1,5 +1,9 @@
 """The import graph of model/, world/ and controls/ (docs/architecture.md, "Layers").
 
+Layers run one way: controls/ (the window, the load harnesses) over model/ (networks, training,
+evaluation, the generated backend) over world/ (the procedural world, the server, recorded data and
+the shared vocabulary at its root). A layer imports only the layers below it.
+
 A static walk: every `import` and `from ... import` statement of every module, function-level and
 TYPE_CHECKING imports included (a function-level import hides a cycle from Python, not from a
 reader), plus the edge from a module to the packages above it (importing `a.b.c` runs `a/b/__init__`).
@@ -12,11 +16,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("model", "world", "controls")
-# world/ may reach model/ only where a world *is* the model: the generated backend.
-WORLD_MAY_IMPORT_MODEL = {"world.backends.generated"}
-# Old `python -m` paths kept working after a module moved (one line: call the new main). They are
-# the only model/ -> controls/ edges allowed: the soak test is a client of the worker, it lives in controls/.
-ENTRY_POINT_SHIMS = {"model.evaluation.worker_memory": "controls.worker_memory"}
+# Each package with the packages it may import (besides itself), lowest layer first.
+MAY_IMPORT = {"world": set(), "model": {"world"}, "controls": {"world", "model"}}
 
 
 def module_name(path: Path) -> str:
@@ -108,9 +109,10 @@ def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
 
 def test_the_walk_sees_function_level_imports():
     graph = import_graph()
-    assert "world.backends.generated" in graph
-    assert "model.common.checkpoint" in graph["world.backends.generated"]  # imported inside a function there
-    assert "world" in graph["world.backends.generated"]  # the packages above count
+    assert "model.runtime.generated_backend" in graph
+    # imported inside a function there
+    assert "model.common.checkpoint" in graph["model.runtime.generated_backend"]
+    assert "model" in graph["model.runtime.generated_backend"]  # the packages above count
 
 
 def test_no_import_cycle():
@@ -120,38 +122,58 @@ def test_no_import_cycle():
     )
 
 
-def test_model_does_not_import_controls():
-    graph = import_graph()
-    bad = sorted(
+def layer_breaks(graph: dict[str, set[str]]) -> list[str]:
+    """Every edge from a package to one it may not import, as "module -> module"."""
+    return sorted(
         f"{m} -> {t}"
         for m, targets in graph.items()
-        if m.split(".")[0] == "model"
         for t in targets
-        if t.split(".")[0] == "controls" and t not in _shim_targets(m)
+        if t.split(".")[0] != m.split(".")[0] and t.split(".")[0] not in MAY_IMPORT[m.split(".")[0]]
     )
+
+
+def test_world_imports_neither_model_nor_controls():
+    bad = [edge for edge in layer_breaks(import_graph()) if edge.startswith("world")]
+    assert not bad, "world/ imports a layer above it:\n" + "\n".join(bad)
+
+
+def test_model_does_not_import_controls():
+    bad = [edge for edge in layer_breaks(import_graph()) if edge.startswith("model")]
     assert not bad, "model/ imports controls/:\n" + "\n".join(bad)
 
 
-def _shim_targets(module: str) -> set[str]:
-    target = ENTRY_POINT_SHIMS.get(module)
-    return set() if target is None else {target, *_parents(target)}
-
-
-def test_world_imports_model_only_in_the_generated_backend():
+def test_worlds_shared_vocabulary_imports_none_of_its_sub_packages():
+    """world/'s root modules (actions, backend, errors, files, start ...) are what every layer and
+    every world/ sub-package shares: they import none of procedural/, server/, data/, backends/."""
     graph = import_graph()
-    bad = sorted(
-        f"{m} -> {t}"
-        for m, targets in graph.items()
-        if m.split(".")[0] == "world" and m not in WORLD_MAY_IMPORT_MODEL
-        for t in targets
-        if t.split(".")[0] == "model"
-    )
-    assert not bad, "world/ imports model/ outside the generated backend:\n" + "\n".join(bad)
+    root = [m for m in graph if m.startswith("world.") and (ROOT / "world" / f"{m[6:]}.py").is_file()]
+    bad = sorted(f"{m} -> {t}" for m in root for t in graph[m] if t.count(".") and t.split(".")[1] in SUB_PACKAGES)
+    assert not bad, "world/'s shared root imports a sub-package:\n" + "\n".join(bad)
+
+
+SUB_PACKAGES = {p.name for p in (ROOT / "world").iterdir() if (p / "__init__.py").is_file()}
+
+
+def test_backends_registered_by_module_path_exist():
+    """world/ names the generated backend by its path instead of importing it: the path must be real."""
+    from world.backends import registry
+
+    modules = project_modules()
+    paths = [f for f in registry._REGISTRY.values() if isinstance(f, str)] + list(registry._REGENERATORS.values())
+    assert "model.runtime.generated_backend:GeneratedBackend" in paths
+    for path in paths:
+        module, _, name = path.partition(":")
+        assert module in modules, path
+        tree = ast.parse(modules[module].read_text())
+        defined = {n.name for n in tree.body if isinstance(n, (ast.FunctionDef, ast.ClassDef))}
+        assert name in defined, path
 
 
 def test_the_checks_catch_what_they_look_for():
     assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
     assert cycles({"a": {"b"}, "b": set()}) == []
+    graph = {"world.x": {"model.y"}, "model.y": {"world.x", "controls.z"}, "controls.z": {"model.y", "world.x"}}
+    assert layer_breaks(graph) == ["model.y -> controls.z", "world.x -> model.y"]
 
 
 def test_no_test_module_imports_another():
@@ -164,3 +186,17 @@ def test_no_test_module_imports_another():
                 names = [node.module]
             bad += [f"{path.name} imports {n}" for n in names if n.startswith("tests.test_")]
     assert not bad, "\n".join(bad)
+
+
+def test_the_architecture_page_draws_the_packages_that_exist():
+    """docs/architecture.md's tree names every package, and every file path the page names exists."""
+    import re
+
+    page = (ROOT / "docs" / "architecture.md").read_text()
+    tree = page.split("## The tree", 1)[1].split("```", 2)[1]
+    packages = {module_name(p.parent) for pkg in PACKAGES for p in (ROOT / pkg).rglob("__init__.py")}
+    missing = sorted(p for p in packages if not re.search(rf"^\s*{p.rpartition('.')[2]}/", tree, re.M))
+    assert not missing, f"packages missing from the tree in docs/architecture.md: {missing}"
+    named = set(re.findall(r"(?<![\w/.])((?:world|model|controls)/[\w/]+\.py)", page))
+    gone = sorted(path for path in named if not (ROOT / path).is_file())
+    assert not gone, f"docs/architecture.md names files that do not exist: {gone}"

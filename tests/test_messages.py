@@ -25,7 +25,7 @@ def test_hints_use_the_launcher_the_person_ran(monkeypatch):
 
 def test_a_dead_address_suggests_serve_in_the_launchers_form(monkeypatch):
     from controls.probe import probe
-    from world.client import WorldClient
+    from world.server.client import WorldClient
 
     monkeypatch.setenv(LAUNCHER_ENV, "./world.sh")
     client = WorldClient("tcp://127.0.0.1:1", timeout_s=1.0)

@@ -9,8 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from world import protocol as P
 from world.actions import Action
+from world.server import protocol as P
+from world.server import wire
 
 SID = "0123456789abcdef"
 WALK = Action(("forward", "turn_left"), 0.25, -0.5)
@@ -36,15 +37,15 @@ def header(**fields) -> list[bytes]:
 
 def code_of(frames: list[bytes]) -> str:
     with pytest.raises(P.ProtocolError) as info:
-        P.decode_request(frames)
+        wire.decode_request(frames)
     return info.value.code
 
 
 @pytest.mark.parametrize("message", REQUESTS, ids=lambda m: m.TYPE)
 def test_requests_round_trip(message):
-    frames = P.encode(message)
+    frames = wire.encode(message)
     assert len(frames) == 1 and json.loads(frames[0])["v"] == P.PROTOCOL_VERSION
-    assert P.decode_request(frames) == message
+    assert wire.decode_request(frames) == message
 
 
 def test_every_request_type_is_covered():
@@ -84,15 +85,15 @@ REPLIES = [
 
 @pytest.mark.parametrize("message", REPLIES, ids=lambda m: m.TYPE)
 def test_replies_round_trip(message):
-    reply, pixels = P.decode_reply(P.encode(message))
+    reply, pixels = wire.decode_reply(wire.encode(message))
     assert reply == message and pixels is None
 
 
 def test_chunk_round_trip_and_payload_layout():
     msg, frames = _chunk()
-    wire = P.encode_chunk(msg, frames)
-    assert len(wire) == 2 and wire[1] == frames.tobytes()  # raw C-order [F, H, W, 3] bytes
-    reply, pixels = P.decode_reply(wire)
+    sent = wire.encode_chunk(msg, frames)
+    assert len(sent) == 2 and sent[1] == frames.tobytes()  # raw C-order [F, H, W, 3] bytes
+    reply, pixels = wire.decode_reply(sent)
     assert np.array_equal(pixels, frames) and pixels.flags.writeable
     assert reply.seq == 3 and list(reply.shape) == [2, 4, 5, 3] and reply.records[1]["i"] == 1
     assert set(reply.records[0]) == {"i", "chunk", "action", "prompt", "steps", "nfe", "t"}
@@ -101,13 +102,13 @@ def test_chunk_round_trip_and_payload_layout():
 
 def test_chunk_with_wrong_payload_is_rejected_by_the_client():
     msg, frames = _chunk()
-    header_frame, payload = P.encode_chunk(msg, frames)
+    header_frame, payload = wire.encode_chunk(msg, frames)
     for bad in ([header_frame], [header_frame, payload[:-1]], [header_frame, payload, b""]):
         with pytest.raises(P.ProtocolError) as info:
-            P.decode_reply(bad)
+            wire.decode_reply(bad)
         assert info.value.code == P.BAD_FRAME
     with pytest.raises(ValueError):
-        P.encode_chunk(msg, frames[:1])  # header and array disagree
+        wire.encode_chunk(msg, frames[:1])  # header and array disagree
 
 
 @pytest.mark.parametrize(
@@ -191,42 +192,42 @@ def test_bad_requests_get_their_code(frames, code):
 def test_an_open_with_a_start_image_is_two_frames_and_round_trips():
     image = b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 10
     message = P.Open(backend="generated", prompt="hills", options={"start": "image"}, start_image=image, ref=3)
-    frames = P.encode(message)
+    frames = wire.encode(message)
     assert len(frames) == 2 and frames[1] == image
     assert json.loads(frames[0])["start_image"] == len(image)  # the header holds the byte count only
-    assert P.decode_request(frames) == message
-    assert "start_image" not in json.loads(P.encode(P.Open(backend="engine", prompt="hills"))[0])
+    assert wire.decode_request(frames) == message
+    assert "start_image" not in json.loads(wire.encode(P.Open(backend="engine", prompt="hills"))[0])
     assert "\\x89" not in repr(message)  # megabytes of image never end up in a log line
 
 
 def test_opened_reports_the_start_only_when_the_backend_says():
-    reply, _ = P.decode_reply(P.encode(P.Opened(session=SID, start="text", start_notice="start: text (...)")))
+    reply, _ = wire.decode_reply(wire.encode(P.Opened(session=SID, start="text", start_notice="start: text (...)")))
     assert (reply.start, reply.start_notice) == ("text", "start: text (...)")
-    header_json = json.loads(P.encode(P.Opened(session=SID))[0])
+    header_json = json.loads(wire.encode(P.Opened(session=SID))[0])
     assert "start" not in header_json and "start_notice" not in header_json
 
 
 def test_lookahead_is_optional_and_omitted_from_the_wire_when_unset():
-    frames = P.encode(P.Open(backend="engine", prompt="hills"))
+    frames = wire.encode(P.Open(backend="engine", prompt="hills"))
     assert "lookahead" not in json.loads(frames[0])  # a worker without the field accepts this open
-    assert P.decode_request(frames).lookahead is None
-    assert P.decode_request(header(type="open", backend="engine", prompt="hills", lookahead=None)).lookahead is None
-    assert P.decode_request(header(type="open", backend="engine", prompt="hills", lookahead=3)).lookahead == 3
+    assert wire.decode_request(frames).lookahead is None
+    assert wire.decode_request(header(type="open", backend="engine", prompt="hills", lookahead=None)).lookahead is None
+    assert wire.decode_request(header(type="open", backend="engine", prompt="hills", lookahead=3)).lookahead == 3
     with pytest.raises(P.ProtocolError) as info:
-        P.decode_request(header(type="open", backend="engine", prompt="hills", lookahead=0, ref=5))
-    error = P.error_for(info.value)
+        wire.decode_request(header(type="open", backend="engine", prompt="hills", lookahead=0, ref=5))
+    error = wire.error_for(info.value)
     assert (error.code, error.ref, error.request) == (P.BAD_LOOKAHEAD, 5, "open")
     assert "lookahead" in error.message
 
 
 def test_errors_carry_ref_request_and_supported_version():
     with pytest.raises(P.ProtocolError) as info:
-        P.decode_request(header(type="prompt", session=SID, prompt="", ref=77))
-    error = P.error_for(info.value)
+        wire.decode_request(header(type="prompt", session=SID, prompt="", ref=77))
+    error = wire.error_for(info.value)
     assert (error.code, error.ref, error.request) == (P.BAD_PROMPT, 77, "prompt")
     with pytest.raises(P.ProtocolError) as info:
-        P.decode_request(header(v=9, type="ping", ref="r1"))
-    reply, _ = P.decode_reply(P.encode(P.error_for(info.value)))
+        wire.decode_request(header(v=9, type="ping", ref="r1"))
+    reply, _ = wire.decode_reply(wire.encode(wire.error_for(info.value)))
     assert (reply.code, reply.ref, reply.supported) == (P.BAD_VERSION, "r1", P.PROTOCOL_VERSION)
 
 
@@ -238,7 +239,7 @@ def test_error_codes_are_documented():
 
 def test_random_input_only_ever_raises_protocol_errors():
     rng = random.Random(7)
-    valid = [P.encode(m)[0] for m in REQUESTS]
+    valid = [wire.encode(m)[0] for m in REQUESTS]
     for i in range(5000):  # bounded fuzz of the decoder itself (the worker's first line of defence)
         data = bytearray(rng.choice(valid))
         for _ in range(rng.randrange(1, 4)):
@@ -246,6 +247,6 @@ def test_random_input_only_ever_raises_protocol_errors():
             data[pos : pos + rng.randrange(1, 4)] = rng.randbytes(rng.randrange(0, 3))
         frames = [bytes(data)] if i % 7 else [bytes(data), b""]
         try:
-            P.decode_request(frames)
+            wire.decode_request(frames)
         except P.ProtocolError as exc:
             assert exc.code in P.ERROR_CODES

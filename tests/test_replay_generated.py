@@ -10,7 +10,7 @@ import shutil
 import pytest
 
 from tests.helpers import last_json, run_cli
-from world.dataset import EpisodeReader
+from world.data.dataset import EpisodeReader
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -21,7 +21,7 @@ SCRIPT = [{"keys": ["forward"], "mouse": [0.0, 0.0]}] * 3 + [
 @pytest.fixture(scope="module")
 def recording(worker, world_dir, tmp_path_factory):
     """A generated episode recorded by `play --headless` through the worker: reset view + script."""
-    from controls import cli
+    from controls import play as cli
 
     root = tmp_path_factory.mktemp("rec")
     (root / "script.json").write_text(json.dumps(SCRIPT))
@@ -82,9 +82,9 @@ def test_chunks_say_what_the_world_reads_as_and_a_cut_prompt_in_words(world_dir)
     encoder's truncation warning."""
     import warnings
 
+    from model.runtime.generated_backend import GeneratedBackend
     from world.actions import IDLE
-    from world.backends.generated import GeneratedBackend
-    from world.themes import BIOMES
+    from world.procedural.themes import BIOMES
 
     backend = GeneratedBackend(checkpoint=str(world_dir), device="cpu")
     try:

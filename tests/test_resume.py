@@ -10,12 +10,12 @@ import numpy as np
 import pytest
 
 from tests.helpers import collect_chunks
-from world import protocol as P
 from world.actions import Action
 from world.backends.registry import create_backend
-from world.client import WorldClient
-from world.session import Session
-from world.worker import start_worker_process, stop_worker_process
+from world.server import protocol as P
+from world.server.client import WorldClient
+from world.server.process import start_worker_process, stop_worker_process
+from world.server.session import Session
 
 PROMPT = "green hills at noon"
 WALK = Action(("forward", "turn_left"))

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from world.actions import KEYS, actions_to_array
-from world.scripted_player import ScriptedPlayer
-from world.themes import parse_prompt
+from world.procedural.scripted_player import ScriptedPlayer
+from world.procedural.themes import parse_prompt
 
 FRAMES = 5000
 

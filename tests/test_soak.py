@@ -1,11 +1,11 @@
-"""The soak and fault run (world/soak.py), short: a real worker on loopback with the fake backend,
+"""The soak and fault run (controls/harness/soak.py), short: a real worker on loopback with the fake backend,
 every abusive client at once and a SIGKILL of the worker half way."""
 
 from __future__ import annotations
 
+from controls.harness.soak import SoakConfig, run_soak
 from tests.helpers import FAKE_MODULE
-from world import protocol as P
-from world.soak import SoakConfig, run_soak
+from world.server import protocol as P
 
 
 def test_a_short_soak_loses_nothing_and_refuses_every_abuse(tmp_path):

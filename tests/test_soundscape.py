@@ -11,8 +11,8 @@ import pytest
 
 from tests.helpers import last_json, run_cli
 from world.actions import Action
-from world.dataset import EpisodeWriter
-from world.soundscape import SAMPLE_RATE, SoundDirector, SoundParams, Synth, render_frames, weather_params
+from world.data.dataset import EpisodeWriter
+from world.procedural.soundscape import SAMPLE_RATE, SoundDirector, SoundParams, Synth, render_frames, weather_params
 
 SECONDS = 2.0
 

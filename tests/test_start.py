@@ -17,14 +17,15 @@ import zmq
 from PIL import Image
 
 from tests.helpers import collect_chunks
-from world import protocol as P
 from world.actions import Action
 from world.backend import BackendError
 from world.backends.registry import create_backend
-from world.client import ChunkEvent, WorldClient, WorldRequestError
-from world.dataset import START_IMAGE_FILE, EpisodeReader
-from world.replay import frame_mismatches, recorded_start
-from world.start import StartImageError, decode_start_image, fit_image
+from world.data.dataset import START_IMAGE_FILE, EpisodeReader
+from world.data.replay import frame_mismatches, recorded_start
+from world.server import protocol as P
+from world.server import wire
+from world.server.client import ChunkEvent, WorldClient, WorldRequestError
+from world.start import MAX_START_IMAGE_SIDE, StartImageError, decode_start_image, fit_image
 
 PROMPT = "green hills at noon"
 UNKNOWN = "purple elephants"  # names no biome, time of day or weather: the engine cannot render it
@@ -79,7 +80,7 @@ def test_start_images_decode_to_rgb_and_fit_the_world():
     (b"GIF89a" + b"\0" * 64, "not a PNG or JPEG"),
     (b"not an image at all", "not a PNG or JPEG"),
     (png(PICTURE)[:200], "cannot be decoded"),  # truncated
-    (png(np.zeros((1, P.MAX_START_IMAGE_SIDE + 1, 3), np.uint8)), "4097x1 pixels; the limit is 4096"),
+    (png(np.zeros((1, MAX_START_IMAGE_SIDE + 1, 3), np.uint8)), "4097x1 pixels; the limit is 4096"),
     (b"\x89PNG" + b"x" * P.MAX_START_IMAGE_BYTES, "bytes; the limit"),
 ])  # fmt: skip
 def test_bad_start_images_are_refused_with_the_reason(data, match):
@@ -209,7 +210,7 @@ def raw_open(endpoint: str, frames: list[bytes]) -> P.Message:
     try:
         sock.send_multipart(frames)
         assert sock.poll(30000), "no reply"
-        reply, _ = P.decode_reply(sock.recv_multipart())
+        reply, _ = wire.decode_reply(sock.recv_multipart())
         return reply
     finally:
         sock.close()
@@ -265,7 +266,7 @@ def test_oversized_and_corrupt_images_get_clear_errors_and_the_worker_goes_on(wo
 
 
 def play(argv: list[str], capsys) -> tuple[int, str, str]:
-    from controls import cli
+    from controls import play as cli
 
     parser = argparse.ArgumentParser()
     cli.add_arguments(parser)
@@ -347,7 +348,8 @@ def test_an_oversized_start_image_file_is_refused_before_anything_is_sent(tmp_pa
 def test_window_hud_shows_the_start_and_the_fallback_notice(worker, tmp_path):
     pygame = pytest.importorskip("pygame")
     from controls import keymap as km
-    from controls.window import PlayWindow, WindowConfig, WorldLink
+    from controls.link import WorldLink
+    from controls.window import PlayWindow, WindowConfig
 
     pygame.display.init()
     pygame.font.init()
@@ -374,16 +376,17 @@ def test_the_io_thread_lets_only_a_few_images_wait_and_answers_busy_beyond(monke
     import queue
     import threading
 
-    from world.worker import IOStats, WorkerIO
+    from world.server.io_loop import WorkerIO
+    from world.server.worker_config import IOStats
 
     io = WorkerIO(None, None, queue.Queue(maxsize=16), threading.Event(), "test", IOStats(),
                   image_slots=threading.BoundedSemaphore(2))  # fmt: skip
     sent: list[P.Message] = []
-    monkeypatch.setattr(io, "_send", lambda identity, frames: sent.append(P.decode_reply(frames)[0]))
-    image_open = P.encode(P.Open(backend="generated", prompt=PROMPT, start_image=png(PICTURE), ref=7))
+    monkeypatch.setattr(io, "_send", lambda identity, frames: sent.append(wire.decode_reply(frames)[0]))
+    image_open = wire.encode(P.Open(backend="generated", prompt=PROMPT, start_image=png(PICTURE), ref=7))
     for _ in range(3):
         io._on_message(b"peer", image_open)
-    io._on_message(b"peer", P.encode(P.Open(backend="generated", prompt=PROMPT, ref=8)))
+    io._on_message(b"peer", wire.encode(P.Open(backend="generated", prompt=PROMPT, ref=8)))
     assert io.inbound.qsize() == 3 and [(m.code, m.ref) for m in sent] == [(P.BUSY, 7)]
     assert "start images" in sent[0].message
     io.image_slots.release()  # the compute loop handled one
@@ -394,7 +397,7 @@ def test_the_io_thread_lets_only_a_few_images_wait_and_answers_busy_beyond(monke
 def test_the_recorder_keeps_a_worlds_start_for_episodes_started_later(tmp_path):
     """F5 after the reset view was shown: the episode still says how its world started (and keeps
     the picture); an episode of another world does not borrow it."""
-    from world.recorder import Recorder
+    from world.data.recorder import Recorder
 
     info = {"backend": "generated", "height": 64, "width": 64, "chunk_frames": 3, "fps": 30.0,
             "description": "causal DiT world tiny (step 0), sampler diagonal 4-3-2 steps"}  # fmt: skip

@@ -5,7 +5,7 @@ import random
 import pytest
 
 from world.backend import PromptError
-from world.themes import (
+from world.procedural.themes import (
     BIOMES,
     EXAMPLE_PROMPTS,
     MAX_PROMPT_CHARS,

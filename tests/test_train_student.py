@@ -211,7 +211,7 @@ def write_latent_cache(directory, episodes: int = 2, frames: int = 9) -> None:
 
 
 def test_command_line_runs_both_stages(tmp_path):
-    from model.training import cli as train_cli
+    from model.training import train as train_cli
 
     write_latent_cache(tmp_path / "cache")
     world = make_random_world(tmp_path / "teacher", text_encoder="hash")

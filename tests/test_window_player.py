@@ -17,15 +17,17 @@ os.environ.setdefault("PYGAME_HIDE_SUPPORT_PROMPT", "1")
 
 import pygame  # noqa: E402
 
-from controls import cli  # noqa: E402
 from controls import keymap as km  # noqa: E402
+from controls import play as cli  # noqa: E402
 from controls.connecting import ConnectScreen  # noqa: E402
-from controls.replay import RecordingLink, catch_up_script, takeover_frame  # noqa: E402
+from controls.frames import picture_rect, reads_as  # noqa: E402
+from controls.link import WorldLink  # noqa: E402
+from controls.playback import RecordingLink, catch_up_script, takeover_frame  # noqa: E402
 from controls.timeline import PromptTimeline, TimelineError, load_timeline  # noqa: E402
-from controls.window import PlayWindow, WindowConfig, WorldLink, picture_rect, reads_as  # noqa: E402
-from world.client import WorldClient  # noqa: E402
-from world.dataset import EpisodeReader  # noqa: E402
-from world.worker import start_worker_process, stop_worker_process  # noqa: E402
+from controls.window import PlayWindow, WindowConfig  # noqa: E402
+from world.data.dataset import EpisodeReader  # noqa: E402
+from world.server.client import WorldClient  # noqa: E402
+from world.server.process import start_worker_process, stop_worker_process  # noqa: E402
 
 GUARD_S = 30.0  # a stuck loop fails the test instead of hanging it; not a performance bound
 SWITCH = "snowy mountains at dusk in fog"
@@ -233,7 +235,7 @@ def test_resizing_letterboxes_with_whole_number_scales_and_f12_saves_two_pngs(di
 
 
 def test_hud_words_reads_as_and_behind():
-    from controls.window import window_title
+    from controls.frames import window_title
 
     assert window_title({"backend": "engine"}, False) == "engine world"  # not "generated world - engine"
     assert window_title({"backend": "generated", "description": "replay of ep-s3"}, True) == \
@@ -250,7 +252,7 @@ def test_hud_words_reads_as_and_behind():
 
 
 def test_typing_a_long_prompt_does_not_delay_the_next_chunk(display, worker, tmp_path):
-    """The one timing check the issue asks for: while 500 characters are typed into the prompt box
+    """The typing timing check: while 500 characters are typed into the prompt box
     (the window used to redraw the whole box on every keystroke, 20 ms at that length), each chunk
     arrives no later than one chunk time after it was due (due: the previous arrival plus the longer
     of its display time and the time the worker took to make it, gen_ms)."""

@@ -13,10 +13,11 @@ import time
 import zmq
 
 from tests.helpers import E2E_BACKEND, E2E_PROMPTS, FAKE_MODULE, collect, replay
-from world import protocol as P
 from world.actions import KEYS, Action
-from world.client import ChunkEvent, ErrorEvent, WorldClient
-from world.worker import start_worker_process, stop_worker_process
+from world.server import protocol as P
+from world.server import wire
+from world.server.client import ChunkEvent, ErrorEvent, WorldClient
+from world.server.process import start_worker_process, stop_worker_process
 
 MESSAGES = 3200
 WRONG_VALUES = [None, True, False, -1, 0, 2**64, 1.5, -0.0, "", "x", "a" * 600, [], [1, "a"], {}, {"k": None}]
@@ -96,14 +97,14 @@ def drain(sock: zmq.Socket, codes: dict[str, int], refs: set) -> None:
     """Read every reply waiting for the fuzzer; close any session a valid open created."""
     for _ in range(10_000):
         try:
-            reply, _ = P.decode_reply(sock.recv_multipart(zmq.NOBLOCK))
+            reply, _ = wire.decode_reply(sock.recv_multipart(zmq.NOBLOCK))
         except zmq.Again:
             return
         refs.add(getattr(reply, "ref", None))
         key = reply.code if reply.TYPE == "error" else reply.TYPE
         codes[key] = codes.get(key, 0) + 1
         if reply.TYPE == "opened":
-            sock.send_multipart(P.encode(P.Close(session=reply.session)))
+            sock.send_multipart(wire.encode(P.Close(session=reply.session)))
 
 
 def stream_step(victim: WorldClient, chunks: list[ChunkEvent], rng: random.Random) -> None:
@@ -142,7 +143,7 @@ def test_barrage_leaves_worker_and_other_sessions_intact():
                     victim.set_prompt(E2E_PROMPTS[1])
             assert time.monotonic() < deadline, "barrage took too long"
         # Collect the last replies, fuzz sessions closed included. Requests to a session still being
-        # built off the loop wait for it (world/jobs.py), so one quiet 100 ms is not the end: stop
+        # built off the loop wait for it (world/server/jobs.py), so one quiet 100 ms is not the end: stop
         # after 2 s of quiet (bounded at 60 s).
         quiet_polls = 0
         for _ in range(600):

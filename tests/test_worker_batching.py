@@ -13,12 +13,15 @@ import numpy as np
 import pytest
 
 from tests.helpers import collect_chunks
-from world import protocol as P
 from world.actions import Action
 from world.backends.registry import create_backend
-from world.batching import BatchScheduler
-from world.client import ChunkEvent, ErrorEvent, WorldClient
-from world.worker import Inbound, WorkerConfig, WorkerCore, start_worker_process, stop_worker_process
+from world.server import protocol as P
+from world.server import wire
+from world.server.batching import BatchScheduler
+from world.server.client import ChunkEvent, ErrorEvent, WorldClient
+from world.server.core import WorkerCore
+from world.server.process import start_worker_process, stop_worker_process
+from world.server.worker_config import Inbound, WorkerConfig
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -159,7 +162,7 @@ def test_batched_sessions_match_sessions_alone_despite_bad_neighbours(worker):
     for lone, crowded in zip(alone, got):
         assert all(np.array_equal(a, b) for a, b in zip(lone, frames_of(crowded[:n])))
     # Whether sessions share a batch here depends on timing (first chunks are made alone, off the
-    # loop, world/jobs.py; on a fast machine each later one may fall due alone), so it is not
+    # loop, world/server/jobs.py; on a fast machine each later one may fall due alone), so it is not
     # asserted: that batches are exact is tests/test_batched_chunks.py.
     assert {e.code for e in rude_errors} >= {"bad_prompt", "bad_ack"}
 
@@ -197,12 +200,12 @@ def play_in_core(world_dir, max_batch: int) -> tuple[list[list[tuple[P.Chunk, np
     for k in range(3):
         who = f"client{k}".encode()
         open_ = P.Open(backend="generated", prompt="green hills at noon", seed=k, options=DIAGONAL)
-        (opened,) = [P.decode_reply(o.frames)[0] for o in core.handle(Inbound(who, open_, 0.001 * k))]
+        (opened,) = [wire.decode_reply(o.frames)[0] for o in core.handle(Inbound(who, open_, 0.001 * k))]
         sids.append(opened.session)
         core.handle(Inbound(who, P.Actions(session=opened.session, actions=tuple(ACTIONS[:6])), 0.001 * k))
     calls = []
     for _ in range(30):
-        made = [P.decode_reply(o.frames) for o in core.produce_next()]
+        made = [wire.decode_reply(o.frames) for o in core.produce_next()]
         calls += [made] if made else []
         if sum(c.seq == 2 for call in calls for c, _ in call) == 3:
             break

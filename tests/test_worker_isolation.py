@@ -1,4 +1,4 @@
-"""Issue 13, findings 1 and 3: what one client asks for must not stall or starve the others.
+"""docs/reliability.md, rows 1 and 3: what one client asks for must not stall or starve the others.
 
 Real `serve` subprocesses on loopback with the fake backend, whose `reset_delay_s` / `delay_s`
 options make a world as slow to open or to step as a 1024x1024 engine (docs/reliability.md).
@@ -14,9 +14,12 @@ import pytest
 
 import tests.fakes  # noqa: F401  (registers the "fake" backend in this process)
 from tests.helpers import FAKE_MODULE, collect
-from world import protocol as P
-from world.client import ChunkEvent, ErrorEvent, WorldClient, WorldRequestError
-from world.worker import Inbound, WorkerConfig, WorkerCore, start_worker_process, stop_worker_process
+from world.server import protocol as P
+from world.server import wire
+from world.server.client import ChunkEvent, ErrorEvent, WorldClient, WorldRequestError
+from world.server.core import WorkerCore
+from world.server.process import start_worker_process, stop_worker_process
+from world.server.worker_config import Inbound, WorkerConfig
 
 
 @pytest.fixture(scope="module")
@@ -124,7 +127,7 @@ def test_the_budget_protects_other_clients_and_spares_a_session_alone():
     core = WorkerCore(WorkerConfig(chunk_budget_s=0.05), "test")
 
     def replies(out) -> list[P.Message]:
-        return [P.decode_reply(o.frames)[0] for o in out]
+        return [wire.decode_reply(o.frames)[0] for o in out]
 
     def open_as(identity: bytes, **options) -> str:
         (opened,) = replies(core.handle(Inbound(identity, P.Open(backend="fake", prompt="hills", options=options),
@@ -146,11 +149,11 @@ def test_a_session_predicted_far_over_budget_is_refused_before_it_is_built():
     timed; once the worker has seen what its backend costs, such an open is refused at once."""
     core = WorkerCore(WorkerConfig(chunk_budget_s=1.0), "test")
     first = core.handle(Inbound(b"\x00a", P.Open(backend="fake", prompt="hills", options={"delay_s": 0.1}), 0.0))
-    assert P.decode_reply(first[0].frames)[0].TYPE == "opened"
+    assert wire.decode_reply(first[0].frames)[0].TYPE == "opened"
     core.produce_next()  # its first chunk, timed: 0.1 s for 16x16x3 pixels
     built = tests.fakes.FakeBackend.built
     big = {"height": 1024, "width": 1024, "chunk_frames": 16}
     (refused,) = core.handle(Inbound(b"\x00b", P.Open(backend="fake", prompt="hills", options=big), 0.0))
-    error = P.decode_reply(refused.frames)[0]
+    error = wire.decode_reply(refused.frames)[0]
     assert error.code == P.OVER_BUDGET and "would take about" in error.message
     assert tests.fakes.FakeBackend.built == built  # nothing was built for it

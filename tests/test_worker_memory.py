@@ -1,4 +1,4 @@
-"""controls.worker_memory (also run by its old path, model.evaluation.worker_memory): the trend maths
+"""controls.harness.worker_memory and its trend maths (controls/harness/memory.py): the maths
 on synthetic samples, and short real runs through a worker subprocess (engine, a tiny random generated world,
 a bad checkpoint)."""
 
@@ -13,16 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from controls.worker_memory import (
-    FLAT_ABS_MIB,
-    MeasurementError,
-    MemoryConfig,
-    measure,
-    memory_trend,
-    read_status,
-    slope_per_minute,
-    write_report,
-)
+from controls.harness.memory import FLAT_ABS_MIB, memory_trend, read_status, slope_per_minute
+from controls.harness.worker_memory import MeasurementError, MemoryConfig, measure, write_report
 
 REPO = Path(__file__).resolve().parent.parent
 linux_only = pytest.mark.skipif(not Path("/proc/self/status").is_file(), reason="needs Linux /proc")
@@ -102,7 +94,7 @@ def test_engine_stream_through_a_real_worker(tmp_path):
 
 @linux_only
 def test_cli_chunks_json_line(tmp_path):
-    argv = [sys.executable, "-m", "model.evaluation.worker_memory", "--backend", "engine", "--chunks", "40",
+    argv = [sys.executable, "-m", "controls.harness.worker_memory", "--backend", "engine", "--chunks", "40",
             "--sample-every", "0.1", "--out", str(tmp_path / "m.json"), "--png", "", "--json"]  # fmt: skip
     done = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
@@ -142,7 +134,7 @@ def test_bad_checkpoint_is_a_clear_error_and_exit_2(tmp_path):
     bad = tmp_path / "bad"
     bad.mkdir()
     (bad / "config.json").write_text("{not json")
-    argv = [sys.executable, "-m", "model.evaluation.worker_memory", "--checkpoint", str(bad), "--chunks", "3",
+    argv = [sys.executable, "-m", "controls.harness.worker_memory", "--checkpoint", str(bad), "--chunks", "3",
             "--out", "", "--png", ""]  # fmt: skip
     done = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=120)
     assert done.returncode == 2, done.stderr

@@ -1,4 +1,5 @@
-"""Issue 13, finding 5: huge numbers got `internal` errors and 24-line tracebacks in the log.
+"""docs/reliability.md, row 5: huge numbers must be refused by the field they are in, never answered
+with `internal` errors and tracebacks in the log.
 
 A real worker (its log captured) gets every request type with out-of-range numbers in every
 numeric place: each is refused with a specific code, none with `internal`, and the log holds no
@@ -14,8 +15,9 @@ import sys
 import zmq
 
 from tests.helpers import FAKE_MODULE
-from world import protocol as P
-from world.worker import REPO_ROOT, _wait_ready, stop_worker_process
+from world.server import protocol as P
+from world.server import wire
+from world.server.process import REPO_ROOT, _wait_ready, stop_worker_process
 
 HUGE = [10**400, -(10**400), 10**21, 1e21, 1e300, -1e300, 2**64]
 
@@ -50,7 +52,7 @@ def test_out_of_range_numbers_are_refused_by_name_and_never_logged_as_tracebacks
         sock.setsockopt(zmq.LINGER, 0)
         sock.connect(endpoint)
         sock.send(json.dumps({"v": 1, "type": "open", "backend": "fake", "prompt": "hills", "ref": "o"}).encode())
-        while (reply := P.decode_reply(sock.recv_multipart())[0]).TYPE != "opened":
+        while (reply := wire.decode_reply(sock.recv_multipart())[0]).TYPE != "opened":
             pass
         codes = []
         sent = messages(reply.session)
@@ -59,7 +61,7 @@ def test_out_of_range_numbers_are_refused_by_name_and_never_logged_as_tracebacks
         while len(codes) < len(sent) - 2 * len(HUGE):  # pings and status with a huge ref: replies, not errors
             if not sock.poll(10000):
                 break
-            answer = P.decode_reply(sock.recv_multipart())[0]
+            answer = wire.decode_reply(sock.recv_multipart())[0]
             if answer.TYPE == "error":
                 codes.append(answer.code)
         assert codes and P.INTERNAL not in codes, codes

@@ -1,4 +1,4 @@
-"""Files written whole or not at all, and file hashes (stdlib only; model/common/files.py adds tensors).
+"""Files written whole or not at all, and file hashes (stdlib only; model/common/tensor_files.py adds tensors).
 
 `atomic_write(path, write)`: `write(tmp)` fills a temporary sibling, which is flushed to disk (fsync)
 and renamed over `path`, so a reader (or a run resumed after a kill or a power cut) sees the old

@@ -21,10 +21,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from world.protocol import MAX_START_IMAGE_BYTES, MAX_START_IMAGE_SIDE
-
 START_MODES = ("engine", "text", "image")
 IMAGE_FORMATS = ("PNG", "JPEG")
+MAX_START_IMAGE_BYTES = 4 * 1024 * 1024  # encoded PNG / JPEG bytes of a start image (the open's image frame)
+MAX_START_IMAGE_SIDE = 4096  # pixels, each side, checked before the image is decoded
 
 
 class StartImageError(ValueError):
@@ -46,12 +46,6 @@ class StartImage:
         height, width = self.pixels.shape[:2]
         return {"format": self.format, "width": int(width), "height": int(height), "bytes": self.nbytes,
                 "sha256": self.sha256}  # fmt: skip
-
-
-def check_start_mode(mode: object) -> str:
-    if mode not in START_MODES:
-        raise ValueError(f"start must be one of {', '.join(START_MODES)}; got {mode!r:.40}")
-    return mode
 
 
 def decode_start_image(data: bytes) -> StartImage:

@@ -23,7 +23,7 @@ streaming loop and reads from the sampler
       "text"    u = no prompt and the same actions: amplifies only the prompt.
     A guide other than "all" needs g > 0 (it would otherwise be silently ignored). `describe()`
     always carries "guide"; records written before the option have none, and readers take a missing
-    one as "all" (world/backends/regenerate.py, model/evaluation/compare.py).
+    one as "all" (model/runtime/regenerate.py, model/evaluation/compare.py).
 
 NFE per chunk (network evaluations per stream, a batched cond + uncond forward counts 2):
     rows * (len(levels(i)) + refresh),  rows = 2 with guidance else 1

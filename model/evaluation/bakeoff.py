@@ -34,7 +34,7 @@ from pathlib import Path
 
 import torch
 
-from model.evaluation.config import EVAL_PRESETS
+from model.evaluation.eval_config import EVAL_PRESETS
 from model.evaluation.measure_counterfactual import measure_counterfactual
 from model.evaluation.measure_fidelity import measure_fidelity
 from model.evaluation.measure_teacher_forced import measure_teacher_forced

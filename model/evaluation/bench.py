@@ -40,7 +40,7 @@ from model.evaluation.report import write_report
 from world.actions import Action
 from world.backend import Backend, BackendError
 from world.backends.registry import create_backend
-from world.scripted_player import ScriptedPlayer
+from world.procedural.scripted_player import ScriptedPlayer
 
 DEFAULT_PROMPT = "green hills at noon"
 
@@ -255,7 +255,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     parser.add_argument("--sessions", metavar="N,N,...",
                         help="several players on one worker instead: rows for these session counts "
-                        "(model/evaluation/bench_sessions.py; --samplers then names one sampler)")
+                        "(controls/harness/bench_sessions.py; --samplers then names one sampler)")
     parser.add_argument("--seconds", type=float, default=20.0, help="with --sessions: timed seconds per row")
     parser.add_argument("--max-batch", type=int, default=8, help="with --sessions: the worker's --max-batch")
     parser.add_argument("--connect", metavar="ENDPOINT", help="with --sessions: measure this running worker")
@@ -292,10 +292,6 @@ def ratios(rows: dict[str, SamplerRow]) -> dict[str, float]:
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.sessions:
-        from model.evaluation import bench_sessions
-
-        return bench_sessions.run(args)
     from model.common.device import resolve_device, set_threads
 
     set_threads(args.threads)

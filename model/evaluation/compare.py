@@ -1,7 +1,7 @@
 """Compare eval runs side by side: one markdown table (a row per run) and a PNG of grouped bars.
 
-    python -m model.evaluation.compare --out docs/reports/ablation.md --png docs/images/ablation.png \\
-        --title "Diagonal schedule ablation" \\
+    python -m model.evaluation.compare --out docs/reports/ablation-schedule.md \\
+        --png docs/images/ablation_schedule.png --title "Diagonal schedule ablation" \\
         "4-3-2=runs/eval/student/results.json" "5-4-3-2=runs/eval/student-5432/results.json"
 
 Each LABEL=PATH names one `run_world.py eval` output (PATH: its results.json, or the directory

@@ -16,8 +16,8 @@ from model.common.runlog import progress
 from model.evaluation.rollout import rollout
 from world.actions import Action
 from world.backends.registry import create_backend
-from world.dataset import open_dataset
-from world.scripted_player import ScriptedPlayer
+from world.data.dataset import open_dataset
+from world.procedural.scripted_player import ScriptedPlayer
 
 
 @dataclass

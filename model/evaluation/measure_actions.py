@@ -18,13 +18,13 @@ from __future__ import annotations
 
 import numpy as np
 
-from model.evaluation.config import EvalConfig
-from model.evaluation.idm import mouse_to_bins
-from model.evaluation.probe import probe_actions, probe_segments
-from model.evaluation.readers import ActionReading, IDMReader
+from model.evaluation.action_probes import probe_actions, probe_segments
+from model.evaluation.eval_config import EvalConfig
 from model.evaluation.rollout import Worlds
 from model.evaluation.scores import score_actions
-from world.themes import EXAMPLE_PROMPTS
+from model.readers.idm import mouse_to_bins
+from model.readers.reading import ActionReading, IDMReader
+from world.procedural.themes import EXAMPLE_PROMPTS
 
 
 def _concat(readings: list[ActionReading]) -> ActionReading:

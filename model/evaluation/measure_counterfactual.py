@@ -27,11 +27,11 @@ from itertools import combinations
 
 import numpy as np
 
-from model.evaluation.config import EvalConfig
+from model.evaluation.eval_config import EvalConfig
 from model.evaluation.measure_prompts import walk_actions
 from model.evaluation.rollout import Start, Worlds, engine_context, rollout
 from world.actions import IDLE, Action
-from world.themes import EXAMPLE_PROMPTS
+from world.procedural.themes import EXAMPLE_PROMPTS
 
 COUNTERFACTUAL_ACTIONS: dict[str, Action] = {
     "idle": IDLE,

@@ -23,13 +23,13 @@ from __future__ import annotations
 import numpy as np
 
 from model.common.runlog import progress
-from model.evaluation.config import EvalConfig
+from model.evaluation.eval_config import EvalConfig
 from model.evaluation.measure_prompts import walk_actions
 from model.evaluation.metrics import frechet_distance, hsv_saturation, rms_contrast
-from model.evaluation.readers import ThemeReader
 from model.evaluation.rollout import Worlds, stream
+from model.readers.reading import ThemeReader
 from world.actions import Action
-from world.themes import EXAMPLE_PROMPTS
+from world.procedural.themes import EXAMPLE_PROMPTS
 
 DRIFT_PROMPT = EXAMPLE_PROMPTS[0]  # a colourful daytime scene: saturation far from 0, % is stable
 DRIFT_SCRIPTS = ("pan", "walk")

@@ -24,12 +24,12 @@ from __future__ import annotations
 import numpy as np
 
 from model.evaluation.ceiling import autoencoder_roundtrip
-from model.evaluation.config import EvalConfig
+from model.evaluation.eval_config import EvalConfig
 from model.evaluation.measure_prompts import walk_actions
 from model.evaluation.metrics import psnr_per_frame, ssim_per_frame
 from model.evaluation.rollout import Worlds
 from world.backends.registry import create_backend
-from world.themes import EXAMPLE_PROMPTS
+from world.procedural.themes import EXAMPLE_PROMPTS
 
 
 def fidelity_episode(seed_offset: int, cfg: EvalConfig) -> tuple[int, str]:

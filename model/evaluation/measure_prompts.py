@@ -18,14 +18,14 @@ from pathlib import Path
 
 import numpy as np
 
-from model.evaluation.config import EvalConfig
-from model.evaluation.readers import ThemeReader
+from model.evaluation.eval_config import EvalConfig
 from model.evaluation.rollout import Worlds
 from model.evaluation.scores import theme_accuracy, theme_chance
+from model.readers.reading import ThemeReader
 from world.actions import Action
 from world.backend import PromptError
-from world.scripted_player import ScriptedPlayer
-from world.themes import BIOMES, TIMES, WEATHERS, Theme, all_themes, compose_prompt, describe, parse_prompt
+from world.procedural.scripted_player import ScriptedPlayer
+from world.procedural.themes import BIOMES, TIMES, WEATHERS, Theme, all_themes, compose_prompt, describe, parse_prompt
 
 PromptItem = tuple[str, Theme]
 

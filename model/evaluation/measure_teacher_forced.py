@@ -28,13 +28,13 @@ from __future__ import annotations
 import numpy as np
 
 from model.evaluation.ceiling import autoencoder_roundtrip
-from model.evaluation.config import EvalConfig
+from model.evaluation.eval_config import EvalConfig
 from model.evaluation.measure_counterfactual import context_start, outcomes
 from model.evaluation.metrics import psnr_per_frame
 from model.evaluation.rollout import Worlds
 from world.actions import IDLE, Action
 from world.backends.registry import create_backend
-from world.themes import EXAMPLE_PROMPTS
+from world.procedural.themes import EXAMPLE_PROMPTS
 
 TEACHER_FORCED_CLASSES: dict[str, Action] = {
     "idle": IDLE,

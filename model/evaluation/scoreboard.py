@@ -29,7 +29,7 @@ from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
-from model.evaluation.config import EVAL_PRESETS, EvalConfig
+from model.evaluation.eval_config import EVAL_PRESETS, EvalConfig
 from model.evaluation.measure_counterfactual import measure_counterfactual
 from model.evaluation.measure_fidelity import measure_fidelity
 from model.evaluation.measure_teacher_forced import measure_teacher_forced
@@ -66,7 +66,7 @@ def scoreboard(worlds: Worlds, cfg: EvalConfig = EVAL_PRESETS["scoreboard"],
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from model.evaluation.cli import BACKENDS, add_guidance_arguments
+    from model.evaluation.suite import BACKENDS, add_guidance_arguments
 
     parser.add_argument("--backend", default="generated", choices=BACKENDS)
     parser.add_argument("--checkpoint", help="world checkpoint directory, e.g. a training run's runs/x/checkpoint "
@@ -87,7 +87,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from model.common.checkpoint import CheckpointError
     from model.common.device import set_threads
-    from model.evaluation.cli import _sampler_config, open_worlds, parse_world_options
+    from model.evaluation.suite import _sampler_config, open_worlds, parse_world_options
     from world.backend import BackendError
 
     t0 = time.perf_counter()

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from model.evaluation.idm import IDMConfig, mouse_to_bins
 from model.evaluation.metrics import f1_binary, f1_macro_classes, nanmean
-from model.evaluation.readers import ActionReading
+from model.readers.idm import IDMConfig, mouse_to_bins
+from model.readers.reading import ActionReading
 from world.actions import KEYS
 
 ACTION_NAMES: tuple[str, ...] = (*KEYS, "mouse_dx", "mouse_dy")  # one F1 per name

@@ -414,10 +414,6 @@ class CausalDiT(nn.Module):
             return cache.previous_input(x, self.config.copy_frames)
         return stacked_previous(x, self.config.chunk_frames, self.config.copy_frames)
 
-    def condition(self, t: torch.Tensor, actions: torch.Tensor, drop_actions: torch.Tensor | None) -> torch.Tensor:
-        """Per-frame condition c [B, F, D] from t [B, F] and actions [B, F, A]."""
-        return self.t_embed(t) + self.a_embed(actions, drop_actions)
-
     def _frame_terms(self, t: torch.Tensor, actions: torch.Tensor,
                      drop_actions: torch.Tensor | None) -> tuple[torch.Tensor, ...]:
         """Per-frame terms: c [B, F, D], adaLN mod [B, F, 6 * D], action tokens [B, F, D] (zeros without

@@ -1,1 +1,2 @@
-"""The streaming runtime: the one generation loop and world checkpoints (all the worker needs)."""
+"""The streaming runtime: the one generation loop, world checkpoints and the generated backend (all
+the worker needs from the model)."""

@@ -110,19 +110,6 @@ def forward_parts(dit: CausalDiT, parts: Sequence[Part]) -> list[torch.Tensor]:
     return list(v.split(batch.sizes))
 
 
-def guided_velocity(
-    dit: CausalDiT, cache: KVCache, x: torch.Tensor, s: float, actions: torch.Tensor, cond: Conditioning,
-    guidance: float,
-) -> torch.Tensor:
-    """One network evaluation of the chunk at level s (writes its K/V slot); v [B, F, C, h, w].
-
-    With guidance: v = c + g (c - u) (docs/design.md §3), cond and uncond rows in one batch.
-    """
-    rows = 2 if guidance > 0 else 1
-    v = forward_parts(dit, [(cache, x, s, actions, cond, rows)])[0]
-    return v if rows == 1 else apply_guidance(v, guidance)
-
-
 def sampler_step(sampler: Sampler, x: torch.Tensor, x0: torch.Tensor, v: torch.Tensor, s: float, s_next: float,
                  noise: Noise) -> torch.Tensor:
     """Move from level s to s_next (0 = done): Euler on the ODE, or re-noise x0 with fresh noise."""

@@ -46,8 +46,8 @@ from model.nets import count_parameters
 from model.nets.autoencoder import AUTOENCODER_PRESETS, Autoencoder, AutoencoderConfig, autoencoder_config
 from model.training.loop import Budget, LoopConfig, TrainLoop, autocast_for, optimizer_step, set_learning_rate
 
-__all__ = ["TrainConfig", "TRAIN_PRESETS", "FrameSplit", "AutoencoderTrainer", "load_autoencoder", "add_arguments",
-           "run"]
+__all__ = ["AutoencoderTrainConfig", "TRAIN_PRESETS", "FrameSplit", "AutoencoderTrainer", "load_autoencoder",
+           "add_arguments", "run"]
 
 
 # ----------------------------------------------------------------------------- losses
@@ -137,7 +137,7 @@ def decode_ms_per_frame(ae: Autoencoder, batch: int = 3, threads: int | None = N
 
 
 @dataclass
-class TrainConfig:
+class AutoencoderTrainConfig:
     """The run's settings; a field with help is also a `train autoencoder` option, given over the
     preset (or the resumed checkpoint's settings) when given (model/common/configs.py)."""
 
@@ -160,10 +160,10 @@ class TrainConfig:
     loss: LossWeights = field(default_factory=LossWeights)
 
 
-TRAIN_PRESETS: dict[str, TrainConfig] = {
-    "tiny": TrainConfig(steps=30, batch=8, lr=3e-3, warmup=0, eval_every=10, ckpt_every=10, log_every=1,
+TRAIN_PRESETS: dict[str, AutoencoderTrainConfig] = {
+    "tiny": AutoencoderTrainConfig(steps=30, batch=8, lr=3e-3, warmup=0, eval_every=10, ckpt_every=10, log_every=1,
                         val_frames=16, stats_frames=64),
-    "default": TrainConfig(),
+    "default": AutoencoderTrainConfig(),
 }
 
 
@@ -174,7 +174,7 @@ TRAIN_PRESETS: dict[str, TrainConfig] = {
 class FrameSplit:
     """Random training batches and a fixed held-out set from a dataset's frames (memmapped)."""
 
-    def __init__(self, readers: list, cfg: TrainConfig):
+    def __init__(self, readers: list, cfg: AutoencoderTrainConfig):
         if not readers or sum(len(r) for r in readers) < 2:
             raise ValueError("the dataset holds fewer than 2 frames; generate data first (run_world.py datagen)")
         train, val = self._split(readers, cfg.val_fraction)
@@ -196,7 +196,7 @@ class FrameSplit:
         """(reader, frame) rows [B, 2] -> uint8 [B, H, W, 3]."""
         return np.stack([self.readers[int(e)].frames[int(f)] for e, f in rows])
 
-    def batch(self, step: int, cfg: TrainConfig) -> torch.Tensor:
+    def batch(self, step: int, cfg: AutoencoderTrainConfig) -> torch.Tensor:
         """The training batch of `step` (a pure function of seed and step): [B, 3, H, W] in [-1, 1]."""
         rng = np.random.default_rng([cfg.seed, step])
         rows = self.train[rng.integers(0, len(self.train), cfg.batch)]
@@ -218,7 +218,7 @@ class FrameSplit:
 # ----------------------------------------------------------------------------- training
 
 
-def lr_at(step: int, cfg: TrainConfig) -> float:
+def lr_at(step: int, cfg: AutoencoderTrainConfig) -> float:
     """Linear warm-up, then cosine decay to lr * min_lr_ratio at cfg.steps."""
     if step < cfg.warmup:
         return cfg.lr * (step + 1) / cfg.warmup
@@ -230,7 +230,7 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
 class AutoencoderTrainer:
     ae: Autoencoder
     optimizer: torch.optim.Optimizer
-    cfg: TrainConfig
+    cfg: AutoencoderTrainConfig
     data: FrameSplit
     out: Path
     device: torch.device
@@ -295,15 +295,15 @@ class AutoencoderTrainer:
                         optimizers={"autoencoder": self.optimizer}, extra=extra)
 
 
-def _make_optimizer(ae: Autoencoder, cfg: TrainConfig) -> torch.optim.Optimizer:
+def _make_optimizer(ae: Autoencoder, cfg: AutoencoderTrainConfig) -> torch.optim.Optimizer:
     return torch.optim.AdamW(ae.parameters(), lr=cfg.lr, betas=(0.9, 0.99), weight_decay=cfg.weight_decay)
 
 
-def _resume_configs(ckpt: Path) -> tuple[AutoencoderConfig, TrainConfig]:
+def _resume_configs(ckpt: Path) -> tuple[AutoencoderConfig, AutoencoderTrainConfig]:
     meta = read_checkpoint_config(ckpt, kind=CHECKPOINT_KIND)
     source = str(ckpt / "config.json")
     ae_cfg = config_from_dict(AutoencoderConfig, meta["configs"]["autoencoder"], source)
-    train_cfg = config_from_dict(TrainConfig, meta["configs"].get("train", {}), source)
+    train_cfg = config_from_dict(AutoencoderTrainConfig, meta["configs"].get("train", {}), source)
     return ae_cfg, train_cfg
 
 
@@ -323,7 +323,7 @@ def build_trainer(args: argparse.Namespace, readers: list, device: torch.device)
         ae_cfg, cfg = _resume_configs(ckpt)
     else:
         ae_cfg, cfg = autoencoder_config(args.preset), copy.deepcopy(TRAIN_PRESETS[args.preset])
-    cfg = replace_config(cfg, given_options(args, TrainConfig), "train autoencoder")
+    cfg = replace_config(cfg, given_options(args, AutoencoderTrainConfig), "train autoencoder")
     torch.manual_seed(cfg.seed)
     ae = Autoencoder(ae_cfg).to(device)
     optimizer = _make_optimizer(ae, cfg)
@@ -387,7 +387,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, help="run directory: checkpoint/, metrics.csv/png, recon.png")
     parser.add_argument("--preset", default="default", choices=sorted(AUTOENCODER_PRESETS),
                         help="network and training preset (ignored with --resume: the checkpoint's is used)")
-    add_options(parser, TrainConfig)  # default None: the preset's (or the resumed run's) value
+    add_options(parser, AutoencoderTrainConfig)  # default None: the preset's (or the resumed run's) value
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda[:N]")
     parser.add_argument("--resume", action="store_true", help="continue from --out/checkpoint if there is one")
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
@@ -403,7 +403,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from world.dataset import open_dataset
+    from world.data.dataset import open_dataset
 
     device = resolve_device(args.device)
     trainer = build_trainer(args, open_dataset(args.data), device)

@@ -37,9 +37,9 @@ from torch.utils.data import Dataset
 
 from model.common.checkpoint import checkpoint_dir, module_sha256, read_checkpoint_config
 from model.common.device import autocast, resolve_device
-from model.common.files import atomic_save_safetensors, atomic_write_json
 from model.common.images import frames_to_tensor
 from model.common.runlog import progress
+from model.common.tensor_files import atomic_save_safetensors, atomic_write_json
 from model.nets.text_encoder import DEFAULT_MAX_TOKENS, TEXT_ENCODERS, create_text_encoder
 from model.training.autoencoder import load_autoencoder
 
@@ -206,7 +206,7 @@ def encode_dataset(
     overwrite: bool = False,
 ) -> dict:
     """Build (or finish) the latent cache of `data_dir` in `out_dir`; returns cache.json's contents."""
-    from world.dataset import open_dataset  # the dataset module pulls in world.*; keep model imports light
+    from world.data.dataset import open_dataset  # the dataset module pulls in world.*; keep model imports light
 
     device = resolve_device(str(device))
     out = Path(out_dir)

@@ -1,7 +1,7 @@
 """The one training loop: every trainer (teacher, student stages, autoencoder, evaluation networks)
 supplies its step and its state; the loop owns everything around them.
 
-A trainer is a `Job`: it holds `step` (optimiser steps done so far, restored on resume) and has
+A trainer is a `TrainJob`: it holds `step` (optimiser steps done so far, restored on resume) and has
 - `train_step() -> metrics`: one optimiser step at `self.step` (the loop then counts it);
 - `save(reason)`: write its checkpoint (reason: "periodic", "last", "stopped", "interrupted");
 - optionally `frames_per_step` (for the frames/s rate) and `after_step(step) -> metrics`, the
@@ -39,7 +39,7 @@ from model.common.runlog import RunLog, progress
 from world.interrupts import sigterm_as_keyboard_interrupt
 
 
-class Job(Protocol):
+class TrainJob(Protocol):
     step: int
 
     def train_step(self) -> dict[str, float]: ...
@@ -86,7 +86,7 @@ class Budget:
 
 
 class TrainLoop:
-    def __init__(self, job: Job, cfg: LoopConfig, log: RunLog | None = None, *, budget: Budget | None = None,
+    def __init__(self, job: TrainJob, cfg: LoopConfig, log: RunLog | None = None, *, budget: Budget | None = None,
                  until: int | None = None, rank: int = 0):
         self.job, self.cfg, self.log, self.rank = job, cfg, log, rank
         self.budget = budget or Budget()

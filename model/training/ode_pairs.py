@@ -34,8 +34,8 @@ from torch.utils.data import Dataset
 
 from model.common.configs import option
 from model.common.device import autocast
-from model.common.files import atomic_save_safetensors, atomic_write_json
 from model.common.runlog import progress
+from model.common.tensor_files import atomic_save_safetensors, atomic_write_json
 from model.diffusion.flow import level_grid
 from model.diffusion.samplers import TEACHER_GUIDANCE, TEACHER_STEPS, Sampler
 from model.runtime.stream import Conditioning, generate_chunk

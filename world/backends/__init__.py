@@ -1,1 +1,2 @@
-"""The built-in backends: engine, generated, baselines; `registry.py` builds them by name."""
+"""The built-in backends: engine, baselines; `registry.py` builds them by name (the generated world by
+its module path, model/runtime/generated_backend.py)."""

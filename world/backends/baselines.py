@@ -41,7 +41,7 @@ class HoldBackend(Backend):
 
     def __init__(self, height: int = 64, width: int = 64, chunk_frames: int = 3, fps: float = 30.0,
                  **unknown: object) -> None:
-        from world.backends.engine import EngineBackend
+        from world.backends.engine_backend import EngineBackend
 
         if unknown:
             known = "height, width, chunk_frames, fps"

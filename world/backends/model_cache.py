@@ -12,7 +12,7 @@ sessions keep the copy they started with. Models no session uses any more are dr
 references), except the two most recently used (a world and the theme classifier its chunks are
 read with), so a player who closes and reopens does not wait for a reload. Loading runs under a
 per-key lock: two sessions opening the same world at once load it once, and sessions of other worlds
-are not held up. Torch-free: the loader comes from the caller (world/backends/generated.py), so the
+are not held up. Torch-free: the loader comes from the caller (model/runtime/generated_backend.py), so the
 worker can read the counters without importing the model.
 """
 
@@ -86,4 +86,4 @@ class ModelCache:
             self._recent.clear()
 
 
-MODELS = ModelCache()  # the process's shared models (world/backends/generated.py)
+MODELS = ModelCache()  # the process's shared models (model/runtime/generated_backend.py)

@@ -1,13 +1,16 @@
 """Backends by name: `create_backend(name, **options)`, `backend_names()`, `register_backend`.
 
-The built-in backends are registered here with factories that import their module only when one
-is built, so `world` stays importable without torch for the engine-only paths ("generated" imports
-torch when a generated world is created). The registry lives apart from the interface
-(`world/backend.py`) so that no backend module imports the module that imports it.
+A backend is registered by module path, "package.module:factory", and its module is imported only
+when one is built. So `world` stays importable without torch for the engine-only paths, and world/
+imports nothing from the layers above it: the generated world lives with the model
+(model/runtime/generated_backend.py) and is named here by its path, never imported. The registry
+lives apart from the interface (`world/backend.py`) so that no backend module imports the module
+that imports it.
 """
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable
 
 from world.backend import Backend
@@ -21,37 +24,27 @@ BackendFactory = Callable[..., Backend]
 # showcase) keeps the backend's default, the text start, so its measurements do not change.
 SESSION_DEFAULTS: dict[str, dict] = {"generated": {"start": "engine"}}
 
-
-def _engine(**options) -> Backend:
-    from world.backends.engine import EngineBackend
-
-    return EngineBackend(**options)
-
-
-def _generated(**options) -> Backend:
-    from world.backends.generated import GeneratedBackend
-
-    return GeneratedBackend(**options)
-
-
-def _still(**options) -> Backend:
-    from world.backends.baselines import StillBackend
-
-    return StillBackend(**options)
-
-
-def _copy_last(**options) -> Backend:
-    from world.backends.baselines import CopyLastBackend
-
-    return CopyLastBackend(**options)
-
-
 # "still" and "copy-last": the baseline worlds (world/backends/baselines.py, docs/evaluation.md).
-_REGISTRY: dict[str, BackendFactory] = {"engine": _engine, "generated": _generated, "still": _still,
-                                        "copy-last": _copy_last}  # fmt: skip
+_REGISTRY: dict[str, str | BackendFactory] = {
+    "engine": "world.backends.engine_backend:EngineBackend",
+    "generated": "model.runtime.generated_backend:GeneratedBackend",
+    "still": "world.backends.baselines:StillBackend",
+    "copy-last": "world.backends.baselines:CopyLastBackend",
+}
+
+# What makes a backend's recording again (world/data/replay.py), by module path like the backends:
+# `regenerator(meta, where, checkpoint, device) -> (backend, same_settings)`.
+_REGENERATORS: dict[str, str] = {"generated": "model.runtime.regenerate:regenerating_backend"}
 
 
-def register_backend(name: str, factory: BackendFactory) -> None:
+def load_object(path: str) -> object:
+    """The object a "package.module:name" path names, its module imported now."""
+    module, _, name = path.partition(":")
+    return getattr(importlib.import_module(module), name)
+
+
+def register_backend(name: str, factory: str | BackendFactory) -> None:
+    """`factory`: a callable, or its "package.module:factory" path (imported when a backend is built)."""
     _REGISTRY[name] = factory
 
 
@@ -63,4 +56,12 @@ def create_backend(name: str, **options) -> Backend:
     """Build a backend by name; options are backend-specific (e.g. checkpoint=..., device=...)."""
     if name not in _REGISTRY:
         raise BackendError(f"unknown backend {name!r}; available: {', '.join(sorted(_REGISTRY))}")
-    return _REGISTRY[name](**options)
+    factory = _REGISTRY[name]
+    return (load_object(factory) if isinstance(factory, str) else factory)(**options)
+
+
+def regenerator(name: object) -> Callable | None:
+    """The function that makes a recording of backend `name` again, or None when none is registered
+    (`name` comes from a recording's meta.json, so it may be anything)."""
+    path = _REGENERATORS.get(name) if isinstance(name, str) else None
+    return None if path is None else load_object(path)
