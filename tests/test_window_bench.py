@@ -1,0 +1,25 @@
+"""The window benchmark runs the real window against a real worker and measures what a player gets."""
+
+from __future__ import annotations
+
+import json
+
+from controls.harness import window_bench
+
+
+def test_window_bench_measures_the_window_through_a_real_worker(tmp_path, capsys):
+    out = tmp_path / "window.json"
+    assert window_bench.main(["--backend", "engine", "--seconds", "2", "--warmup", "0.5", "--key-every", "0.3",
+                              "--out", str(out)]) == 0  # fmt: skip
+    result = json.loads(out.read_text())
+    assert result == json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert result["backend"] == "engine" and result["threads"] == 1 and result["wait_policy"] == "default"
+    assert result["shown_fps"] > 0 and result["world_fps"] > 0 and result["capacity_fps"] > 0
+    assert result["key_changes"] > 0 and result["key_to_frame_ms"]["p50"] > 0  # the keys reached the screen
+    assert result["cpu_kernels"] and result["torch"]
+
+
+def test_worker_environment_sets_threads_and_the_wait_policy():
+    env = window_bench.worker_environment(2, "passive")
+    assert env["OMP_NUM_THREADS"] == "2" and env["OMP_WAIT_POLICY"] == "PASSIVE"
+    assert "OMP_WAIT_POLICY" not in window_bench.worker_environment(1, "default")
