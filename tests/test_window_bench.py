@@ -8,8 +8,9 @@ from controls.harness import window_bench
 
 
 def test_window_bench_measures_the_window_through_a_real_worker(tmp_path, capsys):
-    out = tmp_path / "window.json"
+    out, shot = tmp_path / "window.json", tmp_path / "window.png"
     assert window_bench.main(["--backend", "engine", "--seconds", "2", "--warmup", "0.5", "--key-every", "0.3",
+                              "--switch", "snowy mountains at dusk in fog", "--screenshot", str(shot),
                               "--out", str(out)]) == 0  # fmt: skip
     result = json.loads(out.read_text())
     assert result == json.loads(capsys.readouterr().out.strip().splitlines()[-1])
@@ -17,6 +18,9 @@ def test_window_bench_measures_the_window_through_a_real_worker(tmp_path, capsys
     assert result["shown_fps"] > 0 and result["world_fps"] > 0 and result["capacity_fps"] > 0
     assert result["key_changes"] > 0 and result["key_to_frame_ms"]["p50"] > 0  # the keys reached the screen
     assert result["cpu_kernels"] and result["torch"]
+    from PIL import Image
+
+    assert Image.open(shot).size == (512, 512) and result["screenshot"] == str(shot)  # the window, 8x
 
 
 def test_worker_environment_sets_threads_and_the_wait_policy():

@@ -42,8 +42,11 @@ def worker_environment(threads: int, wait_policy: str) -> dict[str, str]:
 
 
 def measure(seconds: float, backend: str, threads: int, wait_policy: str, key_every_s: float = 0.7,
-            warmup_s: float = 5.0, checkpoint: str | None = None) -> dict:  # fmt: skip
-    """Run the window for warmup_s + seconds against a fresh local worker; the numbers of the timed part."""
+            warmup_s: float = 5.0, checkpoint: str | None = None, switch: str | None = None,
+            screenshot: str | None = None) -> dict:  # fmt: skip
+    """Run the window for warmup_s + seconds against a fresh local worker; the numbers of the timed part.
+    `switch`: a prompt applied (as the prompt box applies it) halfway through the timed part;
+    `screenshot`: a PNG of the window as it is at the end, HUD included."""
     import numpy as np
     import pygame
 
@@ -74,6 +77,9 @@ def measure(seconds: float, backend: str, threads: int, wait_policy: str, key_ev
                 timed_from = (now, window.frames_shown, len(window.latency.all_samples_ms), len(window.gen_ms))
             if timed_from is not None and now - timed_from[0] >= seconds:
                 break
+            if switch and timed_from is not None and now - timed_from[0] >= seconds / 2:
+                window._switch_prompt(switch)
+                switch = None
             if now >= next_key:
                 k = KEY_CYCLE[int((now - began) / key_every_s) % len(KEY_CYCLE)]
                 for key, kind in ((held, pygame.KEYUP), (k, pygame.KEYDOWN)):
@@ -97,6 +103,9 @@ def measure(seconds: float, backend: str, threads: int, wait_policy: str, key_ev
             "key_to_frame_ms": percentiles_ms(latency), "key_changes": len(latency),
             "chunk_ms": round(1000.0 * chunk_frames / link.info["fps"], 1),
         }
+        if screenshot:
+            pygame.image.save(window.screen, screenshot)
+            result["screenshot"] = screenshot
         window.close()
         return result
     finally:
@@ -118,12 +127,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--wait-policy", default="default", choices=WAIT_POLICIES,
                    help="OpenMP's wait policy in the worker (OMP_WAIT_POLICY; default: the library's own)")
     p.add_argument("--key-every", type=float, default=0.7, help="seconds between key changes")
+    p.add_argument("--switch", metavar="PROMPT", help="apply this prompt halfway through the timed part")
+    p.add_argument("--screenshot", metavar="PNG", help="save the window (HUD included) at the end")
     p.add_argument("--out", help="also write the JSON here")
     args = p.parse_args(argv)
     if args.seconds <= 0 or args.threads < 1 or args.key_every <= 0:
         p.error("--seconds, --threads and --key-every must be positive")
     result = measure(args.seconds, args.backend, args.threads, args.wait_policy, args.key_every, args.warmup,
-                     args.checkpoint)  # fmt: skip
+                     args.checkpoint, args.switch, args.screenshot)  # fmt: skip
     from model.runtime.generated_backend import compute_facts
 
     result.update({k: v for k, v in compute_facts().items() if k != "threads"})  # the worker's are above
