@@ -43,10 +43,11 @@ def worker_environment(threads: int, wait_policy: str) -> dict[str, str]:
 
 def measure(seconds: float, backend: str, threads: int, wait_policy: str, key_every_s: float = 0.7,
             warmup_s: float = 5.0, checkpoint: str | None = None, switch: str | None = None,
-            screenshot: str | None = None) -> dict:  # fmt: skip
+            screenshot: str | None = None, lookahead: int | None = None) -> dict:  # fmt: skip
     """Run the window for warmup_s + seconds against a fresh local worker; the numbers of the timed part.
     `switch`: a prompt applied (as the prompt box applies it) halfway through the timed part;
-    `screenshot`: a PNG of the window as it is at the end, HUD included."""
+    `screenshot`: a PNG of the window as it is at the end, HUD included; `lookahead`: chunks the
+    worker may run ahead of the screen (None: play's default, 2 for the generated world, 1 for the engine)."""
     import numpy as np
     import pygame
 
@@ -64,7 +65,9 @@ def measure(seconds: float, backend: str, threads: int, wait_policy: str, key_ev
     client = WorldClient(endpoint, timeout_s=120)
     link = None
     try:
-        client.open(backend, "green hills at noon", seed=1, lookahead=2 if backend == "generated" else 1)
+        if lookahead is None:
+            lookahead = 2 if backend == "generated" else 1
+        client.open(backend, "green hills at noon", seed=1, lookahead=lookahead)
         link = WorldLink(client)
         window = PlayWindow(link, load_keymap(None), WindowConfig(sound=False, endpoint=endpoint))
         began = monotonic()
@@ -101,7 +104,7 @@ def measure(seconds: float, backend: str, threads: int, wait_policy: str, key_ev
             "capacity_fps": round(chunk_frames * 1000.0 / float(np.median(gen_ms)), 2) if gen_ms else None,
             "gen_ms_p50": round(float(np.median(gen_ms)), 2) if gen_ms else None,
             "key_to_frame_ms": percentiles_ms(latency), "key_changes": len(latency),
-            "chunk_ms": round(1000.0 * chunk_frames / link.info["fps"], 1),
+            "chunk_ms": round(1000.0 * chunk_frames / link.info["fps"], 1), "lookahead": lookahead,
         }
         if screenshot:
             pygame.image.save(window.screen, screenshot)
@@ -127,6 +130,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--wait-policy", default="default", choices=WAIT_POLICIES,
                    help="OpenMP's wait policy in the worker (OMP_WAIT_POLICY; default: the library's own)")
     p.add_argument("--key-every", type=float, default=0.7, help="seconds between key changes")
+    p.add_argument("--lookahead", type=int, choices=(1, 2), help="chunks ahead of the screen (default: play's)")
     p.add_argument("--switch", metavar="PROMPT", help="apply this prompt halfway through the timed part")
     p.add_argument("--screenshot", metavar="PNG", help="save the window (HUD included) at the end")
     p.add_argument("--out", help="also write the JSON here")
@@ -134,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.seconds <= 0 or args.threads < 1 or args.key_every <= 0:
         p.error("--seconds, --threads and --key-every must be positive")
     result = measure(args.seconds, args.backend, args.threads, args.wait_policy, args.key_every, args.warmup,
-                     args.checkpoint, args.switch, args.screenshot)  # fmt: skip
+                     args.checkpoint, args.switch, args.screenshot, args.lookahead)  # fmt: skip
     from model.runtime.generated_backend import compute_facts
 
     result.update({k: v for k, v in compute_facts().items() if k != "threads"})  # the worker's are above
