@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The teacher's long run, resumable across sessions and machines (docs/teacher-recipe.md).
+# The teacher's long run, resumable across restarts and machines (docs/teacher-recipe.md).
 #   scripts/teacher_long_run.sh [SEGMENT_MINUTES] [SEGMENTS] [RUN]
 # Each segment trains for SEGMENT_MINUTES of wall time (DDP over 2 CPU processes, or one process
 # per GPU with DEVICE=cuda NPROC=N), saves, scores the checkpoint with the cheap scoreboard and
@@ -8,7 +8,7 @@
 # then the latent cache), so a fresh machine only needs the repository. A run directory that
 # does not exist yet starts from INIT (a run directory to copy and resume, e.g. the ablation's
 # winner), else warm-starts from INIT_FROM (default: the bundled teacher, whose fp16 release weights
-# each session commits, so a fresh machine continues where the last session stopped).
+# the project commits, so a fresh machine continues where the last run stopped).
 # Environment: RECIPE (training options, e.g. "--preset unet --copy-path ..."), DATA / LATENTS /
 # EPISODES / SEED / DATAGEN_ARGS (the data made when the cache is missing), PLOT / TABLE (outputs).
 set -euo pipefail

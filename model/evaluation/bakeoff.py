@@ -149,6 +149,7 @@ TABLE_COLUMNS = (
     ("arm", "arm"), ("parameters", "parameters (M)"), ("train_steps", "steps"), ("train_frames", "frames seen"),
     ("train_s_per_step", "s / step"), ("counterfactual_tf_accuracy", "counterfactual acc., teacher-forced (80)"),
     ("counterfactual_free_accuracy", "counterfactual acc., free-running (80)"),
+    ("counterfactual_tf_spread_ratio", "spread of futures / engine's (teacher-forced)"),
     ("heldout_loss", "held-out loss"), ("heldout_action_gain", "action use"),
     ("tf_gain_min", "TF gain over copy-last, worst moving class (dB)"), ("tf_ceiling_min", "ceiling there (dB)"),
     ("psnr_per_chunk_vs_still", "chunks above still (of 10)"),
