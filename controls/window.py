@@ -421,16 +421,13 @@ class PlayWindow:
         if self.link.generation != self._generation:
             # Reconnected: a new session whose world goes on after the last chunk we acknowledged
             # (counters continuing, the same recording) or, when it could not, starts afresh.
-            self._generation = self.link.generation
+            self._generation, self._sent = self.link.generation, IDLE
             self.pacer.clear()
             self._chunks.clear()
-            self._sent = IDLE
             resumed = (self.link.info or {}).get("resumed")
-            if resumed:
-                self._say(f"reconnected to the worker: the world goes on from frame {resumed['frame']}")
-            else:
-                self._worlds += 1
-                self._say("reconnected to the worker: the world starts again")
+            self._worlds += 0 if resumed else 1
+            self._say(f"reconnected to the worker: the world goes on from frame {resumed['frame']}" if resumed
+                      else "reconnected to the worker: the world starts again")  # fmt: skip
 
     def _receive(self, events: list) -> None:
         now = monotonic()

@@ -256,7 +256,9 @@ def test_window_survives_a_worker_restart(make_window, monkeypatch):
         proc, _ = start_worker_process(bind=endpoint)
         run_until(window, lambda: window.link.connected and window.frames_shown > 3)
         run_frames(window, 3)
-        assert window.link.generation == 1
+        assert "goes on from frame" in window._message.text  # resumed after the last frame shown
+        assert window.link.generation == 1 and window._worlds == 0  # the same world, the same recording
+        assert window._shown_chunk.records[0]["i"] >= window.link.info["resumed"]["frame"] > 0
     finally:
         stop_worker_process(proc)
 
