@@ -143,9 +143,9 @@ def test_barrage_leaves_worker_and_other_sessions_intact():
                     victim.set_prompt(E2E_PROMPTS[1])
             assert time.monotonic() < deadline, "barrage took too long"
         # Collect the last replies, fuzz sessions closed included: until the replies the checks below
-        # ask for are in and every fuzz session is closed, or 20 s without a reply (bounded at 120 s). Requests to a session
-        # still being built off the loop wait for it (world/server/jobs.py), and on a loaded machine the
-        # worker may still be reading the barrage, so a short quiet spell is not the end.
+        # ask for are in and every fuzz session is closed, or 20 s without a reply (bounded at 120 s).
+        # Requests to a session still being built off the loop wait for it (world/server/jobs.py), and
+        # on a loaded machine the worker may still be reading the barrage: a short quiet is not the end.
         def answered() -> int:
             return sum(n for kind, n in codes.items() if kind not in ("chunk", "closed"))
 
