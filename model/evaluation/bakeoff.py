@@ -225,7 +225,9 @@ def write_report(full: Path, snaps: Path | None, arm_minutes: float, table: Path
         points: dict[str, list[tuple[float, float]]] = {}
         for name, r in results.items():
             if r.get("train_steps"):  # a trained arm (a bundled baseline has no training here)
-                points.setdefault(name, []).append((arm_minutes, r["counterfactual_tf_accuracy"]))
+                # Its own training time where the run says (a long run goes past the arms' minutes).
+                minutes = r["train_steps"] * r["train_s_per_step"] / 60.0 if r.get("train_s_per_step") else arm_minutes
+                points.setdefault(name, []).append((minutes, r["counterfactual_tf_accuracy"]))
         for f in sorted(snaps.glob("*min.json")) if snaps is not None else []:
             name = f.stem.rpartition("_")[0]
             if name in points:  # a snapshot's checkpoint is its last save: place it by its step
