@@ -165,6 +165,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--checkpoint", help="one world checkpoint (its column is named after --sampler)")
     p.add_argument("--sampler", default=None, help="teacher | uniform | diagonal for --checkpoint")
     p.add_argument("--steps", type=int, default=None, help="denoising steps for teacher/uniform (--checkpoint)")
+    p.add_argument("--guidance", type=float, default=None, help="guidance g for --checkpoint (default: the sampler's)")
     p.add_argument("--world", action="append", default=[], help="LABEL=CHECKPOINT[@SAMPLER], repeatable: columns")
     p.add_argument("--switch", help="add a row that holds forward and switches to this prompt halfway")
     p.add_argument("--start", choices=("engine", "text"), default="engine",
@@ -181,7 +182,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         specs = [parse_world(text) for text in args.world]
         if args.checkpoint:
-            options = {"checkpoint": args.checkpoint, "sampler": args.sampler, "steps": args.steps}
+            options = {"checkpoint": args.checkpoint, "sampler": args.sampler, "steps": args.steps,
+                       "guidance": args.guidance}
             specs.insert(0, (args.sampler or "model", {k: v for k, v in options.items() if v is not None}))
         if not specs:
             raise ValueError("name at least one world: --checkpoint DIR or --world LABEL=CHECKPOINT[@SAMPLER]")
