@@ -33,8 +33,9 @@ WAIT_POLICIES = ("default", "passive", "active")
 def worker_environment(threads: int, wait_policy: str) -> dict[str, str]:
     """The worker's environment for `threads` model threads and an OpenMP wait policy ("default":
     the library's own, which spins a while before sleeping)."""
-    env = dict(os.environ)
-    env["OMP_NUM_THREADS"] = str(threads)
+    from controls.harness.common import worker_env
+
+    env = worker_env(threads)
     env.pop("OMP_WAIT_POLICY", None)
     if wait_policy != "default":
         env["OMP_WAIT_POLICY"] = wait_policy.upper()

@@ -36,7 +36,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import signal
 import sys
 import time
@@ -46,6 +45,7 @@ from pathlib import Path
 
 import numpy as np
 
+from controls.harness.common import worker_env
 from controls.harness.memory import (
     FLAT_DEFINITION,
     MemorySampler,
@@ -66,7 +66,6 @@ DEFAULT_MINUTES = 10.0
 DEFAULT_OUT = Path("docs/reports/worker-memory.json")
 DEFAULT_PNG = Path("docs/images/worker_memory.png")
 # BLAS/OpenMP read these once, at load time: a thread count must be in the worker's environment.
-THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
 PROC = Path("/proc")
 # A chunk limit and no time limit: the frames target that stands for "until the chunks are done".
 UNBOUNDED_FRAMES = 10**12
@@ -286,12 +285,6 @@ class MemoryReport:
             "prompt_switches": [asdict(s) for s in self.switches],
             "samples": [asdict(s) for s in self.samples],
         }
-
-
-def worker_env(threads: int) -> dict[str, str] | None:
-    """The worker's environment: ours plus the BLAS/OpenMP thread variables (read once, when the
-    libraries load, so they must be set in the process that starts); None keeps ours as it is."""
-    return {**os.environ, **{v: str(threads) for v in THREAD_VARS}} if threads else None
 
 
 def measure(config: MemoryConfig) -> MemoryReport:
