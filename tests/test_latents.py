@@ -131,6 +131,48 @@ def test_another_autoencoder_is_refused(built, tmp_path):
     assert json.loads((cache / "cache.json").read_text())["autoencoder"]["step"] == 9
 
 
+def test_text_from_reuses_embeddings_without_the_encoder(built, tmp_path, monkeypatch):
+    data, ck, cache = built
+    import model.training.encode_latents as el
+
+    def no_encoder(*a, **k):
+        raise AssertionError("the text encoder must not run with --text-from")
+
+    monkeypatch.setattr(el, "create_text_encoder", no_encoder)
+    again = tmp_path / "again"
+    assert main(["--data", str(data), "--autoencoder", str(ck), "--out", str(again), "--text-encoder", "hash",
+                 "--device", "cpu", "--text-from", str(cache)]) == 0
+    tokens, mask = text_table(again)
+    ref_tokens, ref_mask = text_table(cache)
+    order = [load_prompts(cache).index(p) for p in load_prompts(again)]
+    assert torch.equal(tokens, ref_tokens[order]) and torch.equal(mask, ref_mask[order])
+
+
+def test_text_only_table_serves_text_from(built, tmp_path):
+    data, ck, cache = built
+    table = tmp_path / "table"
+    assert main(["--data", str(data), "--out", str(table), "--text-encoder", "hash", "--device", "cpu",
+                 "--text-only"]) == 0
+    assert not list(table.glob("latents_*")) and sorted(load_prompts(table)) == sorted(load_prompts(cache))
+    again = tmp_path / "again"
+    encode_dataset(data, ck, again, text_encoder_name="hash", device="cpu", text_from=table)
+    assert torch.equal(text_table(again)[0], text_table(cache)[0])
+    assert main(["--data", str(data), "--out", str(tmp_path / "x")]) == 2  # no autoencoder, no --text-only
+
+
+def test_text_from_refuses_unknown_prompts_and_other_encoders(built, tmp_path):
+    data, ck, cache = built
+    partial = tmp_path / "partial"
+    partial.mkdir()
+    for name in ("cache.json", "text.safetensors"):
+        (partial / name).write_bytes((cache / name).read_bytes())
+    (partial / "prompts.json").write_text(json.dumps(load_prompts(cache)[:1]))
+    with pytest.raises(LatentCacheError, match="no embedding for 2 prompt"):
+        encode_dataset(data, ck, tmp_path / "a", text_encoder_name="hash", device="cpu", text_from=partial)
+    with pytest.raises(LatentCacheError, match="encoded with 'hash'"):
+        encode_dataset(data, ck, tmp_path / "b", text_encoder_name="minilm", device="cpu", text_from=cache)
+
+
 def test_missing_cache_is_a_clear_error(tmp_path):
     with pytest.raises(LatentCacheError, match="cache.json"):
         LatentClips(tmp_path, clip_chunks=1)

@@ -188,11 +188,34 @@ def _encode_episode(ae, reader, index: int, prompts: _PromptTable, device, batch
     atomic_save_safetensors(path, tensors, {"episode_id": reader.id, "frames": str(n)})
 
 
-def _write_text(out: Path, prompts: list[str], encoder_name: str, max_tokens: int, device) -> None:
+def _write_text(out: Path, prompts: list[str], encoder_name: str, max_tokens: int, device,
+                text_from: Path | None = None) -> None:
+    if text_from is not None:
+        tokens, mask = _reused_text(text_from, prompts, encoder_name, max_tokens)
+        atomic_save_safetensors(out / TEXT_FILE, {"tokens": tokens.half(), "mask": mask})
+        return
     encoder = create_text_encoder(encoder_name, device, max_tokens)
     tokens, mask = encoder.encode(prompts) if prompts else (torch.zeros(0, max_tokens, encoder.dim),
                                                             torch.zeros(0, max_tokens, dtype=torch.bool))
     atomic_save_safetensors(out / TEXT_FILE, {"tokens": tokens.cpu().half(), "mask": mask.cpu()})
+
+
+def _reused_text(source: Path, prompts: list[str], encoder_name: str,
+                 max_tokens: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rows of another cache's text table for `prompts`: re-encoding episodes then needs no text encoder
+    (a machine without the encoder's package, or many caches of the same prompt set)."""
+    meta = read_cache_meta(source)
+    if (meta.get("text_encoder"), meta.get("max_tokens")) != (encoder_name, max_tokens):
+        raise LatentCacheError(f"{source}: its prompts were encoded with {meta.get('text_encoder')!r} at "
+                               f"{meta.get('max_tokens')} tokens, not {encoder_name!r} at {max_tokens}")
+    known = {p: i for i, p in enumerate(load_prompts(source))}
+    missing = [p for p in prompts if p not in known]
+    if missing:
+        raise LatentCacheError(f"{source}: has no embedding for {len(missing)} prompt(s) of this dataset, e.g. "
+                               f"{missing[0]!r}; encode without --text-from")
+    tokens, mask = text_table(source)
+    rows = torch.tensor([known[p] for p in prompts], dtype=torch.long)
+    return tokens[rows], mask[rows]
 
 
 def encode_dataset(
@@ -204,6 +227,7 @@ def encode_dataset(
     batch: int = 256,
     max_tokens: int = DEFAULT_MAX_TOKENS,
     overwrite: bool = False,
+    text_from: str | os.PathLike | None = None,
 ) -> dict:
     """Build (or finish) the latent cache of `data_dir` in `out_dir`; returns cache.json's contents."""
     from world.data.dataset import open_dataset  # the dataset module pulls in world.*; keep model imports light
@@ -225,8 +249,29 @@ def encode_dataset(
             _encode_episode(ae, reader, index, prompts, device, batch, path)
         bar.update(1)
     bar.close()
-    _write_text(out, prompts.prompts, text_encoder_name, max_tokens, device)
+    _write_text(out, prompts.prompts, text_encoder_name, max_tokens, device,
+                Path(text_from) if text_from is not None else None)
     meta = _cache_meta(identity, text_encoder_name, max_tokens, readers, complete=True, prompts=len(prompts.prompts))
+    atomic_write_json(out / CACHE_FILE, meta)
+    return meta
+
+
+def encode_text_only(data_dir: str | os.PathLike, out_dir: str | os.PathLike, text_encoder_name: str = "minilm",
+                     device: str | torch.device = "auto", max_tokens: int = DEFAULT_MAX_TOKENS) -> dict:
+    """Only the prompt table of `data_dir` (no latents): the --text-from source for encoding the same
+    episodes on a machine without the text encoder (episodes are deterministic in --seed, so datagen
+    run there makes the same prompts)."""
+    from world.data.dataset import open_dataset
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    prompts = _PromptTable(out)
+    for reader in open_dataset(data_dir):
+        prompts.lookup(reader.prompts())
+    _write_text(out, prompts.prompts, text_encoder_name, max_tokens, resolve_device(str(device)))
+    meta = {"format": FORMAT, "version": VERSION, "complete": False, "text_only": True,
+            "text_encoder": text_encoder_name, "max_tokens": max_tokens, "shards": [],
+            "counts": {"episodes": 0, "frames": 0, "prompts": len(prompts.prompts)}}
     atomic_write_json(out / CACHE_FILE, meta)
     return meta
 
@@ -350,18 +395,31 @@ class LatentClips(Dataset):
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", required=True, help="dataset directory (episodes)")
-    parser.add_argument("--autoencoder", required=True, help="autoencoder checkpoint (or its training --out dir)")
+    parser.add_argument("--autoencoder", help="autoencoder checkpoint (or its training --out dir); required "
+                        "unless --text-only")
     parser.add_argument("--out", required=True, help="latent cache directory (created; resumed if it exists)")
     parser.add_argument("--text-encoder", default="minilm", choices=TEXT_ENCODERS)
     parser.add_argument("--max-tokens", type=int, default=DEFAULT_MAX_TOKENS, help="text token slots per prompt")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda[:N]")
     parser.add_argument("--batch", type=int, default=256, help="frames per encoder batch")
     parser.add_argument("--overwrite", action="store_true", help="replace a cache made with another autoencoder")
+    parser.add_argument("--text-from", default=None, metavar="CACHE",
+                        help="take the prompt embeddings from this latent cache instead of running the text encoder "
+                        "(every prompt of the dataset must be in it)")
+    parser.add_argument("--text-only", action="store_true",
+                        help="write only the prompt embeddings of the dataset (a --text-from source), no latents")
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.text_only:
+        meta = encode_text_only(args.data, args.out, args.text_encoder, args.device, args.max_tokens)
+        print(f"prompt embeddings: {meta['counts']['prompts']} prompts -> {args.out}")
+        return 0
+    if not args.autoencoder:
+        print("encode-latents: --autoencoder is required (unless --text-only)", file=sys.stderr)
+        return 2
     meta = encode_dataset(args.data, args.autoencoder, args.out, args.text_encoder, args.device, args.batch,
-                          args.max_tokens, args.overwrite)
+                          args.max_tokens, args.overwrite, args.text_from)
     c = meta["counts"]
     print(f"latents: {c['episodes']} episodes, {c['frames']} frames, {c['prompts']} prompts -> {args.out}")
     return 0

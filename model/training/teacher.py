@@ -215,7 +215,7 @@ def warm_start(model: CausalDiT, checkpoint: str) -> list[str]:
     network starts out computing exactly what the checkpoint did. Returns the names left fresh."""
     from model.runtime.world_model import load_world_model
 
-    source = load_world_model(checkpoint, "cpu").dit.state_dict()
+    source = load_world_model(checkpoint, "cpu", with_text_encoder=False).dit.state_dict()
     own = model.state_dict()
     mismatched = [k for k in source if k in own and own[k].shape != source[k].shape]
     unknown = [k for k in source if k not in own]
@@ -357,6 +357,8 @@ def _distributed(device_name: str) -> tuple[int, int, torch.device]:
     """(rank, world size, device); initialises the process group under torchrun."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     device = resolve_device(device_name)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # every step has the same shapes: let cuDNN pick its fastest convs
     if world_size == 1:
         return 0, 1, device
     backend = "nccl" if device.type == "cuda" else "gloo"
