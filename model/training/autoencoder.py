@@ -164,9 +164,8 @@ TRAIN_PRESETS: dict[str, AutoencoderTrainConfig] = {
     "tiny": AutoencoderTrainConfig(steps=30, batch=8, lr=3e-3, warmup=0, eval_every=10, ckpt_every=10, log_every=1,
                         val_frames=16, stats_frames=64),
     "default": AutoencoderTrainConfig(),
+    "sharp8": AutoencoderTrainConfig(),  # the default schedule; only the network differs
 }
-
-
 
 # ----------------------------------------------------------------------------- data
 
