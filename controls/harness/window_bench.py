@@ -10,8 +10,10 @@ the way `play` starts its own (`--threads` model threads, OpenMP's `--wait-polic
 nothing, ...), posted as pygame events so the window's own input path measures key to frame.
 The JSON: `shown_fps` (frames the window showed per second), `world_fps` (frames the worker
 delivered per second), `capacity_fps` (frames per second of the worker's own chunk times: what the
-model could make with nothing waiting on it), key-to-frame percentiles, and what ran (threads,
-wait policy, CPU flags as `compute_facts` reports them).
+model could make with nothing waiting on it), key-to-frame percentiles, `window_cpu` and
+`worker_cpu` (CPU seconds per wall second of each process in the timed part: what the window takes
+from the cores the model runs on), and what ran (threads, wait policy, CPU flags as `compute_facts`
+reports them). `--profile F` also writes the window process's cProfile statistics (`pstats`).
 """
 
 from __future__ import annotations
@@ -42,9 +44,19 @@ def worker_environment(threads: int, wait_policy: str) -> dict[str, str]:
     return env
 
 
+def process_cpu_s(pid: int) -> float | None:
+    """User + system CPU seconds of process `pid` so far (Linux /proc), or None where unreadable."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return None
+
+
 def measure(seconds: float, backend: str, threads: int, wait_policy: str, key_every_s: float = 0.7,
             warmup_s: float = 5.0, checkpoint: str | None = None, switch: str | None = None,
-            screenshot: str | None = None, lookahead: int | None = None) -> dict:  # fmt: skip
+            screenshot: str | None = None, lookahead: int | None = None,
+            profile: str | None = None) -> dict:  # fmt: skip
     """Run the window for warmup_s + seconds against a fresh local worker; the numbers of the timed part.
     `switch`: a prompt applied (as the prompt box applies it) halfway through the timed part;
     `screenshot`: a PNG of the window as it is at the end, HUD included; `lookahead`: chunks the
@@ -75,10 +87,17 @@ def measure(seconds: float, backend: str, threads: int, wait_policy: str, key_ev
         held = ""
         timed_from = None
         next_key = began + key_every_s
+        profiler = None
         while True:
             now = monotonic()
             if timed_from is None and now - began >= warmup_s:  # the model is warm, the buffers full
                 timed_from = (now, window.frames_shown, len(window.latency.all_samples_ms), len(window.gen_ms))
+                cpu_from = (time.process_time(), process_cpu_s(proc.pid))
+                if profile:
+                    import cProfile
+
+                    profiler = cProfile.Profile()
+                    profiler.enable()
             if timed_from is not None and now - timed_from[0] >= seconds:
                 break
             if switch and timed_from is not None and now - timed_from[0] >= seconds / 2:
@@ -93,8 +112,12 @@ def measure(seconds: float, backend: str, threads: int, wait_policy: str, key_ev
                 held, next_key = k, next_key + key_every_s
             if not window.step():
                 raise RuntimeError("the window closed during the measurement")
+        if profiler is not None:
+            profiler.disable()
+            profiler.dump_stats(profile)
         t0, shown0, lat0, gen0 = timed_from
         elapsed = monotonic() - t0
+        worker_now = process_cpu_s(proc.pid)
         latency = window.latency.all_samples_ms[lat0:]
         gen_ms = window.gen_ms[gen0:]
         chunk_frames = link.info["chunk_frames"]
@@ -106,6 +129,9 @@ def measure(seconds: float, backend: str, threads: int, wait_policy: str, key_ev
             "gen_ms_p50": round(float(np.median(gen_ms)), 2) if gen_ms else None,
             "key_to_frame_ms": percentiles_ms(latency), "key_changes": len(latency),
             "chunk_ms": round(1000.0 * chunk_frames / link.info["fps"], 1), "lookahead": lookahead,
+            "window_cpu": round((time.process_time() - cpu_from[0]) / elapsed, 3),
+            "worker_cpu": None if worker_now is None or cpu_from[1] is None
+            else round((worker_now - cpu_from[1]) / elapsed, 3),
         }
         if screenshot:
             pygame.image.save(window.screen, screenshot)
@@ -134,12 +160,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--lookahead", type=int, choices=(1, 2), help="chunks ahead of the screen (default: play's)")
     p.add_argument("--switch", metavar="PROMPT", help="apply this prompt halfway through the timed part")
     p.add_argument("--screenshot", metavar="PNG", help="save the window (HUD included) at the end")
+    p.add_argument("--profile", metavar="PSTATS", help="write the window process's cProfile statistics here")
     p.add_argument("--out", help="also write the JSON here")
     args = p.parse_args(argv)
     if args.seconds <= 0 or args.threads < 1 or args.key_every <= 0:
         p.error("--seconds, --threads and --key-every must be positive")
     result = measure(args.seconds, args.backend, args.threads, args.wait_policy, args.key_every, args.warmup,
-                     args.checkpoint, args.switch, args.screenshot, args.lookahead)  # fmt: skip
+                     args.checkpoint, args.switch, args.screenshot, args.lookahead, args.profile)  # fmt: skip
     from model.runtime.generated_backend import compute_facts
 
     result.update({k: v for k, v in compute_facts().items() if k != "threads"})  # the worker's are above
