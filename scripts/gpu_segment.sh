@@ -7,7 +7,9 @@
 # 1. engine episodes on every CPU core (datagen), 2. their latents on the GPU with the autoencoder of
 # INIT_FROM, 3. `train teacher` warm-started from INIT_FROM until the budget is nearly spent,
 # 4. the run's release weights (fp16 EMA "dit", fp16 "dit_online"), config and loss log into OUT.
-# Environment: INIT_FROM (world checkpoint, default assets/teacher-unet), RECIPE (training options),
+# Environment: INIT_FROM (world checkpoint, default assets/teacher-unet), AUTOENCODER (another
+# autoencoder, e.g. assets/autoencoder-sharp8: the latents are encoded with it and the layers that read
+# or write latents start fresh, the rest warm from INIT_FROM), RECIPE (training options),
 # TEXT_FROM (the prompt embeddings: `encode-latents --text-only` of the same datagen run here),
 # EPISODES, SEED, DATAGEN_ARGS, BATCH, LR, DEVICE.
 # Back on the CPU machine, the weights warm-start the next segment (INIT_FROM=that directory) and
@@ -46,11 +48,17 @@ nvidia-smi --query-gpu=name,memory.total --format=csv,noheader || true
 "$py" -c "import torch; print('torch', torch.__version__, 'cuda', torch.cuda.is_available())"
 
 t0=$(date +%s)
-"$py" -c "
+init_extra=()
+if [ -n "${AUTOENCODER:-}" ]; then
+  rm -rf "$work/ae" && cp -r "$AUTOENCODER" "$work/ae"
+  init_extra=(--init-mismatched fresh)
+else
+  "$py" -c "
 from model.runtime.world_model import load_world_model
 from model.common.checkpoint import save_checkpoint
 ae = load_world_model('$init_from', with_text_encoder=False).autoencoder  # the latents must come from the teacher's own autoencoder
 save_checkpoint('$work/ae', kind='autoencoder', modules={'autoencoder': ae}, configs={'autoencoder': ae.config})"
+fi
 "$py" run_world.py datagen --out "$work/data" --episodes "$episodes" --frames-per-episode 600 --seed "$seed" \
   --workers "$(nproc)" --no-progress "${datagen_extra[@]}"
 t1=$(date +%s)
@@ -63,7 +71,7 @@ minutes=$("$py" -c "print(round(max(0.5, ($deadline - $(date +%s) - 45) / 60), 2
 echo "training for $minutes minutes"
 "$py" run_world.py train teacher --latents "$work/latents" --out "$run" --steps 10000000 --batch "$batch" \
   --clip-chunks 3 --lr "$lr" --device "$device" --init-from "$init_from" --ckpt-every 500 --log-every 50 \
-  --max-minutes "$minutes" "${recipe[@]}"
+  --max-minutes "$minutes" "${recipe[@]}" "${init_extra[@]}"
 t3=$(date +%s)
 echo "train: $((t3 - t2)) s"
 "$py" -c "

@@ -95,9 +95,9 @@ class RecordingDiT(torch.nn.Module):
 class SyntheticClips(Dataset):
     """LatentClips stand-in: smooth random latents drifting with the 'forward' action."""
 
-    def __init__(self, n: int = 8, frames: int = 6, prompts: int = 3, seed: int = 0):
+    def __init__(self, n: int = 8, frames: int = 6, prompts: int = 3, seed: int = 0, channels: int = 4):
         g = torch.Generator().manual_seed(seed)
-        base = torch.randn(n, 1, 4, 16, 16, generator=g)
+        base = torch.randn(n, 1, channels, 16, 16, generator=g)
         self.actions = (torch.rand(n, frames, 12, generator=g) > 0.7).float()
         drift = torch.cumsum(self.actions[:, :, :1, None, None], 1) * 0.1
         self.latents = base + drift

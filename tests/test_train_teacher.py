@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import argparse
+from dataclasses import replace
 
 import pytest
 import torch
 
-from model.common.checkpoint import has_train_state
+from model.common.checkpoint import CheckpointError, has_train_state
 from model.nets.autoencoder import Autoencoder, autoencoder_config
 from model.runtime.world_model import load_world_model
 from model.training.teacher import (
@@ -25,12 +26,13 @@ pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
 
 
 
-def make_trainer(cfg: TeacherTrainConfig, out, resume: bool = False) -> tuple[Trainer, ClipBatches]:
+def make_trainer(cfg: TeacherTrainConfig, out, resume: bool = False,
+                 latent_channels: int = 4) -> tuple[Trainer, ClipBatches]:
     torch.manual_seed(0)
-    ae = Autoencoder(autoencoder_config("tiny"))
+    ae = Autoencoder(replace(autoencoder_config("tiny"), latent_channels=latent_channels))
     trainer = Trainer.create(cfg, ae, out, torch.device("cpu"), resume=resume)
     tokens, mask = text_table()
-    return trainer, ClipBatches(SyntheticClips(), tokens, mask, cfg.batch, 0, 1, cfg.seed)
+    return trainer, ClipBatches(SyntheticClips(channels=latent_channels), tokens, mask, cfg.batch, 0, 1, cfg.seed)
 
 
 def test_teacher_forcing_prefix_leaves_a_noisy_chunk():
@@ -143,6 +145,27 @@ def test_warm_start_copies_weights_and_leaves_the_new_inputs_silent(tmp_path):
     warm.train(batches)
     resumed, _ = make_trainer(tiny_config(steps=2), tmp_path / "warm", resume=True)  # the run's architecture wins
     assert resumed.dit_cfg.copy_path and resumed.dit_cfg.action_tokens and resumed.step == 1
+
+
+def test_a_wider_latent_warm_starts_all_but_its_latent_layers_and_plays(tmp_path):
+    source, batches = make_trainer(tiny_config(steps=1), tmp_path / "src")
+    source.train(batches)
+    with pytest.raises(CheckpointError, match="--init-mismatched fresh"):  # another latent width: refused
+        make_trainer(tiny_config(steps=1, init_from=str(tmp_path / "src")), tmp_path / "no", latent_channels=8)
+    cfg = tiny_config(steps=1, init_from=str(tmp_path / "src"), init_mismatched="fresh")
+    wide, batches = make_trainer(cfg, tmp_path / "wide", latent_channels=8)
+    assert wide.dit_cfg.latent_channels == 8  # the network follows the autoencoder
+    ema = dict(load_world_model(tmp_path / "src").dit.named_parameters())
+    copied = [n for n, p in wide.model.named_parameters() if n in ema and p.shape == ema[n].shape]
+    fresh = [n for n, p in wide.model.named_parameters() if n in ema and p.shape != ema[n].shape]
+    assert fresh and len(copied) > 5 * len(fresh)  # only the layers that read or write latents
+    assert all(torch.equal(dict(wide.model.named_parameters())[n], ema[n].to(torch.float32)) for n in copied)
+    wide.train(batches)
+    world = load_world_model(tmp_path / "wide")
+    stream = world.stream(world.sampler(steps=2))
+    stream.reset(0, "green hills")
+    assert stream.next_chunk(torch.zeros(3, 12)).latents.shape[-3] == 8
+    assert stream.decode(stream.next_chunk(torch.zeros(3, 12)).latents).shape == (3, 64, 64, 3)
 
 
 def test_time_budget_stops_and_saves(tmp_path):

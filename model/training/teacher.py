@@ -98,6 +98,11 @@ class TeacherTrainConfig:
     precision: str = option("auto", choices=PRECISIONS,
                             help="auto: bf16 autocast on CUDA and on CPUs with AMX/AVX512-BF16, else fp32")
     init_from: str = option("", help="fresh run only: world checkpoint whose matching DiT weights seed the model")
+    # A network for another autoencoder (more latent channels) differs from the checkpoint only in the
+    # layers that read and write latents; "fresh" starts those from scratch and copies the rest.
+    init_mismatched: str = option("refuse", choices=("refuse", "fresh"),
+                                  help="--init-from weights of another shape (another latent width): refuse, or "
+                                  "leave those layers fresh and copy the rest")
     shift: float = option(3.0, help="flow shift k")
     # How training levels are drawn before the shift (model/diffusion/flow.py). Logit-normal trains
     # mostly mid levels, where the noisy frame already shows which way the view moved; the keys
@@ -203,25 +208,32 @@ def teacher_forcing_prefix(batch: int, n_chunks: int, prob: float, gen: torch.Ge
     return (torch.arange(n_chunks)[None] < k[:, None]) & use[:, None]
 
 
-def fresh_dit_config(cfg: TeacherTrainConfig) -> DiTConfig:
+def fresh_dit_config(cfg: TeacherTrainConfig, latent_channels: int | None = None) -> DiTConfig:
+    """The preset's network with the run's options; its latent width follows the autoencoder's."""
     dit_cfg = dit_config(cfg.preset)
     dit_cfg.copy_path, dit_cfg.action_tokens = cfg.copy_path, cfg.action_tokens
+    if latent_channels is not None:
+        dit_cfg.latent_channels = latent_channels
     return dit_cfg
 
 
-def warm_start(model: CausalDiT, checkpoint: str) -> list[str]:
+def warm_start(model: CausalDiT, checkpoint: str, mismatched_policy: str = "refuse") -> list[str]:
     """Copy every weight of a world checkpoint's DiT whose name and shape match; parameters the
     checkpoint lacks (a new copy path, action tokens) keep their zero init, so the warm-started
-    network starts out computing exactly what the checkpoint did. Returns the names left fresh."""
+    network starts out computing exactly what the checkpoint did. With mismatched_policy "fresh",
+    weights of another shape (the latent layers of a network for another autoencoder) keep their
+    initialisation too. Returns the names left fresh."""
     from model.runtime.world_model import load_world_model
 
     source = load_world_model(checkpoint, "cpu", with_text_encoder=False).dit.state_dict()
     own = model.state_dict()
     mismatched = [k for k in source if k in own and own[k].shape != source[k].shape]
     unknown = [k for k in source if k not in own]
-    if mismatched or unknown:
+    if unknown or (mismatched and mismatched_policy != "fresh"):
         raise CheckpointError(f"{checkpoint}: its DiT does not fit this one (other shapes: {mismatched[:4]}, "
-                              f"unknown: {unknown[:4]}); warm starts need the same preset")
+                              f"unknown: {unknown[:4]}); warm starts need the same preset (another latent "
+                              f"width: --init-mismatched fresh)")
+    source = {k: v for k, v in source.items() if k not in mismatched}
     model.load_state_dict(source, strict=False)
     fresh = [k for k in own if k not in source]
     print(f"warm start from {checkpoint}: {len(source)} tensors copied, fresh: {fresh or 'none'}", flush=True)
@@ -260,11 +272,14 @@ class Trainer:
         """Fresh model, or (resume and a train state in `out`) the saved one: its architecture wins."""
         out = Path(out)
         resuming = resume and has_train_state(out)
-        dit_cfg = _resume_config(out) if resuming else fresh_dit_config(cfg)
+        dit_cfg = _resume_config(out) if resuming else fresh_dit_config(cfg, autoencoder.config.latent_channels)
+        if dit_cfg.latent_channels != autoencoder.config.latent_channels:
+            raise CheckpointError(f"{out}: its network reads {dit_cfg.latent_channels} latent channels, the "
+                                  f"autoencoder of the latent cache {autoencoder.config.latent_channels}")
         torch.manual_seed(cfg.seed)  # same initial weights on every rank (DDP also broadcasts them)
         model = CausalDiT(dit_cfg).to(device)
         if cfg.init_from and not resuming:
-            warm_start(model, cfg.init_from)
+            warm_start(model, cfg.init_from, cfg.init_mismatched)
         ema = copy.deepcopy(model).requires_grad_(False)
         autoencoder = autoencoder.to(device).requires_grad_(False)
         opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.99), weight_decay=cfg.weight_decay)
