@@ -251,14 +251,16 @@ def worker_endpoint(args: argparse.Namespace, plan: Plan) -> Iterator[tuple[str,
 
 
 def worker_env() -> dict[str, str]:
-    """The local worker's environment: one CPU core fewer intra-op threads than this machine lets
-    us use (unless OMP_NUM_THREADS is set). The window needs a core of its own, and when a thread of
-    the model's is descheduled the others wait for it: on a shared 2-core machine 2 threads made a
-    generated chunk take 3-10 s where 1 thread takes 0.3-0.5 s (docs/controls.md, Pacing)."""
+    """The local worker's environment: as many intra-op threads as this machine lets us use
+    (unless OMP_NUM_THREADS is set). The window takes about a tenth of a core (window_bench's
+    `window_cpu`); with the worker's jobs on threads that end (world/server/jobs.py), 2 model
+    threads on a 2-core machine show 24-25 FPS in the window against 19 with one
+    (docs/reports/window-speed.md). Set OMP_NUM_THREADS lower when another busy process shares the
+    cores: a descheduled model thread holds up the others."""
     env = dict(os.environ)
     if "OMP_NUM_THREADS" not in env:
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-        env["OMP_NUM_THREADS"] = str(max(1, cores - 1))
+        env["OMP_NUM_THREADS"] = str(max(1, cores))
     return env
 
 

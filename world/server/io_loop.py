@@ -26,7 +26,6 @@ import secrets
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 
 import zmq
 
@@ -34,6 +33,7 @@ from world.server import protocol as P
 from world.server import wire
 from world.server.auth import secure_server, start_authenticator
 from world.server.core import WorkerCore
+from world.server.jobs import ThreadPerJobExecutor
 from world.server.ratelog import RateLimitedLog
 from world.server.worker_config import MAX_PENDING_IMAGES, Inbound, IOStats, Outgoing, WorkerConfig
 
@@ -243,11 +243,12 @@ def serve(config: WorkerConfig, stop: threading.Event, on_ready: Callable[[str],
     stats = IOStats()
     inbound: queue.Queue = queue.Queue(maxsize=config.inbound_queue)
     heard: dict[bytes, float] = {}
-    # Jobs (building sessions, first chunks, resets) run here, never on the compute loop. A thread
-    # per admitted session (each has at most one job; opening ones count as admitted), so one
-    # client's slow jobs never make another's wait for a thread. Threads still busy when the
-    # worker stops do not delay it: `run` exits without waiting for them.
-    executor = ThreadPoolExecutor(max_workers=config.max_sessions, thread_name_prefix="worker-job")
+    # Jobs (building sessions, first chunks, resets) run here, never on the compute loop. Up to a
+    # thread per admitted session (each has at most one job; opening ones count as admitted), so one
+    # client's slow jobs never make another's wait for a thread; threads end when idle, so no job
+    # thread's OpenMP team outlives its work beside the compute loop's (world/server/jobs.py).
+    # Threads still busy when the worker stops do not delay it: `run` exits without waiting for them.
+    executor = ThreadPerJobExecutor(max_workers=config.max_sessions, thread_name_prefix="worker-job")
     core = WorkerCore(config, instance, stats, executor=executor, heard=heard)
     core.calibrate("engine")
     io_stop = threading.Event()
