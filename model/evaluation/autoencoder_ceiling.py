@@ -30,15 +30,13 @@ import torch
 from model.common.images import frames_to_tensor, tensor_to_frames
 from model.evaluation.eval_config import EVAL_PRESETS, EvalConfig
 from model.evaluation.measure_counterfactual import context_start, outcomes
-from model.evaluation.measure_fidelity import fidelity_episode
-from model.evaluation.measure_prompts import walk_actions
-from model.evaluation.measure_teacher_forced import TEACHER_FORCED_CLASSES
+from model.evaluation.measure_fidelity import episode_frames
+from model.evaluation.measure_teacher_forced import TEACHER_FORCED_CLASSES, teacher_forced_context
 from model.evaluation.metrics import psnr_per_frame
 from model.evaluation.rollout import Worlds
 from model.nets import count_parameters
 from model.training.autoencoder import decode_ms_per_frame, load_autoencoder
 from world.backends.registry import create_backend
-from world.procedural.themes import EXAMPLE_PROMPTS
 
 
 @torch.inference_mode()
@@ -63,18 +61,15 @@ def engine_references(cfg: EvalConfig) -> dict:
     still = Worlds(create_backend("still", height=info.height, width=info.width, chunk_frames=f), engine)
     next_chunks, copies = [], []
     for c in range(cfg.teacher_forced_contexts):
-        seed, prompt = cfg.seed + 1500 + c, EXAMPLE_PROMPTS[c % len(EXAMPLE_PROMPTS)]
+        seed, prompt = teacher_forced_context(c, cfg)
         ctx = context_start(copy, cfg, seed, prompt)
         next_chunks.append(outcomes(copy, seed, prompt, ctx, TEACHER_FORCED_CLASSES, f, engine=True))
         copies.append(outcomes(copy, seed, prompt, ctx, TEACHER_FORCED_CLASSES, f, engine=False))
     episodes, stills = [], []
-    k, n = cfg.fidelity_context, cfg.fidelity_chunks * f
     for e in range(cfg.fidelity_episodes):
-        seed, prompt = fidelity_episode(e, cfg)
-        actions = walk_actions(seed, n + k - 1)
-        gen, ref = still.both(seed, prompt, actions[k - 1 :], prefix=actions[: k - 1])
-        episodes.append(ref.frames[1 : 1 + n])
-        stills.append(gen.frames[1 : 1 + n])
+        gen, ref = episode_frames(still, cfg, e)  # the fidelity measure's own episodes
+        episodes.append(ref)
+        stills.append(gen)
     return {"chunk_frames": f, "next": np.stack(next_chunks, 1), "copy": np.stack(copies, 1),  # [A, C, F, H, W, 3]
             "episodes": np.stack(episodes), "still": np.stack(stills)}  # [E, n, H, W, 3]
 

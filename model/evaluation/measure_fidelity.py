@@ -37,7 +37,7 @@ def fidelity_episode(seed_offset: int, cfg: EvalConfig) -> tuple[int, str]:
     return cfg.seed + 100 + seed_offset, EXAMPLE_PROMPTS[seed_offset % len(EXAMPLE_PROMPTS)]
 
 
-def _episode(worlds: Worlds, cfg: EvalConfig, e: int) -> tuple[np.ndarray, np.ndarray]:
+def episode_frames(worlds: Worlds, cfg: EvalConfig, e: int) -> tuple[np.ndarray, np.ndarray]:
     """(world frames, engine frames), both [chunks * F, H, W, 3], after the start."""
     f, k = worlds.world.info.chunk_frames, cfg.fidelity_context
     seed, prompt = fidelity_episode(e, cfg)
@@ -61,14 +61,14 @@ def measure_fidelity(worlds: Worlds, cfg: EvalConfig) -> dict:
     baseline = Worlds(still, worlds.engine, start=worlds.start)
     psnr, ssim, psnr_still, ssim_still, psnr_ae, strips = [], [], [], [], [], None
     for e in range(cfg.fidelity_episodes):
-        gen, ref = _episode(worlds, cfg, e)
+        gen, ref = episode_frames(worlds, cfg, e)
         p, s = _per_chunk(gen, ref, f)  # [chunks]
         psnr.append(p)
         ssim.append(s)
         roundtrip = autoencoder_roundtrip(worlds.world, ref)
         if roundtrip is not None:
             psnr_ae.append(_per_chunk(roundtrip, ref, f)[0])
-        base, _ = _episode(baseline, cfg, e)
+        base, _ = episode_frames(baseline, cfg, e)
         p, s = _per_chunk(base, ref, f)
         psnr_still.append(p)
         ssim_still.append(s)

@@ -51,6 +51,11 @@ TEACHER_FORCED_CLASSES: dict[str, Action] = {
 }
 
 
+def teacher_forced_context(c: int, cfg: EvalConfig) -> tuple[int, str]:
+    """(seed, prompt) of teacher-forced context c."""
+    return cfg.seed + 1500 + c, EXAMPLE_PROMPTS[c % len(EXAMPLE_PROMPTS)]
+
+
 def _psnr(gen: np.ndarray, ref: np.ndarray) -> np.ndarray:
     """[A] mean per-frame PSNR of outcomes [A, F, H, W, 3]."""
     return np.array([psnr_per_frame(g, r).mean() for g, r in zip(gen, ref)])
@@ -63,7 +68,7 @@ def measure_teacher_forced(worlds: Worlds, cfg: EvalConfig) -> dict:
     names = list(TEACHER_FORCED_CLASSES)
     world_db, copy_db, ae_db = [], [], []
     for c in range(cfg.teacher_forced_contexts):
-        seed, prompt = cfg.seed + 1500 + c, EXAMPLE_PROMPTS[c % len(EXAMPLE_PROMPTS)]
+        seed, prompt = teacher_forced_context(c, cfg)
         ctx = context_start(worlds, cfg, seed, prompt)
         ref = outcomes(worlds, seed, prompt, ctx, TEACHER_FORCED_CLASSES, f, engine=True)
         gen = ref if worlds.same else outcomes(worlds, seed, prompt, ctx, TEACHER_FORCED_CLASSES, f, engine=False)
