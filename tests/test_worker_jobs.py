@@ -68,6 +68,7 @@ def test_shutdown_cancels_waiting_jobs_and_refuses_new_ones():
     pool = ThreadPerJobExecutor(max_workers=1)
     gate = threading.Event()
     running = pool.submit(gate.wait, 10)
+    assert _wait_until(running.running)  # taken by its thread before the shutdown
     waiting = pool.submit(lambda: 1)
     pool.shutdown(wait=False, cancel_futures=True)
     assert waiting.cancelled()
