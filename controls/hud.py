@@ -8,6 +8,7 @@ rounded corners so that the world stays visible behind them.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from time import monotonic
 
 import pygame
 
@@ -27,6 +28,10 @@ CONNECTION_BANNERS = {
 }
 PAD = 8
 RADIUS = 7
+# The stats panel's numbers change with every frame; re-rendering its text each time costs the
+# window about a millisecond a frame, CPU the model's threads share on a small machine. Numbers are
+# re-rendered at most this often; a change of what the panel says (a label, colour, the prompt) at once.
+STATS_REFRESH_S = 0.25
 
 
 @dataclass
@@ -88,6 +93,8 @@ class Hud:
         """Lay out for a window of `size` (resized, full screen): fonts follow its height."""
         self.size = size
         self.fonts = Fonts.for_height(size[1])
+        self._stats: _Panel | None = None
+        self._hint: tuple[str, pygame.Surface] | None = None
 
     def draw(self, surface: pygame.Surface, state: HudState, *, show_stats: bool = True, show_help: bool = False,
              show_hint: bool = True) -> None:  # fmt: skip
@@ -114,27 +121,22 @@ class Hud:
             self._draw_message(surface, state.message, color)
 
     def _draw_stats(self, surface: pygame.Surface, s: HudState) -> None:
-        conn_color = GOOD if s.connection == "connected" else WARN
-        latency = f"{s.latency_ms:.0f} ms" if s.latency_ms is not None else "\u2013"
-        rows: list[tuple[str, str, tuple[int, int, int]]]
-        if s.replay:
-            rows = [("replay", s.replay, TEXT), ("keys", s.recorded_keys, WARN), ("world", s.backend, TEXT)]
-        else:
-            rows = [
-                *speed_rows(s),
-                ("key\u2192frame", latency, TEXT),
-                ("chunk", f"{s.steps} steps \u00b7 {s.nfe} nfe \u00b7 {s.gen_ms:.1f} ms", TEXT),
-                ("world", s.backend, TEXT),
-                *([("start", s.start, TEXT)] if s.start else []),
-                ("link", f"{s.connection} {s.endpoint.split('://')[-1]}", conn_color),
-            ]
-        rows += [("reads as", s.reads_as, GOOD)] if s.reads_as else []
-        rows += [("sound", s.sound, DIM if s.sound == "on" else WARN)] if s.sound else []
+        rows = stats_rows(s)
+        layout = (tuple((label, color) for label, _, color in rows), s.prompt)
+        values = tuple(value for _, value, _ in rows)
+        now = monotonic()
+        cached = self._stats
+        if cached is None or cached.layout != layout or (
+                cached.values != values and now - cached.rendered_at >= STATS_REFRESH_S):
+            self._stats = cached = _Panel(layout, values, now, self._render_stats(rows, s.prompt))
+        surface.blit(cached.surface, (PAD, PAD))
+
+    def _render_stats(self, rows: list[tuple[str, str, tuple[int, int, int]]], prompt: str) -> pygame.Surface:
         font = self.fonts.body
         label_w = max(font.size(label)[0] for label, _, _ in rows) + PAD
         width = min(self.size[0] - 2 * PAD, round(340 * max(1.0, self.size[1] / 512)))  # grows with the fonts
         line_h = font.get_linesize()
-        prompt_lines = wrap_text(f"\u201c{s.prompt}\u201d", font, width - 2 * PAD, max_lines=2)
+        prompt_lines = wrap_text(f"\u201c{prompt}\u201d", font, width - 2 * PAD, max_lines=2)
         height = PAD * 2 + line_h * (len(rows) + len(prompt_lines))
         panel = panel_surface((width, height))
         y = PAD
@@ -145,7 +147,7 @@ class Hud:
         for line in prompt_lines:
             panel.blit(font.render(line, True, TEXT), (PAD, y))
             y += line_h
-        surface.blit(panel, (PAD, PAD))
+        return panel
 
     def _draw_timeline(self, surface: pygame.Surface, position: float, marks: tuple[float, ...]) -> None:
         """A thin bar above the hint line: where the replay (or the prompt timeline) is, with a tick
@@ -162,9 +164,12 @@ class Hud:
         mouse = "Esc releases mouse" if s.mouse_captured else "click: mouse look"
         prompt_key = self.keymap.label("open_prompt").split(" / ")[0]
         hint = f"{self.keymap.label('help')} help \u00b7 {prompt_key} prompt \u00b7 {mouse}"
-        text = self.fonts.small.render(hint, True, DIM)
-        panel = panel_surface((text.get_width() + 2 * PAD, text.get_height() + PAD))
-        panel.blit(text, (PAD, PAD // 2))
+        if self._hint is None or self._hint[0] != hint:
+            text = self.fonts.small.render(hint, True, DIM)
+            panel = panel_surface((text.get_width() + 2 * PAD, text.get_height() + PAD))
+            panel.blit(text, (PAD, PAD // 2))
+            self._hint = (hint, panel)
+        panel = self._hint[1]
         surface.blit(panel, (PAD, self.size[1] - panel.get_height() - PAD))
 
     def _draw_rec(self, surface: pygame.Surface, frames: int) -> None:
@@ -220,6 +225,34 @@ class Hud:
         note = fit_text("bindings: assets/keymap.json \u00b7 override with --keymap FILE", small, width - 4 * PAD)
         panel.blit(small.render(note, True, DIM), (2 * PAD, y + PAD))
         surface.blit(panel, panel.get_rect(center=(self.size[0] // 2, self.size[1] // 2)))
+
+
+@dataclass
+class _Panel:
+    layout: tuple  # what the panel says apart from its numbers: labels, colours, the prompt
+    values: tuple[str, ...]
+    rendered_at: float
+    surface: pygame.Surface
+
+
+def stats_rows(s: HudState) -> list[tuple[str, str, tuple[int, int, int]]]:
+    """The stats panel's (label, value, colour) rows, the prompt aside."""
+    latency = f"{s.latency_ms:.0f} ms" if s.latency_ms is not None else "\u2013"
+    conn_color = GOOD if s.connection == "connected" else WARN
+    if s.replay:
+        rows = [("replay", s.replay, TEXT), ("keys", s.recorded_keys, WARN), ("world", s.backend, TEXT)]
+    else:
+        rows = [
+            *speed_rows(s),
+            ("key\u2192frame", latency, TEXT),
+            ("chunk", f"{s.steps} steps \u00b7 {s.nfe} nfe \u00b7 {s.gen_ms:.1f} ms", TEXT),
+            ("world", s.backend, TEXT),
+            *([("start", s.start, TEXT)] if s.start else []),
+            ("link", f"{s.connection} {s.endpoint.split('://')[-1]}", conn_color),
+        ]
+    rows += [("reads as", s.reads_as, GOOD)] if s.reads_as else []
+    rows += [("sound", s.sound, DIM if s.sound == "on" else WARN)] if s.sound else []
+    return rows
 
 
 def speed_rows(s: HudState) -> list[tuple[str, str, tuple[int, int, int]]]:

@@ -248,6 +248,33 @@ def test_hud_words_reads_as_and_behind():
     assert [r[0] for r in speed_rows(HudState(gen_fps=30.0))] == ["generated", "shown"]
 
 
+def test_hud_stats_rerender_numbers_at_most_four_times_a_second_and_wording_at_once(display, monkeypatch):
+    from controls import hud as hud_module
+
+    clock = [100.0]
+    monkeypatch.setattr(hud_module, "monotonic", lambda: clock[0])
+    hud = hud_module.Hud((512, 512), km.load_keymap(user_file=False))
+    screen = pygame.Surface((512, 512))
+    state = hud_module.HudState(gen_fps=20.0, shown_fps=20.0, connection="connected", prompt="a meadow")
+
+    def panel_after(**changes) -> pygame.Surface:
+        for name, value in changes.items():
+            setattr(state, name, value)
+        hud.draw(screen, state)
+        return hud._stats.surface
+
+    first = panel_after()
+    clock[0] += 0.1
+    assert panel_after(gen_fps=21.0) is first  # a number within the refresh interval: the same panel
+    clock[0] += hud_module.STATS_REFRESH_S
+    second = panel_after(gen_fps=22.0)
+    assert second is not first and hud._stats.values[0].startswith("22.0")
+    clock[0] += 0.01
+    assert panel_after(connection="reconnecting") is not second  # wording and colour: at once
+    third = hud._stats.surface
+    assert panel_after(prompt="a desert") is not third
+
+
 # ---- typing does not stall the world ------------------------------------------------------------
 
 
