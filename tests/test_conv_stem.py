@@ -4,6 +4,8 @@ presets are in tests/test_dit.py, beside the patch DiT's."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
 
@@ -128,3 +130,52 @@ def test_conv_world_streams_through_every_sampler(sampler_name):
     assert all(o.latents.shape == (1, cfg.chunk_frames, *cfg.latent_shape) for o in outs)
     assert all(torch.isfinite(o.latents).all() for o in outs)
     assert cache.next_frame == 5 * cfg.chunk_frames
+
+
+# ----------------------------------------------------------------------------- the prompt's FiLM on the conv blocks
+
+
+def film_dit() -> CausalDiT:
+    return random_dit("tiny-unet", text_film=True)
+
+
+def test_text_film_reaches_the_conv_blocks_and_a_dropped_prompt_ignores_the_text():
+    model = film_dit()
+    x, t, a, text, mask = inputs(model.config, 1, 2)
+    none = torch.zeros_like(mask)
+    with torch.no_grad():
+        assert not torch.allclose(model(x, t, a, text, mask), model(x, t, a, -text, mask), atol=1e-4)
+        # The FiLM alone moves the output: the same network with the film silenced differs.
+        with_film = model(x, t, a, text, mask)
+        model.text_film.weight.zero_()
+        model.text_film.bias.zero_()
+        assert not torch.allclose(with_film, model(x, t, a, text, mask), atol=1e-4)
+    model = film_dit()
+    with torch.no_grad():
+        assert torch.allclose(model(x, t, a, text, none), model(x, t, a, torch.randn_like(text), none), atol=1e-6)
+
+
+def test_text_film_streams_and_batches_as_the_full_sequence():
+    model = film_dit()
+    cfg = model.config
+    x, t, a, text, mask = inputs(cfg, 2, 4)  # the two rows' prompts differ in length too
+    with torch.no_grad():
+        full = model(x, t, a, text, mask)
+        streamed, _ = stream(model, x, t, a, text, mask)
+        caches = [model.new_cache(), model.new_cache()]
+        prompts = [(text[b : b + 1], mask[b : b + 1]) for b in range(2)]  # one tensor per prompt, as a session holds it
+        together = []
+        for i in range(4):
+            s = slice(i * cfg.chunk_frames, (i + 1) * cfg.chunk_frames)
+            batch = CacheBatch([Member(caches[b], *prompts[b]) for b in range(2)])
+            together.append(model(x[:, s], t[:, s], a[:, s], None, None, batch))
+            for cache in caches:
+                cache.commit_chunk()
+    assert (full - streamed).abs().max() < TOL
+    assert (full - torch.cat(together, 1)).abs().max() < TOL
+    assert caches[0].text_builds == 1  # built once per prompt, FiLM included
+
+
+def test_text_film_needs_conv_blocks():
+    with pytest.raises(ValueError, match="text_film"):
+        replace(dit_config("tiny"), text_film=True)

@@ -147,6 +147,25 @@ def test_warm_start_copies_weights_and_leaves_the_new_inputs_silent(tmp_path):
     assert resumed.dit_cfg.copy_path and resumed.dit_cfg.action_tokens and resumed.step == 1
 
 
+def test_the_prompt_film_warm_starts_silent_from_a_conv_network_without_it(tmp_path):
+    recipe = dict(preset="tiny-unet", copy_path=True)
+    source, batches = make_trainer(tiny_config(steps=1, **recipe), tmp_path / "src")
+    source.train(batches)
+    cfg = tiny_config(steps=1, text_film=True, init_from=str(tmp_path / "src"), **recipe)
+    warm, batches = make_trainer(cfg, tmp_path / "warm")
+    src = load_world_model(tmp_path / "src").dit
+    new = {n for n, _ in warm.model.named_parameters()} - {n for n, _ in src.named_parameters()}
+    assert new == {"text_film.weight", "text_film.bias"}
+    assert all(torch.count_nonzero(p) == 0 for n, p in warm.model.named_parameters() if n in new)
+    batch = batches(0, torch.device("cpu"))
+    x, t = batch.latents[:, :6], torch.full(batch.latents.shape[:2], 500.0)[:, :6]
+    args = (x, t, batch.actions[:, :6], batch.text, batch.text_mask)
+    with torch.no_grad():  # begins computing exactly what the checkpoint did
+        assert torch.allclose(warm.model.eval()(*args), src.float().eval()(*args), atol=1e-5)
+    warm.train(batches)
+    assert load_world_model(tmp_path / "warm").dit.config.text_film
+
+
 def test_a_wider_latent_warm_starts_all_but_its_latent_layers_and_plays(tmp_path):
     source, batches = make_trainer(tiny_config(steps=1), tmp_path / "src")
     source.train(batches)

@@ -93,6 +93,10 @@ class DiTConfig:
     conv_width: int = 0
     conv_blocks: int = 2  # residual blocks per level, on each side
     conv_levels: int = 1  # 2: a half-resolution level whose positions are the tokens (needs patch 2)
+    # The prompt also reaches the conv blocks: its pooled projection joins their adaptive group norms'
+    # condition (FiLM). Without it the prompt enters only by cross-attention at the transformer's
+    # level, and conv layers that draw the picture from noise (a text start) never see it.
+    text_film: bool = False
 
     def __post_init__(self) -> None:
         if self.latent_size % self.patch:
@@ -100,6 +104,8 @@ class DiTConfig:
         if self.dim % self.heads or (self.dim // self.heads) % 2:
             raise ValueError(f"dim {self.dim} must split into {self.heads} heads of even size")
         CacheLayout.from_config(self)  # validates sink/window against the chunk
+        if self.text_film and not self.conv_width:
+            raise ValueError("text_film conditions the conv blocks: it needs conv_width > 0")
         if not 1 <= self.copy_frames <= max(1, self.window_frames - self.chunk_frames):
             raise ValueError(f"copy_frames {self.copy_frames} must be in [1, window_frames - chunk_frames]: "
                              "the cache holds that many recent frames")
@@ -310,6 +316,7 @@ class CausalDiT(nn.Module):
         use_copy_in = cfg.copy_path and not cfg.conv_width
         self.copy_in = nn.Linear(patch_dim * cfg.copy_frames, cfg.dim) if use_copy_in else None
         self.action_in = nn.Linear(cfg.dim, cfg.dim) if cfg.action_tokens else None
+        self.text_film = nn.Linear(cfg.dim, cfg.dim) if cfg.text_film else None
         self.initialize_weights()
 
     def initialize_weights(self) -> None:
@@ -338,7 +345,7 @@ class CausalDiT(nn.Module):
                 nn.init.zeros_(m.proj.weight)
                 nn.init.zeros_(m.proj.bias)
         # New inputs start silent, so a network warm-started from one without them begins as it was.
-        for extra in (self.copy_in, self.action_in):
+        for extra in (self.copy_in, self.action_in, self.text_film):
             if extra is not None:
                 nn.init.zeros_(extra.weight)
                 nn.init.zeros_(extra.bias)
@@ -354,9 +361,18 @@ class CausalDiT(nn.Module):
         return torch.cat([null, ctx], 1), torch.cat([ones, text_mask[:, :L].bool()], 1)
 
     def _build_text_kv(self, text: torch.Tensor, text_mask: torch.Tensor) -> tuple[list, torch.Tensor]:
-        """text [B, L, text_dim], mask [B, L] -> (per-layer (k, v) [B, H, 1 + L', hd], mask [B, 1 + L'])."""
+        """text [B, L, text_dim], mask [B, L] -> (per-layer (k, v) [B, H, 1 + L', hd], mask [B, 1 + L']).
+
+        With text_film, one entry more after the blocks' (so the caches keep it with the prompt's
+        K/V, built once per prompt): the prompt's FiLM condition [B, D] as both its k and v."""
         ctx, mask = self.text_context(text, text_mask)
-        return [blk.cross.text_kv(ctx) for blk in self.blocks], mask
+        kv = [blk.cross.text_kv(ctx) for blk in self.blocks]
+        if self.text_film is not None:
+            # The mean over the prompt's tokens and the null token (a dropped prompt: the null token alone).
+            w = mask.to(ctx.dtype)[..., None]
+            film = self.text_film((ctx * w).sum(1) / w.sum(1))
+            kv.append((film, film))
+        return kv, mask
 
     def _text_kv(self, text: torch.Tensor | None, text_mask: torch.Tensor | None,
                  cache: StreamCache | None) -> list[list[tuple]]:
@@ -468,9 +484,14 @@ class CausalDiT(nn.Module):
             drop_actions = torch.zeros(B, dtype=torch.bool, device=x.device)
         terms = (t, actions, drop_actions)
         c, mod, a_tok = self._frame_terms(*terms) if cache is None else cache.per_stream(self._frame_terms, *terms)
+        text_kv = self._text_kv(text, text_mask, cache)
+        c_conv = c  # the conv blocks' condition: time + action (+ the prompt's FiLM)
+        if self.text_film is not None:
+            film = torch.cat([k for k, _, _ in text_kv[len(self.blocks)]])  # [B, D], rows in batch order
+            c_conv = c + film[:, None, :].to(c.dtype)
         skips: list[torch.Tensor] = []
         if self.conv_in is not None:
-            hid, skips = self._conv_tokens(x, prev, actions, drop_actions, c)
+            hid, skips = self._conv_tokens(x, prev, actions, drop_actions, c_conv)
         else:
             hid = self.patch_in(self._patchify(x))  # [B, F, T, D]
             if self.copy_in is not None:
@@ -478,14 +499,13 @@ class CausalDiT(nn.Module):
         if self.action_in is not None:
             hid = hid + a_tok[:, :, None, :]
         mod = rearrange(mod, "b f (six d) -> b f six d", six=6)
-        text_kv = self._text_kv(text, text_mask, cache)
         for layer, blk in enumerate(self.blocks):
             hid = blk(hid, mod, layer, attend, text_kv[layer])
         shift, scale = (self.final_table + c[:, :, None, :]).unsqueeze(2).unbind(3)  # [B, F, 1, D]
         out = self.final(modulate(self.final_norm(hid), shift, scale))
         g, p = cfg.grid, cfg.patch
         if self.conv_out is not None:
-            v = self.conv_out(out.flatten(0, 1), skips, c.flatten(0, 1), g)
+            v = self.conv_out(out.flatten(0, 1), skips, c_conv.flatten(0, 1), g)
             return v.reshape(B, Fr, C, h, w)
         return rearrange(out, "b f (gh gw) (p q c) -> b f c (gh p) (gw q)", gh=g, gw=g, p=p, q=p)
 

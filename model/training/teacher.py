@@ -86,6 +86,8 @@ class TeacherTrainConfig:
     copy_path: bool = option(False, help="fresh model: previous frame as extra input channels (DiTConfig.copy_path)")
     action_tokens: bool = option(False, help="fresh model: action embedding added to the frame's tokens as well as "
                                  "to adaLN (DiTConfig.action_tokens)")
+    text_film: bool = option(False, help="fresh model: the pooled prompt also conditions the conv blocks' adaptive "
+                             "group norms (DiTConfig.text_film; conv presets)")
     # What the copy path (the stacked previous frames of the conv presets) reads in training. "input":
     # the previous chunk as this clip holds it, noised to that chunk's own level unless it is in the
     # teacher-forced prefix. "clean": for every chunk, the clip's clean frames at the clip's context
@@ -212,6 +214,7 @@ def fresh_dit_config(cfg: TeacherTrainConfig, latent_channels: int | None = None
     """The preset's network with the run's options; its latent width follows the autoencoder's."""
     dit_cfg = dit_config(cfg.preset)
     dit_cfg.copy_path, dit_cfg.action_tokens = cfg.copy_path, cfg.action_tokens
+    dit_cfg.text_film = cfg.text_film
     if latent_channels is not None:
         dit_cfg.latent_channels = latent_channels
     return dit_cfg
