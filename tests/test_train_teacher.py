@@ -17,6 +17,7 @@ from model.training.teacher import (
     Trainer,
     add_arguments,
     context_levels,
+    switch_clips,
     teacher_forcing_prefix,
     teacher_loss,
 )
@@ -82,6 +83,44 @@ def test_clip_batches_are_a_function_of_the_step():
         ClipBatches(SyntheticClips(), tokens, mask, 3, 0, 2, seed=0)
     with pytest.raises(ValueError, match="too few"):
         ClipBatches(SyntheticClips(n=2), tokens, mask, 4, 0, 1, seed=0)
+
+
+class SwitchClips(SyntheticClips):
+    """SyntheticClips whose even items switch prompt at frame `at` (chunks of 3)."""
+
+    def __init__(self, at: int, n: int = 8):
+        super().__init__(n=n)
+        self.prompt_ids = self.prompt_ids.clone()
+        self.prompt_ids[::2, at:] = (self.prompt_ids[::2, at:] + 1) % 3
+        self.chunk_frames = 3
+
+
+@pytest.mark.parametrize(("at", "context"), [(3, 1), (4, 1), (1, None), (0, None)])
+def test_switch_clips_are_those_with_a_chunk_before_the_switch(at, context):
+    indices, chunks = switch_clips(SwitchClips(at))
+    if context is None:  # a switch in the first chunk leaves no context before it; at 0 there is no switch
+        assert indices == [] and chunks == []
+    else:
+        assert indices == [0, 2, 4, 6] and chunks == [context] * 4
+
+
+def test_switch_share_draws_switch_clips_with_their_context(tmp_path):
+    tokens, mask = text_table()
+    data = SwitchClips(3)
+    every = ClipBatches(data, tokens, mask, 4, 0, 1, seed=0, switch_share=1.0)(5, torch.device("cpu"))
+    assert every.context_chunks.tolist() == [1, 1, 1, 1]
+    switched = torch.stack([data.latents[i] for i in (0, 2, 4, 6)])
+    assert all(any(torch.equal(row, s) for s in switched) for row in every.latents)
+    none = ClipBatches(data, tokens, mask, 4, 0, 1, seed=0)(5, torch.device("cpu"))
+    assert none.context_chunks.tolist() == [-1] * 4
+    with pytest.raises(ValueError, match="crosses a prompt switch"):
+        ClipBatches(SyntheticClips(), tokens, mask, 4, 0, 1, seed=0, switch_share=0.5)
+    # The loss: the chunk before the switch is the clean context (level 0), whatever the forcing draw.
+    cfg = tiny_config(teacher_forcing_prob=0.0, context_noise_max=0.0)
+    trainer, _ = make_trainer(cfg, tmp_path / "ckpt")
+    net = TimeRecorder(trainer.model)
+    teacher_loss(net, every, trainer.dit_cfg, cfg, torch.Generator().manual_seed(0))
+    assert torch.all(net.t[:, :3] == 0) and torch.all(net.t[:, 3:] > 0)
 
 
 def test_command_line_arguments():

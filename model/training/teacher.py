@@ -88,6 +88,11 @@ class TeacherTrainConfig:
                                  "to adaLN (DiTConfig.action_tokens)")
     text_film: bool = option(False, help="fresh model: the pooled prompt also conditions the conv blocks' adaptive "
                              "group norms (DiTConfig.text_film; conv presets)")
+    # Clips that cross a prompt switch are 1% of the data, and their loss chunks mostly lie on one
+    # side of it. Oversampled, with the chunks before the switch as the clean context, they train the
+    # situation a switch creates when streaming: the old picture in the context, the new prompt.
+    switch_share: float = option(0.0, help="fraction of each batch drawn from clips that cross a prompt switch, "
+                                 "the chunks before the switch their clean context")
     # What the copy path (the stacked previous frames of the conv presets) reads in training. "input":
     # the previous chunk as this clip holds it, noised to that chunk's own level unless it is in the
     # teacher-forced prefix. "clean": for every chunk, the clip's clean frames at the clip's context
@@ -125,16 +130,19 @@ class Batch:
     actions: torch.Tensor  # [B, F, A]
     text: torch.Tensor  # [B, L, text_dim]
     text_mask: torch.Tensor  # [B, L] bool
+    context_chunks: torch.Tensor | None = None  # [B] chunks before a prompt switch (the clip's context); -1: none
 
 
 # ----------------------------------------------------------------------------- data
 
 
 class ClipBatches:
-    """Step -> batch, deterministic: epoch e = step // per_epoch is a DistributedSampler permutation."""
+    """Step -> batch, deterministic: epoch e = step // per_epoch is a DistributedSampler permutation;
+    with switch_share > 0, each slot is drawn from the clips that cross a prompt switch with that
+    probability (a draw seeded by seed, step and rank)."""
 
     def __init__(self, dataset: Dataset, text_tokens: torch.Tensor, text_mask: torch.Tensor, batch: int,
-                 rank: int, world_size: int, seed: int):
+                 rank: int, world_size: int, seed: int, switch_share: float = 0.0):
         if batch % world_size:
             raise ValueError(f"--batch {batch} does not split over {world_size} processes")
         self.dataset, self.text_tokens, self.text_mask = dataset, text_tokens, text_mask.bool()
@@ -145,13 +153,28 @@ class ClipBatches:
         if self.per_epoch == 0:
             raise ValueError(f"{len(dataset)} clips are too few for a batch of {batch} over {world_size} processes")
         self._epoch, self._order = -1, []
+        if not 0.0 <= switch_share <= 1.0:
+            raise ValueError(f"switch_share must be in [0, 1], got {switch_share}")
+        self.switch_share, self.rank, self.seed = switch_share, rank, seed
+        self.switch_clips, self.switch_chunks = switch_clips(dataset) if switch_share else ([], [])
+        if switch_share and not self.switch_clips:
+            raise ValueError("switch_share > 0, but no clip of the data crosses a prompt switch with a chunk on "
+                             "each side (datagen without --no-prompt-switch makes them)")
 
     def __call__(self, step: int, device: torch.device) -> Batch:
         epoch, index = divmod(step, self.per_epoch)
         if epoch != self._epoch:
             self.sampler.set_epoch(epoch)
             self._epoch, self._order = epoch, list(self.sampler)
-        items = [self.dataset[i] for i in self._order[index * self.batch : (index + 1) * self.batch]]
+        rows = self._order[index * self.batch : (index + 1) * self.batch]
+        context = [-1] * len(rows)
+        if self.switch_share:
+            gen = torch.Generator().manual_seed((self.seed << 40) ^ (step << 8) ^ self.rank)
+            use = torch.rand(len(rows), generator=gen) < self.switch_share
+            picks = torch.randint(len(self.switch_clips), (len(rows),), generator=gen)
+            for j in torch.nonzero(use).flatten().tolist():
+                rows[j], context[j] = self.switch_clips[picks[j]], self.switch_chunks[picks[j]]
+        items = [self.dataset[i] for i in rows]
         # Clips that cross a prompt switch take the prompt of their last frame: after a switch the
         # stream re-runs its whole window with the new prompt (KV-recache), which is this situation.
         ids = torch.stack([torch.as_tensor(it["prompt_ids"])[-1] for it in items])
@@ -160,7 +183,28 @@ class ClipBatches:
             torch.stack([torch.as_tensor(it["actions"]) for it in items]).float().to(device),
             self.text_tokens[ids].float().to(device),
             self.text_mask[ids].to(device),
+            torch.tensor(context),
         )
+
+
+def switch_clips(dataset: Dataset) -> tuple[list[int], list[int]]:
+    """The clips whose prompt changes inside them, with a whole chunk before the change and the
+    change's chunk inside: (indices, chunks before the change). The clip's prompt is its last frame's;
+    the chunks before the frame where that prompt begins are the context."""
+    if hasattr(dataset, "starts") and hasattr(dataset, "prompt_ids"):  # LatentClips: from its tables at once
+        C, T = dataset.chunk_frames, dataset.clip_frames
+        starts = torch.as_tensor(dataset.starts)
+        ids = torch.as_tensor(dataset.prompt_ids)[starts[:, None] + torch.arange(T)]  # [N, T]
+    else:
+        ids = torch.stack([torch.as_tensor(dataset[i]["prompt_ids"]) for i in range(len(dataset))])
+        C, T = getattr(dataset, "chunk_frames", 3), ids.shape[1]
+    same_as_last = ids == ids[:, -1:]
+    # The first frame from which the prompt stays the last one: after the last frame that differs.
+    differs = (~same_as_last).int()
+    last_diff = torch.where(differs.any(1), T - 1 - differs.flip(1).argmax(1), torch.full_like(ids[:, 0], -1))
+    chunks = (last_diff + 1) // C
+    keep = (last_diff >= 0) & (chunks >= 1) & (chunks < T // C)
+    return torch.nonzero(keep).flatten().tolist(), chunks[keep].tolist()
 
 
 # ----------------------------------------------------------------------------- objective
@@ -175,7 +219,11 @@ def teacher_loss(model: torch.nn.Module, batch: Batch, dit_cfg: DiTConfig, cfg: 
     n_chunks = Fr // C
     s = sample_levels(B, n_chunks, C, FlowConfig(shift=cfg.shift, level_sampling=cfg.level_sampling), gen)  # [B, F]
     weight = torch.ones(B, Fr)
-    prefix = teacher_forcing_prefix(B, n_chunks, cfg.teacher_forcing_prob, gen).repeat_interleave(C, 1)
+    prefix = teacher_forcing_prefix(B, n_chunks, cfg.teacher_forcing_prob, gen)
+    if batch.context_chunks is not None:  # clips across a prompt switch: the chunks before it are the context
+        k = batch.context_chunks[:, None]
+        prefix = torch.where(k >= 0, torch.arange(n_chunks)[None] < k, prefix)
+    prefix = prefix.repeat_interleave(C, 1)
     s_ctx = context_levels(B, cfg.context_noise_max, gen)[:, None].expand(B, Fr)
     s, weight = torch.where(prefix, s_ctx, s), weight.masked_fill(prefix, 0.0)
     eps = torch.randn(x0.shape, generator=gen)
@@ -416,7 +464,7 @@ def run(args: argparse.Namespace) -> int:
                                  resume=args.resume)
         dataset = LatentClips(args.latents, cfg.clip_chunks, trainer.dit_cfg.chunk_frames)
         tokens, mask = text_table(args.latents)
-        batches = ClipBatches(dataset, tokens, mask, cfg.batch, rank, world_size, cfg.seed)
+        batches = ClipBatches(dataset, tokens, mask, cfg.batch, rank, world_size, cfg.seed, cfg.switch_share)
         log = RunLog(out, "teacher", resume_step=trainer.step + 1 if args.resume else None) if rank == 0 else None
         if rank == 0:
             print(f"teacher: {count_parameters(trainer.model) / 1e6:.2f}M parameters, {len(dataset)} clips, "
