@@ -21,7 +21,8 @@ from world.data.replay import frame_mismatches
 from world.server.client import WorldClient
 
 PROMPT = "green hills at noon"
-TINY_UNET = {"conv_width": 8, "conv_blocks": 1, "conv_levels": 2, "copy_path": True, "copy_frames": 3, "depth": 1}
+TINY_UNET = {"conv_width": 8, "conv_blocks": 1, "conv_levels": 2, "copy_path": True, "copy_frames": 3, "depth": 1,
+             "text_film": True}  # the recipe the U-Net now trains with: the prompt reaches the conv blocks too
 
 
 @pytest.fixture(scope="module")
