@@ -29,7 +29,7 @@ lr=${LR:-3e-4}
 device=${DEVICE:-cuda}  # cpu: a rehearsal of the whole segment on this machine
 read -r -a datagen_extra <<< "${DATAGEN_ARGS:---bout-scale 0.2 --random-share 1.0 --random-keys one}"
 read -r -a recipe <<< "${RECIPE:---preset unet --copy-path --action-tokens --teacher-forcing-prob 0.9 \
---context-noise-max 0.1 --shift 3.0 --level-sampling uniform --copy-context clean --text-film --switch-share 0.1}"
+--context-noise-max 0.1 --shift 3.0 --level-sampling uniform --copy-context clean --text-film --switch-share 0.03}"
 work=${WORK:-/tmp/gpu_segment}
 run="$work/run"
 mkdir -p "$work" "$out"

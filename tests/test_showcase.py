@@ -55,3 +55,25 @@ def test_engine_start_gives_every_world_the_engines_first_chunk(tmp_path):
     np.testing.assert_array_equal(gen[:3], ref[:3])  # the shared real start
     text = rollout(engine, 3, scenario, 2, start="text")
     np.testing.assert_array_equal(text[0], ref[0])  # the same reset view
+
+
+def test_steps_and_guidance_reach_every_world_column(tmp_path, monkeypatch, capsys):
+    import model.tools.showcase as showcase
+    from world.backend import BackendError
+
+    opened = []
+
+    def fake_backend(name, **options):
+        if name == "generated":
+            opened.append(options)
+            if len(opened) == 3:  # every column is built: stop before any rollout
+                raise BackendError("enough")
+        return object()
+
+    monkeypatch.setattr(showcase, "create_backend", fake_backend)
+    argv = ["--checkpoint", "c0", "--sampler", "teacher", "--world", "one=c1@teacher", "--world", "two=c2",
+            "--steps", "8", "--guidance", "0", "--out", str(tmp_path / "x")]
+    assert main(argv) == 2 and "enough" in capsys.readouterr().err
+    assert opened == [{"checkpoint": "c0", "sampler": "teacher", "steps": 8, "guidance": 0.0, "device": "auto"},
+                      {"checkpoint": "c1", "sampler": "teacher", "steps": 8, "guidance": 0.0, "device": "auto"},
+                      {"checkpoint": "c2", "steps": 8, "guidance": 0.0, "device": "auto"}]

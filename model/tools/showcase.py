@@ -164,8 +164,10 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--checkpoint", help="one world checkpoint (its column is named after --sampler)")
     p.add_argument("--sampler", default=None, help="teacher | uniform | diagonal for --checkpoint")
-    p.add_argument("--steps", type=int, default=None, help="denoising steps for teacher/uniform (--checkpoint)")
-    p.add_argument("--guidance", type=float, default=None, help="guidance g for --checkpoint (default: the sampler's)")
+    p.add_argument("--steps", type=int, default=None,
+                   help="denoising steps for teacher/uniform (--checkpoint and every --world)")
+    p.add_argument("--guidance", type=float, default=None,
+                   help="guidance g for --checkpoint and every --world (default: the sampler's)")
     p.add_argument("--world", action="append", default=[], help="LABEL=CHECKPOINT[@SAMPLER], repeatable: columns")
     p.add_argument("--switch", help="add a row that holds forward and switches to this prompt halfway")
     p.add_argument("--start", choices=("engine", "text"), default="engine",
@@ -180,11 +182,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--every", type=int, default=3)
     args = p.parse_args(argv)
     try:
-        specs = [parse_world(text) for text in args.world]
+        given = {k: v for k, v in (("steps", args.steps), ("guidance", args.guidance)) if v is not None}
+        specs = [(label, {**options, **given}) for label, options in map(parse_world, args.world)]
         if args.checkpoint:
-            options = {"checkpoint": args.checkpoint, "sampler": args.sampler, "steps": args.steps,
-                       "guidance": args.guidance}
-            specs.insert(0, (args.sampler or "model", {k: v for k, v in options.items() if v is not None}))
+            options = {"checkpoint": args.checkpoint, **({"sampler": args.sampler} if args.sampler else {}), **given}
+            specs.insert(0, (args.sampler or "model", options))
         if not specs:
             raise ValueError("name at least one world: --checkpoint DIR or --world LABEL=CHECKPOINT[@SAMPLER]")
         worlds: dict[str, Backend] = {"engine": create_backend("engine")}
