@@ -59,10 +59,11 @@ def plot(rows: list[dict], out: str | Path, title: str) -> None:
         for field, label, style in series:
             ax.plot(hours, [r.get(field) for r in rows], style, label=label, markersize=4)
         ax.set_title(panel, fontsize=9)
-        ax.set_xlabel("training time (wall hours of the machine; x2 for core-hours on 2 CPU cores)")
+        ax.set_xlabel("training wall hours")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     fig.suptitle(title, fontsize=10)
+    fig.supxlabel("wall hours of the training machine (x2 for core-hours on 2 CPU cores)", fontsize=8)
     fig.tight_layout()
     Path(out).parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=110)
