@@ -95,6 +95,8 @@ class RecordingDiT(torch.nn.Module):
 class SyntheticClips(Dataset):
     """LatentClips stand-in: smooth random latents drifting with the 'forward' action."""
 
+    chunk_frames = 3
+
     def __init__(self, n: int = 8, frames: int = 6, prompts: int = 3, seed: int = 0, channels: int = 4):
         g = torch.Generator().manual_seed(seed)
         base = torch.randn(n, 1, channels, 16, 16, generator=g)

@@ -92,7 +92,6 @@ class SwitchClips(SyntheticClips):
         super().__init__(n=n)
         self.prompt_ids = self.prompt_ids.clone()
         self.prompt_ids[::2, at:] = (self.prompt_ids[::2, at:] + 1) % 3
-        self.chunk_frames = 3
 
 
 @pytest.mark.parametrize(("at", "context"), [(3, 1), (4, 1), (1, None), (0, None)])

@@ -191,19 +191,16 @@ def switch_clips(dataset: Dataset) -> tuple[list[int], list[int]]:
     """The clips whose prompt changes inside them, with a whole chunk before the change and the
     change's chunk inside: (indices, chunks before the change). The clip's prompt is its last frame's;
     the chunks before the frame where that prompt begins are the context."""
-    if hasattr(dataset, "starts") and hasattr(dataset, "prompt_ids"):  # LatentClips: from its tables at once
-        C, T = dataset.chunk_frames, dataset.clip_frames
+    if hasattr(dataset, "starts"):  # LatentClips: from its tables at once
         starts = torch.as_tensor(dataset.starts)
-        ids = torch.as_tensor(dataset.prompt_ids)[starts[:, None] + torch.arange(T)]  # [N, T]
+        ids = torch.as_tensor(dataset.prompt_ids)[starts[:, None] + torch.arange(dataset.clip_frames)]  # [N, T]
     else:
         ids = torch.stack([torch.as_tensor(dataset[i]["prompt_ids"]) for i in range(len(dataset))])
-        C, T = getattr(dataset, "chunk_frames", 3), ids.shape[1]
-    same_as_last = ids == ids[:, -1:]
-    # The first frame from which the prompt stays the last one: after the last frame that differs.
-    differs = (~same_as_last).int()
-    last_diff = torch.where(differs.any(1), T - 1 - differs.flip(1).argmax(1), torch.full_like(ids[:, 0], -1))
-    chunks = (last_diff + 1) // C
-    keep = (last_diff >= 0) & (chunks >= 1) & (chunks < T // C)
+    C, T = dataset.chunk_frames, ids.shape[1]
+    # The frame where the last prompt begins: after the last frame that differs (T when none does).
+    begins = T - (ids != ids[:, -1:]).int().flip(1).argmax(1)
+    chunks = begins // C
+    keep = (chunks >= 1) & (chunks < T // C)
     return torch.nonzero(keep).flatten().tolist(), chunks[keep].tolist()
 
 
