@@ -10,6 +10,7 @@ import torch
 
 from model.common.checkpoint import CheckpointError, has_train_state
 from model.nets.autoencoder import Autoencoder, autoencoder_config
+from model.nets.dit import stacked_previous
 from model.runtime.world_model import load_world_model
 from model.training.teacher import (
     ClipBatches,
@@ -17,6 +18,7 @@ from model.training.teacher import (
     Trainer,
     add_arguments,
     context_levels,
+    guided_target,
     switch_clips,
     teacher_forcing_prefix,
     teacher_loss,
@@ -276,3 +278,42 @@ def test_uniform_levels_train_more_near_pure_noise(tmp_path):
         teacher_loss(net, batch, trainer.dit_cfg, cfg, torch.Generator().manual_seed(0))
         share[levels] = float((net.t > 900).float().mean())
     assert share["uniform"] > 1.5 * share["logit_normal"]  # 10% of uniform levels against about 5%
+
+
+def test_action_guidance_distils_the_references_guided_velocity(tmp_path):
+    recipe = dict(preset="tiny-unet", copy_path=True, copy_context="clean", batch=6)
+    source, batches = make_trainer(tiny_config(steps=2, **recipe), tmp_path / "src")
+    source.train(batches)
+    with pytest.raises(ValueError, match="--guidance-reference"):  # nothing to distil from
+        make_trainer(tiny_config(action_guidance=2.0, **recipe), tmp_path / "none")
+    cfg = tiny_config(steps=1, action_guidance=2.0, init_from=str(tmp_path / "src"), **recipe)
+    trainer, batches = make_trainer(cfg, tmp_path / "distil")
+    assert trainer.cfg.guidance_reference == str(tmp_path / "src")
+    assert not any(p.requires_grad for p in trainer.reference.parameters())
+    ref = trainer.reference
+
+    # The target, by hand: the reference under the clip's actions (c) and under the null action (u).
+    batch = batches(0, torch.device("cpu"))
+    x, t = batch.latents, torch.full(batch.latents.shape[:2], 700.0)
+    prev = stacked_previous(torch.randn_like(x), trainer.dit_cfg.chunk_frames, trainer.dit_cfg.copy_frames)
+    dropped = torch.tensor([False, True, False, False, True, False])
+    with torch.no_grad():
+        c = ref(x, t, batch.actions, batch.text, batch.text_mask, prev=prev)
+        null = torch.ones(6, dtype=torch.bool)
+        u = ref(x, t, batch.actions, batch.text, batch.text_mask, drop_actions=null, prev=prev)
+    target = guided_target(ref, x, t / 1000, batch.actions, batch.text, batch.text_mask, dropped, prev, 2.0)
+    torch.testing.assert_close(target[~dropped], (c + 2.0 * (c - u))[~dropped], atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(target[dropped], u[dropped], atol=1e-5, rtol=1e-4)
+    assert (c - u).abs().mean() > 0  # the trained reference does read the actions
+
+    # The warm-started network equals its reference, so its loss is exactly the guidance term's.
+    gen = lambda: torch.Generator().manual_seed(3)  # noqa: E731
+    plain = teacher_loss(trainer.model, batch, trainer.dit_cfg, replace(cfg, action_guidance=0.0), gen())
+    distilled = teacher_loss(trainer.model, batch, trainer.dit_cfg, cfg, gen(), ref)
+    at_zero = teacher_loss(trainer.model, batch, trainer.dit_cfg, replace(cfg, action_guidance=1e-9), gen(), ref)
+    assert distilled > 0 and at_zero < 1e-8 < plain  # a guidance of ~0 asks for the reference itself
+    trainer.train(batches)
+    saved = load_world_model(tmp_path / "distil")
+    assert saved.step == 1
+    resumed, _ = make_trainer(tiny_config(steps=2, action_guidance=2.0, **recipe), tmp_path / "distil", resume=True)
+    assert resumed.step == 1 and resumed.cfg.guidance_reference == str(tmp_path / "src")  # the run remembers it

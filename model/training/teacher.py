@@ -102,6 +102,16 @@ class TeacherTrainConfig:
     copy_context: str = option("input", choices=COPY_CONTEXTS,
                                help="copy path in training: 'input' (the noisy previous chunk) or 'clean' (the "
                                "clean previous frames at the context level, as streaming stores them)")
+    # The network answers the keys with the right sign but too weakly: its futures under 5 held keys
+    # spread about a fifth as far apart as the engine's, while c + 2 (c - u_a) (guidance on the
+    # actions alone) spreads them as far as the engine does (docs/world-model.md). Guidance
+    # distillation (Meng et al. 2023) trains the network to produce that guided velocity itself,
+    # so the world answers at full strength at one network evaluation per step and no guidance.
+    action_guidance: float = option(0.0, help="distil action guidance: the target is the reference network's "
+                                    "c + g (c - u_a) (u_a: the null action, same prompt) instead of the data's "
+                                    "velocity; rows whose actions are dropped learn u_a (0: learn from data)")
+    guidance_reference: str = option("", help="with --action-guidance: the world checkpoint whose guided velocity "
+                                     "is the target (default: --init-from)")
     precision: str = option("auto", choices=PRECISIONS,
                             help="auto: bf16 autocast on CUDA and on CPUs with AMX/AVX512-BF16, else fp32")
     init_from: str = option("", help="fresh run only: world checkpoint whose matching DiT weights seed the model")
@@ -208,8 +218,9 @@ def switch_clips(dataset: Dataset) -> tuple[list[int], list[int]]:
 
 
 def teacher_loss(model: torch.nn.Module, batch: Batch, dit_cfg: DiTConfig, cfg: TeacherTrainConfig,
-                 gen: torch.Generator) -> torch.Tensor:
-    """Diffusion-forcing flow loss on one batch; every random draw comes from `gen` (CPU)."""
+                 gen: torch.Generator, reference: torch.nn.Module | None = None) -> torch.Tensor:
+    """Diffusion-forcing flow loss on one batch; every random draw comes from `gen` (CPU). With a
+    `reference` (cfg.action_guidance > 0) the target is its action-guided velocity, not the data's."""
     x0 = batch.latents
     B, Fr = x0.shape[:2]
     C = dit_cfg.chunk_frames
@@ -234,9 +245,30 @@ def teacher_loss(model: torch.nn.Module, batch: Batch, dit_cfg: DiTConfig, cfg: 
         prev = stacked_previous(add_noise(x0, eps, s_ctx), C, dit_cfg.copy_frames)
     elif cfg.copy_context not in COPY_CONTEXTS:
         raise ValueError(f"copy_context must be one of {COPY_CONTEXTS}, got {cfg.copy_context!r}")
-    v = model(add_noise(x0, eps, s), network_time(s), batch.actions, batch.text, mask,
-              drop_actions=drop_actions.to(dev), prev=prev)
-    return flow_loss(v, velocity_target(x0, eps), weight)
+    x_s, drop_actions = add_noise(x0, eps, s), drop_actions.to(dev)
+    v = model(x_s, network_time(s), batch.actions, batch.text, mask, drop_actions=drop_actions, prev=prev)
+    if reference is None:
+        return flow_loss(v, velocity_target(x0, eps), weight)
+    target = guided_target(reference, x_s, s, batch.actions, batch.text, mask, drop_actions, prev,
+                           cfg.action_guidance)
+    return flow_loss(v, target, weight)
+
+
+@torch.no_grad()
+def guided_target(reference: torch.nn.Module, x_s: torch.Tensor, s: torch.Tensor, actions: torch.Tensor,
+                  text: torch.Tensor, mask: torch.Tensor, drop_actions: torch.Tensor, prev: torch.Tensor | None,
+                  guidance: float) -> torch.Tensor:
+    """[B, F, C, h, w] the reference's velocity guided on the actions, c + g (c - u_a), with u_a its
+    velocity under the null action and the same prompt (the sampler's guide "actions"). Rows whose
+    actions are dropped get u_a itself, so the distilled network keeps the unconditional branch
+    that guidance at play time needs. One batch of 2B rows: conditional first."""
+    B = x_s.shape[0]
+    null = torch.cat([torch.zeros(B, dtype=torch.bool), torch.ones(B, dtype=torch.bool)]).to(x_s.device)
+    v = reference(x_s.repeat(2, 1, 1, 1, 1), network_time(s).repeat(2, 1), actions.repeat(2, 1, 1),
+                  text.repeat(2, 1, 1), mask.repeat(2, 1), drop_actions=null,
+                  prev=None if prev is None else prev.repeat(2, 1, 1, 1, 1))
+    c, u = v.float().chunk(2)
+    return torch.where(drop_actions[:, None, None, None, None], u, c + guidance * (c - u))
 
 
 def context_levels(batch: int, most: float, gen: torch.Generator) -> torch.Tensor:
@@ -288,6 +320,26 @@ def warm_start(model: CausalDiT, checkpoint: str, mismatched_policy: str = "refu
     return fresh
 
 
+def guidance_reference(cfg: TeacherTrainConfig, dit_cfg: DiTConfig, device: torch.device) -> CausalDiT | None:
+    """The frozen network whose action-guided velocity the run distils (None: the run learns from data).
+    Its path is kept in cfg.guidance_reference, so the saved train config says what was distilled."""
+    if cfg.action_guidance < 0:
+        raise ValueError(f"action_guidance must be >= 0, got {cfg.action_guidance}")
+    if cfg.action_guidance == 0:
+        return None
+    from model.runtime.world_model import load_world_model
+
+    cfg.guidance_reference = cfg.guidance_reference or cfg.init_from
+    if not cfg.guidance_reference:
+        raise ValueError("--action-guidance distils a reference network's guided velocity: give "
+                         "--guidance-reference (or --init-from) a world checkpoint")
+    reference = load_world_model(cfg.guidance_reference, "cpu", with_text_encoder=False).dit.float()
+    if reference.config != dit_cfg:
+        raise CheckpointError(f"{cfg.guidance_reference}: its network is not this run's; a distilled guidance "
+                              f"target needs the same architecture")
+    return reference.to(device).eval().requires_grad_(False)
+
+
 def learning_rate(cfg: TeacherTrainConfig, step: int) -> float:
     return cfg.lr * min(1.0, (step + 1) / max(1, cfg.warmup))
 
@@ -309,6 +361,7 @@ class Trainer:
     device: torch.device
     rank: int = 0
     world_size: int = 1  # DDP processes
+    reference: CausalDiT | None = None  # frozen network whose guided velocity is the target (action_guidance)
     step: int = 0
     _net: torch.nn.Module | None = None  # set by train(): the model, DDP-wrapped when distributed
     _batches: ClipBatches | None = None
@@ -331,7 +384,11 @@ class Trainer:
         ema = copy.deepcopy(model).requires_grad_(False)
         autoencoder = autoencoder.to(device).requires_grad_(False)
         opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.99), weight_decay=cfg.weight_decay)
-        trainer = cls(cfg, dit_cfg, model, ema, autoencoder, opt, out, device, rank, world_size)
+        if resuming and not (cfg.guidance_reference or cfg.init_from):  # the run's own record of what it distils
+            saved = read_checkpoint_config(out, kind=KIND)["configs"].get("train", {})
+            cfg.guidance_reference = saved.get("guidance_reference", "")
+        reference = guidance_reference(cfg, dit_cfg, device)
+        trainer = cls(cfg, dit_cfg, model, ema, autoencoder, opt, out, device, rank, world_size, reference)
         if resume:
             trainer.step = resume_step(out, trainer._modules(), {"dit": opt})
         return trainer
@@ -383,7 +440,7 @@ class Trainer:
         set_learning_rate(self.optimizer, lr)
         gen = step_generator(self.cfg.seed, self.step, self.rank)
         with autocast_for(self.device, self.cfg.precision):
-            loss = teacher_loss(net, batch, self.dit_cfg, self.cfg, gen)
+            loss = teacher_loss(net, batch, self.dit_cfg, self.cfg, gen, self.reference)
         grad_norm = optimizer_step(self.optimizer, loss, self.model.parameters(), self.cfg.grad_clip)
         update_ema(self.ema, self.model, self.cfg.ema_decay, self.step)
         if self.world_size > 1:  # report the mean loss over ranks
