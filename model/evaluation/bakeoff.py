@@ -17,6 +17,8 @@ guidance, a clean refresh pass: the teacher sampler at 8 steps, 9 network evalua
   - inference cost: milliseconds per frame for 1, 2 and 4 network evaluations of a chunk against a
     full context (sink + window), plus the decoder, batch 1, at --threads;
   - training facts from the run's teacher.csv: steps, frames seen, seconds per step.
+--guidance G scores with classifier-free guidance on the actions alone (c + G (c - u_a), the null
+action with the same prompt; two network rows per evaluation) instead of none, for a row that says so.
 --quick scores the teacher-forced counterfactual accuracy (the same 80 cases) alone: the points of
 the curve against training time. Writes OUT/<arm>.json per arm; `--table` and `--plot` build the
 report from those files.
@@ -98,15 +100,24 @@ def inference_ms(checkpoint: str, repeats: int = 5) -> dict:
             **{f"ms_per_frame_{k}nfe": k * forward + dec for k in NFE_POINTS}}  # fmt: skip
 
 
-def score_arm(checkpoint: str, heldout: str | None, episodes: list[int], quick: bool, seed: int = 0) -> dict:
+def sampler_options(guidance: float) -> dict:
+    """The bake-off's sampler, with guidance G on the actions alone when G > 0."""
+    if guidance < 0:
+        raise ValueError(f"guidance must be >= 0, got {guidance}")
+    return {**SAMPLER, "guidance": guidance, **({"guide": "actions"} if guidance > 0 else {})}
+
+
+def score_arm(checkpoint: str, heldout: str | None, episodes: list[int], quick: bool, seed: int = 0,
+              guidance: float = 0.0) -> dict:
     from world.backends.registry import create_backend
 
-    world = create_backend("generated", device="cpu", checkpoint=checkpoint, **SAMPLER)
+    sampler = sampler_options(guidance)
+    world = create_backend("generated", device="cpu", checkpoint=checkpoint, **sampler)
     info = world.info
     engine = create_backend("engine", height=info.height, width=info.width, chunk_frames=info.chunk_frames)
     worlds = Worlds(world, engine, same=False, start="engine")
     full = replace(EVAL_PRESETS["full"], seed=seed)
-    out: dict = {"checkpoint": checkpoint, "model_step": getattr(world.model, "step", None), **SAMPLER,
+    out: dict = {"checkpoint": checkpoint, "model_step": getattr(world.model, "step", None), **sampler,
                  "timings_s": {}}  # fmt: skip
     try:
         parts = [("counterfactual_tf", lambda: measure_counterfactual(
@@ -249,6 +260,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--heldout", help="latent cache of held-out episodes (held-out loss and action use)")
     p.add_argument("--episodes", default="0-15", help="held-out episode indices (default 0-15)")
     p.add_argument("--quick", action="store_true", help="teacher-forced counterfactual accuracy only (80 cases)")
+    p.add_argument("--guidance", type=float, default=0.0,
+                   help="classifier-free guidance on the actions alone (default 0: none, the bake-off's rule)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--out", required=True, help="directory for <arm>.json (with --report: the one to read)")
     p.add_argument("--report", action="store_true", help="score nothing: write --table and --plot from --out")
@@ -274,7 +287,7 @@ def main(argv: list[str] | None = None) -> int:
         from model.runtime.world_model import load_world_model
 
         ckpt = str(checkpoint_dir(run))
-        result = score_arm(ckpt, args.heldout, parse_episodes(args.episodes), args.quick)
+        result = score_arm(ckpt, args.heldout, parse_episodes(args.episodes), args.quick, guidance=args.guidance)
         run_dir = Path(run) if (Path(run) / "teacher.csv").exists() else Path(ckpt).parent
         result.update(training_facts(run_dir))
         result["parameters"] = count_parameters(load_world_model(ckpt, "cpu", with_text_encoder=False).dit) / 1e6
