@@ -104,10 +104,16 @@ def test_counterfactual_engine_is_one_still_is_chance():
     assert r["counterfactual_accuracy"] == 1.0 and r["counterfactual_spread_ratio"] == 1.0
     assert r["counterfactual_chance"] == 0.2 == 1 / len(COUNTERFACTUAL_ACTIONS)
     assert r["counterfactual_contexts"] == 2
+    # the engine's own idle future has no error, and the skipped contexts leave no action without effect
+    assert set(r["counterfactual_resolvable_per_action"]) == set(COUNTERFACTUAL_ACTIONS) - {"idle"}
+    assert all(v == 1.0 for v in r["counterfactual_resolvable_per_action"].values())
+    assert r["counterfactual_effect_world_per_action"] == r["counterfactual_effect_engine_per_action"]
+    assert all(v > 0 for v in r["counterfactual_effect_engine_per_action"].values())
     for name in ("still", "copy-last"):
         r = measure_counterfactual(_worlds(name), SMALL)
         assert r["counterfactual_accuracy"] == pytest.approx(0.2)
         assert r["counterfactual_spread_ratio"] == 0.0 and r["counterfactual_spread_world"] == 0.0
+        assert all(v == 0.0 for v in r["counterfactual_effect_world_per_action"].values())  # the keys move nothing
         assert sum(sum(row.values()) for row in r["counterfactual_confusion"].values()) == pytest.approx(5.0)
 
 

@@ -19,6 +19,14 @@ same state. Distances are MSE over all frames of an outcome (pixels in [0, 1]).
 - counterfactual_spread_ratio: mean pairwise MSE between the world's outcomes (10 pairs per
   context, all contexts) / the same for the engine's. 0: the world ignores the action; 1: it
   separates the futures as much as the engine does (more is possible: a world that overreacts).
+- counterfactual_effect_{world,engine}_per_action: per action, the mean MSE between the outcome
+  under it and the outcome under idle: how far the action moves the future, the world's against the
+  engine's (a world that under-moves one action shows it here, where the spread averages it away).
+- counterfactual_resolvable_per_action: per action, the share of contexts where the engine's
+  outcome under it lies farther from its idle outcome than the world's idle outcome does (the
+  world's own error while standing still). Where it does not, even a world that moved exactly right,
+  with that error, would be about as near the engine's idle future: a small motion there is below
+  what the nearest-future test can resolve for this world.
 """
 
 from __future__ import annotations
@@ -70,16 +78,28 @@ def credit(distances: np.ndarray) -> np.ndarray:
     return nearest / nearest.sum(1, keepdims=True)
 
 
+def per_action(values: np.ndarray) -> dict[str, float]:
+    """{action: value} for the actions after idle (idle's own effect is 0 by definition)."""
+    return {a: float(v) for a, v in zip(list(COUNTERFACTUAL_ACTIONS)[1:], values[1:])}
+
+
 def mean_pairwise(x: np.ndarray) -> float:
     d = mse_matrix(x, x)
     return float(np.mean([d[i, j] for i, j in combinations(range(len(x)), 2)]))
 
 
+def effects(x: np.ndarray) -> np.ndarray:
+    """[A] MSE between each outcome of x [A, ...] and the first (idle's)."""
+    return mse_matrix(x, x[:1])[:, 0]
+
+
 def measure_counterfactual(worlds: Worlds, cfg: EvalConfig) -> dict:
     names = list(COUNTERFACTUAL_ACTIONS)
+    assert names[0] == "idle"  # effects and resolvability are measured from idle's outcome
     frames = cfg.counterfactual_chunks * worlds.world.info.chunk_frames
     confusion = np.zeros((len(names), len(names)))
     spread_world, spread_engine, used, skipped = [], [], 0, 0
+    effect_world, effect_engine, resolvable = [], [], []
     tries = 0
     while used < cfg.counterfactual_contexts:
         if tries >= 4 * cfg.counterfactual_contexts + 8:
@@ -96,6 +116,9 @@ def measure_counterfactual(worlds: Worlds, cfg: EvalConfig) -> dict:
         confusion += credit(mse_matrix(gen, ref))
         spread_world.append(mean_pairwise(gen))
         spread_engine.append(spread_world[-1] if worlds.same else mean_pairwise(ref))
+        effect_world.append(effects(gen))
+        effect_engine.append(effects(ref))
+        resolvable.append(effect_engine[-1] > mse_matrix(gen[:1], ref[:1])[0, 0])
         used += 1
     confusion /= used
     diag = np.diag(confusion)
@@ -107,6 +130,9 @@ def measure_counterfactual(worlds: Worlds, cfg: EvalConfig) -> dict:
         "counterfactual_spread_world": sw,
         "counterfactual_spread_engine": se,
         "counterfactual_accuracy_per_action": {a: float(x) for a, x in zip(names, diag)},
+        "counterfactual_effect_world_per_action": per_action(np.mean(effect_world, 0)),
+        "counterfactual_effect_engine_per_action": per_action(np.mean(effect_engine, 0)),
+        "counterfactual_resolvable_per_action": per_action(np.mean(resolvable, 0)),
         # row: the world's outcome under this action; column: credit to the engine's outcome under that one
         "counterfactual_confusion": {a: {b: float(x) for b, x in zip(names, row)} for a, row in zip(names, confusion)},
         "counterfactual_actions": names,
