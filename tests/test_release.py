@@ -51,3 +51,15 @@ def test_release_errors_name_the_problem(tmp_path, capsys):
     assert main([str(source), str(tmp_path / "out"), "--note", "no-equals"]) == 2
     with pytest.raises(CheckpointError):
         release_world(tmp_path / "missing", tmp_path / "out2")
+
+
+def test_release_sets_the_sampler_a_teacher_was_measured_with(tmp_path):
+    world = load_world_model(make_random_world(tmp_path / "w"), "cpu", with_text_encoder=False)
+    assert world.config.steps is None and world.config.guidance is None  # the sampler's own defaults
+    assert main([str(tmp_path / "w"), str(tmp_path / "t"), "--steps", "8", "--guidance", "0"]) == 0
+    released = load_world_model(tmp_path / "t", "cpu", with_text_encoder=False)
+    assert (released.config.steps, released.config.guidance) == (8, 0.0)
+    sampler = released.sampler()
+    assert sampler.guidance == 0.0 and len(sampler.levels(0)) == 8
+    assert main([str(tmp_path / "w"), str(tmp_path / "bad"), "--steps", "0"]) == 2  # refused, nothing written
+    assert not (tmp_path / "bad").exists()

@@ -1,12 +1,15 @@
 """Turn a training checkpoint into a bundle-sized playable world: release weights only.
 
     python -m model.tools.release runs/student/dmd assets/default_world [--note key=value ...]
+    python -m model.tools.release RUN assets/teacher --steps 8 --guidance 0   # how it plays by default
 
 Training checkpoints carry what resuming needs (fp32 train state, optimiser moments, the online
 generator, the critic): tens of MiB that a player never reads. A release keeps the kind="world"
 layout with exactly two modules, "dit" (the checkpoint's release weights, EMA for a student)
 and "autoencoder", stored fp16, plus the checkpoint's WorldConfig (sampler, schedule,
-context_noise: the values the weights were distilled with) and its step. Every file is checked
+context_noise: the values the weights were distilled with) and its step. --steps and --guidance
+set the sampler's defaults in that WorldConfig: the setting a teacher was measured with, so that
+`play --checkpoint` plays what its model card reports. Every file is checked
 against the 16 MiB limit for committed files before anything is written.
 """
 
@@ -25,12 +28,21 @@ from model.runtime.world_model import load_world_model, save_world
 MAX_FILE_MIB = 16.0  # committed files stay <= 16 MiB (developers' guide)
 
 
-def release_world(source: str | Path, target: str | Path, notes: dict | None = None, step_offset: int = 0) -> Path:
+def release_world(source: str | Path, target: str | Path, notes: dict | None = None, step_offset: int = 0,
+                  sampler: dict | None = None) -> Path:
     """Write source's playable world (dit + autoencoder, fp16) to target, replacing it atomically.
     step_offset: steps the weights had before this run (a run warm-started from a release counts
-    from 0), so the release states the network's whole training."""
+    from 0), so the release states the network's whole training. sampler: WorldConfig sampler
+    defaults to set (steps, guidance), checked by building that sampler before anything is written."""
+    from model.runtime.world_model import world_sampler
+
     model = load_world_model(source, "cpu", with_text_encoder=False)
-    world = replace(model.config, notes={**model.config.notes, "released_from": str(source), **(notes or {})})
+    world = replace(model.config, notes={**model.config.notes, "released_from": str(source), **(notes or {})},
+                    **(sampler or {}))
+    try:
+        world_sampler(world)
+    except ValueError as e:
+        raise CheckpointError(f"release: the sampler defaults do not make a sampler: {e}") from None
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
@@ -57,7 +69,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--note", action="append", default=[], help="key=value provenance note (repeatable)")
     parser.add_argument("--step-offset", type=int, default=0, help="steps the weights had before the run (a run "
                         "warm-started from a release of step N: N), added to the recorded step")
+    parser.add_argument("--steps", type=int, help="the release's default sampler steps (e.g. 8: what it was measured "
+                        "with)")
+    parser.add_argument("--guidance", type=float, help="the release's default guidance (0: none)")
     args = parser.parse_args(argv)
+    sampler = {k: v for k, v in (("steps", args.steps), ("guidance", args.guidance)) if v is not None}
     try:
         notes = dict(item.split("=", 1) for item in args.note)
     except ValueError:
@@ -68,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
             raise CheckpointError(f"--step-offset must be >= 0, got {args.step_offset}")
         if args.step_offset:
             notes["step_offset"] = str(args.step_offset)
-        out = release_world(args.source, args.target, notes, args.step_offset)
+        out = release_world(args.source, args.target, notes, args.step_offset, sampler)
     except CheckpointError as e:
         print(f"release: {e}", file=sys.stderr)
         return 2
