@@ -7,8 +7,9 @@
 # docs/images/teacher_long_scoreboard.png. Data is made on the spot if missing (engine episodes,
 # then the latent cache), so a fresh machine only needs the repository. A run directory that
 # does not exist yet starts from INIT (a run directory to copy and resume, e.g. the ablation's
-# winner), else warm-starts from INIT_FROM (default: the bundled teacher, whose fp16 release weights
-# the project commits, so a fresh machine continues where the last run stopped).
+# winner), else warm-starts from INIT_FROM (default: the DiT teacher assets/teacher-dit, whose fp16
+# release weights the project commits, so a fresh machine continues where the last run stopped; the
+# U-Net runs set INIT_FROM and RECIPE, docs/world-model.md).
 # Environment: RECIPE (training options, e.g. "--preset unet --copy-path ..."), DATA / LATENTS /
 # EPISODES / SEED / DATAGEN_ARGS (the data made when the cache is missing), PLOT / TABLE (outputs).
 set -euo pipefail
@@ -19,7 +20,7 @@ run=${3:-runs/teacher_long}
 py=${PYTHON:-.venv/bin/python}
 device=${DEVICE:-cpu}
 nproc=${NPROC:-2}
-init_from=${INIT_FROM-assets/teacher}  # set but empty: a fresh network
+init_from=${INIT_FROM-assets/teacher-dit}  # set but empty: a fresh network
 data=${DATA:-data/engine}
 latents=${LATENTS:-data/latents}
 episodes=${EPISODES:-512}
@@ -34,7 +35,7 @@ if ! grep -q '"complete": true' "$latents/cache.json" 2>/dev/null; then
   [ -f runs/ae_teacher/config.json ] || "$py" -c "
 from model.runtime.world_model import load_world_model
 from model.common.checkpoint import save_checkpoint
-ae = load_world_model('assets/teacher').autoencoder  # the autoencoder every teacher so far was trained with
+ae = load_world_model('assets/teacher-dit').autoencoder  # the 4-channel autoencoder the DiT teachers were trained with
 save_checkpoint('runs/ae_teacher', kind='autoencoder', modules={'autoencoder': ae}, configs={'autoencoder': ae.config})"
   "$py" run_world.py datagen --out "$data" --episodes "$episodes" --frames-per-episode 600 --seed "$seed" \
     --workers "$nproc" --no-progress "${datagen_extra[@]}"
