@@ -42,7 +42,7 @@ def release_world(source: str | Path, target: str | Path, notes: dict | None = N
     try:
         world_sampler(world)
     except ValueError as e:
-        raise CheckpointError(f"release: the sampler defaults do not make a sampler: {e}") from None
+        raise CheckpointError(f"the sampler defaults do not make a sampler: {e}") from None
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))

@@ -46,8 +46,10 @@ from model.common.configs import add_options, given_options, option, replace_con
 from model.common.device import PRECISIONS, resolve_device, training_precision
 from model.common.runlog import RunLog
 from model.diffusion.flow import FlowConfig, add_noise, flow_loss, network_time, sample_levels, velocity_target
+from model.diffusion.guidance import apply_guidance
 from model.nets import count_parameters
 from model.nets.dit import DIT_PRESETS, CausalDiT, DiTConfig, dit_config, stacked_previous
+from model.runtime.stream import Conditioning
 from model.runtime.world_model import KIND, WorldConfig, save_world
 from model.training.loop import (
     Budget,
@@ -262,13 +264,12 @@ def guided_target(reference: torch.nn.Module, x_s: torch.Tensor, s: torch.Tensor
     velocity under the null action and the same prompt (the sampler's guide "actions"). Rows whose
     actions are dropped get u_a itself, so the distilled network keeps the unconditional branch
     that guidance at play time needs. One batch of 2B rows: conditional first."""
-    B = x_s.shape[0]
-    null = torch.cat([torch.zeros(B, dtype=torch.bool), torch.ones(B, dtype=torch.bool)]).to(x_s.device)
-    v = reference(x_s.repeat(2, 1, 1, 1, 1), network_time(s).repeat(2, 1), actions.repeat(2, 1, 1),
-                  text.repeat(2, 1, 1), mask.repeat(2, 1), drop_actions=null,
-                  prev=None if prev is None else prev.repeat(2, 1, 1, 1, 1))
-    c, u = v.float().chunk(2)
-    return torch.where(drop_actions[:, None, None, None, None], u, c + guidance * (c - u))
+    cond = Conditioning.build(text, mask, True, guide="actions")
+    two = lambda x: torch.cat([x, x])  # noqa: E731
+    v = reference(two(x_s), two(network_time(s)), two(actions), cond.text, cond.text_mask,
+                  drop_actions=cond.drop_actions, prev=None if prev is None else two(prev)).float()
+    u = v.chunk(2)[1]
+    return torch.where(drop_actions[:, None, None, None, None], u, apply_guidance(v, guidance))
 
 
 def context_levels(batch: int, most: float, gen: torch.Generator) -> torch.Tensor:
