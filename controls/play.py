@@ -393,31 +393,22 @@ def _session(args, plan: Plan, endpoint: str, local: LocalWorker | None, prepare
 
 
 def client_keys(args: argparse.Namespace):
-    """The CURVE keys from --client-key / --server-key (world/server/auth.py), or None. UsageError."""
-    from world.server.auth import (
-        DEFAULT_KNOWN_SERVERS,
-        AuthError,
-        ClientKeys,
-        fingerprint,
-        read_public_key,
-        read_secret_key,
-        trusted_server_key,
-    )
+    """The CURVE keys for --connect, or None: --client-key / --server-key and the known-servers file,
+    checked against the worker (world/server/auth.py `player_keys`). UsageError."""
+    from world.server.auth import DEFAULT_KNOWN_SERVERS, AuthError, player_keys
 
-    if args.client_key is None and args.server_key is None:
+    if not args.connect:
+        if args.client_key is not None or args.server_key is not None:
+            raise UsageError("--client-key and --server-key need --connect")
         return None
-    if args.client_key is None or not args.connect:
-        raise UsageError("--server-key needs --client-key, and both need --connect")
-    known = getattr(args, "known_servers", None) or DEFAULT_KNOWN_SERVERS
     try:
-        public, secret = read_secret_key(args.client_key)
-        given = read_public_key(args.server_key) if args.server_key is not None else None
-        server, how = trusted_server_key(args.connect, given, known)
+        keys, said = player_keys(args.connect, args.client_key, args.server_key,
+                                 getattr(args, "known_servers", None) or DEFAULT_KNOWN_SERVERS)  # fmt: skip
     except AuthError as exc:
         raise UsageError(str(exc)) from None
-    print(f"play: worker key {fingerprint(server)} ({how}, {known}), client key {fingerprint(public)}",
-          file=sys.stderr)
-    return ClientKeys(public, secret, server)
+    if said:
+        print(f"play: {said}", file=sys.stderr)
+    return keys
 
 
 def _open(client, plan: Plan, args: argparse.Namespace) -> dict:
@@ -561,7 +552,8 @@ class LiveTakeover:
                 self.local = LocalWorker(self._worker_args(), verbose=getattr(self.args, "verbose", False))
             endpoint = self.local.endpoint
         progress("going live: loading the world\u2026")
-        client, info = open_live(self.reader, endpoint, AUTO_LOOKAHEAD.get(backend), timeout_s=120.0)
+        client, info = open_live(self.reader, endpoint, AUTO_LOOKAHEAD.get(backend), timeout_s=120.0,
+                                 keys=client_keys(self.args))  # a remembered --connect address is checked
         end = takeover_frame(self.reader, frame)
         try:
             catch_up(client, info, self.reader, end, lambda done: progress(f"going live: frame {done} of {end}\u2026"))

@@ -25,6 +25,7 @@ from controls.headless import HeadlessConfig, HeadlessRun, ScriptStep
 from world.actions import Action
 from world.data.dataset import START_IMAGE_FILE, EpisodeReader
 from world.data.replay import is_reset_view
+from world.server.auth import ClientKeys
 from world.server.client import ChunkEvent, WorldClient
 
 SPEEDS = (0.25, 0.5, 1.0, 2.0, 4.0)  # [ and ] walk through these
@@ -137,11 +138,12 @@ def catch_up_script(reader: EpisodeReader, frames: int) -> list[ScriptStep]:
     return steps
 
 
-def open_live(reader: EpisodeReader, endpoint: str, lookahead: int | None,
-              timeout_s: float) -> tuple[WorldClient, dict]:  # fmt: skip
-    """A session on the recording's world: its backend, seed, first prompt, options and start picture."""
+def open_live(reader: EpisodeReader, endpoint: str, lookahead: int | None, timeout_s: float,
+              keys: ClientKeys | None = None) -> tuple[WorldClient, dict]:  # fmt: skip
+    """A session on the recording's world: its backend, seed, first prompt, options and start picture.
+    `keys`: the CURVE keys for a worker that authenticates (controls/play.py `client_keys`)."""
     meta = reader.meta
-    client = WorldClient(endpoint, timeout_s=timeout_s)
+    client = WorldClient(endpoint, timeout_s=timeout_s, keys=keys)
     image = reader.path / START_IMAGE_FILE
     extra = {"start_image": image.read_bytes()} if meta.get("start") == "image" and image.is_file() else {}
     options = dict(meta.get("options") or {})

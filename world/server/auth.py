@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -103,14 +104,45 @@ def read_secret_key(path: str) -> tuple[bytes, bytes]:
 # ----------------------------------------------------------------------------- known servers (trust on first use)
 
 DEFAULT_KNOWN_SERVERS = Path.home() / ".gworld" / "known_servers"
+# How the worker at an address answers a CURVE handshake made with the key remembered for it
+# (`handshake`): libzmq's monitor events tell these apart without a message being sent.
+ACCEPTED = "accepted"  # it holds that key and took our client key
+UNLISTED = "unlisted"  # it holds that key (it could read our hello) but does not list our client key
+OTHER_KEY = "other key"  # it answers the handshake, but cannot read a hello made for that key
+NO_KEYS = "no keys"  # it answers without CURVE: a plain worker
+SILENT = "silent"  # nothing answered the handshake in time (down, or not there yet)
+HANDSHAKE_S = 2.0
 
 
 class ServerKeyChanged(AuthError):
-    """The key given for a worker differs from the one remembered for its address."""
+    """The worker at a remembered address holds (or is given) another key, or now answers without one."""
+
+
+def normal_address(address: str) -> str:
+    """The form an address is remembered and looked up under: `tcp://` when no scheme is given, the
+    host lowercased, this machine's IPv4 loopback however spelled (localhost, 0.0.0.0, *, none) as
+    127.0.0.1 and its IPv6 one as [::1], the port without leading zeros, no trailing slash.
+    ipc:// and inproc:// addresses are kept as they are."""
+    address = address.strip().rstrip("/")
+    scheme, sep, rest = address.partition("://")
+    if not sep:
+        scheme, rest = "tcp", address
+    if scheme.lower() != "tcp":
+        return address
+    host, colon, port = rest.rpartition(":")
+    if not colon or not port.isdigit():
+        return f"tcp://{rest.lower()}"
+    host = host.lower()
+    if host in ("", "*", "0.0.0.0", "localhost", "127.0.0.1"):
+        host = "127.0.0.1"
+    elif host in ("::1", "[::1]", "ip6-localhost", "[::]"):
+        host = "[::1]"
+    return f"tcp://{host}:{int(port)}"
 
 
 def known_server_keys(path: str | os.PathLike) -> dict[str, bytes]:
-    """ADDRESS -> z85 public key from a known-servers file (lines `ADDRESS KEY`; # comments)."""
+    """Normal address -> z85 public key from a known-servers file (lines `ADDRESS KEY`; # comments).
+    Two lines with different keys for one address (e.g. `localhost` and `127.0.0.1`) are refused."""
     path = Path(path)
     if not path.is_file():
         return {}
@@ -121,32 +153,142 @@ def known_server_keys(path: str | os.PathLike) -> dict[str, bytes]:
         parts = line.split()
         if len(parts) != 2:
             raise AuthError(f"{path}:{n}: expected 'ADDRESS KEY', got {line[:80]!r}")
-        known[parts[0]] = _check_z85(parts[1].encode("ascii", "replace"), f"{path}:{n}")
+        address, key = normal_address(parts[0]), _check_z85(parts[1].encode("ascii", "replace"), f"{path}:{n}")
+        if known.get(address, key) != key:
+            raise AuthError(f"{path}:{n}: a second, different key for {address}: remove the line that is wrong")
+        known[address] = key
     return known
 
 
-def trusted_server_key(address: str, given: bytes | None, path: str | os.PathLike) -> tuple[bytes, str]:
-    """The worker key to use for `address`, SSH's way: a key given for an address seen the first
-    time is remembered in `path`; later connects may leave it out; a given key that differs from
-    the remembered one is refused (ServerKeyChanged), since someone may be in between. Returns the
-    key and what happened ("remembered", "known", "given and known")."""
+def remember_server_key(address: str, key: bytes, path: str | os.PathLike) -> None:
     path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as f:
+        f.write(f"{normal_address(address)} {key.decode('ascii')}\n")
+
+
+def trusted_server_key(address: str, given: bytes | None, path: str | os.PathLike) -> tuple[bytes, str]:
+    """The worker key to use for `address`, SSH's way, without asking the worker: the remembered one
+    (a given key that differs is refused: ServerKeyChanged, since someone may be in between), else
+    the given one. Returns the key and "known", "given and known" or "given" (not yet remembered:
+    `player_keys` remembers it once the worker has shown that it holds it)."""
+    address, path = normal_address(address), Path(path)
     remembered = known_server_keys(path).get(address)
     if remembered is None:
         if given is None:
             raise AuthError(f"no key is known for the worker at {address}: pass --server-key (its .key file or "
                             f"40 characters) once; it is then remembered in {path}")  # fmt: skip
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(path, "a") as f:
-            f.write(f"{address} {given.decode('ascii')}\n")
-        return given, "remembered"
+        return given, "given"
     if given is not None and given != remembered:
         raise ServerKeyChanged(
-            f"THE WORKER KEY FOR {address} HAS CHANGED: remembered {fingerprint(remembered)}, given "
+            f"SERVER KEY CHANGED for the worker at {address}: remembered {fingerprint(remembered)}, given "
             f"{fingerprint(given)}. Someone may be impersonating the worker (or it got a new key). Ask its "
             f"operator for the fingerprint (`{command('keys --show FILE')}` prints it); if it is right, remove "
             f"the line for {address} from {path} and connect again")  # fmt: skip
     return remembered, "known" if given is None else "given and known"
+
+
+def handshake(address: str, server_public: bytes, own: tuple[bytes, bytes] | None = None,
+              timeout_s: float = HANDSHAKE_S, context: zmq.Context | None = None) -> str:  # fmt: skip
+    """How the worker at `address` answers a CURVE handshake for `server_public`, made with `own`
+    (public, secret) or a throwaway pair: ACCEPTED, UNLISTED, OTHER_KEY, NO_KEYS or SILENT. Nothing
+    but the handshake is sent, so a worker that is not the one remembered learns nothing."""
+    from zmq.utils.monitor import recv_monitor_message
+
+    public, secret = own if own is not None else zmq.curve_keypair()
+    socket = (context or zmq.Context.instance()).socket(zmq.DEALER)
+    socket.linger = 0
+    secure_client(socket, ClientKeys(public, secret, server_public))
+    monitor = socket.get_monitor_socket()
+    try:
+        socket.connect(address)
+        deadline = time.monotonic() + timeout_s
+        while (left := deadline - time.monotonic()) > 0:
+            if monitor.poll(max(1, int(left * 1000))):
+                answer = _handshake_answer(recv_monitor_message(monitor))
+                if answer is not None:
+                    return answer
+        return SILENT
+    finally:
+        socket.disable_monitor()
+        monitor.close(linger=0)
+        socket.close(linger=0)
+
+
+def _handshake_answer(event: dict) -> str | None:
+    kind, value = int(event["event"]), int(event["value"])
+    if kind == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+        return ACCEPTED
+    if kind == zmq.EVENT_HANDSHAKE_FAILED_AUTH:  # the worker read our hello, so it holds the key
+        return UNLISTED
+    if kind == zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL and value == zmq.PROTOCOL_ERROR_ZMTP_MECHANISM_MISMATCH:
+        return NO_KEYS
+    if kind in (zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL, zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL):
+        return OTHER_KEY  # it dropped a hello it could not decrypt
+    return None
+
+
+def player_keys(address: str, client_key: str | None, server_key: str | None, known: str | os.PathLike,
+                timeout_s: float = HANDSHAKE_S) -> tuple[ClientKeys | None, str | None]:  # fmt: skip
+    """The CURVE keys to play the worker at `address` with (None: in clear) and the line that says
+    which worker key is used, from `play --client-key/--server-key` and the known-servers file.
+
+    Trust on first use that cannot be skipped: an address with a remembered key is checked on every
+    play, keys or not, by a handshake (`handshake`), and refused (ServerKeyChanged, naming the
+    address, the remembered fingerprint and what to do) when the worker there answers without keys
+    or with another key. A key given for a new address is remembered once the worker shows it holds
+    it. An address never played with keys plays in clear, as before. AuthError for what cannot go on."""
+    address, known = normal_address(address), Path(known)
+    if server_key is not None and client_key is None:
+        raise AuthError("--server-key needs --client-key (your secret key) as well")
+    remembered = known_server_keys(known).get(address)
+    if remembered is None and server_key is None and client_key is None:
+        return None, None  # never played with keys: a loopback or --insecure worker
+    given = read_public_key(server_key) if server_key is not None else None
+    own = read_secret_key(client_key) if client_key is not None else None
+    server, how = trusted_server_key(address, given, known)
+    answer = handshake(address, server, own, timeout_s)
+    _refuse_answer(answer, address, server, remembered is not None, known)
+    if own is None:
+        raise AuthError(f"the worker at {address} is remembered with key {fingerprint(server)} ({known}): play it "
+                        f"with --client-key YOUR.key_secret. To play a worker without keys there instead, remove "
+                        f"the line for {address} from {known}")  # fmt: skip
+    if how == "given":
+        if answer == SILENT:
+            how = "given; not remembered, as no worker answered to show it holds it"
+        else:
+            remember_server_key(address, server, known)
+            how = "remembered"
+    if answer == UNLISTED:
+        raise AuthError(f"the worker at {address} holds key {fingerprint(server)} but does not list your client key "
+                        f"{fingerprint(own[0])}: give its operator your public key (the .key file next to "
+                        f"{client_key}) for its --authorized-keys directory")  # fmt: skip
+    said = f"worker key {fingerprint(server)} ({how}, {known}), client key {fingerprint(own[0])}"
+    return ClientKeys(own[0], own[1], server), said
+
+
+def _refuse_answer(answer: str, address: str, server: bytes, remembered: bool, known: Path) -> None:
+    """ServerKeyChanged when the worker does not hold the key remembered for it (or holds none);
+    AuthError when it does not hold a key given for the first time."""
+    if answer not in (NO_KEYS, OTHER_KEY):
+        return
+    show = f"`{command('keys --show FILE')}` prints a key's fingerprint"
+    if not remembered:
+        what = ("answers without keys, so --client-key and --server-key do not apply to it" if answer == NO_KEYS else
+                f"does not hold the key given with --server-key ({fingerprint(server)}): check it with its operator "
+                f"({show})")  # fmt: skip
+        raise AuthError(f"the worker at {address} {what}; nothing was remembered")
+    if answer == NO_KEYS:
+        headline, why = f"THE WORKER AT {address} NOW ANSWERS WITHOUT KEYS", "answering in clear needs no key"
+        then = "If its operator confirms that it runs without keys now"
+    else:
+        headline = f"SERVER KEY CHANGED for the worker at {address}: it answers with another key"
+        why = "or it got a new key"
+        then = f"Ask its operator for the new key's fingerprint ({show}); if it is right"
+    raise ServerKeyChanged(
+        f"{headline}, but the key remembered for it is {fingerprint(server)} (in {known}). Someone may be "
+        f"impersonating the worker ({why}): not playing. {then}, remove the line for {address} from {known} and "
+        f"connect again{' with --server-key' if answer == OTHER_KEY else ''}")  # fmt: skip
 
 
 def _load(path: str) -> tuple[bytes, bytes | None]:
