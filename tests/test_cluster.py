@@ -3,18 +3,23 @@
 One front-door process per module (it starts Ray: seconds), two actors serving a tiny world. Clients
 are ordinary WorldClients on loopback: they are placed on the least loaded actor, and when an actor's
 process is killed its sessions get an error within 2 s (asserted with slack), reconnect
-and continue elsewhere, while the other actor's sessions keep streaming. Needs ray (the `cluster`
-extra, which the `dev` extra pulls in)."""
+and continue elsewhere, while the other actor's sessions keep streaming. Refused opens leave the
+front door's descriptors where they were, under a lowered RLIMIT_NOFILE (the measurement with more
+of them: controls/harness/front_door_fds.py). Needs ray (the `cluster` extra, which the `dev` extra
+pulls in)."""
 
 from __future__ import annotations
 
 import os
+import resource
 import signal
 import time
 from collections import Counter
 
 import pytest
+import zmq
 
+from controls.harness.front_door_fds import fd_count, lower_nofile, refuse_many, still_answers
 from world.server.client import ChunkEvent, ErrorEvent, WorldClient
 from world.server.process import start_worker_process, stop_worker_process
 
@@ -36,16 +41,22 @@ def world_dir(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def front(world_dir):
+def front_process(world_dir):
+    """(the front door's process, its endpoint), both actors up."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "RAY_USAGE_STATS_ENABLED": "0"}
     args = ("--cluster", "local", "--actors", "2", "--checkpoint", str(world_dir), "--device", "cpu",
             "--max-sessions", "8", "--log-level", "WARNING")  # fmt: skip
     proc, endpoint = start_worker_process(extra_args=args, timeout_s=180.0, env=env)
     try:
         wait_for_actors(endpoint, 2)
-        yield endpoint
+        yield proc, endpoint
     finally:
         stop_worker_process(proc, timeout_s=60.0)
+
+
+@pytest.fixture(scope="module")
+def front(front_process):
+    return front_process[1]
 
 
 def cluster_status(endpoint: str) -> dict:
@@ -70,7 +81,8 @@ def open_clients(endpoint: str, n: int) -> tuple[list[WorldClient], list[str]]:
     clients, workers = [], []
     for seed in range(n):
         client = WorldClient(endpoint, timeout_s=60.0)
-        client.open(backend="generated", prompt="green hills at noon", seed=seed, options=OPTIONS)
+        info = client.open(backend="generated", prompt="green hills at noon", seed=seed, options=OPTIONS)
+        assert info["security"] == "none"  # players' link to a front door without keys
         workers.append(placed_on(client))
         clients.append(client)
     return clients, workers
@@ -159,3 +171,24 @@ def pump(clients, seconds, lost_at, counts, last, gaps) -> None:
                     if k in last:
                         gaps[k] = max(gaps.get(k, 0.0), now - last[k])
                     last[k] = now
+
+
+def test_refused_opens_leave_the_front_doors_descriptors_flat(front_process):
+    """Each refused open had the front door connect a socket to an actor for that player: 2 descriptors
+    that stayed until a `closed` that never came. 600 refusals under a limit 200 above what the front
+    door holds would take 1,200 descriptors if they leaked; it must keep answering and end where it began."""
+    proc, endpoint = front_process
+    context = zmq.Context()
+    before = fd_count(proc.pid)
+    soft, hard = resource.prlimit(proc.pid, resource.RLIMIT_NOFILE)
+    lower_nofile(proc.pid, before + 200)
+    try:
+        summary = refuse_many(context, endpoint, proc.pid, opens=600)
+        answers = still_answers(context, endpoint)
+    finally:
+        resource.prlimit(proc.pid, resource.RLIMIT_NOFILE, (soft, hard))
+        context.destroy(linger=0)
+    print(summary)
+    assert summary["opens"] == 600 and summary["unanswered"] == 0
+    assert summary["fds_after"] <= summary["fds_before"] + 16  # flat: a leak would be +1,200
+    assert answers == {"ping": "pong", "status": "status", "open": "unknown_backend"}

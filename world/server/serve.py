@@ -32,15 +32,28 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    if not args.cluster:
-        return run_worker(args)
+    return run_cluster(args) if args.cluster else run_worker(args)
+
+
+def run_cluster(args: argparse.Namespace) -> int:
+    """A front door on --bind over world actors on Ray (docs/cluster.md). Players authenticate at the
+    front door (its keys; a bind beyond loopback needs them or --insecure, as one worker's does),
+    which also counts sessions per client and per key over all actors; the actors accept only the
+    front door (world/server/cluster/link.py)."""
+    log_to_stderr(args)
     for module in args.backend_module:
         importlib.import_module(module)
-    # Keys protect the front door, the only socket a player reaches: clients authenticate there
-    # and frames are encrypted on the way to it. Actors listen on the cluster's own network.
-    config = config_from_args(args)  # each actor's worker; the front door binds --bind
-    actor = {k: v for k, v in asdict(config).items() if k not in ("bind", "keys")}
-    return cluster_launch.run(args, actor, keys=config.keys)
+    try:
+        config = config_from_args(args)  # each actor's worker; the front door binds --bind
+        notice = check_bind(config.bind, config.keys, args.insecure)
+    except AuthError as exc:
+        log.error("serve: %s", exc)
+        return 2
+    front = cluster_launch.front_config(args, config.keys, notice)
+    # The per-client cap is the front door's (an actor sees one peer per client and actor, and every
+    # peer with the front door's key): an actor's own cap would only be its session count.
+    actor = {k: v for k, v in asdict(config).items() if k not in ("bind", "keys", "notice")}
+    return cluster_launch.run(args, {**actor, "per_client": config.max_sessions}, front)
 
 
 def add_worker_arguments(parser: argparse.ArgumentParser) -> None:
@@ -148,11 +161,15 @@ def config_from_args(args: argparse.Namespace) -> WorkerConfig:
     )
 
 
-def run_worker(args: argparse.Namespace) -> int:
-    """One worker in this process until SIGINT/SIGTERM (or its parent's end with --exit-with-parent)."""
+def log_to_stderr(args: argparse.Namespace) -> None:
     logging.basicConfig(
         level=args.log_level.upper(), stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+
+
+def run_worker(args: argparse.Namespace) -> int:
+    """One worker in this process until SIGINT/SIGTERM (or its parent's end with --exit-with-parent)."""
+    log_to_stderr(args)
     for module in args.backend_module:
         importlib.import_module(module)
     try:

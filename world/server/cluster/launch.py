@@ -5,7 +5,9 @@
     run_world.py serve --cluster auto                       # join the Ray cluster this machine is part of
 
 Every other `serve` option (--checkpoint, --device, --max-sessions, --max-batch, --max-unacked,
---session-timeout) configures each actor's worker. docs/cluster.md has the set-ups.
+--session-timeout) configures each actor's worker; --per-client, --server-key/--authorized-keys and
+--insecure are the front door's (it counts sessions per client and per key over all actors, and
+players authenticate there). docs/cluster.md has the set-ups.
 """
 
 from __future__ import annotations
@@ -15,8 +17,10 @@ import logging
 import os
 import queue
 import signal
-import sys
 import threading
+
+from world.server.auth import ServerKeys
+from world.server.cluster.players import FrontConfig
 
 log = logging.getLogger("world.cluster")
 
@@ -31,7 +35,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--actor-cpus", type=float, default=1.0, help="CPUs per actor (default %(default)s)")
     group.add_argument("--actor-host", default=None,
                        help="address actors' workers listen on (default: 127.0.0.1 for local, else each "
-                       "actor's node address)")
+                       "actor's node address); they accept only the front door's key")
+    group.add_argument("--per-peer", type=int, default=64, metavar="N",
+                       help="sockets to the actors the front door holds for one peer (its client key, else "
+                       "its address); past it an open is answered busy (default %(default)s)")
 
 
 def pool_config(args: argparse.Namespace, worker: dict):
@@ -55,13 +62,20 @@ def start_ray(cluster: str, config) -> None:
         ray.init(address=cluster, log_to_driver=False)
 
 
-def run(args: argparse.Namespace, worker: dict, keys=None) -> int:
-    """Front door on args.bind, actors on Ray; returns when SIGINT/SIGTERM arrives."""
+def front_config(args: argparse.Namespace, keys: ServerKeys | None = None, notice: str | None = None) -> FrontConfig:
+    """The front door's settings: players' keys, the session cap per client and key, the limits."""
+    if args.per_peer < 1:
+        raise SystemExit("serve: --per-peer must be >= 1")
+    return FrontConfig(keys=keys, notice=notice, per_client=args.per_client, per_peer=args.per_peer,
+                       idle_s=2 * args.session_timeout)  # fmt: skip
+
+
+def run(args: argparse.Namespace, worker: dict, front: FrontConfig) -> int:
+    """Front door on args.bind (`front`: its FrontConfig, front_config), actors on Ray; returns when
+    SIGINT/SIGTERM arrives."""
     from world.server.cluster.pool import RayPool
     from world.server.cluster.relay import serve_front
 
-    logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")  # fmt: skip
     config = pool_config(args, worker)
     start_ray(args.cluster, config)
     stop = threading.Event()
@@ -69,13 +83,14 @@ def run(args: argparse.Namespace, worker: dict, keys=None) -> int:
         signal.signal(sig, lambda *_: stop.set())
     events: queue.Queue = queue.Queue()
     pool = RayPool(config, events)
+    front.upstream = pool.link.door()  # the actors accept only this key
 
     def ready(endpoint: str) -> None:
         log.info("front door on %s, %d world actors on Ray (%s)", endpoint, config.actors, args.cluster)
         print(f"READY {endpoint}", flush=True)
 
     try:
-        serve_front(args.bind, events, stop, ready, keys=keys)
+        serve_front(args.bind, events, stop, ready, front)
     finally:
         pool.shutdown()
         import ray

@@ -20,6 +20,7 @@ import threading
 from dataclasses import dataclass
 
 from world.server.cluster.actor import WorldActor
+from world.server.cluster.link import LinkKeys
 
 log = logging.getLogger("world.cluster")
 
@@ -38,12 +39,13 @@ class RayPool:
         import ray
 
         self.ray, self.config, self.events = ray, config, events
+        self.link = LinkKeys.new()  # its actors accept only the front door that holds link.door()
         remote = ray.remote(WorldActor).options(
             num_cpus=config.cpus_per_actor, num_gpus=config.gpus_per_actor, max_restarts=-1,
             max_concurrency=4,  # wait() blocks one thread; info() and shutdown() use others
             scheduling_strategy="SPREAD",
         )  # fmt: skip
-        self.handles = [remote.remote(config.worker or {}, config.bind_host) for _ in range(config.actors)]
+        self.handles = [remote.remote(config.worker or {}, self.link, config.bind_host) for _ in range(config.actors)]
         self._stop = threading.Event()
         self.threads = [threading.Thread(target=self._watch, args=(i,), name=f"watch-actor-{i}", daemon=True)
                         for i in range(config.actors)]  # fmt: skip
