@@ -38,6 +38,11 @@ class EvalConfig:
     drift_script: str = "pan"  # "pan" (content-stationary, engine ~0% drift) or "walk" (scripted play)
     fd_segment_s: float = 60.0  # Frechet distance per minute
     strip_frames: int = 8  # frames per row in the sample-strip PNG
+    # long-stream ratios (measure_longstream): each scenario streamed this long from an engine
+    # start; world/engine statistics compared per window of `longstream_window_s` seconds
+    longstream_seconds: float = 300.0
+    longstream_window_s: float = 1.0
+    longstream_scenarios: tuple[str, ...] = ("turn", "forward", "mixed")
 
 
 EVAL_PRESETS: dict[str, EvalConfig] = {
@@ -57,6 +62,7 @@ EVAL_PRESETS: dict[str, EvalConfig] = {
         drift_seconds=15.0,
         drift_reference_s=5.0,
         fd_segment_s=5.0,
+        longstream_seconds=20.0,  # not part of the "< 1 min": longstream is opt-in (eval --measures)
     ),
     # model.evaluation.scoreboard: only the cheap signals (no reading networks), to compare training
     # runs; ~1.5 min on one CPU thread for the bundled 8M-parameter world with the uniform sampler.

@@ -72,6 +72,31 @@ def rms_contrast(frames: np.ndarray) -> np.ndarray:
     return luma.std(axis=(-1, -2))
 
 
+def _luma(frames: np.ndarray) -> np.ndarray:
+    """BT.601 luma in [0, 1]; [..., H, W, 3] uint8 -> [..., H, W]."""
+    return _as_float(frames) @ np.array([0.299, 0.587, 0.114]) / 255.0
+
+
+def gradient_sharpness(frames: np.ndarray) -> np.ndarray:
+    """Mean gradient magnitude of luma (forward differences, luma in [0, 1]) per frame;
+    [..., H, W, 3] -> [...]. 0 for a flat frame; blurring lowers it, noise raises it."""
+    y = _luma(frames)
+    gy, gx = np.diff(y, axis=-2)[..., :, :-1], np.diff(y, axis=-1)[..., :-1, :]
+    return np.sqrt(gx * gx + gy * gy).mean(axis=(-1, -2))
+
+
+def colourfulness(frames: np.ndarray) -> np.ndarray:
+    """Hasler-Suesstrunk colourfulness per frame on the 0-255 scale; [..., H, W, 3] -> [...].
+
+    rg = R - G, yb = (R + G) / 2 - B; sqrt(std_rg^2 + std_yb^2) + 0.3 sqrt(mean_rg^2 + mean_yb^2)
+    (Hasler & Suesstrunk 2003: ~0 for grey images, ~15 "slightly", ~110 "extremely colourful").
+    """
+    x = _as_float(frames)
+    rg, yb = x[..., 0] - x[..., 1], 0.5 * (x[..., 0] + x[..., 1]) - x[..., 2]
+    spread = np.sqrt(rg.var(axis=(-1, -2)) + yb.var(axis=(-1, -2)))
+    return spread + 0.3 * np.sqrt(rg.mean(axis=(-1, -2)) ** 2 + yb.mean(axis=(-1, -2)) ** 2)
+
+
 def frechet_distance(feats_a: np.ndarray, feats_b: np.ndarray) -> float:
     """Frechet distance between Gaussians fitted to two feature sets [N, D] and [M, D].
 

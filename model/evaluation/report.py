@@ -63,7 +63,8 @@ HEADLINE_KEYS = (
     "fidelity_mode", "psnr_still_1chunk", "ssim_still_1chunk", "psnr_still_10chunk", "ssim_still_10chunk",
     "psnr_per_chunk", "psnr_still_per_chunk",
     "fd_mean", "fd_per_segment", "drift_script", "drift_saturation_pct", "drift_contrast_pct",
-    "drift_saturation_pct_engine", "drift_contrast_pct_engine", "seconds", "out",
+    "drift_saturation_pct_engine", "drift_contrast_pct_engine", "longstream_verdicts", "longstream_holds",
+    "seconds", "out",
 )  # fmt: skip
 
 
@@ -130,6 +131,26 @@ def _detail_tables(r: dict) -> list[str]:
     return lines
 
 
+def _longstream_table(r: dict) -> list[str]:
+    """Verdict, share of judged windows inside and the worst window's ratios per longstream scenario."""
+    scenarios = r.get("longstream")
+    if not scenarios:
+        return []
+    rule = r.get("longstream_rule", {})
+    lines = ["", f"Long streams ({r.get('longstream_seconds'):g} s each from an engine start; ratios world / "
+             f"engine per {r.get('longstream_window_s'):g} s window; holds when saturation and contrast stay "
+             f"within +-{100 * rule.get('band', 0):.0f}% and sharpness >= {rule.get('min_sharpness')}x in every "
+             f"window after the first {100 * rule.get('settle_share', 0):.0f}%):", "",
+             "| scenario | verdict | windows inside | worst at s | saturation | contrast | sharpness | colourfulness |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- |"]  # fmt: skip
+    for name, s in scenarios.items():
+        w = s["worst_window"]
+        verdict = s["verdict"] + (f" ({', '.join(s['failed_on'])})" if s["failed_on"] else "")
+        lines.append(f"| {name} | {verdict} | {_fmt(s['share_inside'])} | {w['t_s']:g} | {_fmt(w['saturation'])} "
+                     f"| {_fmt(w['contrast'])} | {_fmt(w['sharpness'])} | {_fmt(w['colourfulness'])} |")
+    return lines
+
+
 def markdown(results: dict) -> str:
     r = results
     lines = [
@@ -154,6 +175,7 @@ def markdown(results: dict) -> str:
     w, e = r.get("action_per_action_f1", {}), r.get("action_per_action_f1_ceiling", {})
     lines += [f"| {a} | {_fmt(w.get(a))} | {_fmt(e.get(a))} |" for a in ACTION_NAMES if a in w]
     lines += _detail_tables(r)
+    lines += _longstream_table(r)
     if r.get("fd_per_segment"):
         segs = ", ".join(_fmt(x) for x in r["fd_per_segment"])
         lines += ["", f"Frechet distance per {r.get('fd_segment_s'):.0f} s segment: {segs}"]
@@ -176,6 +198,8 @@ def plot_all(results: dict, out: Path) -> dict[str, Path]:
     paths = {}
     if "curves" in results:
         paths["drift_png"] = plot_drift(results, out / "eval_drift.png")
+    if results.get("longstream"):
+        paths["longstream_png"] = plot_longstream(results, out / "eval_longstream.png")
     if "action_per_action_f1" in results:
         paths["f1_png"] = plot_action_f1(results, out / "eval_action_f1.png")
     strips = [
@@ -208,6 +232,28 @@ def plot_drift(results: dict, path: Path) -> Path:
         axes[2].plot(np.arange(1, len(fd) + 1), fd, marker="o")
         axes[2].set_title(f"Frechet distance per {results.get('fd_segment_s', 60):.0f} s")
         axes[2].set_xlabel("segment")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def plot_longstream(results: dict, path: Path) -> Path:
+    """One panel per longstream scenario: the four world/engine ratios per window, the +-band and
+    the sharpness floor; the shaded start is not judged."""
+    plt, scenarios, rule = agg_pyplot(), results["longstream"], results["longstream_rule"]
+    fig, axes = plt.subplots(len(scenarios), 1, figsize=(10, 2.6 * len(scenarios)), squeeze=False)
+    for ax, (name, s) in zip(axes[:, 0], scenarios.items()):
+        t = s["windows"]["t_s"]
+        for stat, ratios in s["windows"]["ratio"].items():
+            ax.plot(t, ratios, lw=1, label=stat)
+        ax.axhspan(1 - rule["band"], 1 + rule["band"], color="green", alpha=0.1, label=f"+-{100 * rule['band']:.0f}%")
+        ax.axhline(rule["min_sharpness"], color="grey", ls=":", lw=1, label="sharpness floor")
+        ax.axvspan(0, s["judged_from_s"], color="grey", alpha=0.1)
+        ax.set_title(f"{name}: {s['verdict']}, {100 * s['share_inside']:.0f}% of windows inside", fontsize=9)
+        ax.set_ylabel("world / engine")
+        ax.legend(fontsize=6, ncol=6, loc="upper left")
+    axes[-1, 0].set_xlabel("second")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

@@ -6,6 +6,7 @@
     python run_world.py eval --checkpoint runs/student --sampler diagonal --schedule 5,4,3,2 --context-noise 250
     python run_world.py eval --backend still --quick                   # a baseline row (the floor)
     python run_world.py eval --checkpoint assets/teacher --guidance 2 --guide actions   # guidance on keys only
+    python run_world.py eval --checkpoint assets/teacher --measures longstream          # 3 x 5-minute streams
 
 Writes results.json, report.md and PNG plots into --out (default runs/eval/<backend>-<time>/);
 with --json the last stdout line is one JSON object with the headline numbers.
@@ -30,6 +31,7 @@ from model.evaluation.measure_actions import measure_actions
 from model.evaluation.measure_counterfactual import measure_counterfactual
 from model.evaluation.measure_drift import measure_drift
 from model.evaluation.measure_fidelity import measure_fidelity
+from model.evaluation.measure_longstream import measure_longstream
 from model.evaluation.measure_prompts import measure_prompts, measure_switches, read_prompt_file
 from model.evaluation.measure_teacher_forced import measure_teacher_forced
 from model.evaluation.report import headline, markdown, write_outputs
@@ -39,7 +41,11 @@ from world.backend import Backend, BackendError
 from world.backends.baselines import BASELINES
 from world.backends.registry import create_backend
 
-MEASURES: tuple[str, ...] = ("actions", "prompts", "switch", "fidelity", "counterfactual", "teacher_forced", "drift")
+DEFAULT_MEASURES: tuple[str, ...] = (
+    "actions", "prompts", "switch", "fidelity", "counterfactual", "teacher_forced", "drift",
+)  # fmt: skip
+# longstream streams three scenarios for 5 minutes each (--quick: 20 s): asked for by name only
+MEASURES: tuple[str, ...] = (*DEFAULT_MEASURES, "longstream")
 BACKENDS: tuple[str, ...] = ("generated", "engine", *BASELINES)
 
 
@@ -64,7 +70,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--classifier", default="assets/classifier", help="theme classifier checkpoint")
     parser.add_argument("--prompts", help="extra prompts to score: prompt<TAB>biome,time_of_day,weather per line")
     parser.add_argument("--quick", action="store_true", help="every measure on a small sample (< 1 min on CPU)")
-    parser.add_argument("--measures", default=",".join(MEASURES), help=f"subset of {','.join(MEASURES)}")
+    parser.add_argument("--measures", default=",".join(DEFAULT_MEASURES),
+                        help=f"subset of {','.join(MEASURES)} (default: all but longstream)")
+    parser.add_argument("--longstream-seconds", type=float, metavar="S",
+                        help="length of each longstream scenario (default 300; --quick: 20)")
+    parser.add_argument("--longstream-window-s", type=float, metavar="S",
+                        help="longstream: seconds per window the ratios are taken over (default 1)")
     parser.add_argument(
         "--drift-script",
         default="pan",
@@ -131,7 +142,7 @@ def evaluate(
     idm: IDMReader,
     cls: ThemeReader,
     cfg: EvalConfig,
-    measures: tuple[str, ...] = MEASURES,
+    measures: tuple[str, ...] = DEFAULT_MEASURES,
     prompt_file: str | None = None,
     log: Callable[[str], None] = lambda s: print(s, file=sys.stderr),
 ) -> dict:
@@ -145,6 +156,7 @@ def evaluate(
         "counterfactual": lambda: measure_counterfactual(worlds, cfg),
         "teacher_forced": lambda: measure_teacher_forced(worlds, cfg),
         "drift": lambda: measure_drift(worlds, cls, cfg, show=False),
+        "longstream": lambda: measure_longstream(worlds, cfg, log),
     }
     results: dict = {"drift_reference_s": cfg.drift_reference_s, "start": worlds.start, "timings_s": {}}
     for name in measures:
@@ -166,6 +178,17 @@ def _parse_measures(text: str) -> tuple[str, ...]:
     return names
 
 
+def _eval_config(args: argparse.Namespace) -> EvalConfig:
+    """The preset (--quick or full) with the command line's seed, drift script and longstream lengths."""
+    cfg = replace(EVAL_PRESETS["quick" if args.quick else "full"], seed=args.seed, drift_script=args.drift_script)
+    given = {"longstream_seconds": args.longstream_seconds, "longstream_window_s": args.longstream_window_s}
+    cfg = replace(cfg, **{k: v for k, v in given.items() if v is not None})
+    if not cfg.longstream_seconds >= cfg.longstream_window_s > 0:  # also rejects nan
+        raise ValueError(f"--longstream-seconds {cfg.longstream_seconds} and --longstream-window-s "
+                         f"{cfg.longstream_window_s}: need a window > 0 and a stream of at least one window")
+    return cfg
+
+
 def _sampler_config(world: Backend) -> dict | None:
     """The sampler the run actually used (checkpoint defaults filled in); None for the engine."""
     sampler = getattr(world, "sampler", None)
@@ -177,6 +200,7 @@ def run(args: argparse.Namespace) -> int:
     set_threads(args.threads)
     try:
         measures = _parse_measures(args.measures)
+        cfg = _eval_config(args)
         options = parse_world_options(args)  # syntax errors now; the backend checks values when it opens
         if args.prompts:
             read_prompt_file(args.prompts)  # a bad file fails now, not after minutes of rollouts
@@ -186,7 +210,6 @@ def run(args: argparse.Namespace) -> int:
     except (CheckpointError, BackendError, ValueError, RuntimeError, OSError) as e:
         print(f"eval: {e}", file=sys.stderr)
         return 2
-    cfg = replace(EVAL_PRESETS["quick" if args.quick else "full"], seed=args.seed, drift_script=args.drift_script)
     try:
         results = evaluate(worlds, idm, cls, cfg, measures, args.prompts)
     except ValueError as e:  # bad --prompts file, resolution mismatch
