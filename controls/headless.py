@@ -16,6 +16,14 @@ shows that chunk before any action: the run releases it without actions, it coun
 frames (and is recorded, so a recording still starts at the reset), and the actions start with
 chunk 1. The run learns this from the first chunk after the session opened (`_prime`).
 
+A worker that goes away (killed, restarted, shut down) is handled like the window does: the run
+reconnects to the address (`play --connect`) and the world goes on after the newest chunk it
+consumed (`WorldClient.reconnect(keep_delivered=True)`), in the same episode of a recording; the
+actions of chunks the lost worker never sent are queued again. The resumed worker makes its next
+chunks at once, so the first of them may come before those actions arrive and then follow the
+idle action (their records say so). A local worker that died (`revive`) is restarted instead and
+the world starts again from its first frame: an exact script is then replayed as written.
+
 This module never imports pygame, so it runs on machines without a display or SDL.
 """
 
@@ -30,14 +38,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import zmq
 
 from controls.pacing import FramePacer, percentiles_ms
 from world.actions import IDLE, Action, ActionError
 from world.data.recorder import Recorder
 from world.procedural.scripted_player import ScriptedPlayer
-from world.server.client import ChunkEvent, ErrorEvent, WorldClient
+from world.server.client import ChunkEvent, ErrorEvent, WorldClient, WorldConnectionError, WorldRequestError
 
 DEFAULT_RECORD_DIR = Path("recordings")
+RECONNECT_RETRY_S = 1.0  # between attempts to reopen the world on a worker that went away
 
 
 class HeadlessError(RuntimeError):
@@ -124,6 +134,7 @@ class HeadlessConfig:
     # this only bounds a live worker that stopped producing, and a teacher chunk can take seconds.
     stall_s: float = 120.0
     max_restarts: int = 3  # local worker restarts (with a `revive`) before the run gives up
+    reconnect_s: float = 120.0  # a worker elsewhere (no `revive`): how long to wait for it to come back
 
 
 class HeadlessRun:
@@ -152,9 +163,12 @@ class HeadlessRun:
         self.reset_view = False  # the world's chunk 0 after a reset is its reset view (no actions); see _prime
         self.steps = action_steps(config.script, config.seed, info["fps"])
         self.acks: deque[int] = deque()  # seqs whose ack releases the next chunk
+        self.fresh_seq = 0  # chunks before this seq were counted as acknowledged by a resumed world
         self.next_chunk = 0  # the next chunk (index since the reset) to release
         self.received = -1  # highest chunk index received
         self.planned: list[ScriptStep] | None = None  # steps of next_chunk, drawn but not yet sent
+        self.released: dict[int, list[ScriptStep]] = {}  # chunks released, not yet received: their steps
+        self.replan: deque[list[ScriptStep]] = deque()  # steps to release again after a resume, in order
         self.sent_at: dict[int, float] = {}  # chunk index -> when its actions were queued
         self.latency_ms: list[float] = []
         self.gen_ms: list[float] = []
@@ -233,7 +247,7 @@ class HeadlessRun:
                 self.next_chunk = 1
                 continue
             if self.planned is None:
-                self.planned = [next(self.steps) for _ in range(self.F)]
+                self.planned = self.replan.popleft() if self.replan else [next(self.steps) for _ in range(self.F)]
             prompts = [step.prompt for step in self.planned if step.prompt is not None]
             if prompts and self.received < j - 1:
                 return  # wait for chunk j - 1, or the new prompt would reach it too
@@ -242,6 +256,7 @@ class HeadlessRun:
             self.client.queue_actions([step.action for step in self.planned])
             self.sent_at[j] = time.perf_counter()
             self.client.ack(self.acks.popleft())
+            self.released[j] = self.planned
             self.planned, self.next_chunk = None, j + 1
 
     def _loop(self) -> None:
@@ -251,6 +266,7 @@ class HeadlessRun:
             wait_ms = 50 if pacer is None else max(1, int(pacer.seconds_until_due(time.perf_counter()) * 1000))
             for chunk in self._poll(wait_ms):
                 self.received = max(self.received, chunk.chunk)
+                self.released.pop(chunk.chunk, None)
                 if pacer is None:
                     self._consume(chunk)
                 else:
@@ -276,7 +292,7 @@ class HeadlessRun:
             elif isinstance(event, ErrorEvent):
                 self.errors += 1
                 print(f"play: worker error {event.code}: {event.message}", file=sys.stderr)
-                if event.code == "session_closed":
+                if event.code == "session_closed" and not self._worker_went_away():
                     raise HeadlessError(f"the worker closed the session: {event.message}")
         if not self.client.connected:
             self._recover()
@@ -286,10 +302,20 @@ class HeadlessRun:
         self.on_poll(chunks)
         return chunks
 
+    def _worker_went_away(self) -> bool:
+        """The session closed because its worker shut down, and the world can go on where it comes back."""
+        return self.revive is None and self.client.closed_reason == "shutdown"
+
     def _recover(self) -> None:
-        """The worker stopped answering: restart it (ours) and reopen the world, or give up."""
+        """The worker stopped answering: resume the world where it comes back (a worker elsewhere), or
+        restart ours and reopen the world from its first frame, or give up."""
         gone = f"the worker at {self.client.address} stopped answering (no message for {self.client.liveness_s:g} s)"
-        if self.revive is None or self.restarts >= self.config.max_restarts:
+        if self.client.closed_reason == "shutdown":
+            gone = f"the worker at {self.client.address} shut down"
+        if self.revive is None:
+            self._resume(gone)
+            return
+        if self.restarts >= self.config.max_restarts:
             raise HeadlessError(gone)
         print(f"play: {gone}; restarting the local worker and reopening the world from its first frame "
               f"({self.done} frames done)", file=sys.stderr)  # fmt: skip
@@ -300,15 +326,60 @@ class HeadlessRun:
             self.info = self.client.reconnect(resume=False)
         except Exception as exc:  # any failure to come back ends the run with its reason
             raise HeadlessError(f"{gone}; restarting it failed: {exc}") from None
+        self._start_again()
+
+    def _resume(self, gone: str) -> None:
+        """Reopen the world at the same address until a worker takes it (at most `reconnect_s`); it goes
+        on after the newest chunk consumed, or starts again when none was."""
+        print(f"play: {gone}; reconnecting to go on after frame {self.done}", file=sys.stderr)
+        deadline = time.monotonic() + self.config.reconnect_s
+        while True:
+            try:
+                self.info = self.client.reconnect(keep_delivered=True)
+                break
+            except (WorldConnectionError, WorldRequestError, zmq.ZMQError) as exc:
+                if time.monotonic() >= deadline:
+                    raise HeadlessError(f"{gone}; no worker took the world back within "
+                                        f"{self.config.reconnect_s:g} s ({exc})") from None  # fmt: skip
+                time.sleep(RECONNECT_RETRY_S)
+        resumed = self.info.get("resumed")
+        if resumed is None:  # nothing of this world was consumed yet: it starts again
+            print("play: reconnected: the world starts again", file=sys.stderr)
+            self._start_again()
+            return
+        print(f"play: reconnected: the world goes on from frame {resumed['frame']}", file=sys.stderr)
+        self._go_on_after(resumed)
+
+    def _start_again(self) -> None:
+        """A new world on the new session: a new episode, released from its first chunk."""
         self.world += 1
         if self.pacer is not None:  # frames of the lost session are never shown (seqs restart)
             self.pacer.clear()
         self.paced.clear()
         self.acks.clear()
         self.sent_at.clear()
-        self.next_chunk, self.received, self.planned = 0, -1, None
+        self.released.clear()
+        self.replan.clear()
+        self.next_chunk, self.received, self.planned, self.fresh_seq = 0, -1, None, 0
         self.last_chunk_at = time.perf_counter()
         self.acks.extend(self._prime())
+        self._release()
+
+    def _go_on_after(self, resumed: dict) -> None:
+        """The resumed session counts every chunk before `resumed["seq"]` as acknowledged and makes
+        the next `window` at once: release them without acks (acking an old seq changes nothing), with
+        the steps of the chunks the lost worker never sent first; chunks received before the loss and
+        still waiting in the pacer free no ack when shown."""
+        last = resumed["chunk"] - 1  # the newest chunk consumed (or waiting in the pacer)
+        again = [self.released[j] for j in sorted(self.released) if j > last]
+        self.replan = deque(again + ([self.planned] if self.planned is not None else []))
+        self.released.clear()
+        self.sent_at.clear()
+        self.planned, self.next_chunk, self.received = None, last + 1, last
+        self.lookahead = max(1, int(self.info.get("window") or 2))
+        self.fresh_seq = resumed["seq"]
+        self.acks = deque([resumed["seq"] - 1] * self.lookahead)
+        self.last_chunk_at = time.perf_counter()
         self._release()
 
     def _consume(self, chunk: ChunkEvent, count: bool = True) -> None:
@@ -329,7 +400,8 @@ class HeadlessRun:
                 print(f"play: {failure}", file=sys.stderr)
         if count:  # with realtime the loop counts frames as they are shown
             self.done += min(left, len(chunk.frames))
-        self.acks.append(chunk.seq)
+        if chunk.seq >= self.fresh_seq:
+            self.acks.append(chunk.seq)
         self._release()
         self.on_chunk(chunk)
 

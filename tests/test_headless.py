@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -222,3 +223,45 @@ def test_diagonal_ablation_options_are_session_options_of_the_generated_world():
     assert plan.options == {"schedule": "5,4,3,2", "context_noise": 250.0}
     with pytest.raises(cli.UsageError, match="--backend generated only"):
         cli.make_plan(parser.parse_args(["--backend", "engine", "--schedule", "2,2"]))
+
+
+def recorded_frames(record_dir: Path) -> int:
+    """Frames on disk so far in the one episode under record_dir (0 before it exists)."""
+    files = list(record_dir.glob("*/frames.u8"))
+    return files[0].stat().st_size // (64 * 64 * 3) if files else 0
+
+
+@pytest.mark.parametrize("how", ["stopped", "killed"])
+def test_headless_connect_resumes_the_world_on_a_restarted_worker(tmp_path, how):
+    """`play --headless --connect` goes on like the window: a worker stopped (it says shutdown) or
+    killed (it falls silent) mid-run and started again on its port takes the world back after the
+    newest frame consumed; the recording is one episode with every frame once, and replays bit for bit."""
+    proc, endpoint = start_worker_process()
+    record = tmp_path / "rec"
+    argv = [sys.executable, "run_world.py", "play", "--headless", "--backend", "engine", "--connect", endpoint,
+            "--frames", "150", "--realtime", "--seed", "4", "--record", str(record)]  # fmt: skip
+    run = subprocess.Popen(argv, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        for _ in range(1200):  # bounded: the run is under way once frames reach the disk
+            if recorded_frames(record) >= 12 or run.poll() is not None:
+                break
+            time.sleep(0.05)
+        assert run.poll() is None, run.communicate()
+        if how == "killed":
+            proc.kill()
+            proc.wait()
+        else:
+            stop_worker_process(proc)
+        proc, _ = start_worker_process(bind=endpoint)
+        out, err = run.communicate(timeout=300)
+    finally:
+        if run.poll() is None:
+            run.kill()
+        stop_worker_process(proc)
+    assert run.returncode == 0, err
+    assert json.loads(out.strip().splitlines()[-1])["frames"] == 150
+    assert "reconnected: the world goes on from frame" in err and "Traceback" not in err
+    (episode,) = record.iterdir()  # the same world: the same episode
+    reader = EpisodeReader(episode)
+    assert [r["i"] for r in reader.records] == list(range(150))
+    assert replay_episode(episode).identical

@@ -1,10 +1,15 @@
 """A restarted worker resumes a session after the last acknowledged chunk (docs/protocol.md, "Resuming").
 
 Real worker processes on loopback: the first is stopped mid-session and a second takes its port;
-the client reopens with its resume point and the world goes on with its counters continuing.
+the client reopens with its resume point and the world goes on with its counters continuing, with
+no chunk made twice for a front end that keeps what it received, and with the prompt switch the
+lost worker never answered.
 """
 
 from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
 
 import numpy as np
 import pytest
@@ -18,10 +23,12 @@ from world.server.process import start_worker_process, stop_worker_process
 from world.server.session import Session
 
 PROMPT = "green hills at noon"
+OTHER_PROMPT = "snowy mountains at dusk in fog"
 WALK = Action(("forward", "turn_left"))
 
 
-def restart_and_reconnect(client: WorldClient, proc, endpoint: str, extra_args=(), resume: bool = True):
+def restart_and_reconnect(client: WorldClient, proc, endpoint: str, extra_args=(), resume: bool = True,
+                          keep_delivered: bool = False):  # fmt: skip
     """Stop the worker, start a new one on the same port, wait until the client notices; reconnect."""
     stop_worker_process(proc)
     proc, endpoint = start_worker_process(bind=endpoint, extra_args=extra_args)
@@ -30,52 +37,100 @@ def restart_and_reconnect(client: WorldClient, proc, endpoint: str, extra_args=(
         if not client.connected:
             break
     assert not client.connected
-    return proc, client.reconnect(resume=resume)
+    return proc, client.reconnect(resume=resume, keep_delivered=keep_delivered)
+
+
+class EngineWorld:
+    """A real worker on loopback and a client of one engine world on it; `restart` puts a new worker
+    on the port and reconnects."""
+
+    def __init__(self, seed: int, lookahead: int) -> None:
+        self.proc, self.endpoint = start_worker_process()
+        self.client = WorldClient(self.endpoint, heartbeat_s=0.1, liveness_s=1.0, timeout_s=20)
+        self.client.open("engine", PROMPT, seed=seed, lookahead=lookahead)
+
+    def restart(self, **reconnect) -> dict:
+        self.proc, info = restart_and_reconnect(self.client, self.proc, self.endpoint, **reconnect)
+        return info
+
+
+@contextlib.contextmanager
+def engine_world(seed: int, lookahead: int = 1) -> Iterator[EngineWorld]:
+    world = EngineWorld(seed, lookahead)
+    try:
+        yield world
+    finally:
+        world.client.close()
+        stop_worker_process(world.proc)
+
+
+def uninterrupted_frames(seed: int, chunks) -> list[np.ndarray]:
+    """What one engine makes from the chunks' recorded actions, chunk by chunk."""
+    engine = create_backend("engine")
+    engine.reset(seed, PROMPT)
+    try:
+        return [engine.step_chunk([Action.from_json(r["action"]) for r in c.records]).frames for c in chunks]
+    finally:
+        engine.close()
 
 
 def test_a_restarted_worker_goes_on_after_the_last_acknowledged_chunk_bit_for_bit():
-    proc, endpoint = start_worker_process()
-    client = WorldClient(endpoint, heartbeat_s=0.1, liveness_s=1.0, timeout_s=20)
-    try:
-        client.open("engine", PROMPT, seed=5, lookahead=1)
+    with engine_world(seed=5) as world:
+        client = world.client
         client.send_input(WALK)
         before = collect_chunks(client, 4)  # acknowledged: the resume point is after the last
         assert client.resume_point is not None and client.resume_point.seq == before[-1].seq + 1
-        proc, info = restart_and_reconnect(client, proc, endpoint)
+        info = world.restart()
         last = before[-1]
         assert info["resumed"] == {"seq": last.seq + 1, "chunk": last.chunk + 1,
                                    "frame": last.records[-1]["i"] + 1, "epoch": last.epoch}  # fmt: skip
         after = collect_chunks(client, 3)
-    finally:
-        client.close()
-        stop_worker_process(proc)
     # The counters continue: no reset view, no frame index from 0.
     assert [c.seq for c in after] == list(range(last.seq + 1, last.seq + 4))
     assert after[0].records[0]["i"] == last.records[-1]["i"] + 1 and not after[0].extra.get("reset_view")
     # The same frames an uninterrupted engine makes from the same actions.
-    engine = create_backend("engine")
-    engine.reset(5, PROMPT)
-    for chunk in before + after:
-        expected = engine.step_chunk([Action.from_json(r["action"]) for r in chunk.records]).frames
+    for chunk, expected in zip(before + after, uninterrupted_frames(5, before + after)):
         assert np.array_equal(chunk.frames, expected), f"chunk {chunk.seq} differs"
-    engine.close()
+
+
+def test_a_front_end_that_keeps_its_buffer_is_not_sent_a_chunk_twice():
+    """Chunks received but not yet acknowledged (a buffer still to show) are not made again: the
+    world goes on after the newest one handed out, bit for bit."""
+    with engine_world(seed=6, lookahead=2) as world:
+        world.client.send_input(WALK)
+        shown = collect_chunks(world.client, 3)
+        buffered = collect_chunks(world.client, 2, ack=False)  # the window is full: nothing more comes
+        info = world.restart(keep_delivered=True)
+        assert info["resumed"]["seq"] == buffered[-1].seq + 1
+        after = collect_chunks(world.client, 3)
+    chunks = shown + buffered + after
+    assert [c.chunk for c in chunks] == list(range(8)) and [c.seq for c in chunks] == list(range(8))
+    for chunk, expected in zip(chunks, uninterrupted_frames(6, chunks)):
+        assert np.array_equal(chunk.frames, expected), f"chunk {chunk.seq} differs"
+
+
+def test_a_prompt_switch_the_lost_worker_never_answered_is_sent_again():
+    with engine_world(seed=2) as world:
+        collect_chunks(world.client, 2)
+        world.proc.kill()  # the switch below goes out as the worker dies: it is never answered
+        world.proc.wait()
+        world.client.set_prompt(OTHER_PROMPT)
+        info = world.restart()
+        assert info["resumed"] is not None and info["prompt"] == PROMPT  # reopened as acknowledged, then switched
+        after = collect_chunks(world.client, 3)
+    assert after[-1].records[0]["prompt"] == OTHER_PROMPT
+    assert world.client._spec.prompt == OTHER_PROMPT  # acknowledged by the new worker
 
 
 def test_reconnect_without_resume_and_after_a_reset_starts_the_world_again():
-    proc, endpoint = start_worker_process()
-    client = WorldClient(endpoint, heartbeat_s=0.1, liveness_s=1.0, timeout_s=20)
-    try:
-        client.open("engine", PROMPT, seed=2, lookahead=1)
-        collect_chunks(client, 2)
-        proc, info = restart_and_reconnect(client, proc, endpoint, resume=False)
+    with engine_world(seed=2) as world:
+        collect_chunks(world.client, 2)
+        info = world.restart(resume=False)
         assert info["resumed"] is None
-        first = collect_chunks(client, 2)
+        first = collect_chunks(world.client, 2)
         assert first[0].seq == 0 and first[0].records[0]["i"] == 0
-        client.reset()  # the reset world has no acknowledged chunk yet: nothing to resume from
-        assert client.resume_point is None
-    finally:
-        client.close()
-        stop_worker_process(proc)
+        world.client.reset()  # the reset world has no acknowledged chunk yet: nothing to resume from
+        assert world.client.resume_point is None
 
 
 def test_a_generated_world_resumes_from_its_last_frame(world_dir):

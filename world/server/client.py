@@ -182,6 +182,8 @@ class WorldClient:
         self._last_ping = 0.0
         self._points: dict[int, ResumePoint] = {}  # seq of a received chunk -> where the world is after it
         self.resume_point: ResumePoint | None = None  # after the last acknowledged chunk
+        self.delivered_point: ResumePoint | None = None  # after the newest chunk handed out (reconnect(keep_delivered))
+        self.closed_reason: str | None = None  # why the worker closed our session ("shutdown", "timeout", ...)
 
     # -- connection ------------------------------------------------------------------------------
 
@@ -271,34 +273,42 @@ class WorldClient:
         self._spec = _OpenSpec(backend, prompt, seed, dict(options or {}), lookahead, start_image)
         self.session, self._worker, self._lost = reply.session, reply.worker, False
         self._reset_ref = None
-        self._points, self.resume_point = {}, resume
+        self._points, self.resume_point, self.delivered_point = {}, resume, resume
+        self.closed_reason = None
         self.info = {k: getattr(reply, k) for k in INFO_FIELDS}
         return dict(self.info)
 
-    def reconnect(self, address: str | None = None, resume: bool = True) -> dict:
+    def reconnect(self, address: str | None = None, resume: bool = True, keep_delivered: bool = False) -> dict:
         """New socket (to `address` if given, e.g. a restarted worker on a new port), then re-open
-        a session with the last backend, options, lookahead, start image, prompt and seed and re-send
-        the held input.
+        a session with the last backend, options, lookahead, start image, prompt and seed, re-send
+        the held input and the newest prompt switch the lost worker never answered.
 
         With `resume` and a chunk acknowledged since the world began, the world goes on after that
         chunk (docs/protocol.md, "Resuming"): seq, chunk and frame counters continue, the engine is
         put back to its camera, and a generated world (one whose info says how it started) starts
         from that chunk's last frame as its start image. Otherwise it restarts from its first frame.
-        info["resumed"] says which. Raises like open()."""
+        info["resumed"] says which. The chunks received after the last acknowledged one come again:
+        right for a front end that drops what it has not shown (the window). `keep_delivered`: the
+        caller keeps every chunk poll() handed out (a buffer it goes on showing, a headless run that
+        consumed them), so the world goes on after the newest of those instead, and none is made or
+        delivered twice. Raises like open()."""
         if self._spec is None:
             raise RuntimeError("nothing to reconnect: open() was never successful")
         self.session = None
         self.address = address or self.address
         self._new_socket()
-        spec = self._spec
-        point = self.resume_point if resume else None
+        spec, unanswered = self._spec, list(self._prompts.values())[-1:]
+        point = (self.delivered_point if keep_delivered else self.resume_point) if resume else None
         options, image = spec.options, spec.start_image
         if point is not None and (self.info or {}).get("start") is not None:
             options, image = {**spec.options, "start": "image"}, png_bytes(point.last_frame)
         info = self.open(spec.backend, spec.prompt, spec.seed, options, spec.lookahead, image, resume=point)
         self._spec = replace(self._spec, options=spec.options, start_image=spec.start_image)
+        self._prompts = {}  # the lost worker answers none of them
         if self._held is not None:
             self.send_input(self._held)
+        if unanswered and unanswered[0] != spec.prompt:
+            self.set_prompt(unanswered[0])  # it may have been lost with the worker: the world would forget it
         return info
 
     def send_input(self, action: Action) -> None:
@@ -325,6 +335,7 @@ class WorldClient:
         self._reset_ref = ref
         self._reset_seeds = {ref: seed}
         self._points, self.resume_point = {}, None  # a lost world restarts until the new one is acknowledged
+        self.delivered_point = None
         self._send(P.Reset(session=self._require_session(), seed=seed, ref=ref))
 
     def ack(self, chunk_seq: int) -> None:
@@ -441,11 +452,13 @@ class WorldClient:
         if self._reset_ref is not None:
             self.ack(msg.seq)  # old world: free the worker's window, show nothing
             return None
-        if msg.records and len(self._points) < RESUME_HISTORY:
-            self._points[msg.seq] = ResumePoint(
+        if msg.records:
+            self.delivered_point = ResumePoint(
                 msg.seq + 1, msg.chunk + 1, int(msg.records[-1].get("i", 0)) + 1, msg.epoch,
                 dict(msg.extra.get("resume") or {}), pixels[-1].copy(),
             )  # fmt: skip
+            if len(self._points) < RESUME_HISTORY:
+                self._points[msg.seq] = self.delivered_point
         return ChunkEvent(
             msg.seq, pixels, list(msg.records), msg.gen_ms, msg.steps, msg.nfe, msg.epoch, msg.chunk, dict(msg.extra)
         )
@@ -466,13 +479,14 @@ class WorldClient:
     def _on_closed(self, msg: P.Closed, _: object) -> Event | None:
         if msg.session != self.session or msg.reason == "client":
             return None
-        self._lost = True
+        self._lost, self.closed_reason = True, msg.reason
         return ErrorEvent("session_closed", f"the worker closed the session ({msg.reason})", msg.ref)
 
     def _on_error(self, msg: P.Error, _: object) -> Event:
         if msg.ref is not None and msg.ref == self._reset_ref:
             self._reset_ref = None  # the reset was refused: the old world goes on
-        self._prompts.pop(msg.ref, None)
+        if msg.code != P.UNKNOWN_SESSION:  # a prompt that reached a worker which lost our session is sent again
+            self._prompts.pop(msg.ref, None)
         if msg.code == P.UNKNOWN_SESSION and msg.session is not None and msg.session == self.session:
             self._lost = True
         return ErrorEvent(msg.code, msg.message, msg.ref, msg.request)
