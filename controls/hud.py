@@ -57,6 +57,7 @@ class HudState:
     message_is_warning: bool = False  # e.g. the start notice: "start: text (the engine does not know ...)"
     reads_as: str = ""  # what the world on screen reads as (chunk extra `theme`), e.g. "snow / dusk / fog"
     behind: bool = False  # the world is generated slower than it is shown: say so instead of a steady rate
+    machine_busy: str = ""  # other processes crowd the cores: "others use 1.8 of 2 cores"; "" if not
     world_fps: float = 30.0  # the world's own frame rate (the target)
     replay: str = ""  # playing a recording back: "frame 12 / 300 · 1x"; "" when live
     recorded_keys: str = ""  # replay: the recorded action of the frame on screen
@@ -250,6 +251,7 @@ def stats_rows(s: HudState) -> list[tuple[str, str, tuple[int, int, int]]]:
             *([("start", s.start, TEXT)] if s.start else []),
             ("link", f"{s.connection} {s.endpoint.split('://')[-1]}", conn_color),
         ]
+    rows += [("machine", f"busy: {s.machine_busy}", WARN)] if s.machine_busy else []
     rows += [("reads as", s.reads_as, GOOD)] if s.reads_as else []
     rows += [("sound", s.sound, DIM if s.sound == "on" else WARN)] if s.sound else []
     return rows
@@ -259,9 +261,14 @@ def speed_rows(s: HudState) -> list[tuple[str, str, tuple[int, int, int]]]:
     """How fast the world is made and shown. When it is made slower than its own frame rate the
     first row says so plainly ("world running at 12 fps, behind"), not a steady "shown" rate."""
     if s.behind:
-        return [("speed", f"world running at {s.gen_fps:.0f} fps, behind", WARN)]
+        return [("speed", f"world running at {fps_text(s.gen_fps)} fps, behind", WARN)]
     capacity = f" \u00b7 max {s.capacity_fps:.0f}" if s.capacity_fps else ""
     return [("generated", f"{s.gen_fps:.1f} fps{capacity}", TEXT), ("shown", f"{s.shown_fps:.1f} fps", TEXT)]
+
+
+def fps_text(fps: float) -> str:
+    """A rate as the HUD says it: "0.5" for a slow world (whole numbers would say 0), "24" for a fast one."""
+    return f"{fps:.1f}" if fps < 10 else f"{fps:.0f}"
 
 
 def panel_surface(size: tuple[int, int], alpha: int = PANEL_RGBA[3]) -> pygame.Surface:

@@ -33,7 +33,7 @@ from controls.hud import Hud, HudState
 from controls.input import InputMapper, MouseSettings
 from controls.keymap import Keymap
 from controls.link import WorldLink
-from controls.pacing import FramePacer, KeyLatency, PacedFrame, RateMeter, monotonic
+from controls.pacing import BehindWatch, FramePacer, KeyLatency, MachineLoad, PacedFrame, RateMeter, monotonic
 from controls.playback import SPEEDS, RecordingLink, recorded_actions
 from controls.prompt_box import PromptBox, load_presets
 from controls.sound import SoundPlayer
@@ -49,7 +49,7 @@ INPUT_REDRAW_S = 1 / 60  # input alone (typing a prompt) redraws at most this of
 # take the CPU a worker on the same machine needs (each keystroke used to redraw the whole window)
 SEED_RANGE = 2**31
 BEHIND = 0.9  # the HUD says "behind" when the world is made at under this share of its frame rate
-BEHIND_AFTER_S = 2.0  # ... for longer than the rate meter's window (a single slow chunk is not "behind")
+STALL_WINDOW_S = 2.0  # ... and the screen ran dry twice within the rate's window, at least this long
 DIGIT_KEYS = {getattr(pygame, f"K_{d}"): d for d in range(10)}  # replay: jump to d tenths
 
 # Called on a background thread when the player takes over a replay at a frame: returns the live
@@ -92,8 +92,8 @@ class PlayWindow:
         self._live_thread: threading.Thread | None = None
         self._live_status = ""  # the banner while a replay is being taken over
         self._live_result: tuple[WorldLink | None, str] | None = None
-        self._behind_since: float | None = None
-        self._underruns, self._last_underrun = 0, -1e9
+        self._stalls = BehindWatch(BEHIND)
+        self.machine = MachineLoad()
         self._reads_as = ""
         self._reads_theme: dict | None = None
         self._audio: list[SoundParams] = []  # the shown chunk's per-frame sound
@@ -103,7 +103,9 @@ class PlayWindow:
         self.pacer = FramePacer(info["fps"])
         self.recorder = Recorder(config.record_dir, info, config.options)
         self.latency = KeyLatency()
-        self.gen_rate, self.shown_rate = RateMeter(2.0), RateMeter(2.0)
+        # Both over at least 4 intervals and 2 s (RateMeter). Shown frames are counted per chunk begun,
+        # as arrivals are, so a slow world's bursts (3 frames, then a wait) read as their mean rate.
+        self.gen_rate, self.shown_rate = RateMeter(), RateMeter()
         self.seed = int(info.get("seed", config.seed))  # a replay's: the recording's
         self.prompt = info["prompt"]
         self.start: str = info.get("start") or ""  # what the world on screen started from (generated backend)
@@ -426,6 +428,7 @@ class PlayWindow:
             self._chunks.clear()
             resumed = (self.link.info or {}).get("resumed")
             self._worlds += 0 if resumed else 1
+            self._stalls.forget()
             self._say(f"reconnected to the worker: the world goes on from frame {resumed['frame']}" if resumed
                       else "reconnected to the worker: the world starts again")  # fmt: skip
 
@@ -442,25 +445,14 @@ class PlayWindow:
             elif isinstance(event, ErrorEvent):
                 self.errors += 1
                 self._say(f"{event.code}: {event.message}", error=True)
-        self._update_behind(now)
+        self._stalls.note_underruns(self.pacer.underruns, now)
 
-    def _update_behind(self, now: float) -> None:
-        """Behind: frames arrive at under BEHIND of the world's rate and the screen ran out of them
-        (the pacer's buffer underran) within BEHIND_AFTER_S, for longer than BEHIND_AFTER_S. Flow
-        control holds the arrival rate at the display rate while generation keeps up, so a low rate
-        alone can be a pause or jitter; an empty buffer is what the player sees as a stall."""
-        if self.pacer.underruns > self._underruns:
-            self._underruns, self._last_underrun = self.pacer.underruns, now
-        starved = now - self._last_underrun < BEHIND_AFTER_S
-        slow = self.replay is None and self.gen_rate.rate(now) < BEHIND * self.link.info["fps"] and not self.paused
-        if not (slow and starved) or self._shown is None:
-            self._behind_since = None
-        elif self._behind_since is None:
-            self._behind_since = now
-
-    @property
-    def behind(self) -> bool:
-        return self._behind_since is not None and monotonic() - self._behind_since >= BEHIND_AFTER_S
+    def is_behind(self, now: float) -> bool:
+        """Live and playing, the world made slower than it is shown (controls/pacing.py BehindWatch)."""
+        if self.replay is not None or self.paused or self._shown is None:
+            return False
+        window = max(STALL_WINDOW_S, self.gen_rate.span_s(now))
+        return self._stalls.behind(now, self.gen_rate.rate(now), self.link.info["fps"], window)
 
     def _send_input(self, now: float) -> None:
         """Send the held state as soon as keys change; mouse motion once per frame period."""
@@ -488,6 +480,7 @@ class PlayWindow:
             self._shown_chunk = chunk
             self._note_start(chunk)
             self._note_chunk(chunk)
+            self.shown_rate.add(now, len(chunk.frames))
             self.link.call("ack", chunk.seq)  # acked when shown: the worker stays <= window ahead of the eye
             self._audio = recorded_audio(chunk.records) or self.sound.chunk(chunk.records, self._reads_theme,
                                                                             chunk.extra.get("pose"))  # fmt: skip
@@ -497,7 +490,6 @@ class PlayWindow:
         self._shown = shown
         self.prompt = shown.record.get("prompt", self.prompt)
         self.frames_shown += 1
-        self.shown_rate.add(now)
         self.latency.frame_shown(shown.record, now)
         if shown.chunk_index < len(self._audio):
             self.sound.play(self._audio[shown.chunk_index])
@@ -574,7 +566,8 @@ class PlayWindow:
             message_is_error=self._message.is_error if self._message else False,
             message_is_warning=self._message.is_warning if self._message else False,
             reads_as=self._reads_as,
-            behind=self.behind,
+            behind=self.is_behind(now),
+            machine_busy=self._machine_busy(now),
             world_fps=float(self.link.info["fps"]),
             replay=self._replay_line() if replay else "",
             recorded_keys=recorded_actions(self._shown.record) if replay and self._shown else "",
@@ -582,6 +575,10 @@ class PlayWindow:
             sound=self.sound.state,
             banner=self._live_status,
         )
+
+    def _machine_busy(self, now: float) -> str:
+        self.machine.update(now)
+        return self.machine.busy()
 
     def _replay_line(self) -> str:
         speed = SPEEDS[self._speed]

@@ -20,13 +20,15 @@ import pygame  # noqa: E402
 
 from controls import keymap as km  # noqa: E402
 from controls import play as cli  # noqa: E402
+from controls import window as window_module  # noqa: E402
+from controls.hud import HudState, stats_rows  # noqa: E402
 from controls.link import WorldLink  # noqa: E402
-from controls.pacing import FramePacer, KeyLatency  # noqa: E402
+from controls.pacing import CpuTimes, FramePacer, KeyLatency, MachineLoad, RateMeter  # noqa: E402
 from controls.window import PlayWindow, WindowConfig  # noqa: E402
 from tests.fakes import FullDisk  # noqa: E402
 from world.data.dataset import EpisodeReader  # noqa: E402
 from world.procedural.engine import ENGINE_VERSION  # noqa: E402
-from world.server.client import WorldClient  # noqa: E402
+from world.server.client import ChunkEvent, WorldClient  # noqa: E402
 from world.server.process import start_worker_process, stop_worker_process  # noqa: E402
 
 GUARD_S = 30.0  # a stuck loop fails the test instead of hanging it; not a performance bound
@@ -323,3 +325,142 @@ def test_play_without_a_display_exits_2_naming_headless(monkeypatch, capsys, tmp
     err = capsys.readouterr().err
     assert "--headless" in err and "xvfb-run" in err and "no display" in err
     assert started == []  # nothing was started for a window that cannot open
+
+
+# ---- the HUD's rates and "behind" on a fake clock ----------------------------------------------
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class PacedLink:
+    """A WorldLink stand-in for a worker that takes `intervals` (cycled) seconds of a fake clock per
+    chunk, with the worker's flow control: it runs at most `window` chunks ahead of the last ack.
+    poll(timeout) moves the clock on as a blocking poll would: to the next chunk, or by the timeout."""
+
+    def __init__(self, clock: FakeClock, intervals: tuple[float, ...], window: int = 2) -> None:
+        self.clock, self.intervals, self.window = clock, intervals, window
+        self.info = {"width": 64, "height": 64, "fps": 30.0, "chunk_frames": 3, "window": window,
+                     "prompt": "green hills at noon", "backend": "fake", "seed": 0}  # fmt: skip
+        self.state, self.generation, self.client = "connected", 0, None
+        self.seq, self.acked = 0, -1
+        self.started: float | None = clock.now  # when the next chunk's making began; None: held back
+
+    def _due(self) -> float | None:
+        interval = self.intervals[self.seq % len(self.intervals)]
+        return None if self.started is None else self.started + interval
+
+    def poll(self, timeout_ms: int) -> list:
+        due, until = self._due(), self.clock.now + timeout_ms / 1000.0
+        if due is None or due > until:
+            self.clock.now = until
+            return []
+        self.clock.now = max(self.clock.now, due)
+        records = [{"i": 3 * self.seq + k, "action": {"keys": []}, "prompt": self.info["prompt"]} for k in range(3)]
+        chunk = ChunkEvent(self.seq, np.zeros((3, 64, 64, 3), np.uint8), records, gen_ms=1000.0 * self.intervals[0],
+                           steps=2, nfe=2, chunk=self.seq)  # fmt: skip
+        self.seq += 1
+        self.started = self.clock.now if self.seq - self.acked <= self.window else None
+        return [chunk]
+
+    def call(self, method: str, *args: object) -> None:
+        if method == "ack":
+            self.acked = max(self.acked, int(args[0]))
+            if self.started is None and self.seq - self.acked <= self.window:
+                self.started = self.clock.now
+
+    def close(self) -> None:
+        pass
+
+
+def hud_over(window: PlayWindow, clock: FakeClock, seconds: float, settle_s: float) -> list[HudState]:
+    """Step the window for `seconds` of the fake clock; the HUD's state at each step after `settle_s`."""
+    states, began = [], clock.now
+    while clock.now - began < seconds:
+        assert window.step()
+        if clock.now - began >= settle_s:
+            states.append(window.hud_state(clock.now))
+    return states
+
+
+@pytest.fixture
+def paced_window(monkeypatch, tmp_path):
+    monkeypatch.setattr(km, "USER_KEYMAP_PATH", tmp_path / "absent.json")
+    clock = FakeClock()
+    monkeypatch.setattr(window_module, "monotonic", clock)
+    pygame.display.init()
+    pygame.font.init()
+
+    def make(intervals: tuple[float, ...], window: int = 2) -> tuple[PlayWindow, FakeClock]:
+        config = WindowConfig(scale=2, record_dir=tmp_path, sound=False)
+        return PlayWindow(PacedLink(clock, intervals, window), km.load_keymap(), config), clock
+
+    yield make
+    pygame.quit()
+
+
+@pytest.mark.parametrize("intervals", [(2.5,), (2.0, 3.0)])
+def test_a_world_making_a_chunk_every_2_to_3_s_reads_its_true_rate_and_behind(paced_window, intervals):
+    """3 frames every 2.5 s on average is 1.2 fps: the HUD says so, steadily, with "behind",
+    where a 1-2 s window read 0.0 fps and never said behind."""
+    window, clock = paced_window(intervals)
+    window.machine = MachineLoad(read=lambda: None, cores=2)  # no busy line in this test
+    states = hud_over(window, clock, 40.0, settle_s=15.0)
+    assert states and all(s.behind for s in states)
+    mean = 3 / (sum(intervals) / len(intervals))
+    rates = [s.gen_fps for s in states]
+    assert min(rates) >= 0.8 * mean and max(rates) <= 1.25 * mean, (min(rates), max(rates))
+    assert abs(states[-1].shown_fps - mean) <= 0.25 * mean
+    label, value, _ = stats_rows(states[-1])[0]
+    assert label == "speed" and value == f"world running at {states[-1].gen_fps:.1f} fps, behind"
+    print(f"chunks every {intervals} s: HUD generated {min(rates):.2f}-{max(rates):.2f} fps (true {mean:.2f})")
+
+
+def test_a_world_that_keeps_up_is_never_behind_and_reads_the_display_rate(paced_window):
+    window, clock = paced_window((0.06,))  # could make 50 fps; flow control holds it at the screen's 30
+    states = hud_over(window, clock, 10.0, settle_s=3.0)
+    assert not any(s.behind for s in states)
+    assert all(28.0 <= s.gen_fps <= 32.0 and 28.0 <= s.shown_fps <= 32.0 for s in states[::50])
+
+
+def test_one_slow_chunk_is_a_stall_not_behind(paced_window):
+    window, clock = paced_window((0.06,) * 40 + (1.5,) + (0.06,) * 200)
+    assert not any(s.behind for s in hud_over(window, clock, 12.0, settle_s=0.5))
+    assert window.pacer.underruns >= 1  # the slow chunk did stall the screen
+
+
+def test_the_hud_says_when_other_processes_crowd_the_cores(paced_window):
+    readings = iter([CpuTimes(100.0, 10.0), CpuTimes(104.0, 10.6), CpuTimes(104.3, 10.8)])
+    load = MachineLoad(interval_s=2.0, read=lambda: next(readings), cores=2)
+    load.update(0.0)
+    assert load.busy() == ""  # one reading is no interval yet
+    load.update(1.0)
+    assert load.others_cores is None  # sampled at most every interval_s
+    load.update(2.0)  # 4 core-seconds in 2 s, 0.6 of them this process's: others use 1.7 cores
+    assert load.busy() == "others use 1.7 of 2 cores"
+    load.update(4.0)  # 0.3 in 2 s: quiet again
+    assert load.busy() == ""
+    window, clock = paced_window((2.5,))
+    busy = iter([CpuTimes(0.0, 0.0), CpuTimes(4.0, 0.4)])
+    window.machine = MachineLoad(read=lambda: next(busy, CpuTimes(8.0, 0.8)), cores=2)
+    rows = stats_rows(hud_over(window, clock, 3.0, settle_s=2.9)[-1])
+    assert ("machine", "busy: others use 1.8 of 2 cores") in [(label, value) for label, value, _ in rows]
+
+
+def test_rate_meter_window_grows_to_cover_several_slow_events_and_falls_when_they_stop():
+    meter = RateMeter(min_window_s=2.0, min_events=5, max_window_s=30.0)
+    assert meter.rate(0.0) == 0.0
+    for k in range(8):
+        meter.add(2.5 * k, 3)
+    assert meter.rate(17.6) == pytest.approx(1.2)  # 4 intervals of 2.5 s kept, not the last 2 s only
+    assert meter.span_s(17.6) == pytest.approx(17.6 - 7.5)
+    # 7.5 s since the last event, 5 s longer than any interval: the wait counts, 12 frames in 15 s
+    assert meter.rate(17.5 + 7.5) == pytest.approx(12 / 15)
+    assert meter.rate(17.5 + 31.0) == 0.0  # nothing within the longest window
+    with pytest.raises(ValueError, match="min_events >= 2"):
+        RateMeter(min_events=1)
