@@ -31,13 +31,52 @@ def default_backend() -> str:
     return "generated" if bundled_checkpoint(teacher_fallback=False) is not None else "engine"
 
 
+# A sampler's own guidance where a release records none (model/diffusion/samplers.py, which imports
+# torch; --help must not): the teacher sampler's 3, every other 0. tests/test_start.py checks both.
+OWN_GUIDANCE = {"teacher": 3.0}
+
+
+def recorded_defaults() -> str:
+    """The sampler each bundled release records (its config.json, read with json), for --help."""
+    from world.bundled import DEFAULT_CHECKPOINT, TEACHER_CHECKPOINT, ReleaseError, recorded_sampler
+
+    described = []
+    for directory in (DEFAULT_CHECKPOINT, TEACHER_CHECKPOINT):
+        try:
+            recorded = recorded_sampler(directory)
+        except ReleaseError:
+            continue  # not bundled in this checkout
+        described.append(f"{directory.parent.name}/{directory.name}: {describe_sampler(recorded)}")
+    return "; ".join(described) or "no world release is bundled here"
+
+
+def describe_sampler(recorded: dict) -> str:
+    """"sampler teacher, steps 8, guidance 0" from a release's recorded sampler fields; guidance
+    it does not record is the sampler's own, said as such."""
+    labels = {"sampler": "sampler", "steps": "steps", "schedule": "schedule", "context_noise": "context noise",
+              "guidance": "guidance", "guide": "guide"}  # fmt: skip
+    words = [f"{label} {_setting(recorded[name])}" for name, label in labels.items() if recorded.get(name) is not None]
+    if recorded.get("guidance") is None:
+        sampler = recorded.get("sampler") or "teacher"
+        words.append(f"guidance not recorded (the {sampler} sampler's own {OWN_GUIDANCE.get(sampler, 0.0):g})")
+    return ", ".join(words)
+
+
+def _setting(value: object) -> str:
+    if isinstance(value, list):
+        return ",".join(str(v) for v in value)
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from world.server.client import DEFAULT_PROMPT
 
     # Everyday options first (argparse's own group); the remote worker's and the experts' below.
     parser.usage = "%(prog)s [options]"
     remote = parser.add_argument_group("a worker elsewhere")
-    expert = parser.add_argument_group("experiments (sampler, memory, guidance; defaults are the world's own)")
+    expert = parser.add_argument_group("experiments (sampler, memory, guidance)",
+                                       f"Defaults are what the world's release records: {recorded_defaults()}; "
+                                       "with --checkpoint DIR, what DIR records.")
     parser.add_argument("-v", "--verbose", action="store_true", help="show the local worker's log (default: "
                         "warnings and errors only)")
     remote.add_argument("--connect", metavar="tcp://HOST:PORT", help="use a running worker (default: start one)")
@@ -52,21 +91,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--backend", choices=("engine", "generated"), default=None,
         help=f"world backend (default: {default_backend()})",
     )  # fmt: skip
-    expert.add_argument("--checkpoint", metavar="DIR", help="checkpoint for the generated backend (local worker)")
+    expert.add_argument("--checkpoint", metavar="DIR", help="a world release for the generated backend (a "
+                        "directory with config.json of kind \"world\", or a training run's --out holding checkpoint/; "
+                        "local worker)")
     expert.add_argument("--device", help="device for the generated backend: cpu, cuda, auto (local worker)")
     expert.add_argument("--sampler", choices=("teacher", "uniform", "diagonal"),
-                        help="generated backend: sampler for this session (default: the checkpoint's own)")
-    expert.add_argument("--steps", type=_positive_int, help="generated backend: denoising steps (teacher, uniform)")
+                        help="generated backend: sampler for this session (default: the release's, above)")
+    expert.add_argument("--steps", type=_positive_int, help="generated backend: denoising steps (teacher, uniform; "
+                        "default: the release's, above)")
     expert.add_argument("--schedule", metavar="4,3,2",
-                        help="generated backend, diagonal sampler: steps per chunk (the last one repeats)")
+                        help="generated backend, diagonal sampler: steps per chunk (the last one repeats; default: "
+                        "the release's, above)")
     expert.add_argument("--context-noise", type=float, metavar="T",
                         help="generated backend, diagonal sampler: how much noise the model's memory of past frames "
-                        "keeps (default: the value the world was trained with; others are experiments)")
+                        "keeps (default: the value the world was trained with, above; others are experiments)")
     expert.add_argument("--rewarm", action="store_const", const=True, default=None,
                         help="generated backend, diagonal sampler: restart the schedule after each prompt switch")
     expert.add_argument("--guidance", type=float, metavar="G",
                         help="generated backend: classifier-free guidance g in c + g (c - u), 0 off (default: the "
-                        "sampler's own: the teacher's 3, students 0)")
+                        "release's, above)")
     expert.add_argument("--guide", choices=("all", "actions", "text"),
                         help="generated backend, with guidance: what it amplifies: all (prompt and actions, the "
                         "default), actions (the response to keys and mouse), text (the prompt)")
@@ -155,6 +198,8 @@ def make_plan(args: argparse.Namespace) -> Plan:
         if backend != "generated":
             raise UsageError(f"{flag} applies to --backend generated only")
         worker_args += [flag, value]
+    if args.checkpoint is not None:
+        check_release(args.checkpoint)
     session_options = {k: v for k, v in (("sampler", args.sampler), ("steps", args.steps), ("schedule", args.schedule),
                                          ("context_noise", args.context_noise), ("rewarm", args.rewarm),
                                          ("guidance", args.guidance), ("guide", args.guide))
@@ -174,6 +219,17 @@ def make_plan(args: argparse.Namespace) -> Plan:
         session_options["start"] = start
     lookahead = choose_lookahead(args.lookahead, backend, args.headless)
     return Plan(backend, tuple(worker_args), lookahead, args.lookahead == "auto", session_options, start_image)
+
+
+def check_release(path: str) -> None:
+    """Refuse a --checkpoint that is not a world release before any worker starts (json only: the
+    worker, which loads torch and the weights, checks them again). UsageError."""
+    from world.bundled import ReleaseError, world_release
+
+    try:
+        world_release(path)
+    except ReleaseError as exc:
+        raise UsageError(f"--checkpoint: {exc}") from None
 
 
 def start_option(args: argparse.Namespace, backend: str) -> tuple[str | None, bytes | None]:
@@ -197,9 +253,11 @@ def start_option(args: argparse.Namespace, backend: str) -> tuple[str | None, by
 
 
 def read_start_image(path: str) -> bytes:
-    """The bytes of a start image file, checked against the protocol's size limit. UsageError."""
+    """The bytes of a start image file, checked against the protocol's size limit and decoded once
+    here, so a file that is not a PNG or JPEG is refused before any worker starts (the worker
+    decodes the bytes again: they are untrusted there). UsageError."""
     from world.server.protocol import image_too_large
-    from world.start import MAX_START_IMAGE_BYTES
+    from world.start import MAX_START_IMAGE_BYTES, StartImageError, decode_start_image
 
     try:
         data = Path(path).read_bytes()
@@ -209,6 +267,10 @@ def read_start_image(path: str) -> bytes:
         raise UsageError(f"--start-image {path}: {image_too_large(len(data))}")
     if not data:
         raise UsageError(f"--start-image {path}: the file is empty")
+    try:
+        decode_start_image(data)
+    except StartImageError as exc:
+        raise UsageError(f"--start-image {path}: {exc}") from None
     return data
 
 

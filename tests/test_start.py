@@ -345,6 +345,100 @@ def test_an_oversized_start_image_file_is_refused_before_anything_is_sent(tmp_pa
     assert code == 2 and "the limit is 4194304 (4 MiB)" in err
 
 
+def _bad_input(case: str, tmp_path) -> tuple[list[str], str]:
+    """(play arguments, words of the refusal) for each input the client can check itself."""
+    if case == "missing checkpoint":
+        return ["--checkpoint", str(tmp_path / "nonexistent")], "no such directory"
+    if case == "not a world":
+        (tmp_path / "ae").mkdir()
+        (tmp_path / "ae" / "config.json").write_text(json.dumps({"format": "gworld-checkpoint", "kind": "autoencoder"}))
+        return ["--checkpoint", str(tmp_path / "ae")], "kind 'autoencoder', not a world release"
+    bad = tmp_path / "view.png"
+    bad.write_bytes(b"not a picture at all" if case == "not an image" else png(PICTURE)[:200])
+    return ["--backend", "generated", "--start-image", str(bad)], ("not a PNG or JPEG" if case == "not an image"
+                                                                   else "cannot be decoded")  # fmt: skip
+
+
+@pytest.mark.parametrize("headless", [True, False], ids=["headless", "window"])
+@pytest.mark.parametrize("case", ["missing checkpoint", "not a world", "not an image", "truncated PNG"])
+def test_a_bad_checkpoint_or_start_image_is_refused_before_any_worker_starts(case, headless, tmp_path, monkeypatch,
+                                                                             capsys):  # fmt: skip
+    """The client checks what it can (json and Pillow, no torch) before it starts a worker, where
+    the worker used to say it after loading: 12 s headless, 35 s in the window."""
+    from controls import keymap as km
+    from controls import play as cli
+    from world.server import process
+
+    started = []
+
+    def no_worker(*args, **kwargs):
+        started.append(args)
+        raise RuntimeError("a worker was started for input the client could have refused")
+
+    monkeypatch.setattr(cli, "LocalWorker", no_worker)
+    monkeypatch.setattr(process, "start_worker_process", no_worker)
+    monkeypatch.setattr(km, "USER_KEYMAP_PATH", tmp_path / "absent.json")
+    monkeypatch.setenv("SDL_VIDEODRIVER", "dummy")  # the window's path: a display is there, the input is not
+    argv, words = _bad_input(case, tmp_path)
+    began = time.perf_counter()
+    code, out, err = play([*argv, *(["--headless"] if headless else [])], capsys)
+    print(f"{case}, {'headless' if headless else 'window'}: refused in {time.perf_counter() - began:.2f} s")
+    assert started == [] and code == 2 and out == ""
+    assert err.startswith("play: ") and words in err and err.count("\n") == 1, err  # one line
+
+
+def test_the_play_command_refuses_a_missing_checkpoint_in_one_line(tmp_path):
+    import subprocess
+    import sys
+
+    from world.server.process import REPO_ROOT
+
+    missing = tmp_path / "nonexistent"
+    done = subprocess.run([sys.executable, str(REPO_ROOT / "run_world.py"), "play", "--headless", "--checkpoint",
+                           str(missing)], capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert done.returncode == 2 and done.stdout == ""
+    assert done.stderr == f"play: --checkpoint: {missing}: no such directory\n"  # no "starting a local worker"
+
+
+def test_a_training_runs_out_directory_is_a_world_release_and_other_layouts_are_named(tmp_path):
+    from world.bundled import ReleaseError, world_release
+
+    run = tmp_path / "run"
+    (run / "checkpoint").mkdir(parents=True)
+    config = {"format": "gworld-checkpoint", "kind": "world", "configs": {"world": {"sampler": "teacher"}}}
+    (run / "checkpoint" / "config.json").write_text(json.dumps(config))
+    assert world_release(run) == (run / "checkpoint", {"sampler": "teacher"})
+    (run / "checkpoint" / "config.json").write_text("{not json")
+    with pytest.raises(ReleaseError, match="not readable JSON"):
+        world_release(run)
+    (run / "checkpoint" / "config.json").write_text(json.dumps({**config, "configs": {}}))
+    with pytest.raises(ReleaseError, match="no world config under configs.world"):
+        world_release(run)
+
+
+def test_play_help_shows_the_sampler_defaults_the_bundled_releases_record():
+    """--help's defaults are read from the releases' config.json, not from a sentence that went
+    stale ("the teacher's 3" while assets/teacher records guidance 0)."""
+    from controls import play as cli
+    from model.diffusion.samplers import make_sampler
+    from world.bundled import DEFAULT_CHECKPOINT, TEACHER_CHECKPOINT
+
+    parser = argparse.ArgumentParser()
+    cli.add_arguments(parser)
+    text = " ".join(parser.format_help().split())
+    teacher = json.loads((TEACHER_CHECKPOINT / "config.json").read_text())["configs"]["world"]
+    default = json.loads((DEFAULT_CHECKPOINT / "config.json").read_text())["configs"]["world"]
+    assert (f"assets/teacher: sampler {teacher['sampler']}, steps {teacher['steps']}, "
+            f"guidance {teacher['guidance']:g}") in text  # fmt: skip
+    schedule = ",".join(str(n) for n in default["schedule"])
+    assert (f"assets/default_world: sampler {default['sampler']}, schedule {schedule}, "
+            f"context noise {default['context_noise']:g}") in text  # fmt: skip
+    assert default["guidance"] is None and "guidance not recorded (the diagonal sampler's own 0)" in text
+    assert "the teacher's 3" not in text
+    for name in ("teacher", "uniform", "diagonal"):  # what a release that records no guidance gets
+        assert make_sampler(name).guidance == cli.OWN_GUIDANCE.get(name, 0.0)
+
+
 def test_window_hud_shows_the_start_and_the_fallback_notice(worker, tmp_path):
     pygame = pytest.importorskip("pygame")
     from controls import keymap as km
