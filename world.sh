@@ -16,7 +16,12 @@ if [ ! -x "$venv/bin/python" ] || [ ! -f "$stamp" ] || [ pyproject.toml -nt "$st
   "$venv/bin/pip" install -q "torch==${WORLD_TORCH_VERSION:-2.13.0}" >&2
   # The sound extra (sounddevice) always: where PortAudio is missing it fails to load and the window
   # says "no audio device" and plays on.
-  "$venv/bin/pip" install -q -e ".[dev,sound]" >&2
+  # setuptools' editable install always ends with an informational "Editable installation" block
+  # (folders named like a package in the working directory may shadow it; here they are the package)
+  # that recent pip prints as a warning; its other modes print a deprecation block instead. Only
+  # that one message is filtered; any other warning still shows.
+  PYTHONWARNINGS="${PYTHONWARNINGS:+$PYTHONWARNINGS,}ignore:Editable installation" \
+    "$venv/bin/pip" install -q -e ".[dev,sound]" >&2
   touch "$stamp"
 fi
 # Hints the program prints read `./world.sh ...`, the form this user runs (world/launcher.py).
