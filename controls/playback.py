@@ -25,6 +25,7 @@ from controls.headless import HeadlessConfig, HeadlessRun, ScriptStep
 from world.actions import Action
 from world.data.dataset import START_IMAGE_FILE, EpisodeReader
 from world.data.replay import is_reset_view
+from world.data.schema import check_recording
 from world.server.auth import ClientKeys
 from world.server.client import ChunkEvent, WorldClient
 
@@ -35,6 +36,9 @@ class RecordingLink:
     """An episode as the window's world: chunks from disk, flow-controlled by the window's acks."""
 
     def __init__(self, reader: EpisodeReader, window: int = 2) -> None:
+        """RecordingError (a DatasetError) for a recording no worker could have made (a tampered fps,
+        chunk numbers, ...: world/data/schema.py); a torn last chunk plays, as the reader warns."""
+        check_recording(reader, allow_tail=True)
         if len(reader) == 0:
             raise ValueError(f"{reader.path}: the episode has no complete frames to play back")
         self.reader, self.window = reader, window

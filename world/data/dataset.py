@@ -20,7 +20,6 @@ import json
 import math
 import os
 import stat
-import time
 import warnings
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from datetime import datetime, timezone
@@ -138,7 +137,6 @@ class EpisodeWriter:
         self.frames_written = 0
         self.chunks_written = 0
         self._fsync = fsync
-        self._t0 = time.monotonic()
         if start_image is not None:
             start_image = self._check_frames(np.asarray(start_image)[None])[0]
         self._open_files()
@@ -232,14 +230,15 @@ class EpisodeWriter:
             raise DatasetError(f"record {j}: prompt must be a string, got {record.get('prompt')!r}")
         # Defaults for a caller that does not count frames itself; the worker's own "i"/"chunk"
         # (counted since the world's last reset) are kept, so replay can tell where a recording began.
+        i = record.get("i", self.frames_written + j)
         rec = {
-            "i": record.get("i", self.frames_written + j),
+            "i": i,
             "chunk": record.get("chunk", self.chunks_written),
             "action": action,
             "prompt": record["prompt"],
             "steps": record.get("steps", 0),
             "nfe": record.get("nfe", 0),
-            "t": record.get("t", round(time.monotonic() - self._t0, 6)),
+            "t": record.get("t", round(i / self.meta["fps"], 6) if _index(i) else None),  # world time, as a worker's
         }
         rec.update((k, v) for k, v in record.items() if k not in rec)
         try:
@@ -277,7 +276,8 @@ class EpisodeReader:
         self.meta = self._read_meta()
         lines, torn_line = self._read_records()
         n_frames, partial_frame = self._count_frames(self.meta["height"] * self.meta["width"] * 3)
-        self._warn_if_torn(torn_line, partial_frame, len(lines), n_frames)
+        # What the files hold beyond the records' frames (a writer killed mid-chunk leaves it), or None.
+        self.tail: str | None = self._warn_if_torn(torn_line, partial_frame, len(lines), n_frames)
         self.records: list[dict] = lines[: min(len(lines), n_frames)]
 
     @property
@@ -320,7 +320,7 @@ class EpisodeReader:
             os.close(fd)
         return size // frame_bytes, size % frame_bytes != 0
 
-    def _warn_if_torn(self, torn_line: bool, partial_frame: bool, n_lines: int, n_frames: int) -> None:
+    def _warn_if_torn(self, torn_line: bool, partial_frame: bool, n_lines: int, n_frames: int) -> str | None:
         problems = []
         if torn_line:
             problems.append(f"an incomplete last line in {RECORDS_FILE}")
@@ -328,13 +328,15 @@ class EpisodeReader:
             problems.append(f"a partial last frame in {FRAMES_FILE}")
         if n_lines != n_frames:
             problems.append(f"{n_frames} complete frames but {n_lines} complete records")
-        if problems:
-            warnings.warn(
-                f"{self.path}: ignoring {'; '.join(problems)}; reading {min(n_lines, n_frames)} frames "
-                "(the writer was probably killed mid-chunk)",
-                DatasetWarning,
-                stacklevel=3,
-            )
+        if not problems:
+            return None
+        warnings.warn(
+            f"{self.path}: ignoring {'; '.join(problems)}; reading {min(n_lines, n_frames)} frames "
+            "(the writer was probably killed mid-chunk)",
+            DatasetWarning,
+            stacklevel=3,
+        )
+        return "; ".join(problems)
 
     @cached_property
     def frames(self) -> np.ndarray:

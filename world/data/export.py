@@ -8,6 +8,9 @@ mouse direction and the prompt, drawn with PIL.
 The soundscape goes in as an AAC track (`--silent` leaves it out): the per-frame sound params a
 window recording stores ("audio" in frames.jsonl), else the ones its actions and prompts direct
 (world/procedural/soundscape.py), rendered offline at the playback rate, so the audio lasts as long as the video.
+
+The recording is checked first as replay checks it (world/data/schema.py `check_recording`): a video
+at a tampered fps, or of records no worker wrote, is refused by field, not encoded.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from world.actions import Action
 from world.data.dataset import DatasetError, EpisodeReader
+from world.data.schema import check_recording
 from world.errors import PromptError
 from world.procedural.soundscape import SAMPLE_RATE, episode_params, render_frames
 from world.procedural.themes import parse_prompt
@@ -45,14 +49,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--fps", type=float, default=None, help="playback rate (default: the episode's fps)")
     parser.add_argument("--crf", type=int, default=18, help="x264 quality, lower is better (default 18)")
     parser.add_argument("--silent", action="store_true", help="no sound track (default: the soundscape)")
+    parser.add_argument("--ignore-tail", action="store_true", help="export the complete frames of a recording whose "
+                        "writer was killed mid-chunk (default: a torn tail is refused)")
 
 
 def run(args: argparse.Namespace) -> int:
     try:
         summary = export_mp4(args.episode, args.out, scale=args.scale, overlay=args.overlay, fps=args.fps, crf=args.crf,
-                             sound=not args.silent)  # fmt: skip
+                             sound=not args.silent, ignore_tail=args.ignore_tail)  # fmt: skip
     except (DatasetError, ExportError) as e:
         print(f"export: {e}", file=sys.stderr)
+        return 1
+    except MemoryError:  # a size within a worker's limits, scaled beyond what this machine holds
+        print(f"export: {args.episode}: not enough memory for its frames at --scale {args.scale}", file=sys.stderr)
         return 1
     print(json.dumps(summary))
     return 0
@@ -67,9 +76,11 @@ def export_mp4(
     fps: float | None = None,
     crf: int = 18,
     sound: bool = True,
+    ignore_tail: bool = False,
 ) -> dict:
     """Encode the episode to `out`; returns {"out", "frames", "width", "height", "fps", "audio_s"}."""
     reader = EpisodeReader(episode)
+    check_recording(reader, allow_tail=ignore_tail)
     if len(reader) == 0:
         raise ExportError(f"{reader.path}: episode has no complete frames to export")
     if scale < 1:

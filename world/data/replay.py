@@ -30,6 +30,12 @@ N/255" (exit 3, EXIT_EQUIVALENT) and the measured difference is the result. The 
 recording made by another engine version (expected to differ: re-record it) from a real
 determinism failure. A recording that cannot be
 replayed at all (no frames, a seed that is not a seed, a missing checkpoint) exits 2: bad input.
+
+Before anything is built, every field replay reads is checked against what a worker could have
+produced (world/data/schema.py `check_recording`: geometry within a worker's limits, options, frame
+times, chunk numbers, steps and nfe, versions, record fields, trailing bytes); an engine recording
+must carry this engine's version, and a regenerated chunk must take the recorded steps and nfe.
+A recording that fails is refused by field (exit 2), never replayed as "identical".
 """
 
 from __future__ import annotations
@@ -44,9 +50,10 @@ from pathlib import Path
 
 import numpy as np
 
-from world.backend import Backend, BackendError, PromptError
+from world.backend import Backend, BackendError, ChunkResult, PromptError
 from world.backends.registry import create_backend, regenerator
-from world.data.dataset import DatasetError, EpisodeReader
+from world.data.dataset import RECORDS_FILE, DatasetError, EpisodeReader
+from world.data.schema import check_recording
 from world.procedural.engine import ENGINE_VERSION
 
 MAX_SEED = 2**63  # world/server/protocol.py's seed range: what a recording's seed can be
@@ -81,11 +88,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "recorded one, found by its weight hashes; it must have the same weights)")
     parser.add_argument("--device", help="generated recordings: cpu, cuda, ... (default: the recorded device "
                         "when it exists here, else cpu); another device measures the difference")
+    parser.add_argument("--ignore-tail", action="store_true", help="replay the complete frames of a recording "
+                        "whose writer was killed mid-chunk (default: a torn tail is refused: replay vouches for every "
+                        "byte)")
 
 
 def run(args: argparse.Namespace) -> int:
     try:
-        result = replay_episode(args.episode, checkpoint=args.checkpoint, device=args.device)
+        result = replay_episode(args.episode, checkpoint=args.checkpoint, device=args.device,
+                                ignore_tail=args.ignore_tail)  # fmt: skip
     except (DatasetError, ReplayError, BackendError, PromptError) as e:
         print(f"replay: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
@@ -97,30 +108,42 @@ def run(args: argparse.Namespace) -> int:
     return EXIT_MISMATCH if result.same_settings else EXIT_EQUIVALENT
 
 
-def replay_episode(path: str | Path, checkpoint: str | None = None, device: str | None = None) -> ReplayResult:
+def replay_episode(path: str | Path, checkpoint: str | None = None, device: str | None = None,
+                   ignore_tail: bool = False) -> ReplayResult:  # fmt: skip
     reader = EpisodeReader(path)
+    check_recording(reader, allow_tail=ignore_tail)
     check_replayable(reader)
-    threads = _torch_threads()
-    backend, same_settings = _backend_for(reader, checkpoint, device)  # may apply the recorded thread count
-    agreement = Agreement()
     try:
-        for start, frames, recorded in _chunks(reader, backend):
-            agreement.add(start, frames, recorded)
-    finally:
-        backend.close()
-        _restore_torch_threads(threads)
+        agreement, same_settings, differences = _agreement(reader, checkpoint, device)
+    except MemoryError:  # a size within a worker's limits that this machine cannot hold
+        raise ReplayError(f"{reader.path}: not enough memory to make its {reader.meta['height']}x"
+                          f"{reader.meta['width']} world again (meta.json height, width)") from None  # fmt: skip
     recorded = reader.meta.get("engine_version")
     first = agreement.first_mismatch
     message = None
     if first is not None:
         message = (mismatch_message(first, recorded) if reader.meta["backend"] == "engine"
-                   else generated_mismatch_message(first, same_settings, agreement.max_abs,
-                                                   _setting_differences(reader.meta, backend)))  # fmt: skip
+                   else generated_mismatch_message(first, same_settings, agreement.max_abs, differences))  # fmt: skip
     return ReplayResult(frames=len(reader), identical=first is None, first_mismatch=first,
                         mismatched_frames=len(agreement.mismatches), max_abs_error=agreement.max_abs,
                         mean_abs_error=agreement.mean_abs, psnr_db=agreement.psnr_db,
                         same_settings=same_settings, engine_version_recorded=recorded,
                         engine_version_now=ENGINE_VERSION, message=message)  # fmt: skip
+
+
+def _agreement(reader: EpisodeReader, checkpoint: str | None, device: str | None) -> tuple[Agreement, bool, list]:
+    """Make the recording again: (frame agreement, same settings, the settings that differ)."""
+    threads = _torch_threads()
+    backend, same_settings = _backend_for(reader, checkpoint, device)  # may apply the recorded thread count
+    agreement = Agreement()
+    try:
+        for start, result, recorded in _chunks(reader, backend):
+            _check_sampler(reader, start, result)
+            agreement.add(start, np.asarray(result.frames)[: len(recorded)], recorded)
+        return agreement, same_settings, _setting_differences(reader.meta, backend)
+    finally:
+        backend.close()
+        _restore_torch_threads(threads)
 
 
 def _torch_threads() -> int | None:
@@ -172,13 +195,29 @@ class Agreement:
 
 def check_replayable(reader: EpisodeReader) -> None:
     """Bad input, told apart from a determinism failure: an episode without frames has nothing to
-    compare, and a seed that is no seed (not an integer in [0, 2^63)) was never a world's."""
+    compare, a seed that is no seed (not an integer in [0, 2^63)) was never a world's, and an engine
+    recording made by another engine version cannot come out the same."""
     if len(reader) == 0:
         raise ReplayError(f"{reader.path}: the episode has no complete frames; there is nothing to replay")
     seed = reader.meta.get("seed")
     if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < MAX_SEED:
         raise ReplayError(f"{reader.path}: meta.json seed {seed!r:.40} is not a world seed (an integer in "
                           "[0, 2^63)); the recording is damaged or was edited")  # fmt: skip
+    version = reader.meta.get("engine_version")
+    if reader.meta["backend"] == "engine" and version not in (None, ENGINE_VERSION):
+        raise ReplayError(f"{reader.path}: meta.json engine_version {version} is not this engine's "
+                          f"({ENGINE_VERSION}): it was recorded with another engine, whose frames are expected to "
+                          "differ (re-record it), or the field was edited")  # fmt: skip
+
+
+def _check_sampler(reader: EpisodeReader, start: int, result) -> None:
+    """A chunk made again takes the steps and nfe its records say (the sampler they name)."""
+    record = reader.records[start]
+    recorded, now = (record.get("steps", 0), record.get("nfe", 0)), (result.steps, result.nfe)
+    if recorded != now:
+        raise ReplayError(f"{reader.path / RECORDS_FILE}:{start + 1}: steps {recorded[0]} and nfe {recorded[1]} are "
+                          f"not the recorded sampler's ({now[0]} and {now[1]} for this chunk): the records were "
+                          "edited or come from another sampler")  # fmt: skip
 
 
 def generated_mismatch_message(first: int, same_settings: bool, max_abs: int = 0,
@@ -271,8 +310,8 @@ def frame_mismatches(reader: EpisodeReader, backend: Backend) -> list[int]:
     match the recording, and closes), differ from the recording. A backend with `set_start` is
     first set to the recording's start (`prepare_start`). Raises ReplayError."""
     agreement = Agreement()
-    for start, frames, recorded in _chunks(reader, backend):
-        agreement.add(start, frames, recorded)
+    for start, result, recorded in _chunks(reader, backend):
+        agreement.add(start, np.asarray(result.frames)[: len(recorded)], recorded)
     return agreement.mismatches
 
 
@@ -317,8 +356,9 @@ def is_reset_view(record: dict) -> bool:
     return record.get("reset_view") is True
 
 
-def _chunks(reader: EpisodeReader, backend: Backend) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
-    """(first frame index, re-simulated frames, recorded frames) for each recorded chunk."""
+def _chunks(reader: EpisodeReader, backend: Backend) -> Iterator[tuple[int, ChunkResult, np.ndarray]]:
+    """(first frame index, the re-simulated chunk, recorded frames) for each recorded chunk; the
+    chunk's frames are at least as many as the recorded ones (a recording may keep part of one)."""
     if len(reader) == 0:
         return
     _check_starts_at_reset(reader)
@@ -340,14 +380,13 @@ def _chunks(reader: EpisodeReader, backend: Backend) -> Iterator[tuple[int, np.n
             if result is None:
                 raise ReplayError(f"{reader.path}: the recording starts with a reset view, but this "
                                   f"{backend.info.name!r} backend's reset produces none")  # fmt: skip
-            frames = np.asarray(result.frames)[: end - start]  # a recording may keep part of the chunk
         else:
             if prompts[start] != prompt:
                 prompt = prompts[start]
                 backend.set_prompt(prompt)
-            frames = np.asarray(backend.step_chunk(actions[start:end]).frames)
-        recorded = reader.frames[start:end]
+            result = backend.step_chunk(actions[start:end])
+        frames, recorded = np.asarray(result.frames)[: end - start], reader.frames[start:end]
         if frames.shape != recorded.shape:
             raise ReplayError(f"{reader.path}: engine returned {list(frames.shape)} for frames "
                               f"{start}..{end - 1}, recording has {list(recorded.shape)}")  # fmt: skip
-        yield start, frames, recorded
+        yield start, result, recorded
