@@ -19,6 +19,8 @@ guidance, a clean refresh pass: the teacher sampler at 8 steps, 9 network evalua
   - training facts from the run's teacher.csv: steps, frames seen, seconds per step.
 --guidance G scores with classifier-free guidance on the actions alone (c + G (c - u_a), the null
 action with the same prompt; two network rows per evaluation) instead of none, for a row that says so.
+--own-sampler scores an arm with the sampler its release records (a diagonal student: its schedule and
+context noise, no refresh pass) instead of the bake-off's, for a row that says so.
 --quick scores the teacher-forced counterfactual accuracy (the same 80 cases) alone: the points of
 the curve against training time. Writes OUT/<arm>.json per arm; `--table` and `--plot` build the
 report from those files.
@@ -100,19 +102,31 @@ def inference_ms(checkpoint: str, repeats: int = 5) -> dict:
             **{f"ms_per_frame_{k}nfe": k * forward + dec for k in NFE_POINTS}}  # fmt: skip
 
 
-def sampler_options(guidance: float) -> dict:
-    """The bake-off's sampler, with guidance G on the actions alone when G > 0."""
+def sampler_options(guidance: float, own: bool = False) -> dict:
+    """The bake-off's sampler, with guidance G on the actions alone when G > 0; `own`: none, so the
+    world plays the sampler its release records (only guidance 0 is allowed with it)."""
     if guidance < 0:
         raise ValueError(f"guidance must be >= 0, got {guidance}")
+    if own:
+        if guidance:
+            raise ValueError("--own-sampler scores the release as it plays: give no --guidance with it")
+        return {}
     return {**SAMPLER, "guidance": guidance, **({"guide": "actions"} if guidance > 0 else {})}
 
 
+def played_sampler(config) -> dict:
+    """What a world plays by its release (WorldConfig): recorded in the arm's JSON beside the numbers."""
+    return {"sampler": config.sampler, "own_sampler": True,
+            **{k: getattr(config, k) for k in ("steps", "schedule", "context_noise", "guidance")
+               if getattr(config, k, None) is not None}}
+
+
 def score_arm(checkpoint: str, heldout: str | None, episodes: list[int], quick: bool, seed: int = 0,
-              guidance: float = 0.0) -> dict:
+              guidance: float = 0.0, own_sampler: bool = False) -> dict:
     from world.backends.registry import create_backend
 
-    sampler = sampler_options(guidance)
-    world = create_backend("generated", device="cpu", checkpoint=checkpoint, **sampler)
+    world = create_backend("generated", device="cpu", checkpoint=checkpoint, **sampler_options(guidance, own_sampler))
+    sampler = sampler_options(guidance) if not own_sampler else played_sampler(world.model.config)
     info = world.info
     engine = create_backend("engine", height=info.height, width=info.width, chunk_frames=info.chunk_frames)
     worlds = Worlds(world, engine, same=False, start="engine")
@@ -262,6 +276,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--quick", action="store_true", help="teacher-forced counterfactual accuracy only (80 cases)")
     p.add_argument("--guidance", type=float, default=0.0,
                    help="classifier-free guidance on the actions alone (default 0: none, the bake-off's rule)")
+    p.add_argument("--own-sampler", action="store_true",
+                   help="score with the sampler each release records (a student's diagonal schedule), not the "
+                   "bake-off's Euler 8")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--out", required=True, help="directory for <arm>.json (with --report: the one to read)")
     p.add_argument("--report", action="store_true", help="score nothing: write --table and --plot from --out")
@@ -287,7 +304,8 @@ def main(argv: list[str] | None = None) -> int:
         from model.runtime.world_model import load_world_model
 
         ckpt = str(checkpoint_dir(run))
-        result = score_arm(ckpt, args.heldout, parse_episodes(args.episodes), args.quick, guidance=args.guidance)
+        result = score_arm(ckpt, args.heldout, parse_episodes(args.episodes), args.quick, guidance=args.guidance,
+                           own_sampler=args.own_sampler)
         run_dir = Path(run) if (Path(run) / "teacher.csv").exists() else Path(ckpt).parent
         result.update(training_facts(run_dir))
         result["parameters"] = count_parameters(load_world_model(ckpt, "cpu", with_text_encoder=False).dit) / 1e6
