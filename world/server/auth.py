@@ -110,8 +110,8 @@ ACCEPTED = "accepted"  # it holds that key and took our client key
 UNLISTED = "unlisted"  # it holds that key (it could read our hello) but does not list our client key
 OTHER_KEY = "other key"  # it answers the handshake, but cannot read a hello made for that key
 NO_KEYS = "no keys"  # it answers without CURVE: a plain worker
-SILENT = "silent"  # nothing answered the handshake in time (down, or not there yet)
-HANDSHAKE_S = 2.0
+SILENT = "silent"  # nothing listens there (down, not there yet), or nothing answered the handshake in time
+HANDSHAKE_S = 10.0  # the longest wait for a worker that took the connection to answer its handshake
 
 
 class ServerKeyChanged(AuthError):
@@ -190,15 +190,25 @@ def trusted_server_key(address: str, given: bytes | None, path: str | os.PathLik
 
 def handshake(address: str, server_public: bytes, own: tuple[bytes, bytes] | None = None,
               timeout_s: float = HANDSHAKE_S, context: zmq.Context | None = None) -> str:  # fmt: skip
-    """How the worker at `address` answers a CURVE handshake for `server_public`, made with `own`
-    (public, secret) or a throwaway pair: ACCEPTED, UNLISTED, OTHER_KEY, NO_KEYS or SILENT. Nothing
-    but the handshake is sent, so a worker that is not the one remembered learns nothing."""
+    """How the worker at `address` answers a handshake in clear and then one with CURVE for
+    `server_public`, made with `own` (public, secret) or a throwaway pair: NO_KEYS, ACCEPTED,
+    UNLISTED, OTHER_KEY or SILENT. Nothing but handshakes is sent, so a worker that is not the one
+    remembered learns nothing. (A worker in clear drops a CURVE hello as a keyed one with another key
+    does, so it is asked in clear first.)"""
+    plain = _handshake_once(address, None, timeout_s, context)
+    if plain in (ACCEPTED, SILENT):
+        return NO_KEYS if plain == ACCEPTED else SILENT
+    public, secret = own if own is not None else zmq.curve_keypair()
+    return _handshake_once(address, ClientKeys(public, secret, server_public), timeout_s, context)
+
+
+def _handshake_once(address: str, keys: ClientKeys | None, timeout_s: float, context: zmq.Context | None) -> str:
     from zmq.utils.monitor import recv_monitor_message
 
-    public, secret = own if own is not None else zmq.curve_keypair()
     socket = (context or zmq.Context.instance()).socket(zmq.DEALER)
     socket.linger = 0
-    secure_client(socket, ClientKeys(public, secret, server_public))
+    if keys is not None:
+        secure_client(socket, keys)
     monitor = socket.get_monitor_socket()
     try:
         socket.connect(address)
@@ -225,6 +235,8 @@ def _handshake_answer(event: dict) -> str | None:
         return NO_KEYS
     if kind in (zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL, zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL):
         return OTHER_KEY  # it dropped a hello it could not decrypt
+    if kind == zmq.EVENT_CONNECT_RETRIED:  # the connection was refused: nothing listens there now
+        return SILENT
     return None
 
 
@@ -250,9 +262,10 @@ def player_keys(address: str, client_key: str | None, server_key: str | None, kn
     answer = handshake(address, server, own, timeout_s)
     _refuse_answer(answer, address, server, remembered is not None, known)
     if own is None:
-        raise AuthError(f"the worker at {address} is remembered with key {fingerprint(server)} ({known}): play it "
-                        f"with --client-key YOUR.key_secret. To play a worker without keys there instead, remove "
-                        f"the line for {address} from {known}")  # fmt: skip
+        state = "no worker answers there now" if answer == SILENT else "the worker there holds that key"
+        raise AuthError(f"the worker at {address} is remembered with key {fingerprint(server)} ({known}) and {state}: "
+                        f"play it with --client-key YOUR.key_secret. To play a worker without keys there instead, "
+                        f"remove the line for {address} from {known}")  # fmt: skip
     if how == "given":
         if answer == SILENT:
             how = "given; not remembered, as no worker answered to show it holds it"
