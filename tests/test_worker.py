@@ -190,10 +190,9 @@ def test_one_client_key_is_one_client_whatever_its_sockets():
 
 
 def test_memory_budget_refuses_before_building():
-    c = Core(memory_budget_mb=20)  # one 16x16 fake session fits, a 1024x1024x16 one does not
+    c = Core(memory_budget_mb=20)  # one 16x16 fake session fits, a 512x512 one (its frames in flight) does not
     built = FakeBackend.built
-    (error,) = c.send(P.Open(backend="fake", prompt="hills", options={"height": 1024, "width": 1024,
-                                                                       "chunk_frames": 16}))  # fmt: skip
+    (error,) = c.send(P.Open(backend="fake", prompt="hills", options={"height": 512, "width": 512}))
     assert error.code == P.BUSY and "memory budget" in error.message and FakeBackend.built == built
     assert c.open()
 

@@ -146,13 +146,15 @@ def test_the_budget_protects_other_clients_and_spares_a_session_alone():
 
 def test_a_session_predicted_far_over_budget_is_refused_before_it_is_built():
     """The 1024x1024, 16-frame engine took 80 s of CPU to build before its first chunk could be
-    timed; once the worker has seen what its backend costs, such an open is refused at once."""
+    timed; once the worker has seen what its backend costs, an open predicted far over the budget is
+    refused at once (here one within the work limit: 256x256x16 pixel-frames of a world that took
+    0.1 s for 16x16x3)."""
     core = WorkerCore(WorkerConfig(chunk_budget_s=1.0), "test")
     first = core.handle(Inbound(b"\x00a", P.Open(backend="fake", prompt="hills", options={"delay_s": 0.1}), 0.0))
     assert wire.decode_reply(first[0].frames)[0].TYPE == "opened"
     core.produce_next()  # its first chunk, timed: 0.1 s for 16x16x3 pixels
     built = tests.fakes.FakeBackend.built
-    big = {"height": 1024, "width": 1024, "chunk_frames": 16}
+    big = {"height": 256, "width": 256, "chunk_frames": 16}
     (refused,) = core.handle(Inbound(b"\x00b", P.Open(backend="fake", prompt="hills", options=big), 0.0))
     error = wire.decode_reply(refused.frames)[0]
     assert error.code == P.OVER_BUDGET and "would take about" in error.message

@@ -4,7 +4,8 @@
 status), admits sessions (world/server/admission.py) and builds them off the loop
 (world/server/session_builder.py), expires silent sessions, produces chunks for the sessions whose
 clients are fewer than their lookahead chunks behind (sessions of one model and sampler as one batch,
-world/server/batching.py) and closes sessions whose chunks take longer than their budget. Every entry
+shared by work, world/server/batching.py; a large session's chunks off the loop) and closes sessions
+whose chunks take more work than allowed or longer than their budget. Every entry
 point returns the messages to send, so it is tested without sockets; the I/O loop
 (world/server/io_loop.py) feeds it.
 """
@@ -47,7 +48,9 @@ class WorkerCore:
     Work whose cost a client picks runs off the compute loop on `executor` (world/server/jobs.py):
     building a session (a session is "opening" until it is built and reset), its first chunk made
     by `step_chunk` (timed against the session's budget before any of its chunks runs on the
-    loop) and resets. Requests for a session with a job in flight wait for it, in order."""
+    loop), resets, and every chunk of a large session (more work than `round_work`: one at a time,
+    so a player beside it waits for small chunks only). Requests for a session with a job in flight
+    wait for it, in order."""
 
     def __init__(self, config: WorkerConfig, instance: str, io_stats: IOStats | None = None,
                  executor: object | None = None, heard: dict[bytes, float] | None = None):  # fmt: skip
@@ -63,12 +66,14 @@ class WorkerCore:
         self.heard = heard if heard is not None else {}
         self.jobs: list[Job] = []
         self.admission = Admission(AdmissionConfig(config.max_sessions, config.per_client,
-                                                   config.memory_budget_mb * 1024 * 1024))  # fmt: skip
+                                                   config.memory_budget_mb * 1024 * 1024,
+                                                   max_chunk_work=config.max_chunk_work))  # fmt: skip
         self.log = RateLimitedLog(log)
         self.costs = CostModel()
         self.builder = SessionBuilder(config, self.costs)
         self._pruned = 0.0
-        self.scheduler = BatchScheduler(config.max_batch)
+        self.scheduler = BatchScheduler(config.max_batch, config.round_work)  # chunks made on the loop
+        self.lane = BatchScheduler(1, config.round_work)  # large chunks, made off the loop one at a time
         self._handlers: dict[type, Callable[[Inbound], list[Outgoing]]] = {
             P.Open: self._open,
             P.Input: self._input,
@@ -143,8 +148,9 @@ class WorkerCore:
 
     def produce_next(self) -> list[Outgoing]:
         """Finish the jobs that are done; a session's first chunk goes to the executor (timed off the
-        loop); then generate the next batch (world/server/batching.py: due sessions of one model and sampler,
-        every due session once per round)."""
+        loop), and so does the next chunk of a large session (more work than `round_work`), one at a
+        time; then generate the next batch of the others (world/server/batching.py: due sessions of
+        one model and sampler, shared by work)."""
         out = self.collect()
         ready = []
         for session in list(self.sessions.values()):
@@ -152,16 +158,32 @@ class WorkerCore:
                 continue
             if session.trial:
                 if session.can_produce():
-                    out += self._start_job(Job("produce", self.executor.submit(self._timed_produce, session),
-                                               session.owner, session=session))  # fmt: skip
+                    out += self._produce_off_loop(session, "produce")
                     if out:
                         return out  # an inline executor made it already: one session's chunk per call
                 continue
             ready.append(session)
-        batch = self.scheduler.next_batch(ready)
+        out += self._produce_large([s for s in ready if self._large(s)])
+        small = [s for s in ready if not self._large(s) and s.sid in self.sessions]
+        batch = self.scheduler.next_batch(small)
         for session, made in produce_batch(batch, self.scheduler.rounds):
             out += self._produced(session, made, len(batch))
         return out
+
+    def _large(self, session: Session) -> bool:
+        return session.work > self.config.round_work
+
+    def _produce_large(self, large: list[Session]) -> list[Outgoing]:
+        """The next chunk of one large session, chosen fairly among them, off the loop: however large,
+        it never holds the loop, and the large sessions together take one thread at a time."""
+        if any(job.kind == "large" for job in self.jobs):
+            return []
+        batch = self.lane.next_batch(large)
+        return self._produce_off_loop(batch[0], "large") if batch else []
+
+    def _produce_off_loop(self, session: Session, kind: str) -> list[Outgoing]:
+        return self._start_job(Job(kind, self.executor.submit(self._timed_produce, session), session.owner,
+                                   session=session))  # fmt: skip
 
     def collect(self) -> list[Outgoing]:
         """Replies for the jobs that have finished."""
@@ -194,7 +216,7 @@ class WorkerCore:
         if session.dropped:  # closed while the job ran: only its backend is left to free
             self._close_backend(session)
             return []
-        out = self._reset_done(job) if job.kind == "reset" else self._trial_done(job)
+        out = self._reset_done(job) if job.kind == "reset" else self._chunk_done(job)
         if session.sid in self.sessions:
             deferred, session.deferred = session.deferred, []
             for item in deferred:
@@ -211,7 +233,9 @@ class WorkerCore:
         header, frames = session.produce()
         return header, frames, time.perf_counter() - start
 
-    def _trial_done(self, job: Job) -> list[Outgoing]:
+    def _chunk_done(self, job: Job) -> list[Outgoing]:
+        """A chunk made off the loop: a session's first (timed against its budget before any of its
+        chunks runs on the loop, which teaches the cost model) or a large session's."""
         session = job.session
         try:
             header, frames, seconds = job.future.result()
@@ -221,10 +245,22 @@ class WorkerCore:
         self.stats.chunks_produced += 1
         if header.extra.get("reset_view"):
             return out  # made by the reset; the next chunk is the first step_chunk, timed the same way
-        session.trial = False
+        first, session.trial = session.trial, False
+        if first:
+            self.costs.learn(session.backend_name, session.work, seconds)
+        strikes = BUDGET_STRIKES if first else 1
+        return out + (self._check_work(session) or self._check_budget(session, seconds, strikes=strikes))
+
+    def _check_work(self, session: Session) -> list[Outgoing]:
+        """Close a session whose latest chunk took more work than the worker allows (a sampler left
+        at the checkpoint's own says what it costs only once it made a chunk), even alone."""
         info = session.info
-        self.costs.learn(session.backend_name, info.height, info.width, info.chunk_frames, seconds)
-        return out + self._check_budget(session, seconds, strikes=BUDGET_STRIKES)
+        why = self.admission.over_work(info.height, info.width, info.chunk_frames, session.evaluations)
+        if why is None:
+            return []
+        log.info("session %s: %s: closing", session.sid, why)
+        error = P.Error(code=P.OVER_BUDGET, session=session.sid, message=why)
+        return [self._error(session.owner, error), self._drop(session, "over_budget")]
 
     def _check_budget(self, session: Session, seconds: float, strikes: int = 1) -> list[Outgoing]:
         """Close a session whose chunks take longer than its budget (`strikes` at once: its first)
@@ -237,8 +273,7 @@ class WorkerCore:
             return []
         error = P.Error(code=P.OVER_BUDGET, session=session.sid, message=(
             f"a chunk of this session takes {seconds:.2f} s; this worker allows {session.budget_s:.2f} s per chunk "
-            f"(the larger of the chunk's play time and serve --chunk-budget {self.config.chunk_budget_s:g}): open "
-            "a smaller session (height, width, chunk_frames, steps)"))  # fmt: skip
+            "(serve --chunk-budget), whatever the fps: open a smaller session (height, width, chunk_frames, steps)"))
         log.info("session %s: chunk %.2f s over its budget of %.2f s: closing", session.sid, seconds, session.budget_s)
         return [self._error(session.owner, error), self._drop(session, "over_budget")]
 
@@ -273,6 +308,8 @@ class WorkerCore:
 
     def _drop(self, session: Session, reason: str, ref: P.Ref = None) -> Outgoing:
         del self.sessions[session.sid]
+        self.scheduler.forget(session.sid)
+        self.lane.forget(session.sid)
         self.stats.sessions_closed += 1
         if session.job is not None:
             session.dropped = True  # the job still uses the backend; its end frees it
@@ -298,7 +335,7 @@ class WorkerCore:
         except Exception as exc:
             return self._backend_failed(session, exc)
         self.stats.chunks_produced += 1
-        return out + self._check_budget(session, seconds)
+        return out + (self._check_work(session) or self._check_budget(session, seconds))
 
     # -- request handlers ------------------------------------------------------------------------
 
@@ -312,6 +349,7 @@ class WorkerCore:
         check_backend_name(req.backend)
         check_start(req)
         check_client_options(req.options)
+        self.admission.check_work(*self.costs.work(req.backend, req.options))
         holder = Holder(item.identity, item.user, *self.builder.estimate(req.backend, req.options, lookahead))
         self.admission.check(self._holders(), holder)
         self.builder.check_predicted_cost(req)
@@ -331,6 +369,9 @@ class WorkerCore:
         session.last_seen = item.received + session.build_s
         self.sessions[session.sid] = session
         self.stats.sessions_opened += 1
+        info = session.info
+        self.costs.learn_defaults(session.backend_name, req.options,
+                                  {"height": info.height, "width": info.width, "chunk_frames": info.chunk_frames})
         return [outgoing(item.identity, self.builder.opened(session, req, self.instance))]
 
     def _input(self, item: Inbound) -> list[Outgoing]:

@@ -1,4 +1,5 @@
-"""Work the worker runs off its compute loop: building a session, its first chunk, a reset.
+"""Work the worker runs off its compute loop: building a session, its first chunk, a reset, a
+large session's chunk.
 
 Anything whose cost a client chooses (loading a model, a 1024x1024 engine's terrain, a chunk of
 unknown size) must not run on the compute loop, which serves every session. The worker hands it
@@ -22,11 +23,11 @@ from typing import Any
 class Job:
     """One piece of work in flight: what it is for, and the request that asked for it."""
 
-    kind: str  # "open" | "reset" | "produce"
+    kind: str  # "open" | "reset" | "produce" (a session's first chunk) | "large" (a large session's chunk)
     future: Future
     identity: bytes
     request: Any = None  # the Inbound that started it (open, reset)
-    session: Any = None  # the session it works on (reset, produce)
+    session: Any = None  # the session it works on (reset, produce, large)
     holder: Any = None  # what an opening session counts against (world/server/admission.py)
 
 

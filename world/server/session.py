@@ -26,6 +26,7 @@ import numpy as np
 
 from world.actions import IDLE, Action
 from world.backend import Backend, BackendInfo, ChunkResult, PromptError
+from world.server.admission import chunk_work
 from world.server.protocol import (
     BAD_ACK,
     BAD_PROMPT,
@@ -33,6 +34,7 @@ from world.server.protocol import (
     Chunk,
     ProtocolError,
     frame_record,
+    is_int,
 )
 
 
@@ -97,6 +99,12 @@ class Session:
         self.deferred: list = []
         self.trial = True  # the first chunk made by step_chunk is timed off the loop before any inline one
         self.budget_s = float("inf")
+        # What its chunks ask of the loop (world/server/admission.py chunk_work): network evaluations
+        # per chunk as the open asked (1 when it did not say), then as its latest chunk reported.
+        self.evaluations = 1
+        # Whom its share of the loop counts against (world/server/batching.py): its client's key on an
+        # authenticated worker, else its socket.
+        self.client: object = owner
         self.strikes = 0  # consecutive chunks over budget
         self.dropped = False  # closed while a job ran: the job's end frees the backend
         self.holder: object | None = None  # what it counts against in admission (world/server/admission.py)
@@ -114,6 +122,12 @@ class Session:
 
     def can_produce(self) -> bool:
         return self.in_flight() < self.lookahead
+
+    @property
+    def work(self) -> int:
+        """Pixel-frame evaluations of its next chunk (as many as its latest one took)."""
+        info = self.info
+        return chunk_work(info.height, info.width, info.chunk_frames, self.evaluations)
 
     def set_held(self, action: Action) -> None:
         self.held = action
@@ -213,6 +227,8 @@ class Session:
             start = {"start": extra["start"]} if isinstance(extra.get("start"), str) else {}
             records = tuple({**r, "reset_view": True, **start} for r in records)
             extra["reset_view"] = True
+        elif is_int(result.nfe) and result.nfe > 0:  # a stepped chunk (not the reset's): what the next costs
+            self.evaluations = result.nfe
         header = Chunk(
             session=self.sid,
             seq=self.next_seq,

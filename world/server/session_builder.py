@@ -15,7 +15,7 @@ from world.backends.registry import SESSION_DEFAULTS, backend_names, create_back
 from world.bundled import bundled_checkpoint
 from world.errors import BackendError, PromptError
 from world.server import protocol as P
-from world.server.admission import CostModel, Holder, directory_bytes, estimate_bytes
+from world.server.admission import CostModel, Holder, chunk_work, directory_bytes, estimate_bytes, evaluations
 from world.server.session import Session
 from world.server.worker_config import (
     CALIBRATION_PROMPT,
@@ -47,14 +47,14 @@ class SessionBuilder:
                 world.reset(0, CALIBRATION_PROMPT)
                 info = world.info
                 start = time.perf_counter()
-                world.step_chunk([IDLE] * info.chunk_frames)
+                result = world.step_chunk([IDLE] * info.chunk_frames)
                 seconds = time.perf_counter() - start
             finally:
                 world.close()
         except Exception as exc:  # a worker without that backend simply has no calibration
             log.info("calibrating %s failed: %s: %.200s", backend, type(exc).__name__, exc)
             return
-        self.costs.learn(backend, info.height, info.width, info.chunk_frames, seconds)
+        self.costs.learn(backend, chunk_work(info.height, info.width, info.chunk_frames, result.nfe), seconds)
 
     def lookahead(self, requested: int | None) -> int:
         """The session's lookahead: the client's, at most the operator's --max-unacked (which bounds
@@ -80,16 +80,17 @@ class SessionBuilder:
         return own, None
 
     def check_predicted_cost(self, req: P.Open) -> None:
-        """Refuse, before building it, a session whose chunks would take over twice its budget
-        (world/server/admission.py CostModel). Also on an empty worker: others may come, and building
-        such a session alone costs a minute of CPU; sessions nearer the budget are timed instead."""
-        frames, fps = req.options.get("chunk_frames") or 3, req.options.get("fps") or 30.0
-        budget = max(frames / fps, self.config.chunk_budget_s)
+        """Refuse, before building it, a session whose chunks would take over twice the chunk budget
+        (world/server/admission.py CostModel), whatever fps it claims. Also on an empty worker:
+        others may come, and building such a session alone costs CPU; sessions nearer the budget are
+        timed instead."""
+        budget = self.config.chunk_budget_s
         predicted = self.costs.too_costly(req.backend, req.options, budget)
         if predicted is not None:
             raise P.ProtocolError(P.OVER_BUDGET, f"a chunk of this session would take about {predicted:.1f} s (from "
-                                  f"what this worker's {req.backend} sessions took); the budget is {budget:.2f} s "
-                                  "per chunk: open a smaller session")  # fmt: skip
+                                  f"what this worker's {req.backend} sessions took); this worker allows "
+                                  f"{budget:.2f} s per chunk (serve --chunk-budget), whatever the fps: open a "
+                                  "smaller session")  # fmt: skip
 
     def build(self, item: Inbound, lookahead: int, holder: Holder) -> Session:
         """Off the loop: the backend, reset with the seed and prompt, as a Session."""
@@ -117,8 +118,9 @@ class SessionBuilder:
                           self.config.max_queued_actions, item.received, lookahead, reset_ms=reset_ms)  # fmt: skip
         if req.resume is not None:
             session.resume_at(*(req.resume[k] for k in P.RESUME_COUNTERS))
-        info = session.info
-        session.budget_s = max(info.chunk_frames / info.fps, self.config.chunk_budget_s)
+        session.budget_s = self.config.chunk_budget_s  # whatever fps the world claims
+        session.evaluations = evaluations(req.options)  # until its first chunk says
+        session.client = holder.user or item.identity
         session.holder = holder
         session.build_s = time.perf_counter() - began
         return session

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 
 from world.server import protocol as P
 from world.server import wire
+from world.server.admission import MAX_CHUNK_WORK, ROUND_WORK
 from world.server.auth import ServerKeys
 
 DEFAULT_BIND = "tcp://127.0.0.1:5555"
@@ -52,9 +53,13 @@ class WorkerConfig:
     per_client: int = 2  # sessions one client (routing identity, or client key) may hold
     memory_budget_mb: int = 0  # estimated memory of all sessions; 0: half the machine's (world/server/admission.py)
     # The longest one chunk of a session may hold the compute loop (every other session waits that
-    # long): a session's budget is the larger of this and its chunk's play time (F / fps). Enforced
-    # while other clients' sessions share the worker.
+    # long), whatever fps the session claims. Enforced while other clients' sessions share the worker.
     chunk_budget_s: float = 1.0
+    # Work, not time (world/server/admission.py chunk_work): the pixel-frame evaluations one chunk may
+    # take (more: over_budget at open), and the most a chunk made on the compute loop may take (it
+    # costs one scheduling round; a larger one is made off the loop, world/server/core.py).
+    max_chunk_work: int = MAX_CHUNK_WORK
+    round_work: int = ROUND_WORK
     keys: ServerKeys | None = None  # CURVE keys: clients authenticate and frames are encrypted (world/server/auth.py)
     notice: str | None = None  # told to every client in `opened` (an --insecure remote worker)
 
