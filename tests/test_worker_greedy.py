@@ -9,6 +9,7 @@ the same test, so a busy machine slows both. The rules themselves are checked in
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass
 
 import pytest
@@ -150,6 +151,22 @@ def test_predictions_fill_missing_options_from_the_defaults_never_from_another_s
     # What a backend's session got for what its open left out is that backend's default.
     costs.learn_defaults("fake", {"height": 8}, {"height": 8, "width": 16, "chunk_frames": 3})
     assert costs.work("fake", {}) == (64, 16, 3, 1) and costs.work("fake", {"steps": 4}) == (64, 16, 3, 4)
+
+
+def test_one_client_key_behind_two_sockets_gets_one_share_of_the_loop():
+    core = WorkerCore(WorkerConfig(max_unacked=1, per_client=4), "test")
+    key = "k" * 40
+    users = {b"\x00a": key, b"\x00b": key, b"\x00c": None}  # two sockets of one key, and another client
+    for identity, user in users.items():
+        core.handle(Inbound(identity, P.Open(backend="fake", prompt="hills"), 0.0, user=user))
+    chunks = Counter()
+    for _ in range(90):
+        for out in core.produce_next():
+            chunk, who = wire.decode_reply(out.frames)[0], out.identity
+            chunks[who] += 1
+            core.handle(Inbound(who, P.Ack(session=chunk.session, seq=chunk.seq), 0.0, user=users[who]))
+    assert chunks[b"\x00a"] + chunks[b"\x00b"] == pytest.approx(chunks[b"\x00c"], abs=2), chunks
+    assert chunks[b"\x00c"] >= 20
 
 
 # ----------------------------------------------------------------------------- the scheduler
