@@ -27,15 +27,16 @@ def test_defaults_are_the_config_defaults():
 def test_options_reach_the_config():
     config = serve.config_from_args(parse("--bind", "tcp://127.0.0.1:0", "--window", "3", "--max-batch", "1",
                                           "--per-client", "4", "--chunk-budget", "0.5", "--device", "cpu",
+                                          "--max-chunk-work", "4000000",
                                           "--checkpoint", "w"))  # fmt: skip
     assert (config.bind, config.max_unacked, config.max_batch, config.per_client) == ("tcp://127.0.0.1:0", 3, 1, 4)
-    assert config.chunk_budget_s == 0.5
+    assert config.chunk_budget_s == 0.5 and config.max_chunk_work == 4_000_000
     assert config.backend_options == {"generated": {"device": "cpu", "checkpoint": "w"}}
 
 
 @pytest.mark.parametrize("argv", [["--session-timeout", "0"], ["--max-sessions", "0"], ["--max-unacked", "0"],
                                   ["--per-client", "0"], ["--max-batch", "0"], ["--chunk-budget", "0"],
-                                  ["--memory-budget-mb", "-1"]])  # fmt: skip
+                                  ["--memory-budget-mb", "-1"], ["--max-chunk-work", "0"]])  # fmt: skip
 def test_bad_numbers_are_refused_in_one_line(argv):
     with pytest.raises(SystemExit, match=f"serve: .*{argv[0]}"):
         serve.config_from_args(parse(*argv))

@@ -17,6 +17,7 @@ from dataclasses import asdict
 import zmq
 
 from world.backends.registry import backend_names
+from world.server.admission import MAX_CHUNK_WORK
 from world.server.auth import AuthError, check_bind, server_keys
 from world.server.cluster import launch as cluster_launch
 from world.server.io_loop import serve
@@ -99,8 +100,16 @@ def add_worker_arguments(parser: argparse.ArgumentParser) -> None:
         type=float,
         default=1.0,
         metavar="S",
-        help="the longest one chunk of a session may take, unless its play time is longer; a "
-        "session over it is closed (default %(default)s)",
+        help="the longest one chunk of a session may take, whatever fps it asked for; a session over "
+        "it is closed (default %(default)s)",
+    )
+    parser.add_argument(
+        "--max-chunk-work",
+        type=int,
+        default=MAX_CHUNK_WORK,
+        metavar="N",
+        help="the most work one chunk may be: height x width x frames x network evaluations; an open "
+        "over it is refused over_budget (default %(default)s; raise it on a GPU worker)",
     )
     parser.add_argument(
         "--exit-with-parent",
@@ -144,8 +153,8 @@ def config_from_args(args: argparse.Namespace) -> WorkerConfig:
     if args.session_timeout <= 0 or min(counts) < 1:
         raise SystemExit("serve: --session-timeout must be > 0, --max-sessions, --max-unacked, --per-client and "
                          "--max-batch >= 1")
-    if not args.chunk_budget > 0 or args.memory_budget_mb < 0:
-        raise SystemExit("serve: --chunk-budget must be > 0 and --memory-budget-mb >= 0")
+    if not args.chunk_budget > 0 or args.memory_budget_mb < 0 or args.max_chunk_work < 1:
+        raise SystemExit("serve: --chunk-budget must be > 0, --memory-budget-mb >= 0 and --max-chunk-work >= 1")
     generated = {k: v for k, v in (("device", args.device), ("checkpoint", args.checkpoint)) if v is not None}
     return WorkerConfig(
         bind=args.bind,
@@ -157,6 +166,7 @@ def config_from_args(args: argparse.Namespace) -> WorkerConfig:
         per_client=args.per_client,
         memory_budget_mb=args.memory_budget_mb,
         chunk_budget_s=args.chunk_budget,
+        max_chunk_work=args.max_chunk_work,
         keys=server_keys(args.server_key, args.authorized_keys),
     )
 
