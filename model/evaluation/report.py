@@ -164,16 +164,16 @@ def markdown(results: dict) -> str:
         f"{'quick' if r.get('quick') else 'full'} run, {r.get('seconds', 0):.0f} s, device {r.get('device')}, "
         f"IDM `{r.get('idm')}`, classifier `{r.get('classifier')}`; start: {r.get('start')}; "
         f"fidelity mode: {r.get('fidelity_mode')}.",
-        "",
-        "| measure | world | engine (ceiling / reference) | baseline (still, copy-last or chance) | target |",
-        "| --- | --- | --- | --- | --- |",
     ]
-    for key, label, ref, base, target in TABLE:
-        if key in r:
-            lines.append(f"| {label} | {_fmt(r[key])} | {_ref(r, ref)} | {_ref(r, base)} | {target} |")
-    lines += ["", "Per-action F1 (world / engine):", "", "| action | world | engine |", "| --- | --- | --- |"]
+    rows = [f"| {label} | {_fmt(r[key])} | {_ref(r, ref)} | {_ref(r, base)} | {target} |"
+            for key, label, ref, base, target in TABLE if key in r]
+    if rows:  # a run of measures without headline numbers (longstream alone) gets no empty table
+        lines += ["", "| measure | world | engine (ceiling / reference) | baseline (still, copy-last or chance) "
+                  "| target |", "| --- | --- | --- | --- | --- |", *rows]
     w, e = r.get("action_per_action_f1", {}), r.get("action_per_action_f1_ceiling", {})
-    lines += [f"| {a} | {_fmt(w.get(a))} | {_fmt(e.get(a))} |" for a in ACTION_NAMES if a in w]
+    if w:
+        lines += ["", "Per-action F1 (world / engine):", "", "| action | world | engine |", "| --- | --- | --- |"]
+        lines += [f"| {a} | {_fmt(w.get(a))} | {_fmt(e.get(a))} |" for a in ACTION_NAMES if a in w]
     lines += _detail_tables(r)
     lines += _longstream_table(r)
     if r.get("fd_per_segment"):
