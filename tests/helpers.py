@@ -203,9 +203,9 @@ def replay(backend: str, seed: int, chunks: list[ChunkEvent], options: dict | No
     world.close()
 
 
-def collect_chunks(client: WorldClient, n: int, timeout_s: float = 60.0, ack: bool = True) -> list[ChunkEvent]:
-    """The next n chunks from a real worker within timeout_s (acknowledged unless ack=False);
-    any error event fails the test."""
+def collect_chunks(client: WorldClient, n: int, timeout_s: float = 60.0, ack: bool | int = True) -> list[ChunkEvent]:
+    """The next n chunks from a real worker within timeout_s, acknowledged unless ack=False (ack=K:
+    only the first K, as a front end with the rest still to show); any error event fails the test."""
     chunks: list[ChunkEvent] = []
     deadline = time.monotonic() + timeout_s
     while len(chunks) < n and time.monotonic() < deadline:
@@ -213,7 +213,7 @@ def collect_chunks(client: WorldClient, n: int, timeout_s: float = 60.0, ack: bo
             assert not isinstance(event, ErrorEvent), event
             if isinstance(event, ChunkEvent):
                 chunks.append(event)
-                if ack:
+                if ack is True or len(chunks) <= ack:
                     client.ack(event.seq)
     assert len(chunks) >= n, f"only {len(chunks)} chunks in {timeout_s} s"
     return chunks[:n]

@@ -9,7 +9,6 @@ lost worker never answered.
 from __future__ import annotations
 
 import contextlib
-import time
 from collections.abc import Iterator
 
 import numpy as np
@@ -19,7 +18,7 @@ from tests.helpers import collect_chunks
 from world.actions import Action
 from world.backends.registry import create_backend
 from world.server import protocol as P
-from world.server.client import ChunkEvent, ErrorEvent, WorldClient
+from world.server.client import WorldClient
 from world.server.process import start_worker_process, stop_worker_process
 from world.server.session import Session
 
@@ -94,28 +93,13 @@ def test_a_restarted_worker_goes_on_after_the_last_acknowledged_chunk_bit_for_bi
         assert np.array_equal(chunk.frames, expected), f"chunk {chunk.seq} differs"
 
 
-def _receive(client: WorldClient, n: int, acked: int, timeout_s: float = 60.0) -> list[ChunkEvent]:
-    """The next n chunks, acknowledging only the first `acked` of them (a front end still to show the rest)."""
-    chunks: list[ChunkEvent] = []
-    deadline = time.monotonic() + timeout_s
-    while len(chunks) < n and time.monotonic() < deadline:
-        for event in client.poll(100):
-            assert not isinstance(event, ErrorEvent), event
-            if isinstance(event, ChunkEvent):
-                chunks.append(event)
-                if len(chunks) <= acked:
-                    client.ack(event.seq)
-    assert len(chunks) == n, f"{len(chunks)} chunks where {n} were expected"
-    return chunks
-
-
 def test_a_front_end_that_keeps_its_buffer_is_not_sent_a_chunk_twice():
     """Chunks received but not yet acknowledged (a buffer still to show) are not made again: the
     world goes on after the newest one handed out, bit for bit."""
     with engine_world(seed=6, lookahead=2) as world:
         world.client.send_input(WALK)
         # one list for both, so a chunk that arrives in the same poll as the third is neither lost nor acked
-        received = _receive(world.client, 5, acked=3)
+        received = collect_chunks(world.client, 5, ack=3)
         shown, buffered = received[:3], received[3:]  # the window is full: nothing more comes
         info = world.restart(keep_delivered=True)
         assert info["resumed"]["seq"] == buffered[-1].seq + 1
