@@ -45,7 +45,15 @@ from model.common.checkpoint import (
 from model.common.configs import add_options, given_options, option, replace_config
 from model.common.device import PRECISIONS, resolve_device, training_precision
 from model.common.runlog import RunLog
-from model.diffusion.flow import FlowConfig, add_noise, flow_loss, network_time, sample_levels, velocity_target
+from model.diffusion.flow import (
+    FlowConfig,
+    add_noise,
+    flow_loss,
+    level_grid,
+    network_time,
+    sample_levels,
+    velocity_target,
+)
 from model.diffusion.guidance import apply_guidance
 from model.nets import count_parameters
 from model.nets.dit import DIT_PRESETS, CausalDiT, DiTConfig, dit_config, stacked_previous
@@ -62,6 +70,7 @@ from model.training.loop import (
     step_generator,
     update_ema,
 )
+from model.training.own_rollout import own_context
 
 COPY_CONTEXTS = ("input", "clean")
 
@@ -114,6 +123,11 @@ class TeacherTrainConfig:
                                     "velocity; rows whose actions are dropped learn u_a (0: learn from data)")
     guidance_reference: str = option("", help="with --action-guidance: the world checkpoint whose guided velocity "
                                      "is the target (default: --init-from)")
+    # Exposure bias (model/training/own_rollout.py): streaming, the network reads its own pictures;
+    # trained only on data context it never learnt to continue from them, and they fade or saturate.
+    own_rollout_share: float = option(0.0, help="fraction of clips whose chunks 1..n-2 are the network's own "
+                                      "rollout (no gradient) and only the last chunk carries loss (0: off)")
+    own_rollout_steps: int = option(8, help="Euler steps of each own-rollout chunk (the release's sampler)")
     precision: str = option("auto", choices=PRECISIONS,
                             help="auto: bf16 autocast on CUDA and on CPUs with AMX/AVX512-BF16, else fp32")
     init_from: str = option("", help="fresh run only: world checkpoint whose matching DiT weights seed the model")
@@ -233,24 +247,36 @@ def teacher_loss(model: torch.nn.Module, batch: Batch, dit_cfg: DiTConfig, cfg: 
     if batch.context_chunks is not None:  # clips across a prompt switch: the chunks before it are the context
         k = batch.context_chunks[:, None]
         prefix = torch.where(k >= 0, torch.arange(n_chunks)[None] < k, prefix)
+    own = own_rollout_rows(B, cfg.own_rollout_share, batch.context_chunks, gen)  # [B] bool
+    if own.any():  # the whole clip but its last chunk is context: data chunk 0, then the own rollout
+        prefix = torch.where(own[:, None], torch.arange(n_chunks)[None] < n_chunks - 1, prefix)
     prefix = prefix.repeat_interleave(C, 1)
     s_ctx = context_levels(B, cfg.context_noise_max, gen)[:, None].expand(B, Fr)
     s, weight = torch.where(prefix, s_ctx, s), weight.masked_fill(prefix, 0.0)
     eps = torch.randn(x0.shape, generator=gen)
+    x_in = x0  # what the network reads; own-rollout rows read their own chunks as context
+    if own.any():
+        rows = own.nonzero().flatten().to(x0.device)
+        net = getattr(model, "module", model)  # unwrapped: no DDP bookkeeping for a no-grad rollout
+        x_in = x0.index_copy(0, rows, own_context(
+            net, dit_cfg, x0[rows], batch.actions[rows], batch.text[rows], batch.text_mask[rows],
+            level_grid(cfg.own_rollout_steps, cfg.shift), gen))
     drop_text = torch.rand(B, generator=gen) < dit_cfg.cfg_dropout_text
     drop_actions = torch.rand(B, generator=gen) < dit_cfg.cfg_dropout_actions
     dev = x0.device
     s, s_ctx, weight, eps = s.to(dev), s_ctx.to(dev), weight.to(dev), eps.to(dev)
     mask = batch.text_mask & ~drop_text.to(dev)[:, None]
-    prev = None
-    if cfg.copy_context == "clean" and dit_cfg.copy_path:
-        prev = stacked_previous(add_noise(x0, eps, s_ctx), C, dit_cfg.copy_frames)
-    elif cfg.copy_context not in COPY_CONTEXTS:
+    if cfg.copy_context not in COPY_CONTEXTS:
         raise ValueError(f"copy_context must be one of {COPY_CONTEXTS}, got {cfg.copy_context!r}")
-    x_s, drop_actions = add_noise(x0, eps, s), drop_actions.to(dev)
+    clean_copy = cfg.copy_context == "clean" and dit_cfg.copy_path
+    prev = stacked_previous(add_noise(x_in, eps, s_ctx), C, dit_cfg.copy_frames) if clean_copy else None
+    x_s, drop_actions = add_noise(x_in, eps, s), drop_actions.to(dev)
     v = model(x_s, network_time(s), batch.actions, batch.text, mask, drop_actions=drop_actions, prev=prev)
-    if reference is None:
+    if reference is None:  # the loss chunk is data in every row, so the data's velocity is its target
         return flow_loss(v, velocity_target(x0, eps), weight)
+    if x_in is not x0:  # the reference is asked what follows the TRUE context, not the rollout
+        x_s = add_noise(x0, eps, s)
+        prev = stacked_previous(add_noise(x0, eps, s_ctx), C, dit_cfg.copy_frames) if clean_copy else None
     target = guided_target(reference, x_s, s, batch.actions, batch.text, mask, drop_actions, prev,
                            cfg.action_guidance)
     return flow_loss(v, target, weight)
@@ -270,6 +296,18 @@ def guided_target(reference: torch.nn.Module, x_s: torch.Tensor, s: torch.Tensor
                   drop_actions=cond.drop_actions, prev=None if prev is None else two(prev)).float()
     u = v.chunk(2)[1]
     return torch.where(drop_actions[:, None, None, None, None], u, apply_guidance(v, guidance))
+
+
+def own_rollout_rows(batch: int, share: float, context_chunks: torch.Tensor | None,
+                     gen: torch.Generator) -> torch.Tensor:
+    """[B] bool: the clips whose middle chunks become the network's own rollout (model/training/own_rollout.py),
+    a `share` of the batch; clips across a prompt switch keep their own context. Draws nothing at 0."""
+    if not 0.0 <= share <= 1.0:
+        raise ValueError(f"own_rollout_share must be in [0, 1], got {share}")
+    if share == 0.0:
+        return torch.zeros(batch, dtype=torch.bool)
+    own = torch.rand(batch, generator=gen) < share
+    return own if context_chunks is None else own & (context_chunks < 0)
 
 
 def context_levels(batch: int, most: float, gen: torch.Generator) -> torch.Tensor:
