@@ -7,7 +7,7 @@
 # 1. engine episodes on every CPU core (datagen), 2. their latents on the GPU with the autoencoder of
 # INIT_FROM, 3. `train teacher` warm-started from INIT_FROM until the budget is nearly spent,
 # 4. the run's release weights (fp16 EMA "dit", fp16 "dit_online"), config and loss log into OUT.
-# Environment: INIT_FROM (world checkpoint, default assets/teacher-unet-sharp8), AUTOENCODER (another
+# Environment: INIT_FROM (world checkpoint, default assets/teacher-reference), AUTOENCODER (another
 # autoencoder, e.g. assets/autoencoder-sharp8: the latents are encoded with it and the layers that read
 # or write latents start fresh, the rest warm from INIT_FROM), RECIPE (training options),
 # TEXT_FROM (the prompt embeddings: `encode-latents --text-only` of the same datagen run here),
@@ -20,7 +20,7 @@ budget=${1:?seconds}
 out=${2:?output directory}
 deadline=$(( $(date +%s) + budget ))
 py=${PYTHON:-python3}
-init_from=${INIT_FROM:-assets/teacher-unet-sharp8}
+init_from=${INIT_FROM:-assets/teacher-reference}
 text_from=${TEXT_FROM:-data/text_ref}
 episodes=${EPISODES:-256}
 seed=${SEED:-15}

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Equal-wall-time ablation of the teacher recipe (docs/teacher-recipe.md): every arm is warm-started
-# from the previous teacher (assets/teacher-v1: no copy path, so every arm can load it), trains on
+# from INIT_FROM, which must be set (the previous teacher assets/teacher-v1 was the one: no copy path,
+# so every arm can load it; it is in git history: git archive b38cb69 assets/teacher-v1 | tar -x), trains on
 # the same latent cache with the same seed for MINUTES of wall time on one CPU thread, PARALLEL arms at a time (default: all four at once, so every arm shares
 # the machine's load equally), then each is scored with the same scoreboard. Resumable: an arm
 # whose run directory holds a checkpoint continues from it.
@@ -12,8 +13,9 @@ latents=${2:-data/latents}
 out=${3:-runs/ablation}
 py=${PYTHON:-.venv/bin/python}
 device=${DEVICE:-cpu}
+init_from=${INIT_FROM:?set INIT_FROM to a world release with no copy path, e.g. assets/teacher-v1 (git archive b38cb69 assets/teacher-v1 | tar -x)}
 common=(train teacher --latents "$latents" --preset default --steps 1000000 --batch 8 --clip-chunks 3
-        --lr 3e-4 --device "$device" --init-from "${INIT_FROM:-assets/teacher-v1}" --ckpt-every 100 --max-minutes "$minutes" --resume)
+        --lr 3e-4 --device "$device" --init-from "$init_from" --ckpt-every 100 --max-minutes "$minutes" --resume)
 declare -A arms=(
   [a_baseline]=""
   [b_copy]="--copy-path"

@@ -7,9 +7,10 @@
 # docs/images/teacher_long_scoreboard.png. Data is made on the spot if missing (engine episodes,
 # then the latent cache), so a fresh machine only needs the repository. A run directory that
 # does not exist yet starts from INIT (a run directory to copy and resume, e.g. the ablation's
-# winner), else warm-starts from INIT_FROM (default: the DiT teacher assets/teacher-dit, whose fp16
-# release weights the project commits, so a fresh machine continues where the last run stopped; the
-# U-Net runs set INIT_FROM and RECIPE, docs/world-model.md).
+# winner), else warm-starts from INIT_FROM, which a new run must set: a world release (its fp16 weights are
+# committed, so a fresh machine continues where the last run stopped; the U-Net runs set INIT_FROM
+# and RECIPE, docs/world-model.md), or empty for a fresh network. The latents are encoded with the
+# autoencoder of AE_FROM (default INIT_FROM) unless runs/ae_teacher already holds one.
 # Environment: RECIPE (training options, e.g. "--preset unet --copy-path ..."), DATA / LATENTS /
 # EPISODES / SEED / DATAGEN_ARGS (the data made when the cache is missing), PLOT / TABLE (outputs).
 set -euo pipefail
@@ -20,7 +21,14 @@ run=${3:-runs/teacher_long}
 py=${PYTHON:-.venv/bin/python}
 device=${DEVICE:-cpu}
 nproc=${NPROC:-2}
-init_from=${INIT_FROM-assets/teacher-dit}  # set but empty: a fresh network
+if [ -z "${INIT_FROM+set}" ] && [ -z "${INIT:-}" ] && [ ! -f "$run/checkpoint/config.json" ]; then
+  echo "$0: $run holds no run to resume: set INIT_FROM to the world release to warm-start from (e.g. assets/teacher), or INIT_FROM= for a" \
+       "fresh network; the DiT teacher this script first trained is in git history:" \
+       "git archive 23c0eb9 assets/teacher-dit | tar -x" >&2
+  exit 2
+fi
+init_from=${INIT_FROM:-}  # empty: a fresh network (or the resumed run's own weights)
+ae_from=${AE_FROM:-$init_from}
 data=${DATA:-data/engine}
 latents=${LATENTS:-data/latents}
 episodes=${EPISODES:-512}
@@ -32,10 +40,14 @@ recipe=(--copy-path --action-tokens --teacher-forcing-prob 0.9 --context-noise-m
 [ -n "${RECIPE:-}" ] && read -r -a recipe <<< "$RECIPE"
 
 if ! grep -q '"complete": true' "$latents/cache.json" 2>/dev/null; then
+  if [ ! -f runs/ae_teacher/config.json ] && [ -z "$ae_from" ]; then
+    echo "$0: no runs/ae_teacher and no release to take an autoencoder from: set AE_FROM" >&2
+    exit 2
+  fi
   [ -f runs/ae_teacher/config.json ] || "$py" -c "
 from model.runtime.world_model import load_world_model
 from model.common.checkpoint import save_checkpoint
-ae = load_world_model('assets/teacher-dit').autoencoder  # the 4-channel autoencoder the DiT teachers were trained with
+ae = load_world_model('$ae_from').autoencoder  # the autoencoder the warm start was trained with
 save_checkpoint('runs/ae_teacher', kind='autoencoder', modules={'autoencoder': ae}, configs={'autoencoder': ae.config})"
   "$py" run_world.py datagen --out "$data" --episodes "$episodes" --frames-per-episode 600 --seed "$seed" \
     --workers "$nproc" --no-progress "${datagen_extra[@]}"
