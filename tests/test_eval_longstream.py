@@ -27,7 +27,7 @@ from model.evaluation.measure_longstream import (
     verdict_text,
 )
 from model.evaluation.metrics import colourfulness, gradient_sharpness, hsv_saturation
-from model.evaluation.rollout import Worlds
+from model.evaluation.worlds import Worlds
 from world.backend import ChunkResult
 from world.backends.registry import create_backend
 

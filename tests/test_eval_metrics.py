@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from model.evaluation import metrics
-from model.evaluation.scores import action_f1, theme_accuracy, theme_chance
+from model.readers.scores import action_f1, f1_binary, f1_macro_classes, theme_accuracy, theme_chance
 
 
 def _frame(seed=0, h=32, w=32):
@@ -69,11 +69,11 @@ def test_frechet_distance_few_samples_is_finite():
 
 def test_f1_binary_and_macro():
     t = np.array([1, 1, 0, 0], bool)
-    assert metrics.f1_binary(t, t) == 1.0
-    assert metrics.f1_binary(t, ~t) == 0.0
-    assert metrics.f1_binary(t, np.array([1, 0, 0, 0], bool)) == pytest.approx(2 / 3)
-    assert math.isnan(metrics.f1_binary(np.zeros(3, bool), np.zeros(3, bool)))
-    assert metrics.f1_macro_classes(np.array([0, 1, 2]), np.array([0, 1, 2]), 5) == 1.0
+    assert f1_binary(t, t) == 1.0
+    assert f1_binary(t, ~t) == 0.0
+    assert f1_binary(t, np.array([1, 0, 0, 0], bool)) == pytest.approx(2 / 3)
+    assert math.isnan(f1_binary(np.zeros(3, bool), np.zeros(3, bool)))
+    assert f1_macro_classes(np.array([0, 1, 2]), np.array([0, 1, 2]), 5) == 1.0
 
 
 def test_action_f1_perfect_and_theme_accuracy():

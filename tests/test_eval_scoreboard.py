@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 import run_world
+from model.common.rollout import begin, engine_context, rollout
 from model.evaluation import scoreboard
 from model.evaluation import suite as cli
 from model.evaluation.eval_config import EvalConfig
@@ -18,7 +19,7 @@ from model.evaluation.measure_counterfactual import COUNTERFACTUAL_ACTIONS, cred
 from model.evaluation.measure_fidelity import measure_fidelity
 from model.evaluation.measure_teacher_forced import TEACHER_FORCED_CLASSES, measure_teacher_forced
 from model.evaluation.metrics import PSNR_CAP_DB
-from model.evaluation.rollout import Worlds, begin, engine_context, rollout
+from model.evaluation.worlds import Worlds
 from world.actions import IDLE, Action
 from world.backend import BackendError, PromptError
 from world.backends.registry import create_backend

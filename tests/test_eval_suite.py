@@ -13,14 +13,15 @@ import pytest
 import torch
 
 import run_world
+from model.common.rollout import rollout
 from model.evaluation.action_probes import probe_segments
-from model.evaluation.data import Episode, split_episodes
 from model.evaluation.eval_config import EvalConfig
 from model.evaluation.measure_prompts import frames_to_agree, prompt_sets, read_prompt_file
 from model.evaluation.metrics import PSNR_CAP_DB
 from model.evaluation.report import markdown, write_outputs
-from model.evaluation.rollout import Worlds, rollout
 from model.evaluation.suite import evaluate
+from model.evaluation.worlds import Worlds
+from model.readers.episodes import Episode, split_episodes
 from model.readers.idm import IDMConfig
 from model.readers.train_classifier import ClassifierTask
 from model.readers.train_idm import IDMTask

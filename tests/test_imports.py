@@ -142,6 +142,34 @@ def test_model_does_not_import_controls():
     assert not bad, "model/ imports controls/:\n" + "\n".join(bad)
 
 
+# Packages inside a layer that run one way: (importer, imported) pairs that must never appear. The
+# readers (the IDM and the theme classifier, their training) are what evaluation scores with, so
+# evaluation imports them and they never import evaluation; what both need lives in the readers
+# (episodes, scores) or in model/common/ (the rollout loop).
+ONE_WAY = (("model.readers", "model.evaluation"),)
+
+
+def within(name: str, package: str) -> bool:
+    return name == package or name.startswith(package + ".")
+
+
+def one_way_breaks(graph: dict[str, set[str]]) -> list[str]:
+    """Every edge from a package to one ONE_WAY says it must not import, as "module -> module"."""
+    return sorted(
+        f"{m} -> {t}"
+        for low, high in ONE_WAY
+        for m, targets in graph.items()
+        if within(m, low)
+        for t in targets
+        if within(t, high)
+    )
+
+
+def test_readers_do_not_import_evaluation():
+    bad = one_way_breaks(import_graph())
+    assert not bad, "model/readers/ imports model/evaluation/ (evaluation imports the readers):\n" + "\n".join(bad)
+
+
 def test_worlds_shared_vocabulary_imports_none_of_its_sub_packages():
     """world/'s root modules (actions, backend, errors, files, start ...) are what every layer and
     every world/ sub-package shares: they import none of procedural/, server/, data/, backends/."""
@@ -174,6 +202,9 @@ def test_the_checks_catch_what_they_look_for():
     assert cycles({"a": {"b"}, "b": set()}) == []
     graph = {"world.x": {"model.y"}, "model.y": {"world.x", "controls.z"}, "controls.z": {"model.y", "world.x"}}
     assert layer_breaks(graph) == ["model.y -> controls.z", "world.x -> model.y"]
+    graph = {"model.readers.a": {"model.evaluation.b", "model.common.c"}, "model.evaluation.b": {"model.readers.a"},
+             "model.readersx": {"model.evaluation"}}
+    assert one_way_breaks(graph) == ["model.readers.a -> model.evaluation.b"]
 
 
 def test_no_test_module_imports_another():

@@ -33,7 +33,7 @@ from model.evaluation.measure_counterfactual import context_start, outcomes
 from model.evaluation.measure_fidelity import episode_frames
 from model.evaluation.measure_teacher_forced import TEACHER_FORCED_CLASSES, teacher_forced_context
 from model.evaluation.metrics import psnr_per_frame
-from model.evaluation.rollout import Worlds
+from model.evaluation.worlds import Worlds
 from model.nets import count_parameters
 from model.training.autoencoder import decode_ms_per_frame, load_autoencoder
 from world.backends.registry import create_backend

@@ -43,7 +43,7 @@ from model.evaluation.measure_counterfactual import measure_counterfactual
 from model.evaluation.measure_fidelity import measure_fidelity
 from model.evaluation.measure_teacher_forced import measure_teacher_forced
 from model.evaluation.report import clean
-from model.evaluation.rollout import Worlds
+from model.evaluation.worlds import Worlds
 
 SAMPLER = {"sampler": "teacher", "steps": 8, "guidance": 0.0}
 NFE_POINTS = (1, 2, 4)

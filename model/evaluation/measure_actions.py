@@ -20,10 +20,10 @@ import numpy as np
 
 from model.evaluation.action_probes import probe_actions, probe_segments
 from model.evaluation.eval_config import EvalConfig
-from model.evaluation.rollout import Worlds
-from model.evaluation.scores import score_actions
+from model.evaluation.worlds import Worlds
 from model.readers.idm import mouse_to_bins
 from model.readers.reading import ActionReading, IDMReader
+from model.readers.scores import score_actions
 from world.procedural.themes import EXAMPLE_PROMPTS
 
 

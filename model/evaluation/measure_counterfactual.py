@@ -35,9 +35,10 @@ from itertools import combinations
 
 import numpy as np
 
+from model.common.rollout import Start, engine_context, rollout
 from model.evaluation.eval_config import EvalConfig
 from model.evaluation.measure_prompts import walk_actions
-from model.evaluation.rollout import Start, Worlds, engine_context, rollout
+from model.evaluation.worlds import Worlds
 from world.actions import IDLE, Action
 from world.procedural.themes import EXAMPLE_PROMPTS
 

@@ -22,11 +22,12 @@ from __future__ import annotations
 
 import numpy as np
 
+from model.common.rollout import stream
 from model.common.runlog import progress
 from model.evaluation.eval_config import EvalConfig
 from model.evaluation.measure_prompts import walk_actions
 from model.evaluation.metrics import frechet_distance, hsv_saturation, rms_contrast
-from model.evaluation.rollout import Worlds, stream
+from model.evaluation.worlds import Worlds
 from model.readers.reading import ThemeReader
 from world.actions import Action
 from world.procedural.themes import EXAMPLE_PROMPTS

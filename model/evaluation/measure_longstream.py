@@ -27,11 +27,12 @@ from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
 
+from model.common.rollout import stream
 from model.common.runlog import progress
 from model.evaluation.eval_config import EvalConfig
 from model.evaluation.measure_drift import DRIFT_PROMPT
 from model.evaluation.metrics import colourfulness, gradient_sharpness, hsv_saturation, rms_contrast
-from model.evaluation.rollout import Worlds, stream
+from model.evaluation.worlds import Worlds
 from world.actions import Action
 
 LONGSTREAM_PROMPT = DRIFT_PROMPT  # colourful daytime: saturation far from 0, so ratios are stable

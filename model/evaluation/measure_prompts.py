@@ -19,9 +19,9 @@ from pathlib import Path
 import numpy as np
 
 from model.evaluation.eval_config import EvalConfig
-from model.evaluation.rollout import Worlds
-from model.evaluation.scores import theme_accuracy, theme_chance
+from model.evaluation.worlds import Worlds
 from model.readers.reading import ThemeReader
+from model.readers.scores import theme_accuracy, theme_chance
 from world.actions import Action
 from world.backend import PromptError
 from world.procedural.scripted_player import ScriptedPlayer

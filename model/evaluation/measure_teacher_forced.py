@@ -31,7 +31,7 @@ from model.evaluation.ceiling import autoencoder_roundtrip
 from model.evaluation.eval_config import EvalConfig
 from model.evaluation.measure_counterfactual import context_start, outcomes
 from model.evaluation.metrics import psnr_per_frame
-from model.evaluation.rollout import Worlds
+from model.evaluation.worlds import Worlds
 from world.actions import IDLE, Action
 from world.backends.registry import create_backend
 from world.procedural.themes import EXAMPLE_PROMPTS

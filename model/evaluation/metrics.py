@@ -122,25 +122,3 @@ def _sqrtm_product(cov_a: np.ndarray, cov_b: np.ndarray) -> np.ndarray:
         ridge = np.eye(len(cov_a)) * 1e-6
         covmean = linalg.sqrtm((cov_a + ridge) @ (cov_b + ridge))
     return np.real(covmean)
-
-
-def f1_binary(truth: np.ndarray, pred: np.ndarray) -> float:
-    """F1 of boolean arrays; nan when the label is absent from both truth and prediction."""
-    truth, pred = np.asarray(truth, bool), np.asarray(pred, bool)
-    tp = float(np.sum(truth & pred))
-    denom = float(truth.sum() + pred.sum())
-    return float("nan") if denom == 0 else 2.0 * tp / denom
-
-
-def f1_macro_classes(truth: np.ndarray, pred: np.ndarray, n_classes: int) -> float:
-    """Macro F1 over the classes of integer labels that occur in truth or prediction."""
-    scores = [f1_binary(truth == c, pred == c) for c in range(n_classes)]
-    defined = [s for s in scores if not np.isnan(s)]
-    return float(np.mean(defined)) if defined else float("nan")
-
-
-def nanmean(values) -> float:
-    """Mean of the finite values, nan when there are none (no RuntimeWarning)."""
-    arr = np.asarray(list(values), dtype=np.float64)
-    arr = arr[np.isfinite(arr)]
-    return float(arr.mean()) if arr.size else float("nan")

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from model.common.runlog import agg_pyplot
-from model.evaluation.scores import ACTION_NAMES
+from model.readers.scores import ACTION_NAMES
 
 # (key in results, label, engine/ceiling key, baseline key, target as text); the order of report.md's
 # table. A reference starting with "=" is literal text (a value fixed by construction).

@@ -34,7 +34,7 @@ from model.evaluation.measure_counterfactual import measure_counterfactual
 from model.evaluation.measure_fidelity import measure_fidelity
 from model.evaluation.measure_teacher_forced import measure_teacher_forced
 from model.evaluation.report import clean
-from model.evaluation.rollout import Worlds
+from model.evaluation.worlds import Worlds
 
 # The fields a scoreboard writes (besides run facts), in the order it prints them.
 FIELDS = (

@@ -35,7 +35,7 @@ from model.evaluation.measure_longstream import measure_longstream
 from model.evaluation.measure_prompts import measure_prompts, measure_switches, read_prompt_file
 from model.evaluation.measure_teacher_forced import measure_teacher_forced
 from model.evaluation.report import headline, markdown, write_outputs
-from model.evaluation.rollout import START_MODES, Worlds
+from model.evaluation.worlds import START_MODES, Worlds
 from model.readers.reading import IDMReader, ThemeReader, load_classifier, load_idm
 from world.backend import Backend, BackendError
 from world.backends.baselines import BASELINES

@@ -14,10 +14,10 @@ import torch
 import torch.nn.functional as F
 
 from model.common.device import set_threads
-from model.evaluation.data import Episode
-from model.evaluation.scores import theme_accuracy
 from model.readers.classifier import FACTORS, ThemeClassifier, classifier_config
+from model.readers.episodes import Episode
 from model.readers.reading import ThemeReader
+from model.readers.scores import theme_accuracy
 from model.readers.train_common import add_common_arguments, load_episodes, run_training
 from world.procedural.themes import parse_prompt
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from model.common.configs import add_options, given_options, replace_config
 from model.common.device import resolve_device
-from model.evaluation.data import Episode, load_dataset, render_engine_episodes, split_episodes
+from model.readers.episodes import Episode, load_dataset, render_engine_episodes, split_episodes
 from model.readers.trainer import ReaderTrainConfig, Trainer
 
 

@@ -13,8 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from model.common.device import set_threads
-from model.evaluation.data import Episode
-from model.evaluation.scores import score_actions
+from model.readers.episodes import Episode
 from model.readers.idm import (
     IDMConfig,
     InverseDynamicsModel,
@@ -25,6 +24,7 @@ from model.readers.idm import (
     pair_costs,
 )
 from model.readers.reading import ActionReading, IDMReader
+from model.readers.scores import score_actions
 from model.readers.train_common import add_common_arguments, load_episodes, run_training
 from world.actions import KEYS
 

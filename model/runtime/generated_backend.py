@@ -32,7 +32,7 @@ Start of a world: `reset(seed, prompt)` makes chunk 0, the world's first view an
 sink, as `start` says:
 - "text": generated from the prompt alone (idle actions, no context);
 - "engine": the engine backend (same height, width and chunk frames as the model) renders the
-  prompt at the same seed. Its frames follow the dataset's convention (model/evaluation/rollout.py,
+  prompt at the same seed. Its frames follow the dataset's convention (model/common/rollout.py,
   world/data/datagen.py): frame 0 is the view `engine.reset` returns, frame j >= 1 the one produced by
   action j, so chunk 0 is [reset view, the first F-1 frames of an idle step_chunk] with idle
   actions. They are encoded and written as clean context (`reset_with_context`); nothing is

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
+from model.common.rollout import rollout
 from model.common.runlog import progress
-from model.evaluation.rollout import rollout
 from world.actions import Action
 from world.backends.registry import create_backend
 from world.data.dataset import open_dataset

@@ -1,22 +1,44 @@
 """Scores that compare a network's reading with what was asked: per-action F1, theme accuracy.
 
-Used identically by held-out evaluation during training (the ceiling) and by `eval` on world
-rollouts, so the two numbers in a ratio are always computed the same way. Chance levels are
-estimated by permutation: the same predictions shuffled across frames keep their marginals but
-lose any link to the frames, which is exactly what a world that ignores its inputs achieves.
+Used identically by the readers' held-out evaluation during training (the ceiling) and by `eval` on
+world rollouts (model/evaluation/), so the two numbers in a ratio are always computed the same way.
+Chance levels are estimated by permutation: the same predictions shuffled across frames keep their
+marginals but lose any link to the frames, which is exactly what a world that ignores its inputs
+achieves.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from model.evaluation.metrics import f1_binary, f1_macro_classes, nanmean
 from model.readers.idm import IDMConfig, mouse_to_bins
 from model.readers.reading import ActionReading
 from world.actions import KEYS
 
 ACTION_NAMES: tuple[str, ...] = (*KEYS, "mouse_dx", "mouse_dy")  # one F1 per name
 PERMUTATIONS = 20
+
+
+def f1_binary(truth: np.ndarray, pred: np.ndarray) -> float:
+    """F1 of boolean arrays; nan when the label is absent from both truth and prediction."""
+    truth, pred = np.asarray(truth, bool), np.asarray(pred, bool)
+    tp = float(np.sum(truth & pred))
+    denom = float(truth.sum() + pred.sum())
+    return float("nan") if denom == 0 else 2.0 * tp / denom
+
+
+def f1_macro_classes(truth: np.ndarray, pred: np.ndarray, n_classes: int) -> float:
+    """Macro F1 over the classes of integer labels that occur in truth or prediction."""
+    scores = [f1_binary(truth == c, pred == c) for c in range(n_classes)]
+    defined = [s for s in scores if not np.isnan(s)]
+    return float(np.mean(defined)) if defined else float("nan")
+
+
+def nanmean(values) -> float:
+    """Mean of the finite values, nan when there are none (no RuntimeWarning)."""
+    arr = np.asarray(list(values), dtype=np.float64)
+    arr = arr[np.isfinite(arr)]
+    return float(arr.mean()) if arr.size else float("nan")
 
 
 def action_f1(

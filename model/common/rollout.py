@@ -1,16 +1,15 @@
 """Drive any Backend with a fixed action sequence (and prompt switches) and collect its frames.
 
-The one loop every measure uses, for the engine and for generated worlds alike, so both are
-always compared under exactly the same calls. Frame convention (the dataset's): `frames[0]` is
-the view returned by reset, and `frames[j]` for j >= 1 was produced by `actions[j]`;
-`actions[0]` is a placeholder (idle) that produced nothing and is never scored.
+The one loop that drives a world for evaluation's measures (model/evaluation/) and for the readers'
+training episodes rendered on the engine (model/readers/episodes.py), for the engine and for
+generated worlds alike, so every number is made under exactly the same calls. Frame convention
+(the dataset's): `frames[0]` is the view returned by reset, and `frames[j]` for j >= 1 was produced
+by `actions[j]`; `actions[0]` is a placeholder (idle) that produced nothing and is never scored.
 
-Starts (`Worlds.start`, `eval --start`): "text" resets every world with (seed, prompt); "engine"
-renders the engine's first chunk at (seed, prompt) and starts the world under test from it
-through its `reset_with_context` hook (the generated world and the baselines have it), so the
-world's first view is the engine's frame. The engine itself, which has no such hook, re-simulates
-the context from (seed, prompt, actions): it is deterministic, so that lands on the same frames
-(checked bit for bit).
+Starting from real frames (`Start`, `begin`): a world with the `reset_with_context` hook (the
+generated world and the baselines) is handed the frames; the engine, which has no such hook,
+re-simulates them from (seed, prompt, actions): it is deterministic, so that lands on the same
+frames (checked bit for bit).
 """
 
 from __future__ import annotations
@@ -25,7 +24,6 @@ from world.actions import IDLE, Action, actions_to_array
 from world.backend import Backend
 
 HOOK = "reset_with_context"
-START_MODES = ("engine", "text")
 
 
 @dataclass
@@ -136,55 +134,3 @@ def rollout(
     n_done = sum(len(x) for x in frames) - 1
     acts = actions_to_array([IDLE, *actions[:n_done]])
     return Rollout(np.concatenate(frames), acts, prompts, nfe, secs)
-
-
-@dataclass
-class Worlds:
-    """The world under test and the engine it is compared with, at the same resolution.
-
-    same: the world *is* the engine (the sanity row); its rollouts are reused, not repeated.
-    start: "engine" or "text" (START_MODES), how `both` and `begin` start the worlds.
-    """
-
-    world: Backend
-    engine: Backend
-    same: bool = False
-    start: str = "engine"
-
-    def __post_init__(self) -> None:
-        if self.start not in START_MODES:
-            raise ValueError(f"start {self.start!r}: one of {', '.join(START_MODES)}")
-
-    def context(self, seed: int, prompt: str, start: str | None = None,
-                prefix: Sequence[Action] | None = None) -> Start | None:
-        """The engine's first chunk (reset view + `prefix`, default idle actions) for an engine
-        start; None for a text start."""
-        if (start or self.start) == "text":
-            return None
-        if prefix is None:
-            prefix = [IDLE] * (self.engine.info.chunk_frames - 1)
-        return engine_context(self.engine, seed, prompt, prefix)
-
-    def both(
-        self,
-        seed: int,
-        prompt: str,
-        actions: Sequence[Action],
-        switches: Mapping[int, str] | None = None,
-        start: str | None = None,
-        prefix: Sequence[Action] | None = None,
-    ) -> tuple[Rollout, Rollout]:
-        """(world rollout, engine rollout) under identical calls, both started the same way
-        (`start` overrides self.start; `prefix`: the engine start's actions after its reset view)."""
-        ctx = self.context(seed, prompt, start, prefix)
-        ref = rollout(self.engine, seed, prompt, actions, switches, start=ctx)
-        gen = ref if self.same else rollout(self.world, seed, prompt, actions, switches, start=ctx)
-        return gen, ref
-
-    def begin(self, seed: int, prompt: str, start: str | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """Start both for streaming side by side: (world's first view, engine's first view)."""
-        ctx = self.context(seed, prompt, start)
-        if ctx is None:
-            ref = self.engine.reset(seed, prompt)
-            return (ref if self.same else self.world.reset(seed, prompt)), ref
-        return (ctx.frames[-1] if self.same else begin(self.world, seed, prompt, ctx)), ctx.frames[-1]
