@@ -143,7 +143,7 @@ def test_teacher_sampler_counts_guidance(world_dir):
 
 def test_prompts_and_options_are_validated(world_dir):
     b = backend(world_dir, sampler="diagonal")
-    with pytest.raises(PromptError):
+    with pytest.raises(PromptError, match="empty prompt: describe the world"):  # the text encoder's check
         b.reset(0, "   ")
     with pytest.raises(BackendError, match="before reset"):
         b.step_chunk(WALK)

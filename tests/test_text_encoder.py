@@ -8,7 +8,7 @@ import warnings
 import pytest
 import torch
 
-from model.nets.text_encoder import TEXT_DIM, HashTextEncoder, create_text_encoder
+from model.nets.text_encoder import TEXT_DIM, HashTextEncoder, PromptLength, create_text_encoder
 from world.backend import PromptError
 
 LONG_PROMPT = " ".join(f"word{i}" for i in range(40))
@@ -39,16 +39,19 @@ def test_empty_prompt_is_a_prompt_error(bad):
         HashTextEncoder().encode(["fine prompt", bad])
 
 
-def test_truncation_warns_once_per_prompt():
+def test_truncation_is_a_value_not_a_warning():
     enc = HashTextEncoder(max_tokens=8)
-    with pytest.warns(UserWarning, match="40 tokens"):
-        tokens, mask = enc.encode([LONG_PROMPT])
-    assert mask.all() and tokens.shape == (1, 8, TEXT_DIM)
     with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        enc.encode([LONG_PROMPT])  # the same prompt again: no second warning
-    with pytest.warns(UserWarning):
-        enc.encode([LONG_PROMPT + " more"])  # another long prompt warns for itself
+        warnings.simplefilter("error")  # a cut prompt raises no Python warning
+        tokens, mask = enc.encode([LONG_PROMPT])
+        assert enc.prompt_length(LONG_PROMPT) == PromptLength(tokens=40, kept=7)
+    assert mask.all() and tokens.shape == (1, 8, TEXT_DIM)
+    assert enc.prompt_length(LONG_PROMPT).truncated
+    short = enc.prompt_length("green hills at noon")  # not encoded before: embedded on the spot
+    assert short == PromptLength(tokens=4, kept=7) and not short.truncated
+    assert not enc.prompt_length(" ".join(["w"] * 7)).truncated  # exactly the slots: nothing cut
+    with pytest.raises(PromptError):
+        enc.prompt_length("  ")
 
 
 def test_lru_cache_is_bounded():
@@ -97,9 +100,10 @@ def test_minilm_tokens_and_similarity(minilm):
 
 
 def test_minilm_truncation_and_errors(minilm):
-    with pytest.warns(UserWarning, match="tokens"):
-        _, mask = minilm.encode([LONG_PROMPT])
+    _, mask = minilm.encode([LONG_PROMPT])
     assert mask.all()
+    length = minilm.prompt_length(LONG_PROMPT)
+    assert length.truncated and length.kept == minilm.max_tokens - 1 and length.tokens > 40  # word pieces
     with pytest.raises(PromptError):
         minilm.encode([" "])
 

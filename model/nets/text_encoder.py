@@ -11,8 +11,10 @@ the per-token states in order, padded and masked after the prompt's end.
   load, for tests and tiny configs.
 
 Both keep an LRU cache of recent prompts (a prompt switch in the live loop should cost nothing the
-second time), reject empty prompts with `world.errors.PromptError`, and warn once per prompt when
-a prompt is longer than the token slots and gets truncated.
+second time) and reject a prompt that is not a non-empty string with `world.errors.PromptError`:
+this is the one place a prompt for the generated world is checked. A prompt longer than the token
+slots is cut; `prompt_length` says so as a value (`PromptLength`), which the generated backend
+turns into a sentence for the player.
 """
 
 from __future__ import annotations
@@ -21,10 +23,10 @@ import hashlib
 import os
 import re
 import threading
-import warnings
 from abc import ABC, abstractmethod
 from collections import OrderedDict
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -35,9 +37,24 @@ TEXT_DIM = 384  # all-MiniLM-L6-v2 hidden size; the hash encoder matches it so c
 DEFAULT_MAX_TOKENS = 32
 TEXT_ENCODERS = ("minilm", "hash")
 
+Row = tuple[torch.Tensor, torch.Tensor, int]  # one prompt's tokens [L, dim], mask [L], its token count
+
+
+@dataclass(frozen=True)
+class PromptLength:
+    """A prompt's token count against the per-token slots it can have (`kept`, max_tokens - 1):
+    tokens past `kept` reach only the pooled slot 0."""
+
+    tokens: int
+    kept: int
+
+    @property
+    def truncated(self) -> bool:
+        return self.tokens > self.kept
+
 
 class BaseTextEncoder(ABC):
-    """Validation, truncation warnings and the LRU cache; subclasses embed uncached prompts."""
+    """Validation, prompt lengths and the LRU cache; subclasses embed uncached prompts."""
 
     name: str = "base"
     dim: int = TEXT_DIM
@@ -48,8 +65,7 @@ class BaseTextEncoder(ABC):
         self.device = torch.device(device)
         self.max_tokens = max_tokens
         self.cache_size = cache_size
-        self._cache: OrderedDict[str, tuple[torch.Tensor, torch.Tensor]] = OrderedDict()
-        self._warned: set[str] = set()
+        self._cache: OrderedDict[str, Row] = OrderedDict()
         # One encoder serves every session of a shared world model (world/backends/model_cache.py), and
         # a worker may open sessions on another thread than the one switching prompts: the LRU is guarded.
         self._lock = threading.Lock()
@@ -59,9 +75,25 @@ class BaseTextEncoder(ABC):
         with self._lock:
             return self._encode(prompts)
 
+    def prompt_length(self, prompt: str) -> PromptLength:
+        """How many tokens `prompt` has against the slots it can have. Read from the cache when the
+        prompt was encoded (the generated backend asks right after its stream encoded it), else
+        embedded now; PromptError for a prompt `encode` refuses."""
+        with self._lock:
+            (row,) = self._rows([prompt])
+        return PromptLength(row[2], self.max_tokens - 1)
+
     def _encode(self, prompts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
         if isinstance(prompts, str):
             raise TypeError("encode takes a list of prompts, not a single string")
+        rows = self._rows(prompts)
+        tokens = torch.stack([r[0] for r in rows]) if rows else torch.zeros(0, self.max_tokens, self.dim)
+        mask = torch.stack([r[1] for r in rows]) if rows else torch.zeros(0, self.max_tokens, dtype=torch.bool)
+        assert tokens.shape == (len(prompts), self.max_tokens, self.dim) and mask.shape == tokens.shape[:2]
+        return tokens, mask
+
+    def _rows(self, prompts: Sequence[str]) -> list[Row]:
+        """Each prompt's cached row, embedding the ones not cached; checks every prompt first."""
         for p in prompts:
             _check_prompt(p)
         # Rows for this call are collected before the LRU evicts anything: a batch may hold more
@@ -71,36 +103,20 @@ class BaseTextEncoder(ABC):
         missing = [p for p in unique if p not in found]
         if missing:
             found.update(self._fill(missing))
-        rows = [found[p] for p in prompts]
-        tokens = torch.stack([r[0] for r in rows]) if rows else torch.zeros(0, self.max_tokens, self.dim)
-        mask = torch.stack([r[1] for r in rows]) if rows else torch.zeros(0, self.max_tokens, dtype=torch.bool)
-        assert tokens.shape == (len(prompts), self.max_tokens, self.dim) and mask.shape == tokens.shape[:2]
-        return tokens, mask
+        return [found[p] for p in prompts]
 
-    def _fill(self, prompts: list[str]) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    def _fill(self, prompts: list[str]) -> dict[str, Row]:
         tokens, mask, lengths = self._embed(prompts)
         rows = {}
         for p, t, m, n in zip(prompts, tokens, mask, lengths):
-            if n > self.max_tokens - 1:
-                self._warn_truncated(p, n)
-            rows[p] = self._cache[p] = (t.float().to(self.device), m.to(self.device))
+            rows[p] = self._cache[p] = (t.float().to(self.device), m.to(self.device), int(n))
         while len(self._cache) > self.cache_size:
             self._cache.popitem(last=False)
         return rows
 
-    def _lookup(self, prompt: str) -> tuple[torch.Tensor, torch.Tensor]:
+    def _lookup(self, prompt: str) -> Row:
         self._cache.move_to_end(prompt)
         return self._cache[prompt]
-
-    def _warn_truncated(self, prompt: str, n: int) -> None:
-        if prompt in self._warned:
-            return
-        self._warned.add(prompt)
-        warnings.warn(
-            f"prompt has {n} tokens, only the first {self.max_tokens - 1} get their own slot "
-            f"(the pooled slot still sees all): {prompt[:60]!r}{'...' if len(prompt) > 60 else ''}",
-            stacklevel=4,
-        )
 
     def _assemble(self, pooled: torch.Tensor, states: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """pooled [B, dim] + per-prompt token states [n_i, dim] -> tokens [B, L, dim], mask [B, L]."""
@@ -115,10 +131,11 @@ class BaseTextEncoder(ABC):
 
     @abstractmethod
     def _embed(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
-        """-> tokens [B, L, dim], mask [B, L], untruncated token counts (for the warning)."""
+        """-> tokens [B, L, dim], mask [B, L], untruncated token counts (`prompt_length`)."""
 
 
 def _check_prompt(prompt: object) -> None:
+    """The generated world's one prompt check: any non-empty string (no theme parsing)."""
     if not isinstance(prompt, str):
         raise PromptError(f"a prompt must be a string, got {type(prompt).__name__}")
     if not prompt.strip():

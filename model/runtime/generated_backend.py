@@ -55,7 +55,7 @@ What every chunk's extra also carries (docs/protocol.md section 5):
   the chunk's last frames ({"biome", "time_of_day", "weather", "text", "source": "classifier"}; the
   engine sends the same field from its prompt). Absent when no classifier fits the model's size.
 - `prompt_notice` (the first chunk after a prompt that was cut): a one-line sentence for the
-  player instead of the text encoder's Python warning.
+  player, made from the text encoder's `prompt_length` (model/runtime/notices.py).
 
 Several sessions: backends of one checkpoint and device share one loaded model
 (world/backends/model_cache.py); each keeps its own stream (cache, prompt, noise, sampler, start).
@@ -73,7 +73,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from model.runtime.notices import PromptNotice
+from model.runtime.notices import cut_notice
 from world import bundled
 from world.actions import IDLE, Action, actions_to_array
 from world.backend import Backend, BackendError, BackendInfo, ChunkResult, PromptError
@@ -186,11 +186,9 @@ class GeneratedBackend(Backend):
         """Make chunk 0 as the start mode says (module docstring); returns its last frame [H, W, 3]
         uint8, the view the next chunk continues from, and keeps the whole chunk for
         `take_reset_chunk`."""
-        _check_prompt(prompt)
         self._reset_chunk = None
-        with PromptNotice(prompt) as caught:
-            last = self._reset(seed, prompt)
-        self._prompt_notice = caught.notice or self._prompt_notice  # said by the next chunk
+        last = self._reset(seed, prompt)  # PromptError from the text encoder before the stream changes
+        self._note_cut(prompt)
         return last
 
     def _reset(self, seed: int, prompt: str) -> np.ndarray:
@@ -247,7 +245,6 @@ class GeneratedBackend(Backend):
         frames[i]): they are encoded and written as the context (the first chunk is the attention
         sink), and the next `step_chunk` continues from them (docs/evaluation.md, fidelity in
         context mode). Nothing is generated here, so there is no reset chunk to take."""
-        _check_prompt(prompt)
         frames = np.asarray(frames)
         size, f = self._info.height, self._info.chunk_frames
         if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[1:] != (size, size, 3):
@@ -266,11 +263,14 @@ class GeneratedBackend(Backend):
         return chunk
 
     def set_prompt(self, prompt: str) -> None:
-        _check_prompt(prompt)
         self._require_started()
-        with PromptNotice(prompt) as caught:
-            self.stream.set_prompt(prompt)
-        self._prompt_notice = caught.notice or self._prompt_notice
+        self.stream.set_prompt(prompt)  # PromptError from the text encoder before the stream changes
+        self._note_cut(prompt)
+
+    def _note_cut(self, prompt: str) -> None:
+        """Keep the sentence for a prompt the text encoder cut; the next chunk says it (module docstring)."""
+        notice = cut_notice(prompt, self.stream.text_encoder.prompt_length(prompt))
+        self._prompt_notice = notice or self._prompt_notice
 
     def step_chunk(self, actions: Sequence[Action]) -> ChunkResult:
         return self._result(self.stream.next_chunk(self._step_input(actions)))
@@ -441,10 +441,6 @@ def _quote(prompt: str, limit: int = 80) -> str:
     return f'"{text}"'
 
 
-def _check_prompt(prompt: str) -> None:
-    """The generated world accepts any non-empty prompt (no theme parsing)."""
-    if not isinstance(prompt, str) or not prompt.strip():
-        raise PromptError("the prompt is empty; describe a world, e.g. 'green hills at noon'")
 
 
 def _checkpoint_path(checkpoint: str | None) -> Path:
