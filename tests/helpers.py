@@ -13,33 +13,34 @@ import torch
 from torch.utils.data import Dataset
 
 from model.nets.autoencoder import Autoencoder, autoencoder_config
-from model.nets.dit import CausalDiT, DiTConfig, dit_config
+from model.nets.families import build_net, net_config
+from model.nets.world_net import NetConfig, WorldNet
 from model.training.teacher import TeacherTrainConfig
 from world.actions import KEYS, Action
 from world.backends.registry import create_backend
 from world.data.dataset import EpisodeWriter
 from world.server.client import ChunkEvent, ErrorEvent, WorldClient
 
-# ----------------------------------------------------------------------------- the causal DiT
+# ----------------------------------------------------------------------------- the world networks
 
 
 TOL = 1e-4
 
 
-def random_dit(preset: str = "tiny", seed: int = 0, **overrides) -> CausalDiT:
-    """A DiT whose zero-initialised parts are perturbed, so every input matters."""
+def random_dit(preset: str = "tiny", seed: int = 0, **overrides) -> WorldNet:
+    """A network of any family (by preset) whose zero-initialised parts are perturbed, so every input matters."""
     torch.manual_seed(seed)
-    cfg = dit_config(preset)
+    cfg = net_config(preset)
     for k, v in overrides.items():
         setattr(cfg, k, v)
-    model = CausalDiT(cfg).eval()
+    model = build_net(cfg).eval()
     with torch.no_grad():
         for p in model.parameters():
             p.add_(0.1 * torch.randn_like(p))
     return model
 
 
-def inputs(cfg: DiTConfig, batch: int, n_chunks: int, seed: int = 1, text_len: int = 5):
+def inputs(cfg: NetConfig, batch: int, n_chunks: int, seed: int = 1, text_len: int = 5):
     g = torch.Generator().manual_seed(seed)
     F = n_chunks * cfg.chunk_frames
     x = torch.randn(batch, F, *cfg.latent_shape, generator=g)
@@ -51,7 +52,7 @@ def inputs(cfg: DiTConfig, batch: int, n_chunks: int, seed: int = 1, text_len: i
     return x, t, a, text, mask
 
 
-def stream(model: CausalDiT, x, t, a, text, mask, drop=None) -> tuple[torch.Tensor, list[list[int]]]:
+def stream(model: WorldNet, x, t, a, text, mask, drop=None) -> tuple[torch.Tensor, list[list[int]]]:
     """Feed chunks one by one through a KVCache; returns outputs [B, F, ...] and held frame ids."""
     C = model.config.chunk_frames
     cache, outs, held = model.new_cache(), [], []

@@ -21,8 +21,7 @@ from world.data.replay import frame_mismatches
 from world.server.client import WorldClient
 
 PROMPT = "green hills at noon"
-TINY_UNET = {"conv_width": 8, "conv_blocks": 1, "conv_levels": 2, "copy_path": True, "copy_frames": 3, "depth": 1,
-             "text_film": True}  # the recipe the U-Net now trains with: the prompt reaches the conv blocks too
+TINY_UNET = {"text_film": True}  # the recipe the U-Net now trains with: the prompt reaches the conv blocks too
 
 
 @pytest.fixture(scope="module")
@@ -30,7 +29,7 @@ def world_dir(tmp_path_factory):
     from model.runtime.world_model import make_random_world
 
     path = tmp_path_factory.mktemp("world") / "tiny-unet"
-    make_random_world(path, preset="tiny", text_encoder="hash", dit_options=TINY_UNET)
+    make_random_world(path, preset="tiny-unet", text_encoder="hash", dit_options=TINY_UNET)
     return path
 
 

@@ -1,4 +1,5 @@
-"""The causal DiT: shapes, causality, streaming == full sequence, text cache, adaLN-Zero."""
+"""The world networks' shared rules, for the patch DiT and the U-Net: shapes, causality, streaming ==
+full sequence, text cache, adaLN-Zero."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import pytest
 import torch
 
 from model.nets import count_parameters
-from model.nets.dit import CausalDiT, dit_config
+from model.nets.families import build_net, net_config
 from model.nets.kv_cache import context_frame_ids
 from tests.helpers import TOL, inputs, random_dit, stream
 
@@ -19,21 +20,21 @@ def test_shapes_and_presets():
     with torch.no_grad():
         v = model(x, t, a, text, mask)
     assert v.shape == x.shape and v.dtype == torch.float32
-    default = CausalDiT(dit_config("default"))
+    default = build_net(net_config("default"))
     # fp16 release file <= 16 MiB (docs/design.md §5) and within the 5-15M parameters the design sizes it for
     assert 5e6 < count_parameters(default) and count_parameters(default) * 2 < 16 * 2**20
 
 
 def test_untrained_network_predicts_zero():
-    model = CausalDiT(dit_config("tiny"))  # adaLN-Zero: gates and output layer start at 0
+    model = build_net(net_config("tiny"))  # adaLN-Zero: gates and output layer start at 0
     x, t, a, text, mask = inputs(model.config, 1, 1)
     with torch.no_grad():
         assert torch.count_nonzero(model(x, t, a, text, mask)) == 0
 
 
-# The patch DiT and its conv-stem variants (model/nets/conv_stem.py) obey the same causal rules;
+# The patch DiT (model/nets/dit.py) and the U-Net (model/nets/unet.py) obey the same causal rules;
 # conv arithmetic sums more terms, hence its looser float tolerance.
-PRESETS = {"tiny": 1e-6, "tiny-unet": 1e-5, "tiny-hybrid": 1e-5}
+PRESETS = {"tiny": 1e-6, "tiny-unet": 1e-5}
 
 
 @pytest.mark.parametrize("preset", PRESETS)

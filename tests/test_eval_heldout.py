@@ -5,7 +5,8 @@ from __future__ import annotations
 import torch
 
 from model.evaluation.heldout import LEVELS, heldout_scores, parse_episodes
-from model.nets.dit import CausalDiT, dit_config
+from model.nets.families import build_net, net_config
+from model.nets.world_net import WorldNet
 
 
 def _batch(cfg, clips: int = 4) -> dict:
@@ -17,9 +18,9 @@ def _batch(cfg, clips: int = 4) -> dict:
             "text_mask": torch.ones(clips, 4, dtype=torch.bool)}
 
 
-def _dit(uses_actions: bool) -> CausalDiT:
+def _dit(uses_actions: bool) -> WorldNet:
     torch.manual_seed(0)
-    dit = CausalDiT(dit_config("tiny")).eval()
+    dit = build_net(net_config("tiny")).eval()
     with torch.no_grad():
         for name, p in dit.named_parameters():
             if uses_actions or not name.startswith("a_embed.mlp"):
@@ -30,7 +31,7 @@ def _dit(uses_actions: bool) -> CausalDiT:
 
 
 def test_action_gain_is_zero_for_a_network_blind_to_actions():
-    cfg = dit_config("tiny")
+    cfg = net_config("tiny")
     blind = heldout_scores(_dit(False), _batch(cfg), cfg.chunk_frames)
     seeing = heldout_scores(_dit(True), _batch(cfg), cfg.chunk_frames)
     assert blind["heldout_action_gain"] == 0.0
@@ -39,7 +40,7 @@ def test_action_gain_is_zero_for_a_network_blind_to_actions():
 
 
 def test_scores_are_deterministic_and_episode_ranges_parse():
-    cfg = dit_config("tiny")
+    cfg = net_config("tiny")
     a = heldout_scores(_dit(True), _batch(cfg), cfg.chunk_frames)
     b = heldout_scores(_dit(True), _batch(cfg), cfg.chunk_frames)
     assert a == b

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from model.common.checkpoint import CheckpointError, save_checkpoint
-from model.nets.dit import CausalDiT, dit_config
+from model.nets.families import build_net, net_config
 from model.runtime.world_model import load_world_model, make_random_world
 from world.actions import Action
 from world.backend import BackendError, PromptError
@@ -38,7 +38,7 @@ def test_world_checkpoint_round_trip(world_dir):
     world = load_world_model(world_dir, "cpu")
     assert world.config.text_encoder == "hash" and world.step == 0
     torch.manual_seed(0)  # make_random_world's recipe: fp16 release weights
-    reference = CausalDiT(dit_config("tiny"))
+    reference = build_net(net_config("tiny"))
     with torch.no_grad():
         for p in reference.parameters():
             p.add_(0.05 * torch.randn_like(p))

@@ -16,8 +16,7 @@ from world.actions import Action
 from world.server.client import WorldClient
 
 PROMPT = "green hills at noon"
-TINY_UNET = {"conv_width": 8, "conv_blocks": 1, "conv_levels": 2, "copy_path": True, "copy_frames": 3, "depth": 1,
-             "text_film": True}
+TINY_UNET = {"text_film": True}
 
 
 @pytest.fixture(scope="module")
@@ -26,7 +25,7 @@ def world_dir(tmp_path_factory):
     from model.runtime.world_model import make_random_world
 
     root = tmp_path_factory.mktemp("student")
-    trained = make_random_world(root / "dmd", preset="tiny", text_encoder="hash", dit_options=TINY_UNET,
+    trained = make_random_world(root / "dmd", preset="tiny-unet", text_encoder="hash", dit_options=TINY_UNET,
                                 sampler="diagonal", schedule=[4, 3, 2], context_noise=100.0)
     return release_world(trained, root / "release", {"stage": "dmd"})
 

@@ -10,13 +10,14 @@ import torch
 
 from model.common.checkpoint import CheckpointError, has_train_state
 from model.nets.autoencoder import Autoencoder, autoencoder_config
-from model.nets.dit import stacked_previous
+from model.nets.world_net import stacked_previous
 from model.runtime.world_model import load_world_model
 from model.training.teacher import (
     ClipBatches,
     TeacherTrainConfig,
     Trainer,
     add_arguments,
+    config_from_args,
     context_levels,
     guided_target,
     switch_clips,
@@ -130,7 +131,9 @@ def test_command_line_arguments():
     args = parser.parse_args(["--latents", "c", "--out", "o", "--batch", "8", "--clip-chunks", "3",
                               "--teacher-forcing-prob", "0.25", "--resume", "--device", "cpu"])
     assert (args.batch, args.clip_chunks, args.teacher_forcing_prob, args.resume) == (8, 3, 0.25, True)
-    assert args.autoencoder is None and args.preset == "default"
+    # Options not given stay None in args (a --recipe may set them); the config holds the defaults.
+    assert args.autoencoder is None and args.preset is None
+    assert config_from_args(args, "minilm").preset == "default"
 
 
 def test_context_noise_levels_cover_the_diagonal_context_level():

@@ -8,7 +8,8 @@ the checkpoint files and the command line are read through it.
 - `option(default, help=...)`: a field that is also a command-line option, `--field-name` (or
   `flag=`), its type from the annotation (bool: a switch; `parse=`: a custom parser), its help from
   `help`. `add_options(parser, cls, defaults)` declares them; `given_options(args, cls)` reads
-  back what was given, nested configs included (`option(default_factory=..., nested=True)`).
+  back what was given, nested configs included (`option(default_factory=..., nested=True)`). A
+  `bool | None` field is a switch with a `--no-` form (None: not given, the preset's value).
 """
 
 from __future__ import annotations
@@ -115,26 +116,34 @@ def _options(cls: type) -> list[tuple[dataclasses.Field, Any]]:
     return [(f, hints[f.name]) for f in dataclasses.fields(cls) if f.metadata.get("help") or f.metadata.get("nested")]
 
 
-def add_options(parser: argparse.ArgumentParser, cls: type, defaults: Any = None) -> None:
+def add_options(parser: argparse.ArgumentParser, cls: type, defaults: Any = None, *, shown: Any = None) -> None:
     """One option per `option(help=...)` field of `cls` (nested configs' too). `defaults`: an
     instance whose values are the options' defaults (shown in --help); None: every option defaults
-    to None, "not given" (the caller's preset or checkpoint decides)."""
+    to None, "not given" (the caller's preset or checkpoint decides). `shown` (with defaults None):
+    an instance whose values --help names as the defaults while the options still default to None,
+    for a command that puts something between the config's defaults and the command line (train
+    teacher's --recipe: only what was given may override it)."""
     for f, hint in _options(cls):
         meta = f.metadata
         default = None if defaults is None else getattr(defaults, f.name)
+        named = default if shown is None else getattr(shown, f.name)
         if meta.get("nested"):
-            add_options(parser, hint, default)
+            add_options(parser, hint, default, shown=None if shown is None else named)
             continue
         flag = "--" + (meta.get("flag") or f.name.replace("_", "-"))
         kwargs: dict[str, Any] = {"dest": _dest(f), "default": default, "help": meta["help"]}
         if hint is bool:
             kwargs["action"] = "store_true"
+        elif hint == bool | None:  # a switch that may be left to a preset: --flag / --no-flag / not given
+            kwargs["action"] = argparse.BooleanOptionalAction
         else:
             kwargs["type"] = meta.get("parse") or _scalar_type(hint, f.name)
             if meta.get("choices") is not None:
                 kwargs["choices"] = list(meta["choices"])
             if defaults is not None:
                 kwargs["help"] += " (default %(default)s)"
+            elif shown is not None:
+                kwargs["help"] += f" (default {named})".replace("%", "%%")
         parser.add_argument(flag, **kwargs)
 
 

@@ -3,7 +3,7 @@
 A worker serving several players runs one forward for all of their next chunks. Each stream keeps
 its own `KVCache` (its own span length: streams may sit at different chunk indices), prompt and text
 K/V, so the batch cannot be one padded tensor without changing the numbers. `CacheBatch` implements
-the five calls `CausalDiT` makes on a streaming cache (`KVCache.per_stream`, `previous_input`,
+the five calls a `WorldNet` makes on a streaming cache (`KVCache.per_stream`, `previous_input`,
 `write_inputs`, `attend`, `text_kv`) by splitting the rows per stream and calling each member's own:
 
 - the token-wise work (patch, qkv, MLP, output projections) runs once over all rows: those matmuls
@@ -42,7 +42,7 @@ class Member:
 
 
 class CacheBatch:
-    """The streaming-cache calls of CausalDiT over several members' caches (module docstring).
+    """The streaming-cache calls of a WorldNet over several members' caches (module docstring).
 
     The network is called with `text=None, text_mask=None`: each member brings its own prompt.
     """

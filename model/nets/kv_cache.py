@@ -1,4 +1,4 @@
-"""The streaming K/V cache of the causal DiT: sink + rolling window + current-chunk slot.
+"""The streaming K/V cache of the world network (model/nets/world_net.py): sink + rolling window + current-chunk slot.
 
 Attention span of chunk i (docs/design.md §3): the sink (the first `sink_frames` frames, never evicted)
 plus the most recent `window_frames` frames *including the chunk being generated*. `attention_span`
@@ -30,7 +30,7 @@ import torch
 
 @dataclass(frozen=True)
 class CacheLayout:
-    """Frame counts that fix the cache; derived from DiTConfig (`CacheLayout.from_config`)."""
+    """Frame counts that fix the cache; derived from the network's NetConfig (`CacheLayout.from_config`)."""
 
     chunk_frames: int
     sink_frames: int
@@ -86,7 +86,7 @@ class ChunkInputs:
     x: torch.Tensor  # [B, C, c, h, w] (C = chunk frames)
     t: torch.Tensor  # [B, C] network time
     actions: torch.Tensor  # [B, C, A]
-    prev: torch.Tensor  # [B, C, K * c, h, w] the copy path's input (model/nets/dit.py; zeros without one)
+    prev: torch.Tensor  # [B, C, K * c, h, w] the copy path's input (model/nets/world_net.py; zeros without one)
 
     def buffers(self) -> tuple[torch.Tensor, ...]:
         return (self.x, self.t, self.actions, self.prev)
@@ -245,7 +245,7 @@ class KVCache:
         self.text_builds += 1
 
     # ------------------------------------------------------------------ the network's view of one stream
-    # CausalDiT reads a streaming cache only through these five calls; model/nets/cache_batch.py
+    # A WorldNet reads a streaming cache only through these five calls; model/nets/cache_batch.py
     # implements them for several streams' caches at once (batched chunks, exact per stream).
 
     def per_stream(self, fn: Callable[..., tuple[torch.Tensor, ...]], *tensors: torch.Tensor) -> tuple:

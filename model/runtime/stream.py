@@ -22,8 +22,8 @@ from model.diffusion.flow import network_time, predict_x0
 from model.diffusion.guidance import apply_guidance
 from model.diffusion.samplers import Sampler, check_guide
 from model.nets.cache_batch import CacheBatch, Member
-from model.nets.dit import CausalDiT
 from model.nets.kv_cache import ChunkInputs, KVCache
+from model.nets.world_net import WorldNet
 
 Noise = Callable[[tuple[int, ...]], torch.Tensor]
 StepHook = Callable[[float, torch.Tensor], None]  # (level s, the forward's input x [B, F, C, h, w])
@@ -96,7 +96,7 @@ def _network_inputs(x: torch.Tensor, s: float, actions: torch.Tensor, rows: int)
     return _rows(x, rows), t, _rows(actions, rows)
 
 
-def forward_parts(dit: CausalDiT, parts: Sequence[Part]) -> list[torch.Tensor]:
+def forward_parts(dit: WorldNet, parts: Sequence[Part]) -> list[torch.Tensor]:
     """Evaluate the network once on every part's chunk (each writes its own K/V slot); returns each
     part's raw output [rows * B, F, C, h, w]. Several parts run as one batched forward over a
     CacheBatch, identical per part to running it alone (model/nets/cache_batch.py)."""
@@ -123,7 +123,7 @@ def sampler_step(sampler: Sampler, x: torch.Tensor, x0: torch.Tensor, v: torch.T
 class _ChunkRun:
     """One job's progress through its chunk's levels (a stream's own levels, noise and step count)."""
 
-    def __init__(self, dit: CausalDiT, job: ChunkJob):
+    def __init__(self, dit: WorldNet, job: ChunkJob):
         self.job = job
         cache = job.cache
         self.levels = job.sampler.levels(cache.chunk_index if job.schedule_index is None else job.schedule_index)
@@ -171,7 +171,7 @@ class _ChunkRun:
         return ChunkOutput(self.x, len(self.run), sampler.rows * (len(self.run) + int(wrote_context)), timesteps)
 
 
-def generate_chunks(dit: CausalDiT, jobs: Sequence[ChunkJob]) -> list[ChunkOutput]:
+def generate_chunks(dit: WorldNet, jobs: Sequence[ChunkJob]) -> list[ChunkOutput]:
     """Several streams' next chunks with their network evaluations batched: step k runs one forward
     over every job that still has a k-th level (jobs may sit at different chunk indices of their
     schedules, so a 4-step chunk and a 2-step chunk share their first two forwards), each with its own
@@ -195,7 +195,7 @@ def generate_chunks(dit: CausalDiT, jobs: Sequence[ChunkJob]) -> list[ChunkOutpu
 
 
 def generate_chunk(
-    dit: CausalDiT,
+    dit: WorldNet,
     cache: KVCache,
     sampler: Sampler,
     cond: Conditioning,
@@ -233,13 +233,13 @@ def _context_pass(sampler: Sampler, x0: torch.Tensor, exited_early: bool, noise:
     return (1 - s) * x0 + s * noise(tuple(x0.shape)).to(x0)
 
 
-def write_context(dit: CausalDiT, cache: KVCache, x: torch.Tensor, s: float, actions: torch.Tensor,
+def write_context(dit: WorldNet, cache: KVCache, x: torch.Tensor, s: float, actions: torch.Tensor,
                   cond: Conditioning, rows: int) -> None:
     """Forward the chunk x at level s so its K/V (not its output) land in the current slot."""
     forward_parts(dit, [(cache, x, s, actions, cond, rows)])
 
 
-def write_clean(dit: CausalDiT, cache: KVCache, x0: torch.Tensor, actions: torch.Tensor, cond: Conditioning,
+def write_clean(dit: WorldNet, cache: KVCache, x0: torch.Tensor, actions: torch.Tensor, cond: Conditioning,
                 rows: int) -> None:
     """Forward the clean chunk at t = 0 so its K/V (not its output) land in the current slot."""
     write_context(dit, cache, x0, 0.0, actions, cond, rows)
@@ -256,7 +256,7 @@ class WorldStream:
     decode(latents [F, C, h, w])                 -> frames [F, H, W, 3] uint8
     """
 
-    def __init__(self, dit: CausalDiT, autoencoder, text_encoder, sampler: Sampler, device: torch.device):
+    def __init__(self, dit: WorldNet, autoencoder, text_encoder, sampler: Sampler, device: torch.device):
         self.dit, self.autoencoder, self.text_encoder = dit, autoencoder, text_encoder
         self.sampler = sampler
         self.device = torch.device(device)

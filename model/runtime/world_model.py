@@ -1,10 +1,16 @@
-"""A generated world in one checkpoint directory: autoencoder + causal DiT + text encoder choice.
+"""A generated world in one checkpoint directory: autoencoder + world network + text encoder choice.
 
 Layout (model/common/checkpoint.py, kind "world"):
 
-    config.json               configs {"dit": DiTConfig, "autoencoder": AutoencoderConfig,
+    config.json               configs {"dit": NetConfig, "autoencoder": AutoencoderConfig,
                               "world": WorldConfig}, modules {"dit", "autoencoder", ...}
-    dit.safetensors           the release DiT weights (EMA weights when written by training)
+    dit.safetensors           the release network's weights (EMA weights when written by training)
+
+The world network's module is "dit" whatever its family: the name of its slot in every checkpoint
+(the release tool, recordings' weight hashes, the student's and evaluation's readers use it), not a
+claim about the architecture; its config's `family` says which network it is ("unet" for every
+release since the U-Net, "dit" for the first ones; model/nets/families.py reads configs written
+before the field existed).
     autoencoder.safetensors   the autoencoder the latents were made with
     train_state.*             optional, for resuming training
 
@@ -30,7 +36,8 @@ from model.common.checkpoint import (
     save_checkpoint,
 )
 from model.diffusion.samplers import Sampler, make_sampler
-from model.nets.dit import CausalDiT, DiTConfig, dit_config
+from model.nets.families import build_net, net_config, net_config_from_dict
+from model.nets.world_net import NetConfig, WorldNet
 from model.runtime.stream import WorldStream
 
 KIND = "world"
@@ -59,7 +66,7 @@ class WorldConfig:
 
 @dataclass
 class WorldModel:
-    dit: CausalDiT
+    dit: WorldNet  # the world network, of any family (module docstring)
     autoencoder: torch.nn.Module
     text_encoder: object
     config: WorldConfig
@@ -103,7 +110,7 @@ def world_sampler(cfg: WorldConfig, name: str | None = None, steps: int | None =
                         context_noise=context_noise, rewarm=rewarm, guide=guide)
 
 
-def read_world_configs(directory: str | os.PathLike) -> tuple[DiTConfig, object, WorldConfig]:
+def read_world_configs(directory: str | os.PathLike) -> tuple[NetConfig, object, WorldConfig]:
     """(dit, autoencoder, world) configs of a world checkpoint, from config.json only (no weights)."""
     from model.common.checkpoint import checkpoint_dir
 
@@ -118,7 +125,7 @@ def create_text_encoder(name: str, device: torch.device):
     return create(name, device)
 
 
-def _configs(directory: Path, meta: dict) -> tuple[DiTConfig, object, WorldConfig]:
+def _configs(directory: Path, meta: dict) -> tuple[NetConfig, object, WorldConfig]:
     from model.nets.autoencoder import AutoencoderConfig
 
     where = directory / CONFIG_FILE
@@ -127,7 +134,7 @@ def _configs(directory: Path, meta: dict) -> tuple[DiTConfig, object, WorldConfi
     if missing:
         raise CheckpointError(f"{where}: configs {missing} missing; a world needs dit, autoencoder and world")
     try:
-        dit_cfg = config_from_dict(DiTConfig, configs["dit"], f"{where}: configs.dit")
+        dit_cfg = net_config_from_dict(configs["dit"], f"{where}: configs.dit")
         ae_cfg = config_from_dict(AutoencoderConfig, configs["autoencoder"], f"{where}: configs.autoencoder")
         world_cfg = config_from_dict(WorldConfig, configs["world"], f"{where}: configs.world")
     except (TypeError, ValueError) as e:  # a config's own validation (__post_init__)
@@ -155,7 +162,7 @@ def load_world_model(directory: str | os.PathLike, device: str | torch.device = 
     device = torch.device(device)
     meta = read_checkpoint_config(directory, kind=KIND)
     dit_cfg, ae_cfg, world_cfg = _configs(directory, meta)
-    dit, ae = CausalDiT(dit_cfg), Autoencoder(ae_cfg)
+    dit, ae = build_net(dit_cfg), Autoencoder(ae_cfg)
     load_module(directory, "dit", dit)
     load_module(directory, "autoencoder", ae)
     dit.to(device).eval().requires_grad_(False)
@@ -176,25 +183,29 @@ def save_world(directory: str | os.PathLike, dit: torch.nn.Module, autoencoder: 
 
 
 def make_random_world(directory: str | os.PathLike, preset: str = "tiny", text_encoder: str = "hash",
-                      seed: int = 0, dit_options: dict | None = None, **world_options) -> Path:
+                      seed: int = 0, dit_options: dict | None = None, autoencoder: str | None = None,
+                      **world_options) -> Path:
     """A randomly initialised world checkpoint for tests and benchmarks.
 
     Every parameter gets small random noise on top of the normal initialisation (whose adaLN-Zero
     gates and output layer are exactly zero), so the output depends on every input. dit_options
-    override DiTConfig fields of the preset (e.g. {"copy_path": True}).
+    override the preset's NetConfig fields (e.g. {"copy_path": True}). autoencoder: its preset (default:
+    the network preset's name where the autoencoders have one, else "tiny": "tiny-unet" is a test net).
     """
-    from model.nets.autoencoder import Autoencoder, autoencoder_config
+    from model.nets.autoencoder import AUTOENCODER_PRESETS, Autoencoder, autoencoder_config
 
     torch.manual_seed(seed)
-    dit_cfg = dit_config(preset)
+    dit_cfg = net_config(preset)
     for name, value in (dit_options or {}).items():
         if not hasattr(dit_cfg, name):
-            raise ValueError(f"DiTConfig has no field {name!r}")
+            raise ValueError(f"{type(dit_cfg).__name__} has no field {name!r}")
         setattr(dit_cfg, name, value)
-    dit = CausalDiT(dit_cfg)
+    dit = build_net(dit_cfg)
     with torch.no_grad():
         for p in dit.parameters():
             p.add_(0.05 * torch.randn_like(p))
-    ae = Autoencoder(autoencoder_config(preset))
+    if autoencoder is None:
+        autoencoder = preset if preset in AUTOENCODER_PRESETS else "tiny"
+    ae = Autoencoder(autoencoder_config(autoencoder))
     world = WorldConfig(text_encoder=text_encoder, chunk_frames=dit.config.chunk_frames, **world_options)
     return save_world(directory, dit, ae, world)

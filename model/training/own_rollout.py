@@ -21,11 +21,11 @@ from __future__ import annotations
 import torch
 
 from model.diffusion.flow import network_time
-from model.nets.dit import DiTConfig, stacked_previous
+from model.nets.world_net import NetConfig, stacked_previous
 
 
 @torch.no_grad()
-def own_context(net: torch.nn.Module, cfg: DiTConfig, x0: torch.Tensor, actions: torch.Tensor, text: torch.Tensor,
+def own_context(net: torch.nn.Module, cfg: NetConfig, x0: torch.Tensor, actions: torch.Tensor, text: torch.Tensor,
                 text_mask: torch.Tensor, levels: tuple[float, ...], gen: torch.Generator) -> torch.Tensor:
     """x0 [B, F, c, h, w] clean clip of n >= 3 chunks -> a copy whose chunks 1 .. n-2 are the network's
     own rollout (module docstring); cfg: net's configuration; actions [B, F, A], text [B, L, text_dim],

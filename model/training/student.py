@@ -60,7 +60,7 @@ from model.diffusion.samplers import (
     parse_schedule,
 )
 from model.nets import count_parameters
-from model.nets.dit import CausalDiT
+from model.nets.world_net import WorldNet
 from model.runtime.stream import Conditioning
 from model.runtime.world_model import KIND, WorldConfig, load_world_model, save_world
 from model.training import loop
@@ -150,7 +150,7 @@ STUDENT_PRESETS: dict[str, StudentTrainConfig] = {
 
 @dataclass
 class Teacher:
-    dit: CausalDiT  # frozen, eval
+    dit: WorldNet  # frozen, eval
     autoencoder: torch.nn.Module
     world: WorldConfig
     identity: dict  # {"step", "sha256"} of its weights: ODE pairs belong to exactly one teacher
@@ -163,11 +163,11 @@ def load_teacher(path: str | Path, device: torch.device) -> Teacher:
     return Teacher(model.dit, model.autoencoder, model.config, identity)
 
 
-def trainable_copy(dit: CausalDiT) -> CausalDiT:
+def trainable_copy(dit: WorldNet) -> WorldNet:
     return copy.deepcopy(dit).requires_grad_(True).train()
 
 
-def load_start_weights(directory: Path, dit: CausalDiT) -> None:
+def load_start_weights(directory: Path, dit: WorldNet) -> None:
     """A checkpoint's "dit": fp32 from its train state when it has one, else the fp16 release file."""
     if not has_train_state(directory):
         load_module(directory, "dit", dit)

@@ -1,8 +1,11 @@
-"""Train the teacher: a causal DiT with diffusion forcing on cached latent clips.
+"""Train the teacher: a world network (model/nets/families.py) with diffusion forcing on cached latent clips.
 
-    python run_world.py train teacher --latents CACHE --out RUN [--autoencoder AE] [--preset default]
-        [--steps N] [--batch 8] [--clip-chunks 3] [--lr] [--device auto] [--resume] [--ckpt-every N]
-        [--teacher-forcing-prob P]
+    python run_world.py train teacher --latents CACHE --out RUN [--autoencoder AE] [--recipe unet-teacher]
+        [--preset default] [--steps N] [--batch 8] [--clip-chunks 3] [--lr] [--device auto] [--resume]
+        [--ckpt-every N] [--teacher-forcing-prob P]
+
+`--recipe NAME` starts from a named recipe (model/training/recipes.py: the options a release was
+trained with); every option given on the command line still wins over it.
     torchrun --nproc_per_node=2 run_world.py train teacher ...          (DDP: gloo on CPU, nccl on CUDA)
 
 Writes into RUN: `checkpoint/` (a kind="world" checkpoint: pass RUN or RUN/checkpoint to the
@@ -37,12 +40,11 @@ from torch.utils.data import Dataset, DistributedSampler
 
 from model.common.checkpoint import (
     CheckpointError,
-    config_from_dict,
     has_train_state,
     module_sha256,
     read_checkpoint_config,
 )
-from model.common.configs import add_options, given_options, option, replace_config
+from model.common.configs import ConfigError, add_options, given_options, option, replace_config
 from model.common.device import PRECISIONS, resolve_device, training_precision
 from model.common.runlog import RunLog
 from model.diffusion.flow import (
@@ -56,7 +58,8 @@ from model.diffusion.flow import (
 )
 from model.diffusion.guidance import apply_guidance
 from model.nets import count_parameters
-from model.nets.dit import DIT_PRESETS, CausalDiT, DiTConfig, dit_config, stacked_previous
+from model.nets.families import PRESETS, build_net, net_config, net_config_from_dict
+from model.nets.world_net import NetConfig, WorldNet, stacked_previous
 from model.runtime.stream import Conditioning
 from model.runtime.world_model import KIND, WorldConfig, save_world
 from model.training.loop import (
@@ -71,15 +74,19 @@ from model.training.loop import (
     update_ema,
 )
 from model.training.own_rollout import own_context
+from model.training.recipes import TEACHER_RECIPES, teacher_recipe
 
 COPY_CONTEXTS = ("input", "clean")
+# TeacherTrainConfig fields that are the fresh network's switches (fresh_dit_config).
+NETWORK_SWITCHES = ("copy_path", "action_tokens", "text_film")
 
 
 @dataclass
 class TeacherTrainConfig:
     """The run's settings; a field with help is also a `train teacher` option (model/common/configs.py)."""
 
-    preset: str = option("default", help="DiT preset of a fresh run", choices=sorted(DIT_PRESETS))
+    preset: str = option("default", help="network preset of a fresh run (model/nets/families.py)",
+                         choices=sorted(PRESETS))
     steps: int = option(4000, help="total optimiser steps")
     batch: int = option(8, help="global batch of clips (split across DDP processes)")
     clip_chunks: int = option(3, help="chunks per clip")
@@ -94,11 +101,14 @@ class TeacherTrainConfig:
     # time; 0 keeps the prefix clean. Must cover the diagonal sampler's context level (t = 100: 0.1).
     context_noise_max: float = option(0.0, help="noise the teacher-forced prefix to a level in [0, this] per clip "
                                       "(GameNGen context-noise augmentation; 0: clean prefix)")
-    copy_path: bool = option(False, help="fresh model: previous frame as extra input channels (DiTConfig.copy_path)")
-    action_tokens: bool = option(False, help="fresh model: action embedding added to the frame's tokens as well as "
-                                 "to adaLN (DiTConfig.action_tokens)")
-    text_film: bool = option(False, help="fresh model: the pooled prompt also conditions the conv blocks' adaptive "
-                             "group norms (DiTConfig.text_film; conv presets)")
+    # The fresh network's switches; None (not given): the preset's value, so `--preset unet` alone is
+    # the shipped network. --no-copy-path etc. turn a preset's switch off.
+    copy_path: bool | None = option(None, help="fresh model: the previous frames as extra input (NetConfig.copy_path; "
+                                    "default: the preset's)")
+    action_tokens: bool | None = option(None, help="fresh model: action embedding added to the frame's tokens as well "
+                                        "as to adaLN (NetConfig.action_tokens; default: the preset's)")
+    text_film: bool | None = option(None, help="fresh model: the pooled prompt also conditions the conv blocks' "
+                                    "adaptive group norms (UNetConfig.text_film; U-Net presets; default: the preset's)")
     # Clips that cross a prompt switch are 1% of the data, and their loss chunks mostly lie on one
     # side of it. Oversampled, with the chunks before the switch as the clean context, they train the
     # situation a switch creates when streaming: the old picture in the context, the new prompt.
@@ -233,7 +243,7 @@ def switch_clips(dataset: Dataset) -> tuple[list[int], list[int]]:
 # ----------------------------------------------------------------------------- objective
 
 
-def teacher_loss(model: torch.nn.Module, batch: Batch, dit_cfg: DiTConfig, cfg: TeacherTrainConfig,
+def teacher_loss(model: torch.nn.Module, batch: Batch, dit_cfg: NetConfig, cfg: TeacherTrainConfig,
                  gen: torch.Generator, reference: torch.nn.Module | None = None) -> torch.Tensor:
     """Diffusion-forcing flow loss on one batch; every random draw comes from `gen` (CPU). With a
     `reference` (cfg.action_guidance > 0) the target is its action-guided velocity, not the data's."""
@@ -326,17 +336,21 @@ def teacher_forcing_prefix(batch: int, n_chunks: int, prob: float, gen: torch.Ge
     return (torch.arange(n_chunks)[None] < k[:, None]) & use[:, None]
 
 
-def fresh_dit_config(cfg: TeacherTrainConfig, latent_channels: int | None = None) -> DiTConfig:
-    """The preset's network with the run's options; its latent width follows the autoencoder's."""
-    dit_cfg = dit_config(cfg.preset)
-    dit_cfg.copy_path, dit_cfg.action_tokens = cfg.copy_path, cfg.action_tokens
-    dit_cfg.text_film = cfg.text_film
+def fresh_dit_config(cfg: TeacherTrainConfig, latent_channels: int | None = None) -> NetConfig:
+    """The preset's network with the switches the run gives (None: the preset's); its latent width
+    follows the autoencoder's. A switch the preset's family lacks (--text-film on a DiT) is refused."""
+    preset = net_config(cfg.preset)
+    switches = {name: getattr(cfg, name) for name in NETWORK_SWITCHES if getattr(cfg, name) is not None}
     if latent_channels is not None:
-        dit_cfg.latent_channels = latent_channels
-    return dit_cfg
+        switches["latent_channels"] = latent_channels
+    try:
+        return replace_config(preset, switches, f"--preset {cfg.preset}")
+    except ConfigError as e:
+        raise ValueError(f"{e} (text_film conditions the U-Net's conv blocks: it needs a U-Net preset)"
+                         if "text_film" in str(e) else str(e)) from None
 
 
-def warm_start(model: CausalDiT, checkpoint: str, mismatched_policy: str = "refuse") -> list[str]:
+def warm_start(model: WorldNet, checkpoint: str, mismatched_policy: str = "refuse") -> list[str]:
     """Copy every weight of a world checkpoint's DiT whose name and shape match; parameters the
     checkpoint lacks (a new copy path, action tokens) keep their zero init, so the warm-started
     network starts out computing exactly what the checkpoint did. With mismatched_policy "fresh",
@@ -359,7 +373,7 @@ def warm_start(model: CausalDiT, checkpoint: str, mismatched_policy: str = "refu
     return fresh
 
 
-def guidance_reference(cfg: TeacherTrainConfig, dit_cfg: DiTConfig, device: torch.device) -> CausalDiT | None:
+def guidance_reference(cfg: TeacherTrainConfig, dit_cfg: NetConfig, device: torch.device) -> WorldNet | None:
     """The frozen network whose action-guided velocity the run distils (None: the run learns from data).
     Its path is kept in cfg.guidance_reference, so the saved train config says what was distilled."""
     if cfg.action_guidance < 0:
@@ -391,16 +405,16 @@ class Trainer:
     """Model, EMA, optimiser and where they are saved; `train` runs the loop."""
 
     cfg: TeacherTrainConfig
-    dit_cfg: DiTConfig
-    model: CausalDiT
-    ema: CausalDiT
+    dit_cfg: NetConfig
+    model: WorldNet
+    ema: WorldNet
     autoencoder: torch.nn.Module
     optimizer: torch.optim.Optimizer
     out: Path
     device: torch.device
     rank: int = 0
     world_size: int = 1  # DDP processes
-    reference: CausalDiT | None = None  # frozen network whose guided velocity is the target (action_guidance)
+    reference: WorldNet | None = None  # frozen network whose guided velocity is the target (action_guidance)
     step: int = 0
     _net: torch.nn.Module | None = None  # set by train(): the model, DDP-wrapped when distributed
     _batches: ClipBatches | None = None
@@ -417,7 +431,7 @@ class Trainer:
             raise CheckpointError(f"{out}: its network reads {dit_cfg.latent_channels} latent channels, the "
                                   f"autoencoder of the latent cache {autoencoder.config.latent_channels}")
         torch.manual_seed(cfg.seed)  # same initial weights on every rank (DDP also broadcasts them)
-        model = CausalDiT(dit_cfg).to(device)
+        model = build_net(dit_cfg).to(device)
         if cfg.init_from and not resuming:
             warm_start(model, cfg.init_from, cfg.init_mismatched)
         ema = copy.deepcopy(model).requires_grad_(False)
@@ -489,9 +503,12 @@ class Trainer:
         return float(loss.detach()), grad_norm
 
 
-def _resume_config(out: Path) -> DiTConfig:
+def _resume_config(out: Path) -> NetConfig:
     meta = read_checkpoint_config(out, kind=KIND)
-    return config_from_dict(DiTConfig, meta["configs"].get("dit"), f"{out}/config.json: configs.dit")
+    try:
+        return net_config_from_dict(meta["configs"].get("dit"), f"{out}/config.json: configs.dit")
+    except ConfigError as e:
+        raise CheckpointError(str(e)) from None
 
 
 # ----------------------------------------------------------------------------- command line
@@ -502,14 +519,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--autoencoder", default=None,
                         help="autoencoder the cache was encoded with (default: the one the cache records)")
     parser.add_argument("--out", required=True, help="run directory: checkpoint/ (a playable world), teacher.csv/png")
-    add_options(parser, TeacherTrainConfig, defaults=TeacherTrainConfig())
+    parser.add_argument("--recipe", default=None, choices=sorted(TEACHER_RECIPES),
+                        help="start from a named recipe (model/training/recipes.py: what a release was trained "
+                        "with); options given here still win")
+    # Not given: None, so only what the command line names overrides the recipe (help shows the defaults).
+    add_options(parser, TeacherTrainConfig, shown=TeacherTrainConfig())
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda")
     parser.add_argument("--resume", action="store_true", help="continue from --out/checkpoint if it is there")
 
 
 def config_from_args(args: argparse.Namespace, text_encoder: str) -> TeacherTrainConfig:
-    return replace_config(TeacherTrainConfig(text_encoder=text_encoder), given_options(args, TeacherTrainConfig),
-                          "train teacher")
+    """TeacherTrainConfig's defaults, then the --recipe's values, then the options given."""
+    cfg = TeacherTrainConfig(text_encoder=text_encoder)
+    if getattr(args, "recipe", None):
+        cfg = replace_config(cfg, teacher_recipe(args.recipe), f"recipe {args.recipe}")
+    return replace_config(cfg, given_options(args, TeacherTrainConfig), "train teacher")
 
 
 def _distributed(device_name: str) -> tuple[int, int, torch.device]:

@@ -1,10 +1,8 @@
-"""Conv blocks at full latent resolution (model/nets/conv_stem.py) in the causal DiT: shapes, action
-planes, stacked copy frames, batched streams. Causality and streaming == full sequence for the conv
-presets are in tests/test_dit.py, beside the patch DiT's."""
+"""The causal conv U-Net (model/nets/unet.py): shapes, action planes, stacked copy frames, batched
+streams, the prompt's FiLM. Causality and streaming == full sequence for the U-Net are in
+tests/test_dit.py, beside the patch DiT's (the rules every WorldNet shares)."""
 
 from __future__ import annotations
-
-from dataclasses import replace
 
 import pytest
 import torch
@@ -12,26 +10,23 @@ import torch
 from model.diffusion.samplers import make_sampler
 from model.nets import count_parameters
 from model.nets.cache_batch import CacheBatch, Member
-from model.nets.conv_stem import action_planes
-from model.nets.dit import CausalDiT, dit_config
+from model.nets.families import build_net, net_config
+from model.nets.unet import CausalUNet, action_planes
 from model.runtime.stream import Conditioning, generate_chunk
+from model.training.teacher import TeacherTrainConfig, fresh_dit_config
 from tests.helpers import TOL, inputs, random_dit, stream
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
 
-CONV_PRESETS = ["tiny-unet", "tiny-hybrid"]
-
-
-@pytest.mark.parametrize("preset", ["unet", "hybrid"])
-def test_bundled_conv_presets_fit_the_release_file(preset):
-    model = CausalDiT(dit_config(preset))
+def test_the_shipped_preset_fits_the_release_file():
+    model = build_net(net_config("unet"))
+    assert isinstance(model, CausalUNet)
     # fp16 release file <= 16 MiB (docs/design.md §5)
     assert 4e6 < count_parameters(model) and count_parameters(model) * 2 < 16 * 2**20
 
 
-@pytest.mark.parametrize("preset", CONV_PRESETS)
-def test_fresh_conv_network_predicts_zero_and_keeps_shapes(preset):
-    model = CausalDiT(dit_config(preset))
+def test_fresh_unet_predicts_zero_and_keeps_shapes():
+    model = build_net(net_config("tiny-unet"))
     x, t, a, text, mask = inputs(model.config, 2, 2)
     with torch.no_grad():
         v = model(x, t, a, text, mask)
@@ -55,7 +50,7 @@ def test_stacked_copy_frames_are_the_frames_before_the_chunk():
 def test_copy_frames_stack_matches_a_stream_shorter_than_the_stack():
     """copy_frames 6 > one chunk: after chunk 0 the cache holds 3 frames, the other 3 are zeros, as in
     the full-sequence forward (frames before the stream are zero there too)."""
-    model = random_dit("tiny-hybrid", copy_frames=6)
+    model = random_dit("tiny-unet", copy_frames=6)
     x, t, a, text, mask = inputs(model.config, 1, 4)
     with torch.no_grad():
         full = model(x, t, a, text, mask)
@@ -72,9 +67,8 @@ def test_action_planes_hold_own_action_and_chunk_running_sum():
     assert torch.equal(planes[:, 3, 2:], a[:, 3])  # a new chunk starts its own sum
 
 
-@pytest.mark.parametrize("preset", CONV_PRESETS)
-def test_actions_change_the_output_and_a_dropped_clip_ignores_them(preset):
-    model = random_dit(preset)
+def test_actions_change_the_output_and_a_dropped_clip_ignores_them():
+    model = random_dit("tiny-unet")
     x, t, a, text, mask = inputs(model.config, 2, 2)
     drop = torch.tensor([False, True])
     with torch.no_grad():
@@ -84,19 +78,18 @@ def test_actions_change_the_output_and_a_dropped_clip_ignores_them(preset):
     assert torch.allclose(base[1], other[1], atol=1e-6)
 
 
-@pytest.mark.parametrize("preset", CONV_PRESETS)
-def test_gradients_reach_every_parameter(preset):
-    model = random_dit(preset).train()
+@pytest.mark.parametrize("overrides", [{}, {"text_film": True, "action_tokens": True}])
+def test_gradients_reach_every_parameter(overrides):
+    model = random_dit("tiny-unet", **overrides).train()
     x, t, a, text, mask = inputs(model.config, 2, 2)
     model(x, t, a, text, mask, drop_actions=torch.tensor([False, True])).square().mean().backward()
     silent = [n for n, p in model.named_parameters() if p.grad is None or not torch.any(p.grad != 0)]
     assert not silent, silent
 
 
-@pytest.mark.parametrize("preset", CONV_PRESETS)
-def test_batched_streams_equal_streams_one_by_one(preset):
+def test_batched_streams_equal_streams_one_by_one():
     """The worker batches players' chunks (CacheBatch): each row group reads its own stacked frames."""
-    model = random_dit(preset)
+    model = random_dit("tiny-unet")
     cfg = model.config
     C = cfg.chunk_frames
     xs, ts, acts, texts, masks = inputs(cfg, 2, 3)
@@ -135,7 +128,7 @@ def test_conv_world_streams_through_every_sampler(sampler_name):
 # ----------------------------------------------------------------------------- the prompt's FiLM on the conv blocks
 
 
-def film_dit() -> CausalDiT:
+def film_dit() -> CausalUNet:
     return random_dit("tiny-unet", text_film=True)
 
 
@@ -176,6 +169,6 @@ def test_text_film_streams_and_batches_as_the_full_sequence():
     assert caches[0].text_builds == 1  # built once per prompt, FiLM included
 
 
-def test_text_film_needs_conv_blocks():
+def test_text_film_needs_a_unet_preset():
     with pytest.raises(ValueError, match="text_film"):
-        replace(dit_config("tiny"), text_film=True)
+        fresh_dit_config(TeacherTrainConfig(preset="tiny", text_film=True))

@@ -1,0 +1,234 @@
+"""The causal conv U-Net: the shipped world's network (assets/teacher, assets/default_world).
+
+A 5-degree turn moves the 64x64 view about 4 pixels a frame: one latent pixel, half a patch-2
+token. A transformer on patch tokens must learn that sub-token shift from a global modulation; a
+3x3 convolution over the noisy frame stacked with the previous frames makes it one weight
+pattern. Every small world model that learned control does this (DIAMOND, GameNGen, Delta-IRIS);
+docs/world-model.md has the bake-off that chose it over the patch DiT (model/nets/dit.py).
+
+Two conv levels with a short transformer at the bottom, a WorldNet (model/nets/world_net.py:
+conditioning, causal attention over the KV cache, the prompt's cross-attention, streaming):
+
+    planes [in_ch, 16, 16] -> conv, residual blocks at 16x16 (conv_width)  --skip-----------------+
+      -> stride-2 conv, residual blocks at 8x8 (2 x conv_width)            --skip---------+       |
+      -> each 8x8 position is a token: the transformer blocks (depth), causal across chunks |     |
+      -> residual blocks at 8x8 (+ skip) -> upsample, conv -> residual blocks at 16x16 (+ skip) -> v
+
+- Input planes per frame: the noisy latent, the copy path's `copy_frames` previous frames as the
+  context holds them (`WorldNet.previous_frames`) and the action planes: the frame's own action and
+  the sum of the chunk's actions up to it, broadcast over the plane (where the view is now relative
+  to the context depends on every earlier frame's action), plus an "actions given" plane (zero for
+  guidance's null action). Frames are processed independently by the convolutions: mixing across
+  frames (the chunk, the cached context, the prompt) is the transformer's job.
+- Time and action reach every conv block through adaptive group norm (DIAMOND): a zero-initialised
+  projection of the frame's condition scales and shifts the normalised features, and each block's
+  last convolution starts at zero, so a fresh block is the identity.
+- The prompt's FiLM (`text_film`): the pooled projection of the prompt joins the conv blocks'
+  condition. Without it the prompt enters only by cross-attention at the bottom level, and conv
+  layers that draw the picture from noise (a text start) never see it. It is built once per prompt
+  and cached with the prompt's K/V (`_prompt_extras`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import nn
+
+from model.nets.world_net import NetConfig, WorldNet
+
+
+@dataclass
+class UNetConfig(NetConfig):
+    FAMILY: ClassVar[str] = "unet"
+
+    conv_width: int = 96  # channels at 16x16; 2x at 8x8
+    conv_blocks: int = 2  # residual blocks per level, on each side
+    # The prompt also reaches the conv blocks: its pooled projection joins their adaptive group norms'
+    # condition (FiLM; module docstring). False in configs written before it existed.
+    text_film: bool = False
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.conv_width < 1:
+            raise ValueError(f"conv_width must be positive, got {self.conv_width}")
+        if self.patch != 2:
+            raise ValueError(f"the U-Net's 8x8 level is the token grid: it needs patch 2, got {self.patch}")
+
+    @classmethod
+    def legacy(cls, data: dict[str, Any]) -> dict[str, Any]:
+        """Configs saved when the U-Net was an option of the DiT name its two levels (conv_levels 2);
+        1 was the removed hybrid (residual blocks at 16x16 around the patch DiT), git history has it."""
+        data = dict(data)
+        levels = data.pop("conv_levels", 2)
+        if levels != 2:
+            raise ValueError(f"conv_levels {levels}: only the two-level U-Net is supported (the "
+                             "one-level hybrid was removed)")
+        return data
+
+
+PRESETS: dict[str, UNetConfig] = {
+    # The shipped network (assets/teacher, assets/default_world): 96 channels at 16x16, 192 at 8x8,
+    # two transformer blocks at the bottom, the three previous frames on the copy path, action tokens,
+    # the prompt's FiLM. Its latent width follows the autoencoder (8 channels in the releases).
+    "unet": UNetConfig(dim=256, depth=2, heads=4, mlp_ratio=3.0, conv_width=96, conv_blocks=2,
+                       copy_path=True, copy_frames=3, action_tokens=True, text_film=True),
+    # Seconds-long tests.
+    "tiny-unet": UNetConfig(dim=32, depth=1, heads=2, conv_width=8, conv_blocks=1, copy_path=True, copy_frames=3),
+}
+
+
+def _groups(channels: int) -> int:
+    for g in (32, 16, 8, 4, 2):
+        if channels % g == 0:
+            return g
+    return 1
+
+
+class AdaGroupNorm(nn.Module):
+    """GroupNorm whose scale and shift come from the per-frame condition (zero-initialised)."""
+
+    def __init__(self, channels: int, cond_dim: int):
+        super().__init__()
+        self.norm = nn.GroupNorm(_groups(channels), channels, affine=False, eps=1e-6)
+        self.proj = nn.Linear(cond_dim, 2 * channels)
+        nn.init.zeros_(self.proj.weight)
+        nn.init.zeros_(self.proj.bias)
+
+    def forward(self, x: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        """x [N, ch, h, w], cond [N, D] -> [N, ch, h, w]."""
+        scale, shift = self.proj(cond)[:, :, None, None].chunk(2, dim=1)
+        return self.norm(x) * (1 + scale) + shift
+
+
+class ResBlock(nn.Module):
+    def __init__(self, channels: int, cond_dim: int):
+        super().__init__()
+        self.norm1 = AdaGroupNorm(channels, cond_dim)
+        self.conv1 = nn.Conv2d(channels, channels, 3, padding=1)
+        self.norm2 = AdaGroupNorm(channels, cond_dim)
+        self.conv2 = nn.Conv2d(channels, channels, 3, padding=1)
+        nn.init.zeros_(self.conv2.weight)
+        nn.init.zeros_(self.conv2.bias)
+
+    def forward(self, x: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        h = self.conv1(F.silu(self.norm1(x, cond)))
+        return x + self.conv2(F.silu(self.norm2(h, cond)))
+
+
+def action_planes(actions: torch.Tensor, chunk_frames: int) -> torch.Tensor:
+    """actions [B, F, A] -> [B, F, 2A]: each frame's action and the running sum of its chunk's actions
+    up to and including it (chunks never look across each other here: the context does that)."""
+    B, Fr, A = actions.shape
+    per_chunk = actions.reshape(B, Fr // chunk_frames, chunk_frames, A)
+    running = per_chunk.cumsum(2).reshape(B, Fr, A)
+    return torch.cat([actions, running], -1)
+
+
+class ConvIn(nn.Module):
+    """Per-frame planes [N, in_ch, h, w] -> tokens [N, (h/2)(w/2), dim] and the skips `ConvOut` reads."""
+
+    def __init__(self, in_ch: int, width: int, blocks: int, dim: int, cond_dim: int):
+        super().__init__()
+        self.conv_in = nn.Conv2d(in_ch, width, 3, padding=1)
+        self.full = nn.ModuleList([ResBlock(width, cond_dim) for _ in range(blocks)])
+        self.down = nn.Conv2d(width, 2 * width, 3, stride=2, padding=1)
+        self.low = nn.ModuleList([ResBlock(2 * width, cond_dim) for _ in range(blocks)])
+        self.to_tokens = nn.Linear(2 * width, dim)
+
+    def forward(self, planes: torch.Tensor, cond: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        h = self.conv_in(planes)
+        for blk in self.full:
+            h = blk(h, cond)
+        skips = [h]
+        h = self.down(h)
+        for blk in self.low:
+            h = blk(h, cond)
+        skips.append(h)
+        return self.to_tokens(rearrange(h, "n c gh gw -> n (gh gw) c")), skips
+
+
+class ConvOut(nn.Module):
+    """Token features [N, T, 2 * width] (the transformer's final layer) + skips -> velocity [N, out_ch, h, w]."""
+
+    def __init__(self, out_ch: int, width: int, blocks: int, cond_dim: int):
+        super().__init__()
+        self.low = nn.ModuleList([ResBlock(2 * width, cond_dim) for _ in range(blocks)])
+        self.up = nn.Conv2d(2 * width, width, 3, padding=1)
+        self.full = nn.ModuleList([ResBlock(width, cond_dim) for _ in range(blocks)])
+        self.norm_out = nn.GroupNorm(_groups(width), width, eps=1e-6)
+        self.conv_out = nn.Conv2d(width, out_ch, 3, padding=1)
+        nn.init.zeros_(self.conv_out.weight)
+        nn.init.zeros_(self.conv_out.bias)
+
+    def forward(self, feats: torch.Tensor, skips: list[torch.Tensor], cond: torch.Tensor, grid: int) -> torch.Tensor:
+        h = rearrange(feats, "n (gh gw) c -> n c gh gw", gh=grid, gw=grid) + skips[1]
+        for blk in self.low:
+            h = blk(h, cond)
+        h = self.up(F.interpolate(h, scale_factor=2, mode="nearest"))
+        h = h + skips[0]
+        for blk in self.full:
+            h = blk(h, cond)
+        return self.conv_out(F.silu(self.norm_out(h)))
+
+
+class CausalUNet(WorldNet):
+    config: UNetConfig
+
+    def __init__(self, config: UNetConfig):
+        super().__init__(config)
+        cfg = config
+        stacked = cfg.copy_frames if cfg.copy_path else 0
+        in_ch = cfg.latent_channels * (1 + stacked) + 2 * cfg.action_dim + 1  # + "actions given" plane
+        self.conv_in = ConvIn(in_ch, cfg.conv_width, cfg.conv_blocks, cfg.dim, cfg.dim)
+        self.conv_out = ConvOut(cfg.latent_channels, cfg.conv_width, cfg.conv_blocks, cfg.dim)
+        self._build_core(out_features=2 * cfg.conv_width)
+        self._build_action_tokens()
+        self.text_film = nn.Linear(cfg.dim, cfg.dim) if cfg.text_film else None
+        self.initialize_weights()
+
+    def silent_inputs(self) -> list[nn.Linear]:
+        return super().silent_inputs() + ([self.text_film] if self.text_film is not None else [])
+
+    def initialize_weights(self) -> None:
+        super().initialize_weights()
+        for m in self.modules():  # the xavier pass reset them: adaptive norms start as plain norms
+            if isinstance(m, AdaGroupNorm):
+                nn.init.zeros_(m.proj.weight)
+                nn.init.zeros_(m.proj.bias)
+
+    def _prompt_extras(self, ctx: torch.Tensor, mask: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """With text_film, the prompt's FiLM condition [B, D] as both k and v of one entry after the
+        blocks' (so the caches keep it with the prompt's K/V): the mean over the prompt's tokens and the
+        null token (a dropped prompt: the null token alone)."""
+        if self.text_film is None:
+            return []
+        w = mask.to(ctx.dtype)[..., None]
+        film = self.text_film((ctx * w).sum(1) / w.sum(1))
+        return [(film, film)]
+
+    def _tokens(self, x: torch.Tensor, prev: torch.Tensor | None, actions: torch.Tensor, drop_actions: torch.Tensor,
+                c: torch.Tensor, text_kv: list[list[tuple]]) -> tuple[torch.Tensor, tuple]:
+        """Conv stem: x [B, F, c, h, w], prev [B, F, K * c, h, w] or None, actions [B, F, A], drop [B],
+        c [B, F, D] -> tokens [B, F, T, D] and (skips, the conv blocks' condition) for `_velocity`.
+        A dropped clip's action planes are zero and its "actions given" plane too (the null action)."""
+        c_conv = c  # the conv blocks' condition: time + action (+ the prompt's FiLM)
+        if self.text_film is not None:
+            film = torch.cat([k for k, _, _ in text_kv[len(self.blocks)]])  # [B, D], rows in batch order
+            c_conv = c + film[:, None, :].to(c.dtype)
+        B, Fr, _, h, w = x.shape
+        given = (~drop_actions).to(x.dtype)[:, None, None].expand(B, Fr, 1)
+        acts = torch.cat([action_planes(actions.to(x.dtype), self.config.chunk_frames) * given, given], -1)
+        planes = [x] + ([prev.to(x.dtype)] if self.config.copy_path else [])
+        planes.append(acts[..., None, None].expand(*acts.shape, h, w))
+        tokens, skips = self.conv_in(torch.cat(planes, 2).flatten(0, 1), c_conv.flatten(0, 1))
+        return tokens.reshape(B, Fr, *tokens.shape[1:]), (skips, c_conv)
+
+    def _velocity(self, out: torch.Tensor, state: tuple, shape: torch.Size) -> torch.Tensor:
+        skips, c_conv = state
+        v = self.conv_out(out.flatten(0, 1), skips, c_conv.flatten(0, 1), self.config.grid)
+        return v.reshape(shape)
