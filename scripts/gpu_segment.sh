@@ -9,7 +9,8 @@
 # 4. the run's release weights (fp16 EMA "dit", fp16 "dit_online"), config and loss log into OUT.
 # Environment: INIT_FROM (world checkpoint, default assets/teacher-reference), AUTOENCODER (another
 # autoencoder, e.g. assets/autoencoder-sharp8: the latents are encoded with it and the layers that read
-# or write latents start fresh, the rest warm from INIT_FROM), RECIPE (training options),
+# or write latents start fresh, the rest warm from INIT_FROM), RECIPE (training options, default
+# "--recipe unet-teacher": the shipped teacher's, model/training/recipes.py),
 # TEXT_FROM (the prompt embeddings: `encode-latents --text-only` of the same datagen run here),
 # EPISODES, SEED, DATAGEN_ARGS, BATCH, LR, DEVICE.
 # Back on the CPU machine, the weights warm-start the next segment (INIT_FROM=that directory) and
@@ -28,8 +29,7 @@ batch=${BATCH:-64}
 lr=${LR:-3e-4}
 device=${DEVICE:-cuda}  # cpu: a rehearsal of the whole segment on this machine
 read -r -a datagen_extra <<< "${DATAGEN_ARGS:---bout-scale 0.2 --random-share 1.0 --random-keys one}"
-read -r -a recipe <<< "${RECIPE:---preset unet --copy-path --action-tokens --teacher-forcing-prob 0.9 \
---context-noise-max 0.1 --shift 3.0 --level-sampling uniform --copy-context clean --text-film --switch-share 0.03}"
+read -r -a recipe <<< "${RECIPE:---recipe unet-teacher}"
 work=${WORK:-/tmp/gpu_segment}
 run="$work/run"
 mkdir -p "$work" "$out"

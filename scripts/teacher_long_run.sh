@@ -11,7 +11,9 @@
 # committed, so a fresh machine continues where the last run stopped; the U-Net runs set INIT_FROM
 # and RECIPE, docs/world-model.md), or empty for a fresh network. The latents are encoded with the
 # autoencoder of AE_FROM (default INIT_FROM) unless runs/ae_teacher already holds one.
-# Environment: RECIPE (training options, e.g. "--preset unet --copy-path ..."), DATA / LATENTS /
+# Environment: RECIPE (training options; default "--recipe unet-teacher", the shipped teacher's, model/training/
+# recipes.py; e.g. "--recipe unet-teacher-guided" to distil guidance, or the DiT's "--copy-path --action-tokens ..."
+# of the runs docs/teacher-recipe.md records, whose network is the "default" preset), DATA / LATENTS /
 # EPISODES / SEED / DATAGEN_ARGS (the data made when the cache is missing), PLOT / TABLE (outputs).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -36,7 +38,7 @@ seed=${SEED:-1}
 read -r -a datagen_extra <<< "${DATAGEN_ARGS:-}"  # e.g. "--bout-scale 0.2 --random-share 0.3"
 plot=${PLOT:-docs/images/teacher_long_scoreboard.png}
 table=${TABLE:-docs/reports/teacher-long-scoreboard.md}
-recipe=(--copy-path --action-tokens --teacher-forcing-prob 0.9 --context-noise-max 0.3)
+recipe=(--recipe unet-teacher)
 [ -n "${RECIPE:-}" ] && read -r -a recipe <<< "$RECIPE"
 
 if ! grep -q '"complete": true' "$latents/cache.json" 2>/dev/null; then
@@ -66,7 +68,7 @@ mkdir -p "$run/scoreboard"
 for ((k = 0; k < segments; k++)); do
   start=$(date +%s)
   OMP_NUM_THREADS=1 "$py" -m torch.distributed.run --standalone --nproc_per_node="$nproc" run_world.py train teacher \
-    --latents "$latents" --out "$run" --preset default --steps 10000000 --batch 8 --clip-chunks 3 --lr 3e-4 \
+    --latents "$latents" --out "$run" --steps 10000000 --batch 8 --clip-chunks 3 --lr 3e-4 \
     --device "$device" --init-from "$init_from" --ckpt-every 100 --max-minutes "$segment" --resume "${recipe[@]}"
   hours=$("$py" -c "print(round($(cat "$hours_file") + ($(date +%s) - $start) / 3600, 4))")
   echo "$hours" > "$hours_file"

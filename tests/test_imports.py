@@ -170,6 +170,46 @@ def test_readers_do_not_import_evaluation():
     assert not bad, "model/readers/ imports model/evaluation/ (evaluation imports the readers):\n" + "\n".join(bad)
 
 
+# The world network's families (docs/architecture.md, "World networks"): a family is a module defining
+# a WorldNet subclass (model/nets/unet.py, model/nets/dit.py). Only model/nets/families.py, the table
+# that builds them by name, imports one, so no family imports another, the shared core never imports a
+# family, and the samplers, the stream, training and evaluation see WorldNet alone.
+NET_FAMILY_TABLE = "model.nets.families"
+
+
+def net_families(modules: dict[str, Path]) -> set[str]:
+    """The modules under model/nets/ that define a class on WorldNet."""
+    return {
+        name
+        for name, path in modules.items()
+        if within(name, "model.nets")
+        and any(isinstance(node, ast.ClassDef) and any(getattr(b, "id", None) == "WorldNet" for b in node.bases)
+                for node in ast.walk(ast.parse(path.read_text(), str(path))))
+    }
+
+
+def family_breaks(graph: dict[str, set[str]], families: set[str]) -> list[str]:
+    """Every import of a family's module from anywhere but the family table, as "module -> module"."""
+    return sorted(
+        f"{m} -> {t}" for m, targets in graph.items() if m != NET_FAMILY_TABLE for t in targets if t in families
+    )
+
+
+def test_only_the_family_table_imports_a_network_family():
+    families = net_families(project_modules())
+    assert {"model.nets.unet", "model.nets.dit"} <= families  # the walk sees the families that exist
+    bad = family_breaks(import_graph(), families)
+    assert not bad, (f"a network family's module imported outside {NET_FAMILY_TABLE} (use build_net, "
+                     "net_config and WorldNet):\n" + "\n".join(bad))
+
+
+def test_the_shared_network_core_imports_no_family_and_not_the_table():
+    graph, families = import_graph(), net_families(project_modules())
+    core = [m for m in graph if within(m, "model.nets") and m != NET_FAMILY_TABLE and m not in families]
+    bad = sorted(f"{m} -> {t}" for m in core for t in graph[m] if t == NET_FAMILY_TABLE)
+    assert "model.nets.world_net" in core and not bad, "\n".join(bad)
+
+
 def test_worlds_shared_vocabulary_imports_none_of_its_sub_packages():
     """world/'s root modules (actions, backend, errors, files, start ...) are what every layer and
     every world/ sub-package shares: they import none of procedural/, server/, data/, backends/."""
@@ -205,6 +245,10 @@ def test_the_checks_catch_what_they_look_for():
     graph = {"model.readers.a": {"model.evaluation.b", "model.common.c"}, "model.evaluation.b": {"model.readers.a"},
              "model.readersx": {"model.evaluation"}}
     assert one_way_breaks(graph) == ["model.readers.a -> model.evaluation.b"]
+    graph = {"model.nets.families": {"model.nets.unet"}, "model.nets.unet": {"model.nets.world_net"},
+             "model.nets.dit": {"model.nets.unet"}, "model.runtime.stream": {"model.nets.world_net", "model.nets.dit"}}
+    assert family_breaks(graph, {"model.nets.unet", "model.nets.dit"}) == [
+        "model.nets.dit -> model.nets.unet", "model.runtime.stream -> model.nets.dit"]
 
 
 def test_no_test_module_imports_another():
