@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import importlib.util
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +16,7 @@ from torch.utils.data import Dataset
 from model.nets.autoencoder import Autoencoder, autoencoder_config
 from model.nets.families import build_net, net_config
 from model.nets.world_net import NetConfig, WorldNet
-from model.training.teacher import TeacherTrainConfig
+from model.training.teacher import ClipBatches, TeacherTrainConfig, Trainer
 from world.actions import KEYS, Action
 from world.backends.registry import create_backend
 from world.data.dataset import EpisodeWriter
@@ -122,6 +123,27 @@ def tiny_config(**overrides) -> TeacherTrainConfig:
     base = dict(preset="tiny", steps=2, batch=4, clip_chunks=2, warmup=1, ckpt_every=1, log_every=1,
                 text_encoder="hash")
     return TeacherTrainConfig(**{**base, **overrides})
+
+
+def make_trainer(cfg: TeacherTrainConfig, out, resume: bool = False,
+                 latent_channels: int = 4) -> tuple[Trainer, ClipBatches]:
+    torch.manual_seed(0)
+    ae = Autoencoder(replace(autoencoder_config("tiny"), latent_channels=latent_channels))
+    trainer = Trainer.create(cfg, ae, out, torch.device("cpu"), resume=resume)
+    tokens, mask = text_table()
+    return trainer, ClipBatches(SyntheticClips(channels=latent_channels), tokens, mask, cfg.batch, 0, 1, cfg.seed)
+
+
+class PrevRecorder(torch.nn.Module):
+    """Wraps a DiT and keeps the copy-path input it is given (None: the network derives it from x)."""
+
+    def __init__(self, dit):
+        super().__init__()
+        self.dit, self.prev, self.x = dit, None, None
+
+    def forward(self, x, t, *args, prev=None, **kwargs):
+        self.x, self.prev = x.clone(), None if prev is None else prev.clone()
+        return self.dit(x, t, *args, prev=prev, **kwargs)
 
 
 # ----------------------------------------------------------------------------- frames and datasets

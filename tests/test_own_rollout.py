@@ -10,8 +10,7 @@ import torch
 from model.diffusion.flow import level_grid
 from model.training.own_rollout import own_context
 from model.training.teacher import ClipBatches, own_rollout_rows, teacher_loss
-from tests.helpers import SyntheticClips, text_table, tiny_config
-from tests.test_train_teacher import PrevRecorder, make_trainer
+from tests.helpers import PrevRecorder, SyntheticClips, make_trainer, text_table, tiny_config
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
 

@@ -9,13 +9,10 @@ import pytest
 import torch
 
 from model.common.checkpoint import CheckpointError, has_train_state
-from model.nets.autoencoder import Autoencoder, autoencoder_config
 from model.nets.world_net import stacked_previous
 from model.runtime.world_model import load_world_model
 from model.training.teacher import (
     ClipBatches,
-    TeacherTrainConfig,
-    Trainer,
     add_arguments,
     config_from_args,
     context_levels,
@@ -24,19 +21,10 @@ from model.training.teacher import (
     teacher_forcing_prefix,
     teacher_loss,
 )
-from tests.helpers import SyntheticClips, text_table, tiny_config
+from tests.helpers import PrevRecorder, SyntheticClips, make_trainer, text_table, tiny_config
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
 
-
-
-def make_trainer(cfg: TeacherTrainConfig, out, resume: bool = False,
-                 latent_channels: int = 4) -> tuple[Trainer, ClipBatches]:
-    torch.manual_seed(0)
-    ae = Autoencoder(replace(autoencoder_config("tiny"), latent_channels=latent_channels))
-    trainer = Trainer.create(cfg, ae, out, torch.device("cpu"), resume=resume)
-    tokens, mask = text_table()
-    return trainer, ClipBatches(SyntheticClips(channels=latent_channels), tokens, mask, cfg.batch, 0, 1, cfg.seed)
 
 
 def test_teacher_forcing_prefix_leaves_a_noisy_chunk():
@@ -234,18 +222,6 @@ def test_time_budget_stops_and_saves(tmp_path):
     trainer, batches = make_trainer(tiny_config(steps=1000, ckpt_every=500, max_minutes=1e-9), tmp_path / "t")
     trainer.train(batches)
     assert 1 <= trainer.step < 1000 and has_train_state(tmp_path / "t")
-
-
-class PrevRecorder(torch.nn.Module):
-    """Wraps a DiT and keeps the copy-path input it is given (None: the network derives it from x)."""
-
-    def __init__(self, dit):
-        super().__init__()
-        self.dit, self.prev, self.x = dit, None, None
-
-    def forward(self, x, t, *args, prev=None, **kwargs):
-        self.x, self.prev = x.clone(), None if prev is None else prev.clone()
-        return self.dit(x, t, *args, prev=prev, **kwargs)
 
 
 def test_clean_copy_context_gives_every_chunk_its_clean_predecessor(tmp_path):
