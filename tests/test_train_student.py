@@ -137,6 +137,29 @@ def test_dmd_step_end_to_end(teacher, pairs, init_checkpoint, tmp_path):
     assert stream.next_chunk(np.zeros((3, 12), dtype=np.float32)).steps == 4
 
 
+def test_dmd_rollouts_can_be_the_first_chunks_of_each_pair(teacher, pairs, init_checkpoint, tmp_path):
+    b = pairs.batch(0, 2, 0, CPU)
+    C = teacher.dit.config.chunk_frames
+    short = b.leading(C)
+    assert short.x0.shape[1] == C and b.x0.shape[1] == 2 * C
+    assert torch.equal(short.noise, b.noise[:, :C]) and torch.equal(short.actions, b.actions[:, :C])
+    assert torch.equal(short.states, b.states[:, :, :C]) and torch.equal(short.x0, b.x0[:, :C])
+    with pytest.raises(ValueError, match="asked for the first"):
+        b.leading(3 * C)
+    with pytest.raises(ValueError, match="rollout_chunks"):
+        student_config("dmd", rollout_chunks=-1)
+    trainer = dmd_trainer(teacher, pairs, init_checkpoint, tmp_path, rollout_chunks=1)
+    recorder = RecordingDiT(trainer.generator)
+    trainer.generator = recorder
+    trainer.train_step()
+    assert len(recorder.per_chunk()) == 1  # the generator rolled out one chunk of the two-chunk pairs
+    trainer.generator = recorder.dit
+    recorder = RecordingDiT(trainer.generator)
+    trainer.generator, trainer.cfg.rollout_chunks = recorder, 0
+    trainer.train_step()
+    assert len(recorder.per_chunk()) == 2  # 0: every chunk the pairs have
+
+
 def test_training_rollout_and_inference_write_the_same_context_noise(teacher, pairs, init_checkpoint, tmp_path):
     trainer = dmd_trainer(teacher, pairs, init_checkpoint, tmp_path, context_noise=150.0)
     trainer.train()

@@ -86,6 +86,14 @@ class PairBatch:
         """[B, F, C, h, w]: the pure noise each chunk started from (grid level 0)."""
         return self.states[:, 0]
 
+    def leading(self, frames: int) -> PairBatch:
+        """The first `frames` frames of every rollout (whole chunks): a shorter rollout of the same pairs.
+        The teacher's rollout is causal, so its first chunks are the pair of that shorter rollout."""
+        if not 0 < frames <= self.x0.shape[1]:
+            raise ValueError(f"pairs hold {self.x0.shape[1]} frames, asked for the first {frames}")
+        return PairBatch(self.states[:, :, :frames], self.x0[:, :frames], self.actions[:, :frames], self.text,
+                         self.text_mask)
+
 
 # ----------------------------------------------------------------------------- the teacher's ODE
 

@@ -112,6 +112,9 @@ class StudentTrainConfig:
     grad_clip: float = 10.0
     ema_decay: float = option(0.99, help=f"dmd: generator EMA decay (updated on generator steps) {PRESET}")
     generator_every: int = option(5, help=f"dmd: generator update every N critic steps {PRESET}")
+    # Self-Forcing rollouts long enough to reach where the teacher breaks (chunk 3) vs shorter ones
+    # (the ablation of docs/student-unet.md): the first N chunks of each pair.
+    rollout_chunks: int = option(0, help="dmd: chunks per rollout, the first of each pair's (0: all the pairs have)")
     schedule: list[int] = option(default_factory=lambda: list(DIAGONAL_SCHEDULE), parse=_schedule,
                                  help="diagonal steps per chunk, e.g. 4,3,2 (default: the resumed/init "
                                  "checkpoint's, else 4,3,2)")
@@ -129,6 +132,8 @@ class StudentTrainConfig:
     def __post_init__(self) -> None:
         if self.stage not in STAGES:
             raise ValueError(f"stage must be one of {STAGES}, got {self.stage!r}")
+        if self.rollout_chunks < 0:
+            raise ValueError(f"rollout_chunks must be >= 0 (0: the pairs' length), got {self.rollout_chunks}")
         if min(self.steps, self.batch, self.generator_every, self.ckpt_every, self.log_every) < 1:
             raise ValueError("steps, batch, generator_every, ckpt_every and log_every must be >= 1")
         self.sampler()  # a schedule that cannot work is refused here, before any work
@@ -312,6 +317,8 @@ class DMDTrainer(StageTrainer):
         cfg = self.cfg
         gen = loop.step_generator(cfg.seed, self.step, 0)
         b = self.pairs.batch(self.step, cfg.batch, cfg.seed, self.device)
+        if cfg.rollout_chunks:
+            b = b.leading(cfg.rollout_chunks * self.generator.config.chunk_frames)
         update_generator = self.step % cfg.generator_every == 0
         x = self.rollout(b, gen, grad=update_generator)
         if update_generator:
