@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# The student's ablations (docs/student-unet.md): short DMD runs from the same init and ODE pairs,
+# equal steps, one factor each, scored like the shipped student; plus the shipped weights sampled
+# uniform 1 step + refresh (2 NFE a chunk) against their diagonal 4-3-2 (2 a steady chunk).
+# Resumable: rerun after a kill, finished arms are skipped.
+#   [STEPS=200] scripts/student_ablation.sh [RUN] [INIT_RUN]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+RUN=${1:-runs/student_ablation}
+SRC=${2:-runs/student_unet}  # holds ode_pairs/ and init/ (scripts/student_unet.sh)
+STEPS=${STEPS:-200}
+PY=${PY:-.venv/bin/python}
+[ -d "$SRC/ode_pairs" ] && [ -d "$SRC/init/checkpoint" ] || { echo "no $SRC/ode_pairs or $SRC/init: run scripts/student_unet.sh first" >&2; exit 1; }
+mkdir -p "$RUN"
+score() {  # arm name, world checkpoint
+  [ -f "$RUN/$1/scored" ] && return
+  $PY -m model.evaluation.bakeoff --own-sampler --arm "$1=$2" --threads 2 --out "$RUN/bakeoff"
+  $PY run_world.py eval --measures longstream --longstream-seconds 30 --longstream-window-s 5 --threads 2 --json \
+      --out "$RUN/$1/ls30" --checkpoint "$2"
+  touch "$RUN/$1/scored"
+}
+arm() {  # name, extra DMD options...
+  local name=$1; shift
+  local out="$RUN/$name"
+  mkdir -p "$out"; [ -e "$out/ode_pairs" ] || ln -s "$(realpath "$SRC/ode_pairs")" "$out/ode_pairs"
+  if [ ! -f "$out/release/config.json" ]; then
+    local resume=""; [ -d "$out/dmd/checkpoint" ] && resume=--resume
+    $PY run_world.py train student --stage dmd --teacher assets/teacher --init "$SRC/init" --out "$out" --steps "$STEPS" \
+        --batch 4 --lr 2e-5 --critic-lr 4e-5 --guidance 0 --threads 2 --ckpt-every 20 $resume "$@"
+    $PY -m model.tools.release "$out/dmd" "$out/release" --note "ablation=$name"
+  fi
+  score "$name" "$out/release"
+}
+# Inference only: the shipped weights with the uniform sampler at 1 step + refresh.
+if [ ! -f "$RUN/uniform1/release/config.json" ]; then
+  mkdir -p "$RUN/uniform1" && cp -r assets/default_world "$RUN/uniform1/release"
+  $PY - "$RUN/uniform1/release/config.json" <<'PYEOF'
+import json, sys
+path = sys.argv[1]
+meta = json.load(open(path))
+meta["configs"]["world"].update(sampler="uniform", steps=1, schedule=None, context_noise=None)
+json.dump(meta, open(path, "w"), indent=1)
+PYEOF
+fi
+score uniform1 "$RUN/uniform1/release"
+arm base
+arm rollout3 --rollout-chunks 3
+arm noflow --flow-weight 0
