@@ -69,16 +69,18 @@ def stream(model: WorldNet, x, t, a, text, mask, drop=None) -> tuple[torch.Tenso
 
 
 class RecordingDiT(torch.nn.Module):
-    """Wraps a DiT; records (first frame of the chunk being written, t) of every cached forward."""
+    """Wraps a DiT; records (first frame of the chunk being written, t) of every cached forward, and in
+    `context_only` whether each was a K/V-only pass."""
 
     def __init__(self, dit):
         super().__init__()
-        self.dit, self.config, self.calls = dit, dit.config, []
+        self.dit, self.config, self.calls, self.context_only = dit, dit.config, [], []
 
-    def forward(self, x, t, actions, text, text_mask, cache=None, drop_actions=None):
+    def forward(self, x, t, actions, text, text_mask, cache=None, drop_actions=None, context_only=False):
         if cache is not None:
             self.calls.append((cache.next_frame, float(t[0, 0])))
-        return self.dit(x, t, actions, text, text_mask, cache, drop_actions)
+            self.context_only.append(context_only)
+        return self.dit(x, t, actions, text, text_mask, cache, drop_actions, context_only=context_only)
 
     def new_cache(self):
         return self.dit.new_cache()

@@ -122,7 +122,6 @@ def test_schedule_strings():
         (lambda: diagonal_sampler([4, 3.0]), r"schedule\[1\] must be a positive whole number"),
         (lambda: diagonal_sampler("432"), "non-empty list"),
         (lambda: diagonal_sampler(4), "non-empty list"),
-        (lambda: diagonal_sampler([4, 1]), r"schedule\[1\]=1 step would write K/V of pure noise"),
         (lambda: diagonal_sampler(context_noise=0), "context_noise"),
         (lambda: diagonal_sampler(context_noise=1000), "context_noise"),
         (lambda: diagonal_sampler(context_noise=-5), "context_noise"),
@@ -141,8 +140,8 @@ def test_a_session_with_an_unworkable_schedule_is_refused_when_it_opens(tmp_path
     with pytest.raises(BackendError, match="context_noise"):
         create_backend("generated", checkpoint=str(world), device="cpu")
     good = make_random_world(tmp_path / "g")
-    with pytest.raises(BackendError, match="pure noise"):
-        create_backend("generated", checkpoint=str(good), device="cpu", sampler="diagonal", schedule=[2, 1])
+    with pytest.raises(BackendError, match="more steps than the teacher's grid"):
+        create_backend("generated", checkpoint=str(good), device="cpu", sampler="diagonal", schedule=[2, 40])
 
 
 def test_diagonal_never_runs_a_refresh_pass():

@@ -53,3 +53,14 @@ def test_unknown_sampler_is_a_clear_error(capsys, tmp_path):
     args = ["bench", "--checkpoint", str(ckpt), "--samplers", "nope", "--matmul-seconds", "0.05"]
     assert run_world.main(args) == 2
     assert "nope" in capsys.readouterr().err
+
+
+def test_sampler_specs_pick_a_schedule_or_a_step_count():
+    from model.evaluation.bench import sampler_options
+
+    assert sampler_options("diagonal") == {"sampler": "diagonal"}
+    assert sampler_options("diagonal:4-3-1") == {"sampler": "diagonal", "schedule": [4, 3, 1]}
+    assert sampler_options("uniform:1") == {"sampler": "uniform", "steps": 1}
+    for bad in ("diagonal:4,3", "uniform:2-1", "teacher:x"):
+        with pytest.raises(ValueError, match="bench: sampler"):
+            sampler_options(bad)

@@ -26,14 +26,19 @@ streaming loop and reads from the sampler
     one as "all" (model/runtime/regenerate.py, model/evaluation/compare.py).
 
 NFE per chunk (network evaluations per stream, a batched cond + uncond forward counts 2):
-    rows * (len(levels(i)) + refresh),  rows = 2 with guidance else 1
-teacher 32 steps, g = 3: 2 * 33 = 66; uniform 4 + refresh: 5; diagonal 4-3-2-2...: 4, 3, 2, 2, ...
+    rows * (len(levels(i)) + context pass),  rows = 2 with guidance else 1
+teacher 32 steps, g = 3: 2 * 33 = 66; uniform 4 + refresh: 5; diagonal 4-3-2-2...: 4, 3, 2, 2, ...;
+diagonal 4-3-1: 4, 3, 1 + 1, ... (a context pass, refresh or not, is K/V-only: cheaper than a step).
 
 The diagonal grid: max(4, max(schedule)) levels from pure noise down to the context level, evenly
-spaced before the shift (s = 1, ..., context_noise / 1000); a chunk of n steps takes the first level
-and the last n - 1, so every chunk ends on the context level whatever its step count. A 1-step chunk
-would write K/V of pure noise and is refused; more steps than the teacher's 32-step grid are refused
-too (the student cannot be sampled finer than the trajectories it was distilled from).
+spaced before the shift (s = 1, ..., context_noise / 1000); a chunk of n >= 2 steps takes the first
+level and the last n - 1, so it ends on the context level and its last forward writes the context. A
+1-step chunk (e.g. 4-3-1) predicts x0 from pure noise in one forward, then a K/V-only pass writes it
+re-noised to the context level: the same context a training rollout that exits at its first step
+leaves (model/training/distill.py), at about 1.5 forwards a chunk instead of 2, because that pass stops
+after the last block's K/V (for the U-Net: without its decoder half). More steps than the teacher's
+32-step grid are refused (the student cannot be sampled finer than the trajectories it was distilled
+from).
 
 A schedule whose largest count exceeds 4 (e.g. the paper figure's 5-4-3-2) runs on a FINER grid than
 the student was distilled on (model/training/ode_pairs.py and model/training/student.py always use the 4-level
@@ -94,8 +99,8 @@ class Sampler:
                                  f"got {self.context_noise}")
             return
         for levels in self.schedules:
-            if abs(levels[-1] - self.context_level) > 1e-9:
-                raise ValueError(f"sampler {self.name!r}: without a refresh pass every chunk must end at its "
+            if levels[-1] < self.context_level - 1e-9:
+                raise ValueError(f"sampler {self.name!r}: without a refresh pass no chunk may end below its "
                                  f"context level {self.context_level:g}, got levels {levels}")
 
     @property
@@ -114,13 +119,24 @@ class Sampler:
     def steps(self, chunk_index: int) -> int:
         return len(self.levels(chunk_index))
 
+    def ends_above_context(self, last_level: float) -> bool:
+        """Whether a chunk whose last forward ran at `last_level` still needs its K/V written at the
+        context level (no refresh sampler: a 1-step diagonal chunk, an early training exit)."""
+        return not self.refresh and last_level > self.context_level + 1e-9
+
+    def context_pass(self, chunk_index: int) -> bool:
+        """Whether chunk `chunk_index` ends with a K/V-writing pass (refresh, or one at the context level)."""
+        return self.refresh or self.ends_above_context(self.levels(chunk_index)[-1])
+
     def nfe(self, chunk_index: int) -> int:
-        return self.rows * (self.steps(chunk_index) + int(self.refresh))
+        """Forwards per stream, the K/V-writing pass counted as one (it stops after the last block's K/V,
+        so it costs less than a full forward: model/nets/world_net.py)."""
+        return self.rows * (self.steps(chunk_index) + int(self.context_pass(chunk_index)))
 
     def timesteps(self, chunk_index: int) -> list[int]:
-        """Network times of the denoising forwards (plus 0 for the refresh pass), for records."""
+        """Network times of the denoising forwards, then the K/V-writing pass's (0 for a refresh)."""
         ts = [round(float(network_time(s))) for s in self.levels(chunk_index)]
-        return ts + [0] if self.refresh else ts
+        return ts + [round(self.context_noise)] if self.context_pass(chunk_index) else ts
 
     def describe(self) -> dict:
         """JSON-able summary for backend info / records."""
@@ -183,14 +199,11 @@ def diagonal_sampler(
 
 
 def check_diagonal_schedule(schedule: Sequence[int]) -> list[int]:
-    """Per-chunk step counts of a diagonal schedule, each a whole number in [2, TEACHER_STEPS]."""
+    """Per-chunk step counts of a diagonal schedule, each a whole number in [1, TEACHER_STEPS]."""
     if isinstance(schedule, (str, bytes)) or not isinstance(schedule, Sequence) or len(schedule) == 0:
         raise ValueError(f"sampler 'diagonal': schedule must be a non-empty list of step counts, got {schedule!r}")
     counts = [_check_positive("diagonal", n, f"schedule[{i}]") for i, n in enumerate(schedule)]
     for i, n in enumerate(counts):
-        if n < 2:
-            raise ValueError(f"sampler 'diagonal': schedule[{i}]=1 step would write K/V of pure noise; every chunk "
-                             f"needs >= 2 steps so its last forward runs at context_noise")
         if n > TEACHER_STEPS:
             raise ValueError(f"sampler 'diagonal': schedule[{i}]={n} is more steps than the teacher's grid "
                              f"({TEACHER_STEPS} steps); the student cannot be sampled finer than the trajectories "

@@ -2,6 +2,7 @@
 
     python run_world.py bench                                  # bundled world, every sampler
     python run_world.py bench --samplers uniform,diagonal --chunks 100 --json
+    python run_world.py bench --samplers diagonal,diagonal:4-3-1,uniform:1   # schedules side by side
     python run_world.py bench --backend engine --json          # the engine's own row
     python run_world.py bench --sessions 1,2,4,8 --json        # several players on one worker
 
@@ -240,7 +241,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--backend", default="generated", choices=("generated", "engine"))
     parser.add_argument("--checkpoint", help="world checkpoint directory (default: the bundled one)")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda")
-    parser.add_argument("--samplers", help="comma-separated sampler names (default: every registered sampler)")
+    parser.add_argument("--samplers", help="comma-separated sampler names (default: every registered sampler); "
+                        "NAME:STEPS picks a schedule or step count, e.g. diagonal:4-3-1,uniform:1")
     parser.add_argument("--chunks", type=int, default=60, help="timed chunks per sampler")
     parser.add_argument("--warmup", type=int, default=5, help="untimed chunks before timing (fills the cache)")
     parser.add_argument(
@@ -277,10 +279,26 @@ def sampler_names(args: argparse.Namespace) -> list[str]:
     return list(SAMPLERS)
 
 
+def sampler_options(spec: str) -> dict:
+    """A --samplers entry -> backend options: "diagonal" (the checkpoint's schedule), "diagonal:4-3-1"
+    (that schedule), "uniform:1" or "teacher:8" (that many steps). ValueError for a malformed one."""
+    name, _, variant = spec.partition(":")
+    if not variant:
+        return {"sampler": name}
+    counts = variant.split("-")
+    if not all(c.isdigit() for c in counts):
+        raise ValueError(f"bench: sampler {spec!r}: after ':' give step counts such as diagonal:4-3-1 or uniform:1")
+    if name == "diagonal":
+        return {"sampler": name, "schedule": [int(c) for c in counts]}
+    if len(counts) != 1:
+        raise ValueError(f"bench: sampler {spec!r}: only the diagonal sampler takes a schedule; give one step count")
+    return {"sampler": name, "steps": int(counts[0])}
+
+
 def open_backend(args: argparse.Namespace, name: str) -> Backend:
     if args.backend == "engine":
         return create_backend("engine")
-    options = {"device": args.device, "sampler": name}
+    options = {"device": args.device, **sampler_options(name)}
     if args.checkpoint:
         options["checkpoint"] = args.checkpoint
     return create_backend("generated", **options)
@@ -305,7 +323,7 @@ def run(args: argparse.Namespace) -> int:
     for name in sampler_names(args):
         try:
             backend = open_backend(args, name)
-        except BackendError as e:
+        except (BackendError, ValueError) as e:
             print(f"bench: {e}", file=sys.stderr)
             return 2
         rows[name] = bench_backend(backend, args, device, gflops)

@@ -121,6 +121,13 @@ class Block(nn.Module):
         # adaLN-single: this block's learned offset to the shared per-frame modulation.
         self.mod_table = nn.Parameter(torch.zeros(6, d))
 
+    def write_kv(self, x: torch.Tensor, mod: torch.Tensor, layer: int, attend: Attend) -> None:
+        """The self-attention K/V of x [B, F, T, D] go through `attend` (a cache writes them there), and
+        nothing after it runs: a K/V-only pass needs no more of the last block."""
+        B, Fr, T, D = x.shape
+        shift1, scale1 = (mod[:, :, :2] + self.mod_table[:2]).unsqueeze(2).unbind(3)  # [B, F, 1, D]
+        self.attn(modulate(self.norm1(x), shift1, scale1).reshape(B, Fr * T, D), layer, attend)
+
     def forward(self, x: torch.Tensor, mod: torch.Tensor, layer: int, attend: Attend, text: list) -> torch.Tensor:
         """x [B, F, T, D], mod [B, F, 6, D] shared modulation, text [(k, v, mask)] groups -> [B, F, T, D]."""
         B, Fr, T, D = x.shape

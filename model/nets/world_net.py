@@ -334,7 +334,8 @@ class WorldNet(nn.Module):
         cache: StreamCache | None = None,
         drop_actions: torch.Tensor | None = None,
         prev: torch.Tensor | None = None,
-    ) -> torch.Tensor:
+        context_only: bool = False,
+    ) -> torch.Tensor | None:
         """Predict v = eps - x0.
 
         x [B, F, C, h, w] noisy latents; t [B, F] network time in [0, 1000] (equal within a chunk);
@@ -344,6 +345,12 @@ class WorldNet(nn.Module):
         drop_actions [B] bool: use the null action (guidance); prev [B, F, C, h, w]: the copy path's
         input when it must not come from x or the cache (a recache replaying stored inputs).
         Returns v [B, F, C, h, w].
+
+        context_only (streaming): write the chunk's K/V and stored inputs into the cache and return
+        None. The cache is what a full forward leaves (tests/test_context_pass.py), but nothing after
+        the last block's self-attention runs: for the U-Net that skips its decoder half
+        (`_velocity`), which is most of a K/V-writing pass's cost (a refresh, a diagonal 1-step
+        chunk's context pass, a prompt switch's recache).
         """
         cfg = self.config
         B, Fr, C, h, w = x.shape
@@ -351,6 +358,7 @@ class WorldNet(nn.Module):
         assert t.shape == (B, Fr) and actions.shape == (B, Fr, cfg.action_dim), (t.shape, actions.shape)
         if cfg.copy_path and prev is None:
             prev = self.previous_frames(x, cache)  # read before the cache is written
+        assert cache is not None or not context_only, "context_only writes a streaming cache: pass one"
         if cache is not None:
             assert Fr == cfg.chunk_frames, f"streaming takes one chunk of {cfg.chunk_frames} frames, got {Fr}"
             cache.write_inputs(x, t, actions, prev)
@@ -367,7 +375,11 @@ class WorldNet(nn.Module):
         if self.action_in is not None:
             hid = hid + a_tok[:, :, None, :]
         mod = rearrange(mod, "b f (six d) -> b f six d", six=6)
+        last = len(self.blocks) - 1
         for layer, blk in enumerate(self.blocks):
+            if context_only and layer == last:
+                blk.write_kv(hid, mod, layer, attend)  # the last K/V the cache needs
+                return None
             hid = blk(hid, mod, layer, attend, text_kv[layer])
         shift, scale = (self.final_table + c[:, :, None, :]).unsqueeze(2).unbind(3)  # [B, F, 1, D]
         out = self.final(modulate(self.final_norm(hid), shift, scale))

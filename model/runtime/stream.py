@@ -103,11 +103,29 @@ def forward_parts(dit: WorldNet, parts: Sequence[Part]) -> list[torch.Tensor]:
     if len(parts) == 1:
         cache, x, s, actions, cond, rows = parts[0]
         return [dit(*_network_inputs(x, s, actions, rows), cond.text, cond.text_mask, cache, cond.drop_actions)]
+    batch, inputs, drop = _batched(parts)
+    v = dit(*inputs, None, None, batch, drop)
+    return list(v.split(batch.sizes))
+
+
+def write_parts(dit: WorldNet, parts: Sequence[Part]) -> None:
+    """`forward_parts` for K/V-writing passes: each part's K/V and inputs land in its cache slot exactly
+    as a full forward leaves them, and the network stops there (`WorldNet.forward`'s context_only)."""
+    if len(parts) == 1:
+        cache, x, s, actions, cond, rows = parts[0]
+        dit(*_network_inputs(x, s, actions, rows), cond.text, cond.text_mask, cache, cond.drop_actions,
+            context_only=True)
+        return
+    batch, inputs, drop = _batched(parts)
+    dit(*inputs, None, None, batch, drop, context_only=True)
+
+
+def _batched(parts: Sequence[Part]) -> tuple[CacheBatch, list[torch.Tensor], torch.Tensor]:
+    """Several parts as one forward's inputs: the CacheBatch, (x, t, actions) concatenated, drop flags."""
     inputs = [_network_inputs(x, s, actions, rows) for _, x, s, actions, _, rows in parts]
     batch = CacheBatch([Member(cache, cond.text, cond.text_mask) for cache, _, _, _, cond, _ in parts])
     drop = torch.cat([cond.drop_actions for _, _, _, _, cond, _ in parts])
-    v = dit(*(torch.cat(column) for column in zip(*inputs)), None, None, batch, drop)
-    return list(v.split(batch.sizes))
+    return batch, [torch.cat(column) for column in zip(*inputs)], drop
 
 
 def sampler_step(sampler: Sampler, x: torch.Tensor, x0: torch.Tensor, v: torch.Tensor, s: float, s_next: float,
@@ -158,7 +176,7 @@ class _ChunkRun:
     def context_part(self) -> Part | None:
         """The extra K/V-writing forward, if this job needs one (`_context_pass`)."""
         job = self.job
-        context = _context_pass(job.sampler, self.x.detach(), len(self.run) < len(self.levels), job.noise)
+        context = _context_pass(job.sampler, self.x.detach(), self.run[-1], job.noise)
         if context is None:
             return None
         return (job.cache, context, job.sampler.context_level, job.actions, job.cond, job.sampler.rows)
@@ -188,7 +206,7 @@ def generate_chunks(dit: WorldNet, jobs: Sequence[ChunkJob]) -> list[ChunkOutput
     writing = [part for part in contexts if part is not None]
     if writing:
         with torch.no_grad():
-            forward_parts(dit, writing)
+            write_parts(dit, writing)
     for r in runs:
         r.job.cache.commit_chunk()
     return [r.output(part is not None) for r, part in zip(runs, contexts)]
@@ -221,13 +239,13 @@ def generate_chunk(
     return generate_chunks(dit, [job])[0]
 
 
-def _context_pass(sampler: Sampler, x0: torch.Tensor, exited_early: bool, noise: Noise) -> torch.Tensor | None:
+def _context_pass(sampler: Sampler, x0: torch.Tensor, last_level: float, noise: Noise) -> torch.Tensor | None:
     """Input of the extra K/V-writing forward, if one is needed: the clean chunk (refresh), or the
-    chunk re-noised to the context level after an early training exit; None when the last
-    denoising forward already ran at the context level."""
+    chunk re-noised to the context level when its last forward ran above it (a 1-step diagonal chunk,
+    or an early training exit); None when the last denoising forward already ran at the context level."""
     if sampler.refresh:
         return x0
-    if not exited_early:
+    if not sampler.ends_above_context(last_level):
         return None
     s = sampler.context_level
     return (1 - s) * x0 + s * noise(tuple(x0.shape)).to(x0)
@@ -236,7 +254,7 @@ def _context_pass(sampler: Sampler, x0: torch.Tensor, exited_early: bool, noise:
 def write_context(dit: WorldNet, cache: KVCache, x: torch.Tensor, s: float, actions: torch.Tensor,
                   cond: Conditioning, rows: int) -> None:
     """Forward the chunk x at level s so its K/V (not its output) land in the current slot."""
-    forward_parts(dit, [(cache, x, s, actions, cond, rows)])
+    write_parts(dit, [(cache, x, s, actions, cond, rows)])
 
 
 def write_clean(dit: WorldNet, cache: KVCache, x0: torch.Tensor, actions: torch.Tensor, cond: Conditioning,
