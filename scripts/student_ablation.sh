@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The student's ablations (docs/student-unet.md): short DMD runs from the same init and ODE pairs,
 # equal steps, one factor each, scored like the shipped student; plus the shipped weights sampled
-# uniform 1 step + refresh (2 NFE a chunk) against their diagonal 4-3-2 (2 a steady chunk); and context
+# uniform 1 step + refresh (2 NFE a chunk) and diagonal 4-3-1 (1 step + a K/V-only pass) against their
+# diagonal 4-3-2 (2 a steady chunk); and context
 # noise ~0 against 100, which needs its own ODE pairs and init (INIT_STEPS, the shipped init's 37).
 # Resumable: rerun after a kill, finished arms are skipped.
 #   [STEPS=200] scripts/student_ablation.sh [RUN] [INIT_RUN]
@@ -33,18 +34,24 @@ arm() {  # name, extra DMD options... (ARM_SRC: another run's ode_pairs/ and ini
   fi
   score "$name" "$out/release"
 }
-# Inference only: the shipped weights with the uniform sampler at 1 step + refresh.
-if [ ! -f "$RUN/uniform1/release/config.json" ]; then
-  mkdir -p "$RUN/uniform1" && cp -r assets/default_world "$RUN/uniform1/release"
-  $PY - "$RUN/uniform1/release/config.json" <<'PYEOF'
+# Inference only: the shipped weights played by another sampler (its WorldConfig fields as JSON).
+resampled() {  # name, world config fields
+  if [ ! -f "$RUN/$1/release/config.json" ]; then
+    mkdir -p "$RUN/$1" && cp -r assets/default_world "$RUN/$1/release"
+    $PY - "$RUN/$1/release/config.json" "$2" <<'PYEOF'
 import json, sys
-path = sys.argv[1]
+path, fields = sys.argv[1], json.loads(sys.argv[2])
 meta = json.load(open(path))
-meta["configs"]["world"].update(sampler="uniform", steps=1, schedule=None, context_noise=None)
+meta["configs"]["world"].update(fields)
 json.dump(meta, open(path, "w"), indent=1)
 PYEOF
-fi
-score uniform1 "$RUN/uniform1/release"
+  fi
+  score "$1" "$RUN/$1/release"
+}
+# uniform 1 step + refresh: 2 forwards every chunk (the refresh is K/V-only).
+resampled uniform1 '{"sampler": "uniform", "steps": 1, "schedule": null, "context_noise": null}'
+# diagonal 4-3-1: steady chunks of 1 step + a K/V-only context pass at t = 100.
+resampled diag431 '{"schedule": [4, 3, 1]}'
 arm base
 arm rollout3 --rollout-chunks 3
 arm noflow --flow-weight 0
