@@ -27,6 +27,14 @@ conditioning, causal attention over the KV cache, the prompt's cross-attention, 
   condition. Without it the prompt enters only by cross-attention at the bottom level, and conv
   layers that draw the picture from noise (a text start) never see it. It is built once per prompt
   and cached with the prompt's K/V (`_prompt_extras`).
+- Coordinate planes (`coord_planes`, CoordConv): x and y, each running from -1 to 1 across the
+  grid, join the input of every residual block's first convolution at both levels. A convolution
+  is translation-equivariant: the same weights at every position, so a block cannot tell the
+  horizon row from the near-ground row, nor the centre of the picture from its edge, except
+  through the zero padding at the border. Walking forward expands the picture about its centre
+  (near ground moves fast, the horizon hardly at all): a motion that depends on where it is. The
+  planes' weights start at zero, so a network warm-started from a checkpoint without them begins
+  by computing exactly what the checkpoint computed.
 """
 
 from __future__ import annotations
@@ -51,6 +59,9 @@ class UNetConfig(NetConfig):
     # The prompt also reaches the conv blocks: its pooled projection joins their adaptive group norms'
     # condition (FiLM; module docstring). False in configs written before it existed.
     text_film: bool = False
+    # Every residual block's first convolution also reads x/y coordinate planes (module docstring:
+    # where in the picture a motion happens). False in configs written before it existed.
+    coord_planes: bool = False
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -105,8 +116,18 @@ class AdaGroupNorm(nn.Module):
         return self.norm(x) * (1 + scale) + shift
 
 
+def coordinate_planes(h: int, w: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """[1, 2, h, w]: the column's x and the row's y, each linear from -1 to 1 across the grid."""
+    ys = torch.linspace(-1.0, 1.0, h, dtype=dtype, device=device)
+    xs = torch.linspace(-1.0, 1.0, w, dtype=dtype, device=device)
+    return torch.stack(torch.meshgrid(xs, ys, indexing="xy"))[None]
+
+
 class ResBlock(nn.Module):
-    def __init__(self, channels: int, cond_dim: int):
+    """A residual block under the frame's condition; with `coord`, its first convolution also reads the
+    coordinate planes (module docstring)."""
+
+    def __init__(self, channels: int, cond_dim: int, coord: bool = False):
         super().__init__()
         self.norm1 = AdaGroupNorm(channels, cond_dim)
         self.conv1 = nn.Conv2d(channels, channels, 3, padding=1)
@@ -114,9 +135,20 @@ class ResBlock(nn.Module):
         self.conv2 = nn.Conv2d(channels, channels, 3, padding=1)
         nn.init.zeros_(self.conv2.weight)
         nn.init.zeros_(self.conv2.bias)
+        # conv1 over [features; planes] is conv1 over the features plus a convolution over the planes,
+        # so the planes get their own layer: conv1 keeps its name and shape (a checkpoint without the
+        # planes loads as it is, only `coord` missing) and `coord` starts at zero (the block computes
+        # what it did without them). skip_init: no draw from the random generator, so the other layers
+        # of a fresh network get the same initial weights with the planes as without.
+        self.coord = nn.utils.skip_init(nn.Conv2d, 2, channels, 3, padding=1, bias=False) if coord else None
+        if self.coord is not None:
+            nn.init.zeros_(self.coord.weight)
 
-    def forward(self, x: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cond: torch.Tensor, coords: torch.Tensor | None = None) -> torch.Tensor:
+        """x [N, ch, h, w], cond [N, D], coords [1, 2, h, w] (with `coord`) -> [N, ch, h, w]."""
         h = self.conv1(F.silu(self.norm1(x, cond)))
+        if self.coord is not None:
+            h = h + self.coord(coords)  # [1, ch, h, w]: the same for every frame, broadcast over N
         return x + self.conv2(F.silu(self.norm2(h, cond)))
 
 
@@ -129,25 +161,33 @@ def action_planes(actions: torch.Tensor, chunk_frames: int) -> torch.Tensor:
     return torch.cat([actions, running], -1)
 
 
+# The coordinate planes of one forward, per level: ([1, 2, h, w], [1, 2, h/2, w/2]), or None without them.
+Coords = tuple[torch.Tensor, torch.Tensor] | None
+
+
 class ConvIn(nn.Module):
     """Per-frame planes [N, in_ch, h, w] -> tokens [N, (h/2)(w/2), dim] and the skips `ConvOut` reads."""
 
-    def __init__(self, in_ch: int, width: int, blocks: int, dim: int, cond_dim: int):
+    def __init__(self, in_ch: int, width: int, blocks: int, dim: int, cond_dim: int, coord: bool = False):
         super().__init__()
         self.conv_in = nn.Conv2d(in_ch, width, 3, padding=1)
-        self.full = nn.ModuleList([ResBlock(width, cond_dim) for _ in range(blocks)])
+        self.full = nn.ModuleList([ResBlock(width, cond_dim, coord) for _ in range(blocks)])
         self.down = nn.Conv2d(width, 2 * width, 3, stride=2, padding=1)
-        self.low = nn.ModuleList([ResBlock(2 * width, cond_dim) for _ in range(blocks)])
+        self.low = nn.ModuleList([ResBlock(2 * width, cond_dim, coord) for _ in range(blocks)])
         self.to_tokens = nn.Linear(2 * width, dim)
 
-    def forward(self, planes: torch.Tensor, cond: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    def forward(self, planes: torch.Tensor, cond: torch.Tensor,
+                coords: Coords = None) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """planes [N, in_ch, h, w], cond [N, D], coords (with coordinate planes) -> tokens [N, (h/2)(w/2),
+        dim] and the skips [[N, width, h, w], [N, 2 * width, h/2, w/2]]."""
+        full, low = coords if coords is not None else (None, None)
         h = self.conv_in(planes)
         for blk in self.full:
-            h = blk(h, cond)
+            h = blk(h, cond, full)
         skips = [h]
         h = self.down(h)
         for blk in self.low:
-            h = blk(h, cond)
+            h = blk(h, cond, low)
         skips.append(h)
         return self.to_tokens(rearrange(h, "n c gh gw -> n (gh gw) c")), skips
 
@@ -155,24 +195,27 @@ class ConvIn(nn.Module):
 class ConvOut(nn.Module):
     """Token features [N, T, 2 * width] (the transformer's final layer) + skips -> velocity [N, out_ch, h, w]."""
 
-    def __init__(self, out_ch: int, width: int, blocks: int, cond_dim: int):
+    def __init__(self, out_ch: int, width: int, blocks: int, cond_dim: int, coord: bool = False):
         super().__init__()
-        self.low = nn.ModuleList([ResBlock(2 * width, cond_dim) for _ in range(blocks)])
+        self.low = nn.ModuleList([ResBlock(2 * width, cond_dim, coord) for _ in range(blocks)])
         self.up = nn.Conv2d(2 * width, width, 3, padding=1)
-        self.full = nn.ModuleList([ResBlock(width, cond_dim) for _ in range(blocks)])
+        self.full = nn.ModuleList([ResBlock(width, cond_dim, coord) for _ in range(blocks)])
         self.norm_out = nn.GroupNorm(_groups(width), width, eps=1e-6)
         self.conv_out = nn.Conv2d(width, out_ch, 3, padding=1)
         nn.init.zeros_(self.conv_out.weight)
         nn.init.zeros_(self.conv_out.bias)
 
-    def forward(self, feats: torch.Tensor, skips: list[torch.Tensor], cond: torch.Tensor, grid: int) -> torch.Tensor:
+    def forward(self, feats: torch.Tensor, skips: list[torch.Tensor], cond: torch.Tensor, grid: int,
+                coords: Coords = None) -> torch.Tensor:
+        """feats [N, grid^2, 2 * width], skips as ConvIn gives them, cond [N, D] -> [N, out_ch, h, w]."""
+        full, low = coords if coords is not None else (None, None)
         h = rearrange(feats, "n (gh gw) c -> n c gh gw", gh=grid, gw=grid) + skips[1]
         for blk in self.low:
-            h = blk(h, cond)
+            h = blk(h, cond, low)
         h = self.up(F.interpolate(h, scale_factor=2, mode="nearest"))
         h = h + skips[0]
         for blk in self.full:
-            h = blk(h, cond)
+            h = blk(h, cond, full)
         return self.conv_out(F.silu(self.norm_out(h)))
 
 
@@ -184,8 +227,8 @@ class CausalUNet(WorldNet):
         cfg = config
         stacked = cfg.copy_frames if cfg.copy_path else 0
         in_ch = cfg.latent_channels * (1 + stacked) + 2 * cfg.action_dim + 1  # + "actions given" plane
-        self.conv_in = ConvIn(in_ch, cfg.conv_width, cfg.conv_blocks, cfg.dim, cfg.dim)
-        self.conv_out = ConvOut(cfg.latent_channels, cfg.conv_width, cfg.conv_blocks, cfg.dim)
+        self.conv_in = ConvIn(in_ch, cfg.conv_width, cfg.conv_blocks, cfg.dim, cfg.dim, cfg.coord_planes)
+        self.conv_out = ConvOut(cfg.latent_channels, cfg.conv_width, cfg.conv_blocks, cfg.dim, cfg.coord_planes)
         self._build_core(out_features=2 * cfg.conv_width)
         self._build_action_tokens()
         self.text_film = nn.Linear(cfg.dim, cfg.dim) if cfg.text_film else None
@@ -214,8 +257,10 @@ class CausalUNet(WorldNet):
     def _tokens(self, x: torch.Tensor, prev: torch.Tensor | None, actions: torch.Tensor, drop_actions: torch.Tensor,
                 c: torch.Tensor, text_kv: list[list[tuple]]) -> tuple[torch.Tensor, tuple]:
         """Conv stem: x [B, F, c, h, w], prev [B, F, K * c, h, w] or None, actions [B, F, A], drop [B],
-        c [B, F, D] -> tokens [B, F, T, D] and (skips, the conv blocks' condition) for `_velocity`.
-        A dropped clip's action planes are zero and its "actions given" plane too (the null action)."""
+        c [B, F, D] -> tokens [B, F, T, D] and (skips, the conv blocks' condition, the coordinate planes)
+        for `_velocity`. A dropped clip's action planes are zero and its "actions given" plane too (the
+        null action). The coordinate planes are built here once per forward, for both levels and every
+        block of ConvIn and ConvOut."""
         c_conv = c  # the conv blocks' condition: time + action (+ the prompt's FiLM)
         if self.text_film is not None:
             film = torch.cat([k for k, _, _ in text_kv[len(self.blocks)]])  # [B, D], rows in batch order
@@ -225,10 +270,14 @@ class CausalUNet(WorldNet):
         acts = torch.cat([action_planes(actions.to(x.dtype), self.config.chunk_frames) * given, given], -1)
         planes = [x] + ([prev.to(x.dtype)] if self.config.copy_path else [])
         planes.append(acts[..., None, None].expand(*acts.shape, h, w))
-        tokens, skips = self.conv_in(torch.cat(planes, 2).flatten(0, 1), c_conv.flatten(0, 1))
-        return tokens.reshape(B, Fr, *tokens.shape[1:]), (skips, c_conv)
+        coords = None
+        if self.config.coord_planes:
+            grid = self.config.grid  # the 8x8 level: the token grid
+            coords = (coordinate_planes(h, w, x.dtype, x.device), coordinate_planes(grid, grid, x.dtype, x.device))
+        tokens, skips = self.conv_in(torch.cat(planes, 2).flatten(0, 1), c_conv.flatten(0, 1), coords)
+        return tokens.reshape(B, Fr, *tokens.shape[1:]), (skips, c_conv, coords)
 
     def _velocity(self, out: torch.Tensor, state: tuple, shape: torch.Size) -> torch.Tensor:
-        skips, c_conv = state
-        v = self.conv_out(out.flatten(0, 1), skips, c_conv.flatten(0, 1), self.config.grid)
+        skips, c_conv, coords = state
+        v = self.conv_out(out.flatten(0, 1), skips, c_conv.flatten(0, 1), self.config.grid, coords)
         return v.reshape(shape)

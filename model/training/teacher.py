@@ -16,7 +16,8 @@ noise per chunk"): each chunk of a clip gets its own noise level (model/diffusio
 predicts v = eps - x0 for every frame under the block-causal sink/window attention it uses when
 streaming. With probability --teacher-forcing-prob a clip's first k chunks (k random) are clean
 (t = 0) and carry no loss: that is exactly the context the teacher sampler's refresh pass writes.
-The prompt and the actions are dropped per clip for classifier-free guidance.
+The prompt and the actions are dropped per clip for classifier-free guidance. --first-frame-weight W
+weighs the first frame of every chunk with loss W against 1 for the others, in a weighted mean.
 
 Every save is a playable kind="world" checkpoint (model/runtime/world_model.py) whose "dit" is the EMA
 weights; "dit_online" plus the optimiser state make resuming exact. All randomness of step s
@@ -29,6 +30,7 @@ from __future__ import annotations
 import argparse
 import copy
 import inspect
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -78,7 +80,7 @@ from model.training.recipes import TEACHER_RECIPES, teacher_recipe
 
 COPY_CONTEXTS = ("input", "clean")
 # TeacherTrainConfig fields that are the fresh network's switches (fresh_dit_config).
-NETWORK_SWITCHES = ("copy_path", "action_tokens", "text_film")
+NETWORK_SWITCHES = ("copy_path", "action_tokens", "text_film", "coord_planes")
 
 
 @dataclass
@@ -109,6 +111,14 @@ class TeacherTrainConfig:
                                         "as to adaLN (NetConfig.action_tokens; default: the preset's)")
     text_film: bool | None = option(None, help="fresh model: the pooled prompt also conditions the conv blocks' "
                                     "adaptive group norms (UNetConfig.text_film; U-Net presets; default: the preset's)")
+    coord_planes: bool | None = option(None, help="fresh model: x/y coordinate planes join every conv block's first "
+                                       "convolution (UNetConfig.coord_planes; U-Net presets; zero-initialised, so "
+                                       "--init-from starts where the checkpoint was; default: the preset's)")
+    # The first frame of a chunk is one frame's motion away from the context the copy path reads: its
+    # target is the most exactly determined by the actions, and the one whose motion is smallest, so
+    # an unweighted mean lets the larger errors of the later frames drown it (docs/world-model.md).
+    first_frame_weight: float = option(1.0, help="loss weight of the first frame of every chunk that carries loss "
+                                       "(the other frames 1; a weighted mean, so 1 is the plain loss)")
     # Clips that cross a prompt switch are 1% of the data, and their loss chunks mostly lie on one
     # side of it. Oversampled, with the chunks before the switch as the clean context, they train the
     # situation a switch creates when streaming: the old picture in the context, the new prompt.
@@ -262,7 +272,7 @@ def teacher_loss(model: torch.nn.Module, batch: Batch, dit_cfg: NetConfig, cfg: 
         prefix = torch.where(own[:, None], torch.arange(n_chunks)[None] < n_chunks - 1, prefix)
     prefix = prefix.repeat_interleave(C, 1)
     s_ctx = context_levels(B, cfg.context_noise_max, gen)[:, None].expand(B, Fr)
-    s, weight = torch.where(prefix, s_ctx, s), weight.masked_fill(prefix, 0.0)
+    s, weight = torch.where(prefix, s_ctx, s), weight.masked_fill(prefix, 0.0) * chunk_frame_weights(Fr, C, cfg)
     eps = torch.randn(x0.shape, generator=gen)
     x_in = x0  # what the network reads; own-rollout rows read their own chunks as context
     if own.any():
@@ -320,6 +330,17 @@ def own_rollout_rows(batch: int, share: float, context_chunks: torch.Tensor | No
     return own if context_chunks is None else own & (context_chunks < 0)
 
 
+def chunk_frame_weights(frames: int, chunk_frames: int, cfg: TeacherTrainConfig) -> torch.Tensor:
+    """[F] loss weight of each frame of a clip: cfg.first_frame_weight for the first frame of every
+    chunk, 1 for the others. The context prefix's zeros multiply it, so only chunks with loss keep
+    it; flow_loss divides by the weights' sum, so 1 is exactly the unweighted loss."""
+    w = cfg.first_frame_weight
+    if not (math.isfinite(w) and w > 0):
+        raise ValueError(f"first_frame_weight (--first-frame-weight) must be a finite number > 0, got {w}")
+    first = torch.arange(frames) % chunk_frames == 0
+    return torch.ones(frames).masked_fill(first, w)
+
+
 def context_levels(batch: int, most: float, gen: torch.Generator) -> torch.Tensor:
     """[B] level of each clip's context prefix: uniform in [0, most] (0 = clean, no augmentation)."""
     if not 0.0 <= most < 1.0:
@@ -338,7 +359,8 @@ def teacher_forcing_prefix(batch: int, n_chunks: int, prob: float, gen: torch.Ge
 
 def fresh_dit_config(cfg: TeacherTrainConfig, latent_channels: int | None = None) -> NetConfig:
     """The preset's network with the switches the run gives (None: the preset's); its latent width
-    follows the autoencoder's. A switch the preset's family lacks (--text-film on a DiT) is refused."""
+    follows the autoencoder's. A switch the preset's family lacks (--text-film or --coord-planes on a
+    DiT) is refused."""
     preset = net_config(cfg.preset)
     switches = {name: getattr(cfg, name) for name in NETWORK_SWITCHES if getattr(cfg, name) is not None}
     if latent_channels is not None:
@@ -346,16 +368,17 @@ def fresh_dit_config(cfg: TeacherTrainConfig, latent_channels: int | None = None
     try:
         return replace_config(preset, switches, f"--preset {cfg.preset}")
     except ConfigError as e:
-        raise ValueError(f"{e} (text_film conditions the U-Net's conv blocks: it needs a U-Net preset)"
-                         if "text_film" in str(e) else str(e)) from None
+        conv_only = " and ".join(name for name in ("text_film", "coord_planes") if name in str(e))
+        raise ValueError(f"{e} ({conv_only} reach the U-Net's conv blocks: a U-Net preset's switches)"
+                         if conv_only else str(e)) from None
 
 
 def warm_start(model: WorldNet, checkpoint: str, mismatched_policy: str = "refuse") -> list[str]:
     """Copy every weight of a world checkpoint's DiT whose name and shape match; parameters the
-    checkpoint lacks (a new copy path, action tokens) keep their zero init, so the warm-started
-    network starts out computing exactly what the checkpoint did. With mismatched_policy "fresh",
-    weights of another shape (the latent layers of a network for another autoencoder) keep their
-    initialisation too. Returns the names left fresh."""
+    checkpoint lacks (a new copy path, action tokens, the prompt's FiLM, the conv blocks' coordinate
+    planes) keep their zero init, so the warm-started network starts out computing exactly what the
+    checkpoint did. With mismatched_policy "fresh", weights of another shape (the latent layers of a
+    network for another autoencoder) keep their initialisation too. Returns the names left fresh."""
     from model.runtime.world_model import load_world_model
 
     source = load_world_model(checkpoint, "cpu", with_text_encoder=False).dit.state_dict()
@@ -425,6 +448,7 @@ class Trainer:
                rank: int = 0, world_size: int = 1, resume: bool = False) -> Trainer:
         """Fresh model, or (resume and a train state in `out`) the saved one: its architecture wins."""
         out = Path(out)
+        chunk_frame_weights(1, 1, cfg)  # a bad --first-frame-weight fails here, not at the first step
         resuming = resume and has_train_state(out)
         dit_cfg = _resume_config(out) if resuming else fresh_dit_config(cfg, autoencoder.config.latent_channels)
         if dit_cfg.latent_channels != autoencoder.config.latent_channels:
