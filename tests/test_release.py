@@ -63,3 +63,15 @@ def test_release_sets_the_sampler_a_teacher_was_measured_with(tmp_path):
     assert sampler.guidance == 0.0 and len(sampler.levels(0)) == 8
     assert main([str(tmp_path / "w"), str(tmp_path / "bad"), "--steps", "0"]) == 2  # refused, nothing written
     assert not (tmp_path / "bad").exists()
+
+
+def test_release_sets_the_diagonal_schedule_a_student_was_measured_with(tmp_path, capsys):
+    make_random_world(tmp_path / "w", sampler="diagonal")
+    assert main([str(tmp_path / "w"), str(tmp_path / "t"), "--schedule", "4,3,1"]) == 0
+    released = load_world_model(tmp_path / "t", "cpu", with_text_encoder=False)
+    assert released.config.schedule == [4, 3, 1]
+    sampler = released.sampler()
+    assert [sampler.steps(i) for i in range(4)] == [4, 3, 1, 1] and sampler.context_pass(3)
+    for bad, words in (("4,x", "comma-separated whole numbers"), ("4,40", "more steps than the teacher's grid")):
+        assert main([str(tmp_path / "w"), str(tmp_path / "bad"), "--schedule", bad]) == 2
+        assert words in capsys.readouterr().err and not (tmp_path / "bad").exists()

@@ -2,13 +2,14 @@
 
     python -m model.tools.release runs/student/dmd assets/default_world [--note key=value ...]
     python -m model.tools.release RUN assets/teacher --steps 8 --guidance 0   # how it plays by default
+    python -m model.tools.release RUN assets/default_world --schedule 4,3,1   # a diagonal schedule
 
 Training checkpoints carry what resuming needs (fp32 train state, optimiser moments, the online
 generator, the critic): tens of MiB that a player never reads. A release keeps the kind="world"
 layout with exactly two modules, "dit" (the checkpoint's release weights, EMA for a student)
 and "autoencoder", stored fp16, plus the checkpoint's WorldConfig (sampler, schedule,
-context_noise: the values the weights were distilled with) and its step. --steps and --guidance
-set the sampler's defaults in that WorldConfig: the setting a teacher was measured with, so that
+context_noise: the values the weights were distilled with) and its step. --steps, --guidance and
+--schedule set the sampler's defaults in that WorldConfig: the setting a teacher was measured with, so that
 `play --checkpoint` plays what its model card reports. Every file is checked
 against the 16 MiB limit for committed files before anything is written.
 """
@@ -33,7 +34,7 @@ def release_world(source: str | Path, target: str | Path, notes: dict | None = N
     """Write source's playable world (dit + autoencoder, fp16) to target, replacing it atomically.
     step_offset: steps the weights had before this run (a run warm-started from a release counts
     from 0), so the release states the network's whole training. sampler: WorldConfig sampler
-    defaults to set (steps, guidance), checked by building that sampler before anything is written."""
+    defaults to set (steps, guidance, schedule), checked by building that sampler before anything is written."""
     from model.runtime.world_model import world_sampler
 
     model = load_world_model(source, "cpu", with_text_encoder=False)
@@ -72,8 +73,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, help="the release's default sampler steps (e.g. 8: what it was measured "
                         "with)")
     parser.add_argument("--guidance", type=float, help="the release's default guidance (0: none)")
+    parser.add_argument("--schedule", help="the release's diagonal schedule, e.g. 4,3,1 (what it was measured "
+                        "with; default: the one it was distilled with)")
     args = parser.parse_args(argv)
     sampler = {k: v for k, v in (("steps", args.steps), ("guidance", args.guidance)) if v is not None}
+    if args.schedule is not None:
+        from model.diffusion.samplers import parse_schedule
+
+        try:
+            sampler["schedule"] = parse_schedule(args.schedule)
+        except ValueError as e:
+            print(f"release: --schedule: {e}", file=sys.stderr)
+            return 2
     try:
         notes = dict(item.split("=", 1) for item in args.note)
     except ValueError:
