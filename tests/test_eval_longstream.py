@@ -205,4 +205,8 @@ def test_eval_longstream_baseline_and_option_checks(tmp_path, capsys):
     assert "--longstream-seconds 0.0 and --longstream-window-s 1.0: need" in capsys.readouterr().err
     assert run_world.main([*args, "--longstream-window-s", "nan", "--out", str(tmp_path / "never")]) == 2
     assert not (tmp_path / "never").exists()
+    assert run_world.main([*args, "--longstream-scenarios", "turn,mixed", "--out", str(out)]) == 0
+    assert set(json.loads((out / "results.json").read_text())["longstream"]) == {"turn", "mixed"}
+    assert run_world.main([*args, "--longstream-scenarios", "turn,spin", "--out", str(tmp_path / "never")]) == 2
+    assert "unknown scenarios ['spin']" in capsys.readouterr().err and not (tmp_path / "never").exists()
     assert "longstream" in cli.MEASURES and "longstream" not in cli.DEFAULT_MEASURES  # opt-in: 15 minutes

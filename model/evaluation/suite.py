@@ -76,6 +76,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="length of each longstream scenario (default 300; --quick: 20)")
     parser.add_argument("--longstream-window-s", type=float, metavar="S",
                         help="longstream: seconds per window the ratios are taken over (default 1)")
+    parser.add_argument("--longstream-scenarios", metavar="A,B",
+                        help="longstream: which scenarios, of turn,forward,mixed (default all three)")
     parser.add_argument(
         "--drift-script",
         default="pan",
@@ -183,6 +185,9 @@ def _eval_config(args: argparse.Namespace) -> EvalConfig:
     cfg = replace(EVAL_PRESETS["quick" if args.quick else "full"], seed=args.seed, drift_script=args.drift_script)
     given = {"longstream_seconds": args.longstream_seconds, "longstream_window_s": args.longstream_window_s}
     cfg = replace(cfg, **{k: v for k, v in given.items() if v is not None})
+    if args.longstream_scenarios is not None:  # measure_longstream names the unknown ones
+        cfg = replace(cfg, longstream_scenarios=tuple(s.strip() for s in args.longstream_scenarios.split(",")
+                                                      if s.strip()))
     if not cfg.longstream_seconds >= cfg.longstream_window_s > 0:  # also rejects nan
         raise ValueError(f"--longstream-seconds {cfg.longstream_seconds} and --longstream-window-s "
                          f"{cfg.longstream_window_s}: need a window > 0 and a stream of at least one window")
