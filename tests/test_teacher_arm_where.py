@@ -25,6 +25,7 @@ from tests.helpers import TOL, SyntheticClips, inputs, make_trainer, random_dit,
 pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
 
 TEACHER = Path(__file__).resolve().parents[1] / "assets" / "teacher"
+REFERENCE = TEACHER.parent / "teacher-reference"
 
 
 def coord_params(model: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -153,6 +154,22 @@ def test_the_released_teacher_warm_starts_the_planes_silent():
     x, t, a, text, mask = inputs(net_cfg, 1, 2)
     with torch.no_grad():
         assert torch.equal(model(x, t, a, text, mask), released(x, t, a, text, mask))
+
+
+
+def test_a_reference_without_planes_gives_a_run_with_them_its_guided_target():
+    """The guided recipe distils assets/teacher-reference, which has no planes: the same network up to
+    the silent planes, so it is accepted; a different network is still refused."""
+    cfg = parse("--recipe", "unet-teacher-guided", "--coord-planes", "--init-from", str(TEACHER),
+                "--guidance-reference", str(REFERENCE))
+    released = load_world_model(TEACHER, "cpu", with_text_encoder=False).dit
+    net_cfg = teacher.fresh_dit_config(cfg, released.config.latent_channels)
+    reference = teacher.guidance_reference(cfg, net_cfg, torch.device("cpu"))
+    assert reference is not None and not reference.config.coord_planes
+    assert teacher.same_network(reference.config, net_cfg)
+    assert not teacher.same_network(reference.config, replace(net_cfg, conv_width=64))
+    with pytest.raises(teacher.CheckpointError, match="not this run's"):
+        teacher.guidance_reference(cfg, replace(net_cfg, depth=3), torch.device("cpu"))
 
 
 # ----------------------------------------------------------------------------- the config and the command line

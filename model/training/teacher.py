@@ -32,7 +32,7 @@ import copy
 import inspect
 import math
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -396,6 +396,19 @@ def warm_start(model: WorldNet, checkpoint: str, mismatched_policy: str = "refus
     return fresh
 
 
+# Options a guidance reference may differ in: inputs that start silent (zero-initialised), so the run's
+# network warm-started from the reference computes the reference's velocity at its first step, and the
+# guided target stays the one the reference was trained towards.
+SILENT_OPTIONS = ("coord_planes",)
+
+
+def same_network(reference: NetConfig, run: NetConfig) -> bool:
+    """Whether `reference` can give `run` its guided target: the same network up to SILENT_OPTIONS."""
+    if type(reference) is not type(run):
+        return False
+    return replace(reference, **{k: getattr(run, k) for k in SILENT_OPTIONS if hasattr(run, k)}) == run
+
+
 def guidance_reference(cfg: TeacherTrainConfig, dit_cfg: NetConfig, device: torch.device) -> WorldNet | None:
     """The frozen network whose action-guided velocity the run distils (None: the run learns from data).
     Its path is kept in cfg.guidance_reference, so the saved train config says what was distilled."""
@@ -410,7 +423,7 @@ def guidance_reference(cfg: TeacherTrainConfig, dit_cfg: NetConfig, device: torc
         raise ValueError("--action-guidance distils a reference network's guided velocity: give "
                          "--guidance-reference (or --init-from) a world checkpoint")
     reference = load_world_model(cfg.guidance_reference, "cpu", with_text_encoder=False).dit.float()
-    if reference.config != dit_cfg:
+    if not same_network(reference.config, dit_cfg):
         raise CheckpointError(f"{cfg.guidance_reference}: its network is not this run's; a distilled guidance "
                               f"target needs the same architecture")
     return reference.to(device).eval().requires_grad_(False)
