@@ -52,6 +52,8 @@ PYEOF
 resampled uniform1 '{"sampler": "uniform", "steps": 1, "schedule": null, "context_noise": null}'
 # diagonal 4-3-1: steady chunks of 1 step + a K/V-only context pass at t = 100.
 resampled diag431 '{"schedule": [4, 3, 1]}'
+# uniform 4 + refresh (bench's "uniform"): 5 forwards every chunk, the diagonal's speed baseline.
+resampled uniform4 '{"sampler": "uniform", "steps": 4, "schedule": null, "context_noise": null}'
 arm base
 arm rollout3 --rollout-chunks 3
 arm noflow --flow-weight 0
