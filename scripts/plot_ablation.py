@@ -1,8 +1,9 @@
-"""The student ablation's plot (docs/student-unet.md#ablations): fidelity per chunk for every arm, and
-counterfactual accuracy (teacher-forced, free-running) per arm, from the bake-off JSON the ablation
-wrote (docs/reports/student-ablation/) with the teacher and the shipped student beside them.
+"""The ablation plots: fidelity per chunk for every arm, and counterfactual accuracy (teacher-forced,
+free-running) per arm, from the bake-off JSON in docs/reports/:
+  student  the student's ablation (docs/student-unet.md#ablations), teacher and shipped student beside it;
+  teacher  the teacher's arms beside their control (docs/teacher-own-rollouts.md).
 
-    .venv/bin/python scripts/plot_student_ablation.py [OUT_PNG]
+    .venv/bin/python scripts/plot_ablation.py [student|teacher] [OUT_PNG]
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 DOCS = Path(__file__).resolve().parents[1] / "docs"
-ARMS = {  # label: bake-off JSON, relative to docs/reports
+STUDENT = {  # label: bake-off JSON, relative to docs/reports
     "teacher (Euler 8 + refresh)": "bakeoff-sharp8/teacher_distilled_g1.json",
     "shipped: DMD 800, 4-3-2": "student-unet/student_dmd800.json",
     "shipped weights, 4-3-1": "student-ablation/diag431.json",
@@ -27,16 +28,23 @@ ARMS = {  # label: bake-off JSON, relative to docs/reports
     "flow DMD off": "student-ablation/noflow.json",
     "context noise t = 1": "student-ablation/ctx0.json",
 }
+TEACHER = {
+    "assets/teacher": "bakeoff-sharp8/teacher_distilled_g1.json",
+    "control: +432 steps": "teacher-arms/control.json",
+    "own rollouts: +432, share 0.5": "teacher-arms/own_rollout.json",
+    "where: coordinate planes + first frame x3": "teacher-arms/where.json",
+}
+SETS = {"student": (STUDENT, "student_ablation.png"), "teacher": (TEACHER, "teacher_arms.png")}
 
 
-def main(out: Path) -> None:
-    runs = {label: json.loads((DOCS / "reports" / path).read_text()) for label, path in ARMS.items()}
+def main(arms: dict[str, str], out: Path) -> None:
+    runs = {label: json.loads((DOCS / "reports" / path).read_text()) for label, path in arms.items()}
     fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5), gridspec_kw={"width_ratios": [1.2, 1]})
     for label, r in runs.items():
         chunks = range(1, len(r["psnr_per_chunk"]) + 1)
         left.plot(chunks, r["psnr_per_chunk"], marker="o", ms=3, label=label,
-                  lw=2.2 if label.startswith(("teacher", "shipped:")) else 1.2)
-    still = runs["base: DMD 150"]["psnr_still_per_chunk"]
+                  lw=2.2 if label.startswith(("teacher", "shipped:", "assets/")) else 1.2)
+    still = next(iter(runs.values()))["psnr_still_per_chunk"]
     left.plot(range(1, len(still) + 1), still, "k--", lw=1, label="still image")
     left.set(xlabel="chunk", ylabel="PSNR to the engine (dB)", title="fidelity per chunk (engine start)")
     left.legend(fontsize=7)
@@ -58,4 +66,8 @@ def main(out: Path) -> None:
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1]) if len(sys.argv) > 1 else DOCS / "images" / "student_ablation.png")
+    which = sys.argv[1] if len(sys.argv) > 1 else "student"
+    if which not in SETS:
+        sys.exit(f"plot: choose one of {', '.join(SETS)}, got {which!r}")
+    arms, name = SETS[which]
+    main(arms, Path(sys.argv[2]) if len(sys.argv) > 2 else DOCS / "images" / name)
