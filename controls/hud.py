@@ -246,7 +246,7 @@ def stats_rows(s: HudState) -> list[tuple[str, str, tuple[int, int, int]]]:
         rows = [
             *speed_rows(s),
             ("key\u2192frame", latency, TEXT),
-            ("chunk", f"{s.steps} steps \u00b7 {s.nfe} nfe \u00b7 {s.gen_ms:.1f} ms", TEXT),
+            ("chunk", f"{s.steps} step{'' if s.steps == 1 else 's'} \u00b7 {s.nfe} nfe \u00b7 {s.gen_ms:.1f} ms", TEXT),
             ("world", s.backend, TEXT),
             *([("start", s.start, TEXT)] if s.start else []),
             ("link", f"{s.connection} {s.endpoint.split('://')[-1]}", conn_color),
