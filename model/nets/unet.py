@@ -35,10 +35,24 @@ conditioning, causal attention over the KV cache, the prompt's cross-attention, 
   (near ground moves fast, the horizon hardly at all): a motion that depends on where it is. The
   planes' weights start at zero, so a network warm-started from a checkpoint without them begins
   by computing exactly what the checkpoint computed.
+- Motion by resampling (`flow_warp`): a turn shifts the whole view, which a 3x3 convolution over
+  the previous frame expresses with one weight pattern; walking forward expands the picture about
+  its centre by an amount that depends on depth (the near ground moves fast, the horizon hardly at
+  all), a resampling that a few convolution weights do not express, while copying the previous
+  frame's detail is what keeps the picture sharp. So, as SDC-Net and GEN3C do, the network moves
+  the past frame and generates only what is newly revealed: a small flow head reads the copy
+  path's previous frames and the action planes and predicts, per frame, a flow field in latent
+  pixels; the most recent previous frame (the one just before the chunk) is resampled along it
+  (bilinear, border padding) and joins the input planes beside the unwarped copy. The flow head's
+  last convolution and the warped frame's input convolution start at zero: the flow starts at 0,
+  the warped frame is not read, and a network warm-started from a checkpoint without them begins
+  by computing exactly what the checkpoint computed. The input convolution gets gradient at once
+  (the warped frame is the previous frame), the flow head from the step after it.
 """
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -62,6 +76,9 @@ class UNetConfig(NetConfig):
     # Every residual block's first convolution also reads x/y coordinate planes (module docstring:
     # where in the picture a motion happens). False in configs written before it existed.
     coord_planes: bool = False
+    # The most recent previous frame, resampled along a predicted flow field, joins the input planes
+    # (module docstring: motion by resampling). Needs the copy path. False in configs written before it.
+    flow_warp: bool = False
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -69,6 +86,9 @@ class UNetConfig(NetConfig):
             raise ValueError(f"conv_width must be positive, got {self.conv_width}")
         if self.patch != 2:
             raise ValueError(f"the U-Net's 8x8 level is the token grid: it needs patch 2, got {self.patch}")
+        if self.flow_warp and not self.copy_path:
+            raise ValueError("flow_warp resamples the copy path's most recent previous frame: it needs "
+                             "copy_path True")
 
     @classmethod
     def legacy(cls, data: dict[str, Any]) -> dict[str, Any]:
@@ -164,24 +184,88 @@ def action_planes(actions: torch.Tensor, chunk_frames: int) -> torch.Tensor:
 # The coordinate planes of one forward, per level: ([1, 2, h, w], [1, 2, h/2, w/2]), or None without them.
 Coords = tuple[torch.Tensor, torch.Tensor] | None
 
+# Latent pixels per unit of the flow head's output. 1: the head predicts the displacement in latent
+# pixels directly (a 5-degree turn is about one latent pixel a frame, module docstring at the top), so
+# its zero-initialised last layer reaches the motions it must learn with weights of order one.
+FLOW_SCALE = 1.0
+FLOW_HIDDEN = 32  # the flow head's hidden channels: a small fraction of the U-Net's cost
+
+
+@functools.lru_cache(maxsize=16)
+def identity_grid(h: int, w: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """[1, h, w, 2]: every latent pixel's centre as grid_sample reads it with align_corners=False, (x, y)
+    each in (-1, 1): the grid that samples a frame unmoved. Built once per (h, w, dtype, device), and as
+    an ordinary tensor even when first asked for under inference mode (it is reused outside it)."""
+    with torch.inference_mode(False):
+        xs = (2 * torch.arange(w, dtype=torch.float64) + 1) / w - 1
+        ys = (2 * torch.arange(h, dtype=torch.float64) + 1) / h - 1
+        grid = torch.stack(torch.meshgrid(xs, ys, indexing="xy"), -1)[None]
+        return grid.to(dtype=dtype, device=device)
+
+
+def warp(frame: torch.Tensor, flow: torch.Tensor) -> torch.Tensor:
+    """frame [N, c, h, w], flow [N, 2, h, w] in latent pixels (x then y) -> [N, c, h, w]: at every pixel
+    p, the frame at p + flow(p), bilinear; positions past the edge read the border (a view that moves
+    reveals new ground at its edge, and the nearest known pixel is the best guess the generator then
+    corrects). A zero flow returns the frame itself."""
+    N, _, h, w = frame.shape
+    flow = flow.to(frame.dtype)
+    # Latent pixels -> grid_sample's normalised units: the frame spans 2 across its w columns and h rows.
+    step = torch.tensor([2.0 / w, 2.0 / h], dtype=frame.dtype, device=frame.device)
+    grid = identity_grid(h, w, frame.dtype, frame.device) + flow.permute(0, 2, 3, 1) * step  # [N, h, w, 2]
+    return F.grid_sample(frame, grid, mode="bilinear", padding_mode="border", align_corners=False)
+
+
+class FlowHead(nn.Module):
+    """The copy path's previous frames and the action planes [N, in_ch, h, w] -> a flow field [N, 2, h, w]
+    in latent pixels: where each pixel of the frame being generated was in the most recent previous
+    frame. Two 3x3 convolutions: motion a frame ahead is a few pixels at most, and the action planes say
+    which way. The last one starts at zero, so the flow starts at exactly 0."""
+
+    def __init__(self, in_ch: int, hidden: int = FLOW_HIDDEN):
+        super().__init__()
+        self.net = nn.Sequential(nn.Conv2d(in_ch, hidden, 3, padding=1), nn.SiLU(), nn.Conv2d(hidden, 2, 3, padding=1))
+        nn.init.zeros_(self.net[-1].weight)
+        nn.init.zeros_(self.net[-1].bias)
+
+    @property
+    def last(self) -> nn.Conv2d:
+        return self.net[-1]
+
+    def forward(self, planes: torch.Tensor) -> torch.Tensor:
+        """planes [N, in_ch, h, w] -> flow [N, 2, h, w] (latent pixels, x then y)."""
+        return FLOW_SCALE * self.net(planes)
+
 
 class ConvIn(nn.Module):
-    """Per-frame planes [N, in_ch, h, w] -> tokens [N, (h/2)(w/2), dim] and the skips `ConvOut` reads."""
+    """Per-frame planes [N, in_ch, h, w] -> tokens [N, (h/2)(w/2), dim] and the skips `ConvOut` reads.
+    With `warp_channels` (flow_warp: the latent's c), the warped previous frame [N, c, h, w] is read too."""
 
-    def __init__(self, in_ch: int, width: int, blocks: int, dim: int, cond_dim: int, coord: bool = False):
+    def __init__(self, in_ch: int, width: int, blocks: int, dim: int, cond_dim: int, coord: bool = False,
+                 warp_channels: int = 0):
         super().__init__()
         self.conv_in = nn.Conv2d(in_ch, width, 3, padding=1)
+        # conv_in over [planes; warped] is conv_in over the planes plus a convolution over the warped frame:
+        # as with ResBlock.coord, conv_in keeps its name and shape (a checkpoint without the warp loads as
+        # it is, only `warp_in` missing), `warp_in` starts at zero, and skip_init draws nothing from the
+        # random generator, so the other layers of a fresh network are what they are without it.
+        self.warp_in = (nn.utils.skip_init(nn.Conv2d, warp_channels, width, 3, padding=1, bias=False)
+                        if warp_channels else None)
+        if self.warp_in is not None:
+            nn.init.zeros_(self.warp_in.weight)
         self.full = nn.ModuleList([ResBlock(width, cond_dim, coord) for _ in range(blocks)])
         self.down = nn.Conv2d(width, 2 * width, 3, stride=2, padding=1)
         self.low = nn.ModuleList([ResBlock(2 * width, cond_dim, coord) for _ in range(blocks)])
         self.to_tokens = nn.Linear(2 * width, dim)
 
-    def forward(self, planes: torch.Tensor, cond: torch.Tensor,
-                coords: Coords = None) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        """planes [N, in_ch, h, w], cond [N, D], coords (with coordinate planes) -> tokens [N, (h/2)(w/2),
-        dim] and the skips [[N, width, h, w], [N, 2 * width, h/2, w/2]]."""
+    def forward(self, planes: torch.Tensor, cond: torch.Tensor, coords: Coords = None,
+                warped: torch.Tensor | None = None) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """planes [N, in_ch, h, w], cond [N, D], coords (with coordinate planes), warped [N, c, h, w] (with
+        `warp_in`) -> tokens [N, (h/2)(w/2), dim] and the skips [[N, width, h, w], [N, 2 * width, h/2, w/2]]."""
         full, low = coords if coords is not None else (None, None)
         h = self.conv_in(planes)
+        if self.warp_in is not None:
+            h = h + self.warp_in(warped)
         for blk in self.full:
             h = blk(h, cond, full)
         skips = [h]
@@ -227,12 +311,18 @@ class CausalUNet(WorldNet):
         cfg = config
         stacked = cfg.copy_frames if cfg.copy_path else 0
         in_ch = cfg.latent_channels * (1 + stacked) + 2 * cfg.action_dim + 1  # + "actions given" plane
-        self.conv_in = ConvIn(in_ch, cfg.conv_width, cfg.conv_blocks, cfg.dim, cfg.dim, cfg.coord_planes)
+        warp_channels = cfg.latent_channels if cfg.flow_warp else 0
+        self.conv_in = ConvIn(in_ch, cfg.conv_width, cfg.conv_blocks, cfg.dim, cfg.dim, cfg.coord_planes,
+                              warp_channels)
         self.conv_out = ConvOut(cfg.latent_channels, cfg.conv_width, cfg.conv_blocks, cfg.dim, cfg.coord_planes)
         self._build_core(out_features=2 * cfg.conv_width)
         self._build_action_tokens()
         self.text_film = nn.Linear(cfg.dim, cfg.dim) if cfg.text_film else None
         self.initialize_weights()
+        # Built last: its first convolution's random weights are drawn after every other layer's, so a
+        # fresh network's other layers are what they are without it. It reads the copy path's previous
+        # frames and the action planes (in_ch less the noisy frame).
+        self.flow_head = FlowHead(in_ch - cfg.latent_channels) if cfg.flow_warp else None
 
     def silent_inputs(self) -> list[nn.Linear]:
         return super().silent_inputs() + ([self.text_film] if self.text_film is not None else [])
@@ -254,27 +344,48 @@ class CausalUNet(WorldNet):
         film = self.text_film((ctx * w).sum(1) / w.sum(1))
         return [(film, film)]
 
+    def input_action_planes(self, actions: torch.Tensor, drop_actions: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """actions [B, F, A], drop_actions [B], x [B, F, c, h, w] (dtype and size) -> the action planes
+        [B, F, 2A + 1, h, w]: each frame's action, its chunk's running sum and the "actions given" plane,
+        broadcast over the plane. A dropped clip's planes are all zero (the null action)."""
+        B, Fr, _, h, w = x.shape
+        given = (~drop_actions).to(x.dtype)[:, None, None].expand(B, Fr, 1)
+        acts = torch.cat([action_planes(actions.to(x.dtype), self.config.chunk_frames) * given, given], -1)
+        return acts[..., None, None].expand(*acts.shape, h, w)
+
+    def warped_previous(self, prev: torch.Tensor, acts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """flow_warp: prev [B, F, K * c, h, w] (the copy path's frames, oldest first), acts [B, F, 2A + 1, h, w]
+        (`input_action_planes`) -> (the most recent previous frame resampled along the predicted flow [B, F, c, h, w],
+        the flow [B, F, 2, h, w] in latent pixels). The flow reads only what both modes give alike (the
+        previous frames and the actions), so streaming and the full sequence warp the same."""
+        assert self.flow_head is not None, "warped_previous needs flow_warp"
+        c = self.config.latent_channels
+        flow = self.flow_head(torch.cat([prev, acts], 2).flatten(0, 1))  # [B * F, 2, h, w]
+        last = prev[:, :, -c:].flatten(0, 1)  # the frame just before the chunk (zeros for chunk 0)
+        lead = prev.shape[:2]  # B, F
+        return warp(last, flow).unflatten(0, lead), flow.unflatten(0, lead)
+
     def _tokens(self, x: torch.Tensor, prev: torch.Tensor | None, actions: torch.Tensor, drop_actions: torch.Tensor,
                 c: torch.Tensor, text_kv: list[list[tuple]]) -> tuple[torch.Tensor, tuple]:
         """Conv stem: x [B, F, c, h, w], prev [B, F, K * c, h, w] or None, actions [B, F, A], drop [B],
         c [B, F, D] -> tokens [B, F, T, D] and (skips, the conv blocks' condition, the coordinate planes)
         for `_velocity`. A dropped clip's action planes are zero and its "actions given" plane too (the
         null action). The coordinate planes are built here once per forward, for both levels and every
-        block of ConvIn and ConvOut."""
+        block of ConvIn and ConvOut. With flow_warp the warped previous frame joins the planes."""
         c_conv = c  # the conv blocks' condition: time + action (+ the prompt's FiLM)
         if self.text_film is not None:
             film = torch.cat([k for k, _, _ in text_kv[len(self.blocks)]])  # [B, D], rows in batch order
             c_conv = c + film[:, None, :].to(c.dtype)
         B, Fr, _, h, w = x.shape
-        given = (~drop_actions).to(x.dtype)[:, None, None].expand(B, Fr, 1)
-        acts = torch.cat([action_planes(actions.to(x.dtype), self.config.chunk_frames) * given, given], -1)
-        planes = [x] + ([prev.to(x.dtype)] if self.config.copy_path else [])
-        planes.append(acts[..., None, None].expand(*acts.shape, h, w))
+        acts = self.input_action_planes(actions, drop_actions, x)
+        prev = prev.to(x.dtype) if self.config.copy_path else None
+        planes = [x] + ([prev] if prev is not None else []) + [acts]
+        warped = self.warped_previous(prev, acts)[0].flatten(0, 1) if self.flow_head is not None else None
         coords = None
         if self.config.coord_planes:
             grid = self.config.grid  # the 8x8 level: the token grid
             coords = (coordinate_planes(h, w, x.dtype, x.device), coordinate_planes(grid, grid, x.dtype, x.device))
-        tokens, skips = self.conv_in(torch.cat(planes, 2).flatten(0, 1), c_conv.flatten(0, 1), coords)
+        tokens, skips = self.conv_in(torch.cat(planes, 2).flatten(0, 1), c_conv.flatten(0, 1), coords, warped)
         return tokens.reshape(B, Fr, *tokens.shape[1:]), (skips, c_conv, coords)
 
     def _velocity(self, out: torch.Tensor, state: tuple, shape: torch.Size) -> torch.Tensor:

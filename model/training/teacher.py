@@ -80,7 +80,7 @@ from model.training.recipes import TEACHER_RECIPES, teacher_recipe
 
 COPY_CONTEXTS = ("input", "clean")
 # TeacherTrainConfig fields that are the fresh network's switches (fresh_dit_config).
-NETWORK_SWITCHES = ("copy_path", "action_tokens", "text_film", "coord_planes")
+NETWORK_SWITCHES = ("copy_path", "action_tokens", "text_film", "coord_planes", "flow_warp")
 
 
 @dataclass
@@ -114,6 +114,10 @@ class TeacherTrainConfig:
     coord_planes: bool | None = option(None, help="fresh model: x/y coordinate planes join every conv block's first "
                                        "convolution (UNetConfig.coord_planes; U-Net presets; zero-initialised, so "
                                        "--init-from starts where the checkpoint was; default: the preset's)")
+    flow_warp: bool | None = option(None, help="fresh model: the most recent previous frame, resampled along a flow "
+                                    "field predicted from the previous frames and the actions, joins the input "
+                                    "(UNetConfig.flow_warp; U-Net presets with the copy path; zero-initialised, so "
+                                    "--init-from starts where the checkpoint was; default: the preset's)")
     # The first frame of a chunk is one frame's motion away from the context the copy path reads: its
     # target is the most exactly determined by the actions, and the one whose motion is smallest, so
     # an unweighted mean lets the larger errors of the later frames drown it (docs/world-model.md).
@@ -359,8 +363,8 @@ def teacher_forcing_prefix(batch: int, n_chunks: int, prob: float, gen: torch.Ge
 
 def fresh_dit_config(cfg: TeacherTrainConfig, latent_channels: int | None = None) -> NetConfig:
     """The preset's network with the switches the run gives (None: the preset's); its latent width
-    follows the autoencoder's. A switch the preset's family lacks (--text-film or --coord-planes on a
-    DiT) is refused."""
+    follows the autoencoder's. A switch the preset's family lacks (--text-film, --coord-planes or --flow-warp
+    on a DiT) is refused; --flow-warp without the copy path too (there is no previous frame to warp)."""
     preset = net_config(cfg.preset)
     switches = {name: getattr(cfg, name) for name in NETWORK_SWITCHES if getattr(cfg, name) is not None}
     if latent_channels is not None:
@@ -368,7 +372,7 @@ def fresh_dit_config(cfg: TeacherTrainConfig, latent_channels: int | None = None
     try:
         return replace_config(preset, switches, f"--preset {cfg.preset}")
     except ConfigError as e:
-        conv_only = " and ".join(name for name in ("text_film", "coord_planes") if name in str(e))
+        conv_only = " and ".join(name for name in ("text_film", "coord_planes", "flow_warp") if name in str(e))
         raise ValueError(f"{e} ({conv_only} reach the U-Net's conv blocks: a U-Net preset's switches)"
                          if conv_only else str(e)) from None
 
@@ -376,9 +380,11 @@ def fresh_dit_config(cfg: TeacherTrainConfig, latent_channels: int | None = None
 def warm_start(model: WorldNet, checkpoint: str, mismatched_policy: str = "refuse") -> list[str]:
     """Copy every weight of a world checkpoint's DiT whose name and shape match; parameters the
     checkpoint lacks (a new copy path, action tokens, the prompt's FiLM, the conv blocks' coordinate
-    planes) keep their zero init, so the warm-started network starts out computing exactly what the
-    checkpoint did. With mismatched_policy "fresh", weights of another shape (the latent layers of a
-    network for another autoencoder) keep their initialisation too. Returns the names left fresh."""
+    planes, the warped previous frame's input convolution and flow head) keep their zero init, so the
+    warm-started network starts out computing exactly what the checkpoint did (the flow head's first
+    convolution is random, but its last one and the warped frame's input are zero). With
+    mismatched_policy "fresh", weights of another shape (the latent layers of a network for another
+    autoencoder) keep their initialisation too. Returns the names left fresh."""
     from model.runtime.world_model import load_world_model
 
     source = load_world_model(checkpoint, "cpu", with_text_encoder=False).dit.state_dict()
@@ -399,7 +405,7 @@ def warm_start(model: WorldNet, checkpoint: str, mismatched_policy: str = "refus
 # Options a guidance reference may differ in: inputs that start silent (zero-initialised), so the run's
 # network warm-started from the reference computes the reference's velocity at its first step, and the
 # guided target stays the one the reference was trained towards.
-SILENT_OPTIONS = ("coord_planes",)
+SILENT_OPTIONS = ("coord_planes", "flow_warp")
 
 
 def same_network(reference: NetConfig, run: NetConfig) -> bool:
