@@ -23,6 +23,7 @@ STUDENT = {  # label: bake-off JSON, relative to docs/reports
     "shipped: DMD 800, 4-3-2": "student-unet/student_dmd800.json",
     "shipped weights, 4-3-1": "student-ablation/diag431.json",
     "shipped weights, uniform 1 + refresh": "student-ablation/uniform1.json",
+    "shipped weights, uniform 4 + refresh": "student-ablation/uniform4.json",
     "base: DMD 150": "student-ablation/base.json",
     "rollouts of 3 chunks": "student-ablation/rollout3.json",
     "flow DMD off": "student-ablation/noflow.json",
