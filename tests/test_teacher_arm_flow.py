@@ -288,3 +288,37 @@ def test_command_line_options():
     assert both.flow_warp and both.coord_planes
     with pytest.raises(ValueError, match="flow_warp"):  # a DiT has no conv stem
         teacher.fresh_dit_config(parse("--preset", "tiny", "--flow-warp"))
+
+
+def test_the_transfer_start_keeps_the_function_and_trains_the_flow_from_the_first_step(tmp_path):
+    """--flow-warp-transfer: conv_in's weights for the most recent previous frame move onto warp_in. At
+    flow 0 the warped frame is that frame, so the output is the checkpoint's (up to a sum's order), and
+    the flow head's last layer gets gradient in the very first backward pass."""
+    source = random_dit("tiny-unet")
+    warm = flow_model()
+    warm.load_state_dict(source.state_dict(), strict=False)
+    c, K = warm.config.latent_channels, warm.config.copy_frames
+    recent = source.conv_in.conv_in.weight[:, K * c : (K + 1) * c].clone()
+    teacher.transfer_to_warp(warm)
+    assert torch.equal(warm.conv_in.warp_in.weight, recent)
+    assert torch.count_nonzero(warm.conv_in.conv_in.weight[:, K * c : (K + 1) * c]) == 0
+    x, t, a, text, mask = inputs(source.config, 2, 2)
+    with torch.no_grad():
+        assert torch.allclose(warm(x, t, a, text, mask), source(x, t, a, text, mask), atol=1e-5)
+    warm.train()
+    warm(x, t, a, text, mask).square().mean().backward()
+    assert warm.flow_head.last.weight.grad.abs().sum() > 0  # first order from the start
+    with pytest.raises(ValueError, match="flow_warp"):
+        teacher.transfer_to_warp(random_dit("tiny-unet"))
+
+
+def test_the_transfer_start_through_the_trainer_needs_a_warm_start(tmp_path):
+    recipe = dict(preset="tiny-unet", copy_path=True)
+    source, batches = make_trainer(tiny_config(steps=1, **recipe), tmp_path / "src")
+    source.train(batches)
+    cfg = tiny_config(steps=1, flow_warp=True, flow_warp_transfer=True, init_from=str(tmp_path / "src"), **recipe)
+    warm, _ = make_trainer(cfg, tmp_path / "warm")
+    assert torch.count_nonzero(warm.model.conv_in.warp_in.weight) > 0
+    assert parse("--flow-warp", "--flow-warp-transfer").flow_warp_transfer
+    with pytest.raises(ValueError, match="needs --init-from"):
+        make_trainer(tiny_config(steps=1, flow_warp=True, flow_warp_transfer=True, **recipe), tmp_path / "bare")

@@ -118,6 +118,13 @@ class TeacherTrainConfig:
                                     "field predicted from the previous frames and the actions, joins the input "
                                     "(UNetConfig.flow_warp; U-Net presets with the copy path; zero-initialised, so "
                                     "--init-from starts where the checkpoint was; default: the preset's)")
+    # A zero-initialised warp path is read by nothing at first, so its flow head gets no gradient until
+    # warp_in has grown from zero (a second-order start: 432 steps left it unused). At flow 0 the warped
+    # frame IS the most recent previous frame, so moving conv_in's weights for that frame onto warp_in
+    # keeps the function and gives the flow head a first-order gradient from the first step.
+    flow_warp_transfer: bool = option(False, help="--init-from with --flow-warp: move the input convolution's "
+                                      "weights for the most recent previous frame onto the warped frame's (the "
+                                      "same function at flow 0, and the flow head learns from the first step)")
     # The first frame of a chunk is one frame's motion away from the context the copy path reads: its
     # target is the most exactly determined by the actions, and the one whose motion is smallest, so
     # an unweighted mean lets the larger errors of the later frames drown it (docs/world-model.md).
@@ -402,6 +409,23 @@ def warm_start(model: WorldNet, checkpoint: str, mismatched_policy: str = "refus
     return fresh
 
 
+def transfer_to_warp(model: WorldNet) -> None:
+    """The warped previous frame takes over the input convolution's weights for the most recent previous
+    frame (`flow_warp_transfer`): conv_in reads [x (c); previous frames oldest first (K * c); actions], so
+    that frame is channels [K * c, (K + 1) * c). At flow 0 the warped frame equals it, so the network
+    computes what it did (up to the order of a sum); the flow head then gets gradient at once."""
+    conv = getattr(model, "conv_in", None)
+    if conv is None or getattr(conv, "warp_in", None) is None:
+        raise ValueError("--flow-warp-transfer needs a U-Net with flow_warp (--flow-warp)")
+    c, K = model.config.latent_channels, model.config.copy_frames
+    with torch.no_grad():
+        recent = conv.conv_in.weight[:, K * c : (K + 1) * c]
+        conv.warp_in.weight.copy_(recent)
+        recent.zero_()
+    print(f"flow warp: the input convolution's weights for the most recent previous frame (channels "
+          f"{K * c}-{(K + 1) * c - 1}) moved to the warped frame's", flush=True)
+
+
 # Options a guidance reference may differ in: inputs that start silent (zero-initialised), so the run's
 # network warm-started from the reference computes the reference's velocity at its first step, and the
 # guided target stays the one the reference was trained towards.
@@ -477,6 +501,10 @@ class Trainer:
         model = build_net(dit_cfg).to(device)
         if cfg.init_from and not resuming:
             warm_start(model, cfg.init_from, cfg.init_mismatched)
+            if cfg.flow_warp_transfer:
+                transfer_to_warp(model)
+        elif cfg.flow_warp_transfer and not resuming:
+            raise ValueError("--flow-warp-transfer moves warm-started weights: it needs --init-from")
         ema = copy.deepcopy(model).requires_grad_(False)
         autoencoder = autoencoder.to(device).requires_grad_(False)
         opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.99), weight_decay=cfg.weight_decay)
