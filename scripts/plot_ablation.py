@@ -34,6 +34,7 @@ TEACHER = {
     "control: +432 steps": "teacher-arms/control.json",
     "own rollouts: +432, share 0.5": "teacher-arms/own_rollout.json",
     "where: coordinate planes + first frame x3": "teacher-arms/where.json",
+    "flow warp, zero start": "teacher-arms/flow.json",
 }
 SETS = {"student": (STUDENT, "student_ablation.png"), "teacher": (TEACHER, "teacher_arms.png")}
 
