@@ -261,3 +261,48 @@ def last_json(out: str) -> dict:
     import json
 
     return json.loads(out.strip().splitlines()[-1])
+
+
+def assert_causal(model) -> None:
+    """Changing the third chunk's frames and actions leaves the first two chunks' outputs as they were
+    (to rounding) and changes the third's: a network never looks ahead of its chunk."""
+    C = model.config.chunk_frames
+    x, t, a, text, mask = inputs(model.config, 1, 3)
+    later, later_actions = x.clone(), a.clone()
+    later[:, 2 * C :] = torch.randn_like(later[:, 2 * C :])
+    later_actions[:, 2 * C :] = torch.randn_like(later_actions[:, 2 * C :])
+    with torch.no_grad():
+        base, changed = model(x, t, a, text, mask), model(later, t, later_actions, text, mask)
+    assert (base[:, : 2 * C] - changed[:, : 2 * C]).abs().max() < 1e-6
+    assert not torch.allclose(base[:, 2 * C :], changed[:, 2 * C :], atol=1e-4)
+
+
+def teacher_options(*argv: str) -> TeacherTrainConfig:
+    """`train teacher`'s config from a command line (with placeholder --latents and --out)."""
+    import argparse
+
+    from model.training import teacher
+
+    parser = argparse.ArgumentParser()
+    teacher.add_arguments(parser)
+    return teacher.config_from_args(parser.parse_args(["--latents", "L", "--out", "O", *argv]), "minilm")
+
+
+def assert_release_warm_starts_silent(release: Path, flag: str, option: str) -> tuple[WorldNet, list[str]]:
+    """The guided recipe with `flag` (a network option that starts silent), warm-started from `release`:
+    its network is the release's with `option` on, and it computes the release's output bit for bit.
+    Returns the network and the names the warm start left fresh."""
+    from model.runtime.world_model import load_world_model
+    from model.training import teacher
+
+    cfg = teacher_options("--recipe", "unet-teacher-guided", flag, "--init-from", str(release))
+    released = load_world_model(release, "cpu", with_text_encoder=False).dit.float().eval()
+    net_cfg = teacher.fresh_dit_config(cfg, released.config.latent_channels)
+    assert net_cfg == replace(released.config, **{option: True})
+    torch.manual_seed(0)
+    model = build_net(net_cfg).eval()
+    fresh = teacher.warm_start(model, cfg.init_from)
+    x, t, a, text, mask = inputs(net_cfg, 1, 2)
+    with torch.no_grad():
+        assert torch.equal(model(x, t, a, text, mask), released(x, t, a, text, mask))
+    return model, fresh

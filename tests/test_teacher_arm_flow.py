@@ -7,7 +7,6 @@ the command line."""
 
 from __future__ import annotations
 
-import argparse
 from dataclasses import replace
 from pathlib import Path
 
@@ -19,8 +18,17 @@ from model.nets.families import build_net, net_config, net_config_from_dict
 from model.nets.unet import CausalUNet, UNetConfig, identity_grid, warp
 from model.runtime.world_model import load_world_model
 from model.training import teacher
-from model.training.teacher import warm_start
-from tests.helpers import TOL, inputs, make_trainer, random_dit, stream, tiny_config
+from tests.helpers import (
+    TOL,
+    assert_causal,
+    assert_release_warm_starts_silent,
+    inputs,
+    make_trainer,
+    random_dit,
+    stream,
+    teacher_options,
+    tiny_config,
+)
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
 
@@ -38,9 +46,7 @@ def flow_model(preset: str = "tiny-unet") -> CausalUNet:
 
 
 def parse(*argv: str) -> teacher.TeacherTrainConfig:
-    parser = argparse.ArgumentParser()
-    teacher.add_arguments(parser)
-    return teacher.config_from_args(parser.parse_args(["--latents", "L", "--out", "O", *argv]), "minilm")
+    return teacher_options(*argv)
 
 
 def warped(model: CausalUNet, x: torch.Tensor, a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -141,17 +147,7 @@ def test_shapes_and_streaming_equal_the_full_sequence():
 
 
 def test_a_later_chunk_does_not_change_an_earlier_chunks_output():
-    model = random_dit("tiny-unet", flow_warp=True)
-    C = model.config.chunk_frames
-    x, t, a, text, mask = inputs(model.config, 1, 3)
-    later = x.clone()
-    later[:, 2 * C :] = torch.randn_like(later[:, 2 * C :])
-    later_actions = a.clone()
-    later_actions[:, 2 * C :] = torch.randn_like(later_actions[:, 2 * C :])
-    with torch.no_grad():
-        base, changed = model(x, t, a, text, mask), model(later, t, later_actions, text, mask)
-    assert (base[:, : 2 * C] - changed[:, : 2 * C]).abs().max() < 1e-6
-    assert not torch.allclose(base[:, 2 * C :], changed[:, 2 * C :], atol=1e-4)
+    assert_causal(random_dit("tiny-unet", flow_warp=True))
 
 
 def test_the_network_runs_under_bf16_autocast():
@@ -223,17 +219,8 @@ def test_the_trainer_warm_starts_the_warp_silent_and_trains_it(tmp_path):
 @pytest.mark.skipif(not TEACHER.exists(), reason="the released teacher is not in this checkout")
 def test_the_released_teacher_warm_starts_the_warp_silent():
     """The run the option is for: the released recipe with --flow-warp, --init-from assets/teacher."""
-    cfg = parse("--recipe", "unet-teacher-guided", "--flow-warp", "--init-from", str(TEACHER))
-    released = load_world_model(TEACHER, "cpu", with_text_encoder=False).dit.float().eval()
-    net_cfg = teacher.fresh_dit_config(cfg, released.config.latent_channels)
-    assert net_cfg == replace(released.config, flow_warp=True)
-    torch.manual_seed(0)
-    model = build_net(net_cfg).eval()
-    fresh = warm_start(model, cfg.init_from)
+    model, fresh = assert_release_warm_starts_silent(TEACHER, "--flow-warp", "flow_warp")
     assert set(fresh) == set(flow_params(model)) and len(fresh) == 5
-    x, t, a, text, mask = inputs(net_cfg, 1, 2)
-    with torch.no_grad():
-        assert torch.equal(model(x, t, a, text, mask), released(x, t, a, text, mask))
 
 
 @pytest.mark.skipif(not REFERENCE.exists(), reason="the guidance reference is not in this checkout")

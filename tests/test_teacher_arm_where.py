@@ -6,7 +6,6 @@ weighted loss."""
 
 from __future__ import annotations
 
-import argparse
 import math
 from dataclasses import replace
 from pathlib import Path
@@ -19,8 +18,20 @@ from model.nets.families import build_net, net_config, net_config_from_dict
 from model.nets.unet import CausalUNet, coordinate_planes
 from model.runtime.world_model import load_world_model
 from model.training import teacher
-from model.training.teacher import ClipBatches, chunk_frame_weights, teacher_loss, warm_start
-from tests.helpers import TOL, SyntheticClips, inputs, make_trainer, random_dit, stream, text_table, tiny_config
+from model.training.teacher import ClipBatches, chunk_frame_weights, teacher_loss
+from tests.helpers import (
+    TOL,
+    SyntheticClips,
+    assert_causal,
+    assert_release_warm_starts_silent,
+    inputs,
+    make_trainer,
+    random_dit,
+    stream,
+    teacher_options,
+    text_table,
+    tiny_config,
+)
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
 
@@ -33,9 +44,7 @@ def coord_params(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 
 def parse(*argv: str) -> teacher.TeacherTrainConfig:
-    parser = argparse.ArgumentParser()
-    teacher.add_arguments(parser)
-    return teacher.config_from_args(parser.parse_args(["--latents", "L", "--out", "O", *argv]), "minilm")
+    return teacher_options(*argv)
 
 
 # ----------------------------------------------------------------------------- the coordinate planes
@@ -90,15 +99,7 @@ def test_shapes_and_streaming_equal_the_full_sequence():
 
 
 def test_a_later_chunk_does_not_change_an_earlier_chunks_output():
-    model = random_dit("tiny-unet", coord_planes=True)
-    C = model.config.chunk_frames
-    x, t, a, text, mask = inputs(model.config, 1, 3)
-    later = x.clone()
-    later[:, 2 * C :] = torch.randn_like(later[:, 2 * C :])
-    with torch.no_grad():
-        base, changed = model(x, t, a, text, mask), model(later, t, a, text, mask)
-    assert (base[:, : 2 * C] - changed[:, : 2 * C]).abs().max() < 1e-6
-    assert not torch.allclose(base[:, 2 * C :], changed[:, 2 * C :], atol=1e-4)
+    assert_causal(random_dit("tiny-unet", coord_planes=True))
 
 
 def test_the_planes_warm_start_silent_from_a_network_without_them_and_learn():
@@ -143,17 +144,8 @@ def test_the_trainer_warm_starts_the_planes_silent_and_trains_them(tmp_path):
 @pytest.mark.skipif(not TEACHER.exists(), reason="the released teacher is not in this checkout")
 def test_the_released_teacher_warm_starts_the_planes_silent():
     """The run the option is for: the released recipe with --coord-planes, --init-from assets/teacher."""
-    cfg = parse("--recipe", "unet-teacher-guided", "--coord-planes", "--init-from", str(TEACHER))
-    released = load_world_model(TEACHER, "cpu", with_text_encoder=False).dit.float().eval()
-    net_cfg = teacher.fresh_dit_config(cfg, released.config.latent_channels)
-    assert net_cfg == replace(released.config, coord_planes=True)
-    torch.manual_seed(0)
-    model = build_net(net_cfg).eval()
-    fresh = warm_start(model, cfg.init_from)
-    assert set(fresh) == set(coord_params(model)) and len(fresh) == 4 * net_cfg.conv_blocks
-    x, t, a, text, mask = inputs(net_cfg, 1, 2)
-    with torch.no_grad():
-        assert torch.equal(model(x, t, a, text, mask), released(x, t, a, text, mask))
+    model, fresh = assert_release_warm_starts_silent(TEACHER, "--coord-planes", "coord_planes")
+    assert set(fresh) == set(coord_params(model)) and len(fresh) == 4 * model.config.conv_blocks
 
 
 
