@@ -35,6 +35,7 @@ TEACHER = {
     "own rollouts: +432, share 0.5": "teacher-arms/own_rollout.json",
     "where: coordinate planes + first frame x3": "teacher-arms/where.json",
     "flow warp, zero start": "teacher-arms/flow.json",
+    "flow warp, transfer start": "teacher-arms/flow_transfer.json",
 }
 SETS = {"student": (STUDENT, "student_ablation.png"), "teacher": (TEACHER, "teacher_arms.png")}
 
