@@ -189,7 +189,7 @@ def test_cli_sampler_options_are_recorded(nets, tmp_path, capsys, monkeypatch):
     assert data["sampler_config"]["steps"] == [3, 2] and data["sampler_config"]["context_noise"] == 250.0
     assert "diagonal 3-2 context t=250" in (out / "report.md").read_text().splitlines()[0]
     for extra, message in (
-        (["--sampler", "diagonal", "--schedule", "4,1"], "pure noise"),
+        (["--sampler", "diagonal", "--schedule", "4,0"], "positive"),
         (["--sampler", "diagonal", "--schedule", "4,x"], "comma-separated"),
         (["--sampler", "diagonal", "--schedule", "40"], "more steps than the teacher's grid"),
         (["--sampler", "diagonal", "--context-noise", "0"], "context_noise"),
