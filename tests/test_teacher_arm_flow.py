@@ -45,10 +45,6 @@ def flow_model(preset: str = "tiny-unet") -> CausalUNet:
     return build_net(replace(net_config(preset), flow_warp=True)).eval()
 
 
-def parse(*argv: str) -> teacher.TeacherTrainConfig:
-    return teacher_options(*argv)
-
-
 def warped(model: CausalUNet, x: torch.Tensor, a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(the most recent previous frame [B, F, c, h, w], it warped, the flow [B, F, 2, h, w]) for x, actions a."""
     prev = model.previous_frames(x, None)
@@ -227,7 +223,7 @@ def test_the_released_teacher_warm_starts_the_warp_silent():
 def test_a_reference_without_the_warp_gives_a_run_with_it_its_guided_target():
     """The guided recipe distils assets/teacher-reference, which has no warp: the same network up to the
     silent warp, so it is accepted; a different network is still refused."""
-    cfg = parse("--recipe", "unet-teacher-guided", "--flow-warp", "--init-from", str(TEACHER),
+    cfg = teacher_options("--recipe", "unet-teacher-guided", "--flow-warp", "--init-from", str(TEACHER),
                 "--guidance-reference", str(REFERENCE))
     released = load_world_model(TEACHER, "cpu", with_text_encoder=False).dit
     net_cfg = teacher.fresh_dit_config(cfg, released.config.latent_channels)
@@ -250,7 +246,7 @@ def test_the_warp_without_a_copy_path_is_refused():
     with pytest.raises(ConfigError, match="copy_path"):
         net_config_from_dict({**config_to_dict(net_config("unet")), "copy_path": False, "flow_warp": True})
     with pytest.raises(ValueError, match="copy_path"):
-        teacher.fresh_dit_config(parse("--preset", "tiny-unet", "--no-copy-path", "--flow-warp"), 4)
+        teacher.fresh_dit_config(teacher_options("--preset", "tiny-unet", "--no-copy-path", "--flow-warp"), 4)
 
 
 def test_old_configs_load_without_the_warp_and_saved_configs_record_it():
@@ -263,18 +259,18 @@ def test_old_configs_load_without_the_warp_and_saved_configs_record_it():
 
 
 def test_command_line_options():
-    cfg = parse("--recipe", "unet-teacher-guided", "--flow-warp")
+    cfg = teacher_options("--recipe", "unet-teacher-guided", "--flow-warp")
     assert (cfg.flow_warp, cfg.action_guidance) == (True, 1.0)
     net = teacher.fresh_dit_config(cfg, 8)
     assert net.flow_warp and net.text_film and net.copy_path and not net.coord_planes  # the recipe's, plus the warp
-    plain = parse("--recipe", "unet-teacher")
+    plain = teacher_options("--recipe", "unet-teacher")
     assert plain.flow_warp is None  # not given: the preset's, off
     assert teacher.fresh_dit_config(plain, 8).flow_warp is False
-    assert teacher.fresh_dit_config(parse("--preset", "tiny-unet", "--no-flow-warp"), 4).flow_warp is False
-    both = teacher.fresh_dit_config(parse("--preset", "tiny-unet", "--flow-warp", "--coord-planes"), 4)
+    assert teacher.fresh_dit_config(teacher_options("--preset", "tiny-unet", "--no-flow-warp"), 4).flow_warp is False
+    both = teacher.fresh_dit_config(teacher_options("--preset", "tiny-unet", "--flow-warp", "--coord-planes"), 4)
     assert both.flow_warp and both.coord_planes
     with pytest.raises(ValueError, match="flow_warp"):  # a DiT has no conv stem
-        teacher.fresh_dit_config(parse("--preset", "tiny", "--flow-warp"))
+        teacher.fresh_dit_config(teacher_options("--preset", "tiny", "--flow-warp"))
 
 
 def test_the_transfer_start_keeps_the_function_and_trains_the_flow_from_the_first_step(tmp_path):
@@ -306,6 +302,6 @@ def test_the_transfer_start_through_the_trainer_needs_a_warm_start(tmp_path):
     cfg = tiny_config(steps=1, flow_warp=True, flow_warp_transfer=True, init_from=str(tmp_path / "src"), **recipe)
     warm, _ = make_trainer(cfg, tmp_path / "warm")
     assert torch.count_nonzero(warm.model.conv_in.warp_in.weight) > 0
-    assert parse("--flow-warp", "--flow-warp-transfer").flow_warp_transfer
+    assert teacher_options("--flow-warp", "--flow-warp-transfer").flow_warp_transfer
     with pytest.raises(ValueError, match="needs --init-from"):
         make_trainer(tiny_config(steps=1, flow_warp=True, flow_warp_transfer=True, **recipe), tmp_path / "bare")

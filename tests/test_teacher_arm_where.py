@@ -43,10 +43,6 @@ def coord_params(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {n: p for n, p in model.named_parameters() if n.endswith(".coord.weight")}
 
 
-def parse(*argv: str) -> teacher.TeacherTrainConfig:
-    return teacher_options(*argv)
-
-
 # ----------------------------------------------------------------------------- the coordinate planes
 
 
@@ -152,7 +148,7 @@ def test_the_released_teacher_warm_starts_the_planes_silent():
 def test_a_reference_without_planes_gives_a_run_with_them_its_guided_target():
     """The guided recipe distils assets/teacher-reference, which has no planes: the same network up to
     the silent planes, so it is accepted; a different network is still refused."""
-    cfg = parse("--recipe", "unet-teacher-guided", "--coord-planes", "--init-from", str(TEACHER),
+    cfg = teacher_options("--recipe", "unet-teacher-guided", "--coord-planes", "--init-from", str(TEACHER),
                 "--guidance-reference", str(REFERENCE))
     released = load_world_model(TEACHER, "cpu", with_text_encoder=False).dit
     net_cfg = teacher.fresh_dit_config(cfg, released.config.latent_channels)
@@ -177,16 +173,17 @@ def test_old_configs_load_without_planes_and_saved_configs_record_them():
 
 
 def test_command_line_options():
-    cfg = parse("--recipe", "unet-teacher-guided", "--coord-planes", "--first-frame-weight", "3")
+    cfg = teacher_options("--recipe", "unet-teacher-guided", "--coord-planes", "--first-frame-weight", "3")
     assert (cfg.coord_planes, cfg.first_frame_weight, cfg.action_guidance) == (True, 3.0, 1.0)
     net = teacher.fresh_dit_config(cfg, 8)
     assert net.coord_planes and net.text_film and net.copy_path  # the recipe's network, plus the planes
-    plain = parse("--recipe", "unet-teacher")
+    plain = teacher_options("--recipe", "unet-teacher")
     assert (plain.coord_planes, plain.first_frame_weight) == (None, 1.0)  # not given: off, weight 1
     assert teacher.fresh_dit_config(plain, 8).coord_planes is False
-    assert teacher.fresh_dit_config(parse("--preset", "tiny-unet", "--no-coord-planes"), 4).coord_planes is False
+    off = teacher_options("--preset", "tiny-unet", "--no-coord-planes")
+    assert teacher.fresh_dit_config(off, 4).coord_planes is False
     with pytest.raises(ValueError, match="coord_planes"):  # a DiT has no conv blocks
-        teacher.fresh_dit_config(parse("--preset", "tiny", "--coord-planes"))
+        teacher.fresh_dit_config(teacher_options("--preset", "tiny", "--coord-planes"))
 
 
 # ----------------------------------------------------------------------------- the first frame's loss weight
