@@ -55,10 +55,11 @@ from model.diffusion.flow import (
     flow_loss,
     level_grid,
     network_time,
+    predict_x0,
     sample_levels,
     velocity_target,
 )
-from model.diffusion.guidance import apply_guidance
+from model.diffusion.guidance import apply_guidance, apply_projected_guidance
 from model.nets import count_parameters
 from model.nets.families import PRESETS, build_net, net_config, net_config_from_dict
 from model.nets.world_net import NetConfig, WorldNet, stacked_previous
@@ -154,6 +155,12 @@ class TeacherTrainConfig:
                                     "velocity; rows whose actions are dropped learn u_a (0: learn from data)")
     guidance_reference: str = option("", help="with --action-guidance: the world checkpoint whose guided velocity "
                                      "is the target (default: --init-from)")
+    # Held keys saturate the distilled teacher into blobs (docs/world-model.md). The guidance's part
+    # along the conditional prediction only scales the picture's values up; dropping it (APG,
+    # model/diffusion/guidance.py) keeps the part that moves the picture.
+    guidance_parallel: float = option(1.0, help="with --action-guidance: weight of the guidance's part along the "
+                                      "conditional x0 prediction (1: plain guidance; 0: adaptive projected "
+                                      "guidance, that part dropped)")
     # Exposure bias (model/training/own_rollout.py): streaming, the network reads its own pictures;
     # trained only on data context it never learnt to continue from them, and they fade or saturate.
     own_rollout_share: float = option(0.0, help="fraction of clips whose chunks 1..n-2 are the network's own "
@@ -309,24 +316,27 @@ def teacher_loss(model: torch.nn.Module, batch: Batch, dit_cfg: NetConfig, cfg: 
         x_s = add_noise(x0, eps, s)
         prev = stacked_previous(add_noise(x0, eps, s_ctx), C, dit_cfg.copy_frames) if clean_copy else None
     target = guided_target(reference, x_s, s, batch.actions, batch.text, mask, drop_actions, prev,
-                           cfg.action_guidance)
+                           cfg.action_guidance, cfg.guidance_parallel)
     return flow_loss(v, target, weight)
 
 
 @torch.no_grad()
 def guided_target(reference: torch.nn.Module, x_s: torch.Tensor, s: torch.Tensor, actions: torch.Tensor,
                   text: torch.Tensor, mask: torch.Tensor, drop_actions: torch.Tensor, prev: torch.Tensor | None,
-                  guidance: float) -> torch.Tensor:
+                  guidance: float, parallel: float = 1.0) -> torch.Tensor:
     """[B, F, C, h, w] the reference's velocity guided on the actions, c + g (c - u_a), with u_a its
-    velocity under the null action and the same prompt (the sampler's guide "actions"). Rows whose
-    actions are dropped get u_a itself, so the distilled network keeps the unconditional branch
-    that guidance at play time needs. One batch of 2B rows: conditional first."""
+    velocity under the null action and the same prompt (the sampler's guide "actions"); `parallel`
+    weighs the part of c - u_a along the conditional x0 prediction (apply_projected_guidance). Rows
+    whose actions are dropped get u_a itself, so the distilled network keeps the unconditional
+    branch that guidance at play time needs. One batch of 2B rows: conditional first."""
     cond = Conditioning.build(text, mask, True, guide="actions")
     two = lambda x: torch.cat([x, x])  # noqa: E731
     v = reference(two(x_s), two(network_time(s)), two(actions), cond.text, cond.text_mask,
                   drop_actions=cond.drop_actions, prev=None if prev is None else two(prev)).float()
-    u = v.chunk(2)[1]
-    return torch.where(drop_actions[:, None, None, None, None], u, apply_guidance(v, guidance))
+    c, u = v.chunk(2)
+    guided = apply_guidance(v, guidance) if parallel == 1.0 else \
+        apply_projected_guidance(v, guidance, predict_x0(x_s.float(), c, s), parallel)
+    return torch.where(drop_actions[:, None, None, None, None], u, guided)
 
 
 def own_rollout_rows(batch: int, share: float, context_chunks: torch.Tensor | None,
@@ -444,6 +454,8 @@ def guidance_reference(cfg: TeacherTrainConfig, dit_cfg: NetConfig, device: torc
     Its path is kept in cfg.guidance_reference, so the saved train config says what was distilled."""
     if cfg.action_guidance < 0:
         raise ValueError(f"action_guidance must be >= 0, got {cfg.action_guidance}")
+    if not 0.0 <= cfg.guidance_parallel <= 1.0:
+        raise ValueError(f"guidance_parallel must be in [0, 1], got {cfg.guidance_parallel}")
     if cfg.action_guidance == 0:
         return None
     from model.runtime.world_model import load_world_model

@@ -1,0 +1,87 @@
+"""Guidance without saturation: the distilled action guidance with its part along the conditional
+prediction down-weighted (adaptive projected guidance; model/diffusion/guidance.py)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from model.diffusion.flow import predict_x0
+from model.diffusion.guidance import apply_guidance, apply_projected_guidance
+from model.training.teacher import guided_target
+from tests.helpers import make_trainer, teacher_options, tiny_config
+
+FRAME = (-3, -2, -1)
+
+
+def velocities(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """[2B, F, C, h, w] velocities (cond rows first), x_s and levels s [B, F] for B = 2, F = 3."""
+    gen = torch.Generator().manual_seed(seed)
+    v = torch.randn(4, 3, 8, 4, 4, generator=gen)
+    x_s = torch.randn(2, 3, 8, 4, 4, generator=gen)
+    s = torch.rand(2, 3, generator=gen) * 0.9 + 0.05
+    return v, x_s, s
+
+
+def test_parallel_one_is_plain_guidance():
+    v, x_s, s = velocities()
+    x0 = predict_x0(x_s, v.chunk(2)[0], s)
+    torch.testing.assert_close(apply_projected_guidance(v, 2.0, x0, 1.0), apply_guidance(v, 2.0))
+
+
+def test_parallel_zero_keeps_only_the_orthogonal_part_in_x0():
+    v, x_s, s = velocities(1)
+    c, u = v.chunk(2)
+    x0_c, x0_u = predict_x0(x_s, c, s), predict_x0(x_s, u, s)
+    guided = apply_projected_guidance(v, 1.5, x0_c, 0.0)
+    # In x0 terms: x0_c + g * (the x0 difference minus its projection onto x0_c), per frame.
+    diff = x0_c - x0_u
+    along = (diff * x0_c).sum(FRAME, keepdim=True) / (x0_c * x0_c).sum(FRAME, keepdim=True)
+    expected = x0_c + 1.5 * (diff - along * x0_c)
+    torch.testing.assert_close(predict_x0(x_s, guided, s), expected, atol=1e-5, rtol=1e-4)
+    step = predict_x0(x_s, guided, s) - x0_c
+    assert (step * x0_c).sum(FRAME).abs().max() < 1e-3  # nothing left that scales the picture itself
+    assert step.abs().mean() > 0.1  # while the orthogonal part is kept
+
+
+def test_half_weight_lies_between():
+    v, x_s, s = velocities(2)
+    x0 = predict_x0(x_s, v.chunk(2)[0], s)
+    full, none = apply_guidance(v, 1.0), apply_projected_guidance(v, 1.0, x0, 0.0)
+    torch.testing.assert_close(apply_projected_guidance(v, 1.0, x0, 0.5), (full + none) / 2, atol=1e-5, rtol=1e-4)
+
+
+def test_distilled_target_uses_the_projection(tmp_path):
+    recipe = dict(preset="tiny-unet", copy_path=True, copy_context="clean", batch=4)
+    source, batches = make_trainer(tiny_config(steps=1, **recipe), tmp_path / "src")
+    source.train(batches)
+    cfg = tiny_config(steps=1, action_guidance=1.0, guidance_parallel=0.0, init_from=str(tmp_path / "src"), **recipe)
+    trainer, batches = make_trainer(cfg, tmp_path / "apg")
+    ref, batch = trainer.reference, batches(0, torch.device("cpu"))
+    x, s = batch.latents, torch.full(batch.latents.shape[:2], 0.7)
+    dropped = torch.tensor([False, True, False, False])
+    args = (ref, x, s, batch.actions, batch.text, batch.text_mask, dropped, None, 1.0)
+    plain, projected = guided_target(*args), guided_target(*args, 0.0)
+    with torch.no_grad():
+        c = ref(x, s * 1000, batch.actions, batch.text, batch.text_mask)
+        u = ref(x, s * 1000, batch.actions, batch.text, batch.text_mask, drop_actions=torch.ones(4, dtype=torch.bool))
+    expected = apply_projected_guidance(torch.cat([c, u]), 1.0, predict_x0(x, c, s), 0.0)
+    torch.testing.assert_close(projected[~dropped], expected[~dropped], atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(projected[dropped], plain[dropped])  # dropped rows still learn u_a
+    assert (projected - plain)[~dropped].abs().mean() > 0
+    trainer.train(batches)  # a step of the distillation runs with it
+
+
+def test_command_line_and_range():
+    cfg = teacher_options("--recipe", "unet-teacher-guided", "--guidance-parallel", "0")
+    assert (cfg.action_guidance, cfg.guidance_parallel) == (1.0, 0.0)
+    assert teacher_options("--recipe", "unet-teacher-guided").guidance_parallel == 1.0
+
+
+def test_out_of_range_weight_is_refused(tmp_path):
+    recipe = dict(preset="tiny-unet", copy_path=True, copy_context="clean", batch=4)
+    source, batches = make_trainer(tiny_config(steps=1, **recipe), tmp_path / "src")
+    source.train(batches)
+    with pytest.raises(ValueError, match="guidance_parallel"):
+        make_trainer(tiny_config(action_guidance=1.0, guidance_parallel=1.5, init_from=str(tmp_path / "src"),
+                                 **recipe), tmp_path / "bad")
