@@ -18,6 +18,7 @@ streaming. With probability --teacher-forcing-prob a clip's first k chunks (k ra
 (t = 0) and carry no loss: that is exactly the context the teacher sampler's refresh pass writes.
 The prompt and the actions are dropped per clip for classifier-free guidance. --first-frame-weight W
 weighs the first frame of every chunk with loss W against 1 for the others, in a weighted mean.
+--prompt-paraphrases K, --word-dropout P: a clip reads its prompt or one of K variants (prompt_variants.py).
 
 Every save is a playable kind="world" checkpoint (model/runtime/world_model.py) whose "dit" is the EMA
 weights; "dit_online" plus the optimiser state make resuming exact. All randomness of step s
@@ -32,6 +33,7 @@ import copy
 import inspect
 import math
 import os
+import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -77,6 +79,8 @@ from model.training.loop import (
     update_ema,
 )
 from model.training.own_rollout import own_context
+from model.training.prompt_variants import build_variants
+from model.training.prompt_variants import check_options as check_prompt_options
 from model.training.recipes import TEACHER_RECIPES, teacher_recipe
 
 COPY_CONTEXTS = ("input", "clean")
@@ -166,6 +170,15 @@ class TeacherTrainConfig:
     own_rollout_share: float = option(0.0, help="fraction of clips whose chunks 1..n-2 are the network's own "
                                       "rollout (no gradient) and only the last chunk carries loss (0: off)")
     own_rollout_steps: int = option(8, help="Euler steps of each own-rollout chunk (the release's sampler)")
+    # The cache holds one phrasing per prompt, and the teacher reads prompts poorly, phrasings it never
+    # saw not at all: each clip may read one of K variants of its prompt instead, the theme composed anew
+    # from the training synonyms (model/training/prompt_variants.py; the held-out half never enters).
+    prompt_paraphrases: int = option(0, help="variants of each cached prompt, drawn once at the start: the theme "
+                                     "re-composed from the training synonyms; each clip reads its prompt or one "
+                                     "of them (0: the cached prompts only)")
+    # Without a word, a prompt must be read from the words left: no single word can carry it alone.
+    word_dropout: float = option(0.0, help="with --prompt-paraphrases: each variant drops each word with this "
+                                 "probability (never all of them; 0: none)")
     precision: str = option("auto", choices=PRECISIONS,
                             help="auto: bf16 autocast on CUDA and on CPUs with AMX/AVX512-BF16, else fp32")
     init_from: str = option("", help="fresh run only: world checkpoint whose matching DiT weights seed the model")
@@ -203,13 +216,16 @@ class Batch:
 class ClipBatches:
     """Step -> batch, deterministic: epoch e = step // per_epoch is a DistributedSampler permutation;
     with switch_share > 0, each slot is drawn from the clips that cross a prompt switch with that
-    probability (a draw seeded by seed, step and rank)."""
+    probability, and with `variants` ([P, K + 1] rows of the text table per prompt id) each clip reads
+    one of its prompt's K + 1 phrasings (draws seeded by seed, step and rank)."""
 
     def __init__(self, dataset: Dataset, text_tokens: torch.Tensor, text_mask: torch.Tensor, batch: int,
-                 rank: int, world_size: int, seed: int, switch_share: float = 0.0):
+                 rank: int, world_size: int, seed: int, switch_share: float = 0.0,
+                 variants: torch.Tensor | None = None):
         if batch % world_size:
             raise ValueError(f"--batch {batch} does not split over {world_size} processes")
         self.dataset, self.text_tokens, self.text_mask = dataset, text_tokens, text_mask.bool()
+        self.variants = variants
         self.batch = batch // world_size
         self.sampler = DistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=True, seed=seed,
                                           drop_last=True)
@@ -232,8 +248,8 @@ class ClipBatches:
             self._epoch, self._order = epoch, list(self.sampler)
         rows = self._order[index * self.batch : (index + 1) * self.batch]
         context = [-1] * len(rows)
+        gen = torch.Generator().manual_seed((self.seed << 40) ^ (step << 8) ^ self.rank)
         if self.switch_share:
-            gen = torch.Generator().manual_seed((self.seed << 40) ^ (step << 8) ^ self.rank)
             use = torch.rand(len(rows), generator=gen) < self.switch_share
             picks = torch.randint(len(self.switch_clips), (len(rows),), generator=gen)
             for j in torch.nonzero(use).flatten().tolist():
@@ -242,6 +258,8 @@ class ClipBatches:
         # Clips that cross a prompt switch take the prompt of their last frame: after a switch the
         # stream re-runs its whole window with the new prompt (KV-recache), which is this situation.
         ids = torch.stack([torch.as_tensor(it["prompt_ids"])[-1] for it in items])
+        if self.variants is not None:  # after the switch draws, so those stay what they were without variants
+            ids = self.variants[ids, torch.randint(self.variants.shape[1], (len(ids),), generator=gen)]
         return Batch(
             torch.stack([torch.as_tensor(it["latents"]) for it in items]).float().to(device),
             torch.stack([torch.as_tensor(it["actions"]) for it in items]).float().to(device),
@@ -504,6 +522,7 @@ class Trainer:
         """Fresh model, or (resume and a train state in `out`) the saved one: its architecture wins."""
         out = Path(out)
         chunk_frame_weights(1, 1, cfg)  # a bad --first-frame-weight fails here, not at the first step
+        check_prompt_options(cfg.prompt_paraphrases, cfg.word_dropout)  # and bad prompt variants
         resuming = resume and has_train_state(out)
         dit_cfg = _resume_config(out) if resuming else fresh_dit_config(cfg, autoencoder.config.latent_channels)
         if dit_cfg.latent_channels != autoencoder.config.latent_channels:
@@ -649,10 +668,30 @@ def _cache_autoencoder(cache_meta: dict, given: str | None) -> str:
     return str(path)
 
 
+def prompt_table(cfg: TeacherTrainConfig, cache_dir: str | os.PathLike,
+                 rank: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """The text table ClipBatches reads: the cache's tokens [P, L, dim] and mask [P, L], and None; with
+    cfg.prompt_paraphrases K > 0, the table extended by each prompt's K variants (every rank draws the
+    same ones) and their rows [P, K + 1], column 0 the cached prompt."""
+    from model.training.encode_latents import load_prompts, text_table
+
+    tokens, mask = text_table(cache_dir)
+    if cfg.prompt_paraphrases == 0:
+        return tokens, mask, None
+    started = time.perf_counter()
+    table = build_variants(load_prompts(cache_dir), tokens, mask, cfg.prompt_paraphrases, cfg.word_dropout,
+                           cfg.seed, cfg.text_encoder)
+    if rank == 0:
+        print(f"prompt variants: {len(table.rows)} prompts x {cfg.prompt_paraphrases} (word dropout "
+              f"{cfg.word_dropout}), encoded with {cfg.text_encoder} in {time.perf_counter() - started:.1f} s",
+              flush=True)
+    return table.tokens, table.mask, table.rows
+
+
 def run(args: argparse.Namespace) -> int:
     from model.common.checkpoint import CHECKPOINT_SUBDIR
     from model.training.autoencoder import load_autoencoder
-    from model.training.encode_latents import LatentClips, read_cache_meta, text_table
+    from model.training.encode_latents import LatentClips, read_cache_meta
 
     cache_meta = read_cache_meta(args.latents)
     cfg = config_from_args(args, cache_meta.get("text_encoder", "minilm"))
@@ -663,8 +702,9 @@ def run(args: argparse.Namespace) -> int:
         trainer = Trainer.create(cfg, autoencoder, out / CHECKPOINT_SUBDIR, device, rank, world_size,
                                  resume=args.resume)
         dataset = LatentClips(args.latents, cfg.clip_chunks, trainer.dit_cfg.chunk_frames)
-        tokens, mask = text_table(args.latents)
-        batches = ClipBatches(dataset, tokens, mask, cfg.batch, rank, world_size, cfg.seed, cfg.switch_share)
+        tokens, mask, variants = prompt_table(cfg, args.latents, rank)
+        batches = ClipBatches(dataset, tokens, mask, cfg.batch, rank, world_size, cfg.seed, cfg.switch_share,
+                              variants)
         log = RunLog(out, "teacher", resume_step=trainer.step + 1 if args.resume else None) if rank == 0 else None
         if rank == 0:
             print(f"teacher: {count_parameters(trainer.model) / 1e6:.2f}M parameters, {len(dataset)} clips, "
