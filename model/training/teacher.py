@@ -84,6 +84,7 @@ from model.training.prompt_variants import check_options as check_prompt_options
 from model.training.recipes import TEACHER_RECIPES, teacher_recipe
 
 COPY_CONTEXTS = ("input", "clean")
+GUIDANCE_TARGETS = ("reference", "data")
 # TeacherTrainConfig fields that are the fresh network's switches (fresh_dit_config).
 NETWORK_SWITCHES = ("copy_path", "action_tokens", "text_film", "coord_planes", "flow_warp")
 
@@ -162,6 +163,13 @@ class TeacherTrainConfig:
     # Held keys saturate the distilled teacher into blobs (docs/world-model.md). The guidance's part
     # along the conditional prediction only scales the picture's values up; dropping it (APG,
     # model/diffusion/guidance.py) keeps the part that moves the picture.
+    # The reference's guided velocity as the whole target teaches nothing the reference does not
+    # draw (its walking included). "data": the data's velocity plus the reference's guidance term
+    # g (c - u_a), so the keys still answer at full strength while the velocity is learnt from data
+    # (model guidance, Tang et al. 2025, with a frozen reference's guidance term).
+    guidance_target: str = option("reference", choices=GUIDANCE_TARGETS,
+                                  help="with --action-guidance: 'reference' (its guided velocity c + g (c - u_a)) or "
+                                  "'data' (the data's velocity + g (c - u_a); action-dropped rows learn the data's)")
     guidance_parallel: float = option(1.0, help="with --action-guidance: weight of the guidance's part along the "
                                       "conditional x0 prediction (1: plain guidance; 0: adaptive projected "
                                       "guidance, that part dropped)")
@@ -333,20 +341,23 @@ def teacher_loss(model: torch.nn.Module, batch: Batch, dit_cfg: NetConfig, cfg: 
     if x_in is not x0:  # the reference is asked what follows the TRUE context, not the rollout
         x_s = add_noise(x0, eps, s)
         prev = stacked_previous(add_noise(x0, eps, s_ctx), C, dit_cfg.copy_frames) if clean_copy else None
+    data = velocity_target(x0, eps) if cfg.guidance_target == "data" else None
     target = guided_target(reference, x_s, s, batch.actions, batch.text, mask, drop_actions, prev,
-                           cfg.action_guidance, cfg.guidance_parallel)
+                           cfg.action_guidance, cfg.guidance_parallel, data)
     return flow_loss(v, target, weight)
 
 
 @torch.no_grad()
 def guided_target(reference: torch.nn.Module, x_s: torch.Tensor, s: torch.Tensor, actions: torch.Tensor,
                   text: torch.Tensor, mask: torch.Tensor, drop_actions: torch.Tensor, prev: torch.Tensor | None,
-                  guidance: float, parallel: float = 1.0) -> torch.Tensor:
+                  guidance: float, parallel: float = 1.0, data: torch.Tensor | None = None) -> torch.Tensor:
     """[B, F, C, h, w] the reference's velocity guided on the actions, c + g (c - u_a), with u_a its
     velocity under the null action and the same prompt (the sampler's guide "actions"); `parallel`
     weighs the part of c - u_a along the conditional x0 prediction (apply_projected_guidance). Rows
     whose actions are dropped get u_a itself, so the distilled network keeps the unconditional
-    branch that guidance at play time needs. One batch of 2B rows: conditional first."""
+    branch that guidance at play time needs. With `data` (the data's velocity [B, F, C, h, w]) the
+    reference gives only the guidance term: data + g (c - u_a), and dropped rows get data itself.
+    One batch of 2B rows: conditional first."""
     cond = Conditioning.build(text, mask, True, guide="actions")
     two = lambda x: torch.cat([x, x])  # noqa: E731
     v = reference(two(x_s), two(network_time(s)), two(actions), cond.text, cond.text_mask,
@@ -354,6 +365,8 @@ def guided_target(reference: torch.nn.Module, x_s: torch.Tensor, s: torch.Tensor
     c, u = v.chunk(2)
     guided = apply_guidance(v, guidance) if parallel == 1.0 else \
         apply_projected_guidance(v, guidance, predict_x0(x_s.float(), c, s), parallel)
+    if data is not None:  # the velocity is the data's; the reference adds only its guidance term
+        guided, u = data.float() + (guided - c), data.float()
     return torch.where(drop_actions[:, None, None, None, None], u, guided)
 
 
@@ -472,6 +485,8 @@ def guidance_reference(cfg: TeacherTrainConfig, dit_cfg: NetConfig, device: torc
     Its path is kept in cfg.guidance_reference, so the saved train config says what was distilled."""
     if cfg.action_guidance < 0:
         raise ValueError(f"action_guidance must be >= 0, got {cfg.action_guidance}")
+    if cfg.guidance_target not in GUIDANCE_TARGETS:
+        raise ValueError(f"guidance_target must be one of {GUIDANCE_TARGETS}, got {cfg.guidance_target!r}")
     if not 0.0 <= cfg.guidance_parallel <= 1.0:
         raise ValueError(f"guidance_parallel must be in [0, 1], got {cfg.guidance_parallel}")
     if cfg.action_guidance == 0:

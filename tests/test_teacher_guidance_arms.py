@@ -1,14 +1,17 @@
-"""Guidance without saturation: the distilled action guidance with its part along the conditional
-prediction down-weighted (adaptive projected guidance; model/diffusion/guidance.py)."""
+"""The distilled action guidance's two variants: its part along the conditional prediction
+down-weighted (adaptive projected guidance; model/diffusion/guidance.py), and the data's velocity
+as the base of the target with only the guidance term from the reference (--guidance-target data)."""
 
 from __future__ import annotations
+
+from dataclasses import replace
 
 import pytest
 import torch
 
 from model.diffusion.flow import predict_x0
 from model.diffusion.guidance import apply_guidance, apply_projected_guidance
-from model.training.teacher import guided_target
+from model.training.teacher import guided_target, teacher_loss
 from tests.helpers import make_trainer, teacher_options, tiny_config
 
 FRAME = (-3, -2, -1)
@@ -72,10 +75,48 @@ def test_distilled_target_uses_the_projection(tmp_path):
     trainer.train(batches)  # a step of the distillation runs with it
 
 
+def test_data_target_is_the_datas_velocity_plus_the_guidance_term(tmp_path):
+    recipe = dict(preset="tiny-unet", copy_path=True, copy_context="clean", batch=4)
+    source, batches = make_trainer(tiny_config(steps=1, **recipe), tmp_path / "src")
+    source.train(batches)
+    cfg = tiny_config(steps=1, action_guidance=1.0, guidance_target="data", init_from=str(tmp_path / "src"), **recipe)
+    trainer, batches = make_trainer(cfg, tmp_path / "data")
+    ref, batch = trainer.reference, batches(0, torch.device("cpu"))
+    x, s = batch.latents, torch.full(batch.latents.shape[:2], 0.4)
+    data = torch.randn_like(x)
+    dropped = torch.tensor([False, True, False, True])
+    args = (ref, x, s, batch.actions, batch.text, batch.text_mask, dropped, None, 2.0)
+    reference = guided_target(*args)
+    with torch.no_grad():
+        c = ref(x, s * 1000, batch.actions, batch.text, batch.text_mask)
+    # The reference's guidance term, g (c - u_a), rides on the data's velocity; dropped rows learn the data.
+    target = guided_target(*args, 1.0, data)
+    torch.testing.assert_close(target[~dropped], (data + reference - c)[~dropped], atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(target[dropped], data[dropped])
+    # With APG the same projected term rides on the data.
+    projected = guided_target(*args, 0.0)
+    torch.testing.assert_close(guided_target(*args, 0.0, data)[~dropped], (data + projected - c)[~dropped],
+                               atol=1e-5, rtol=1e-4)
+
+    # In the loss: the warm-started network equals its reference, so under "reference" the loss is the
+    # guidance term alone, while under "data" it also holds the data's own error, as plain training's.
+    gen = lambda: torch.Generator().manual_seed(5)  # noqa: E731
+    ref_cfg = replace(cfg, guidance_target="reference", action_guidance=1e-9)
+    data_cfg = replace(cfg, action_guidance=1e-9)
+    plain = teacher_loss(trainer.model, batch, trainer.dit_cfg, replace(cfg, action_guidance=0.0), gen())
+    assert teacher_loss(trainer.model, batch, trainer.dit_cfg, ref_cfg, gen(), ref) < 1e-8
+    torch.testing.assert_close(teacher_loss(trainer.model, batch, trainer.dit_cfg, data_cfg, gen(), ref), plain,
+                               atol=1e-6, rtol=1e-4)
+    trainer.train(batches)
+
+
 def test_command_line_and_range():
     cfg = teacher_options("--recipe", "unet-teacher-guided", "--guidance-parallel", "0")
-    assert (cfg.action_guidance, cfg.guidance_parallel) == (1.0, 0.0)
+    assert (cfg.action_guidance, cfg.guidance_parallel, cfg.guidance_target) == (1.0, 0.0, "reference")
     assert teacher_options("--recipe", "unet-teacher-guided").guidance_parallel == 1.0
+    assert teacher_options("--recipe", "unet-teacher-guided", "--guidance-target", "data").guidance_target == "data"
+    with pytest.raises(SystemExit):  # argparse names the choices
+        teacher_options("--guidance-target", "teacher")
 
 
 def test_out_of_range_weight_is_refused(tmp_path):
