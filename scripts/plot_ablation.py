@@ -36,6 +36,8 @@ TEACHER = {
     "where: coordinate planes + first frame x3": "teacher-arms/where.json",
     "flow warp, zero start": "teacher-arms/flow.json",
     "flow warp, transfer start": "teacher-arms/flow_transfer.json",
+    "guidance without its parallel part (APG)": "teacher-arms/apg.json",
+    "data target: data's velocity + guidance term": "teacher-arms/data_target.json",
 }
 SETS = {"student": (STUDENT, "student_ablation.png"), "teacher": (TEACHER, "teacher_arms.png")}
 
