@@ -38,6 +38,7 @@ TEACHER = {
     "flow warp, transfer start": "teacher-arms/flow_transfer.json",
     "guidance without its parallel part (APG)": "teacher-arms/apg.json",
     "data target: data's velocity + guidance term": "teacher-arms/data_target.json",
+    "data target + prompt paraphrases": "teacher-arms/prompts.json",
 }
 SETS = {"student": (STUDENT, "student_ablation.png"), "teacher": (TEACHER, "teacher_arms.png")}
 
