@@ -39,13 +39,18 @@ TEACHER = {
     "guidance without its parallel part (APG)": "teacher-arms/apg.json",
     "data target: data's velocity + guidance term": "teacher-arms/data_target.json",
     "data target + prompt paraphrases": "teacher-arms/prompts.json",
+    "data target + flow warp, transfer start": "teacher-arms/data_target_warp.json",
 }
 SETS = {"student": (STUDENT, "student_ablation.png"), "teacher": (TEACHER, "teacher_arms.png")}
 
 
 def main(arms: dict[str, str], out: Path) -> None:
     runs = {label: json.loads((DOCS / "reports" / path).read_text()) for label, path in arms.items()}
-    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5), gridspec_kw={"width_ratios": [1.2, 1]})
+    # A third panel when every arm measured walking: forward's effect, which the teacher's arms target.
+    walking = all("counterfactual_free_effect_world_per_action" in r for r in runs.values())
+    fig, axes = plt.subplots(1, 3 if walking else 2, figsize=(17 if walking else 12, 4.5),
+                             gridspec_kw={"width_ratios": [1.2, 1, 0.7] if walking else [1.2, 1]})
+    left, right = axes[0], axes[1]
     for label, r in runs.items():
         chunks = range(1, len(r["psnr_per_chunk"]) + 1)
         left.plot(chunks, r["psnr_per_chunk"], marker="o", ms=3, label=label,
@@ -66,6 +71,17 @@ def main(arms: dict[str, str], out: Path) -> None:
     right.invert_yaxis()
     right.set(xlabel="counterfactual accuracy (80 cases)", xlim=(0, 1), title="answers to the keys")
     right.legend(fontsize=7, loc="lower right")
+    if walking:
+        effect = {mode: [runs[k][f"counterfactual_{mode}_effect_world_per_action"]["forward"]
+                         / runs[k][f"counterfactual_{mode}_effect_engine_per_action"]["forward"] for k in labels]
+                  for mode in ("tf", "free")}
+        axes[2].barh([i + 0.2 for i in y], effect["tf"], 0.4, label="teacher-forced")
+        axes[2].barh([i - 0.2 for i in y], effect["free"], 0.4, label="free-running")
+        axes[2].axvline(0.5, color="red", ls="--", lw=1, label="target 0.5")
+        axes[2].set_yticks(list(y), [""] * len(labels))
+        axes[2].invert_yaxis()
+        axes[2].set(xlabel="forward's effect, world / engine", xlim=(0, 0.6), title="walking")
+        axes[2].legend(fontsize=7, loc="lower right")
     fig.tight_layout()
     fig.savefig(out, dpi=100)
     print(f"wrote {out}")
