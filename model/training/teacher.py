@@ -160,9 +160,6 @@ class TeacherTrainConfig:
                                     "velocity; rows whose actions are dropped learn u_a (0: learn from data)")
     guidance_reference: str = option("", help="with --action-guidance: the world checkpoint whose guided velocity "
                                      "is the target (default: --init-from)")
-    # Held keys saturate the distilled teacher into blobs (docs/world-model.md). The guidance's part
-    # along the conditional prediction only scales the picture's values up; dropping it (APG,
-    # model/diffusion/guidance.py) keeps the part that moves the picture.
     # The reference's guided velocity as the whole target teaches nothing the reference does not
     # draw (its walking included). "data": the data's velocity plus the reference's guidance term
     # g (c - u_a), so the keys still answer at full strength while the velocity is learnt from data
@@ -170,6 +167,9 @@ class TeacherTrainConfig:
     guidance_target: str = option("reference", choices=GUIDANCE_TARGETS,
                                   help="with --action-guidance: 'reference' (its guided velocity c + g (c - u_a)) or "
                                   "'data' (the data's velocity + g (c - u_a); action-dropped rows learn the data's)")
+    # Held keys saturate the distilled teacher into blobs (docs/world-model.md). The guidance's part
+    # along the conditional prediction only scales the picture's values up; dropping it (APG,
+    # model/diffusion/guidance.py) keeps the part that moves the picture.
     guidance_parallel: float = option(1.0, help="with --action-guidance: weight of the guidance's part along the "
                                       "conditional x0 prediction (1: plain guidance; 0: adaptive projected "
                                       "guidance, that part dropped)")
