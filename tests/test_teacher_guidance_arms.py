@@ -110,11 +110,56 @@ def test_data_target_is_the_datas_velocity_plus_the_guidance_term(tmp_path):
     trainer.train(batches)
 
 
+class PromptReader(torch.nn.Module):
+    """A reference that surely reads the prompt: the network plus the share of prompt tokens given
+    (a one-step tiny network barely does, its prompt FiLM starting at zero)."""
+
+    def __init__(self, net: torch.nn.Module):
+        super().__init__()
+        self.net = net
+
+    def forward(self, x, t, actions, text, mask, **kw):
+        return self.net(x, t, actions, text, mask, **kw) + 0.1 * mask.float().mean(1)[:, None, None, None, None]
+
+
+def test_text_guidance_adds_the_prompts_term(tmp_path):
+    recipe = dict(preset="tiny-unet", copy_path=True, copy_context="clean", batch=4)
+    source, batches = make_trainer(tiny_config(steps=1, **recipe), tmp_path / "src")
+    source.train(batches)
+    cfg = tiny_config(steps=1, text_guidance=2.0, init_from=str(tmp_path / "src"), **recipe)
+    trainer, batches = make_trainer(cfg, tmp_path / "text")  # prompt guidance alone loads the reference too
+    assert trainer.reference is not None
+    ref, batch = PromptReader(trainer.reference), batches(0, torch.device("cpu"))
+    x, s = batch.latents, torch.full(batch.latents.shape[:2], 0.6)
+    mask = batch.text_mask.clone()
+    mask[2] = False  # row 2's prompt is dropped
+    dropped = torch.tensor([False, True, False, False])
+    with torch.no_grad():
+        c = ref(x, s * 1000, batch.actions, batch.text, mask)
+        u_a = ref(x, s * 1000, batch.actions, batch.text, mask, drop_actions=torch.ones(4, dtype=torch.bool))
+        u_t = ref(x, s * 1000, batch.actions, batch.text, torch.zeros_like(mask))
+    target = guided_target(ref, x, s, batch.actions, batch.text, mask, dropped, None, 1.0, 1.0, None, 2.0)
+    expected = c + 1.0 * (c - u_a) + 2.0 * (c - u_t)
+    keep = ~dropped
+    torch.testing.assert_close(target[keep], expected[keep], atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(target[dropped], u_a[dropped], atol=1e-5, rtol=1e-4)
+    without = guided_target(ref, x, s, batch.actions, batch.text, mask, dropped, None, 1.0)
+    torch.testing.assert_close(target[2], without[2], atol=1e-5, rtol=1e-4)  # no prompt: no prompt term
+    assert (target[0] - without[0]).abs().mean() > 0  # the reference reads the prompt
+    data = torch.randn_like(x)  # on the data target the prompt's term rides on the data as well
+    on_data = guided_target(ref, x, s, batch.actions, batch.text, mask, dropped, None, 1.0, 1.0, data, 2.0)
+    torch.testing.assert_close(on_data[keep], (data + expected - c)[keep], atol=1e-5, rtol=1e-4)
+    trainer.train(batches)
+    with pytest.raises(ValueError, match="text_guidance"):
+        make_trainer(tiny_config(text_guidance=-1.0, init_from=str(tmp_path / "src"), **recipe), tmp_path / "bad")
+
+
 def test_command_line_and_range():
     cfg = teacher_options("--recipe", "unet-teacher-guided", "--guidance-parallel", "0")
     assert (cfg.action_guidance, cfg.guidance_parallel, cfg.guidance_target) == (1.0, 0.0, "reference")
     assert teacher_options("--recipe", "unet-teacher-guided").guidance_parallel == 1.0
     assert teacher_options("--recipe", "unet-teacher-guided", "--guidance-target", "data").guidance_target == "data"
+    assert teacher_options("--recipe", "unet-teacher-guided", "--text-guidance", "1.5").text_guidance == 1.5
     with pytest.raises(SystemExit):  # argparse names the choices
         teacher_options("--guidance-target", "teacher")
 

@@ -167,6 +167,12 @@ class TeacherTrainConfig:
     guidance_target: str = option("reference", choices=GUIDANCE_TARGETS,
                                   help="with --action-guidance: 'reference' (its guided velocity c + g (c - u_a)) or "
                                   "'data' (the data's velocity + g (c - u_a); action-dropped rows learn the data's)")
+    # The teacher reads prompts weakly (a text start shows the prompt's theme 0.2 of the time against
+    # the engine's 0.92, docs/teacher-own-rollouts.md); guidance on the prompt, distilled like the
+    # actions', makes the prompt's effect on the velocity larger at one network evaluation a step.
+    text_guidance: float = option(0.0, help="distil prompt guidance as well: the target gains g_t (c - u_t), u_t the "
+                                  "reference with no prompt tokens and the same actions (needs --guidance-reference "
+                                  "or --init-from; 0: none)")
     # Held keys saturate the distilled teacher into blobs (docs/world-model.md). The guidance's part
     # along the conditional prediction only scales the picture's values up; dropping it (APG,
     # model/diffusion/guidance.py) keeps the part that moves the picture.
@@ -343,28 +349,41 @@ def teacher_loss(model: torch.nn.Module, batch: Batch, dit_cfg: NetConfig, cfg: 
         prev = stacked_previous(add_noise(x0, eps, s_ctx), C, dit_cfg.copy_frames) if clean_copy else None
     data = velocity_target(x0, eps) if cfg.guidance_target == "data" else None
     target = guided_target(reference, x_s, s, batch.actions, batch.text, mask, drop_actions, prev,
-                           cfg.action_guidance, cfg.guidance_parallel, data)
+                           cfg.action_guidance, cfg.guidance_parallel, data, cfg.text_guidance)
     return flow_loss(v, target, weight)
 
 
 @torch.no_grad()
 def guided_target(reference: torch.nn.Module, x_s: torch.Tensor, s: torch.Tensor, actions: torch.Tensor,
                   text: torch.Tensor, mask: torch.Tensor, drop_actions: torch.Tensor, prev: torch.Tensor | None,
-                  guidance: float, parallel: float = 1.0, data: torch.Tensor | None = None) -> torch.Tensor:
+                  guidance: float, parallel: float = 1.0, data: torch.Tensor | None = None,
+                  text_guidance: float = 0.0) -> torch.Tensor:
     """[B, F, C, h, w] the reference's velocity guided on the actions, c + g (c - u_a), with u_a its
     velocity under the null action and the same prompt (the sampler's guide "actions"); `parallel`
     weighs the part of c - u_a along the conditional x0 prediction (apply_projected_guidance). Rows
     whose actions are dropped get u_a itself, so the distilled network keeps the unconditional
     branch that guidance at play time needs. With `data` (the data's velocity [B, F, C, h, w]) the
     reference gives only the guidance term: data + g (c - u_a), and dropped rows get data itself.
-    One batch of 2B rows: conditional first."""
+    With `text_guidance` g_t > 0 the non-dropped rows also gain g_t (c - u_t), u_t the reference with
+    no prompt tokens and the same actions (the sampler's guide "text"); rows whose prompt is
+    dropped (an empty mask) have c = u_t, so they gain nothing. One batch of 2B rows (3B with
+    text guidance): conditional first, then u_a, then u_t."""
+    B = x_s.shape[0]
     cond = Conditioning.build(text, mask, True, guide="actions")
-    two = lambda x: torch.cat([x, x])  # noqa: E731
-    v = reference(two(x_s), two(network_time(s)), two(actions), cond.text, cond.text_mask,
-                  drop_actions=cond.drop_actions, prev=None if prev is None else two(prev)).float()
-    c, u = v.chunk(2)
-    guided = apply_guidance(v, guidance) if parallel == 1.0 else \
-        apply_projected_guidance(v, guidance, predict_x0(x_s.float(), c, s), parallel)
+    texts, masks, drops = [cond.text], [cond.text_mask], [cond.drop_actions]
+    if text_guidance:
+        texts.append(text)
+        masks.append(torch.zeros_like(mask, dtype=torch.bool))
+        drops.append(torch.zeros(B, dtype=torch.bool, device=drop_actions.device))
+    n = 3 if text_guidance else 2
+    rows = lambda x: torch.cat([x] * n)  # noqa: E731
+    v = reference(rows(x_s), rows(network_time(s)), rows(actions), torch.cat(texts), torch.cat(masks),
+                  drop_actions=torch.cat(drops), prev=None if prev is None else rows(prev)).float()
+    c, u = v[:B], v[B:2 * B]
+    guided = apply_guidance(v[:2 * B], guidance) if parallel == 1.0 else \
+        apply_projected_guidance(v[:2 * B], guidance, predict_x0(x_s.float(), c, s), parallel)
+    if text_guidance:
+        guided = guided + text_guidance * (c - v[2 * B:])
     if data is not None:  # the velocity is the data's; the reference adds only its guidance term
         guided, u = data.float() + (guided - c), data.float()
     return torch.where(drop_actions[:, None, None, None, None], u, guided)
@@ -489,13 +508,15 @@ def guidance_reference(cfg: TeacherTrainConfig, dit_cfg: NetConfig, device: torc
         raise ValueError(f"guidance_target must be one of {GUIDANCE_TARGETS}, got {cfg.guidance_target!r}")
     if not 0.0 <= cfg.guidance_parallel <= 1.0:
         raise ValueError(f"guidance_parallel must be in [0, 1], got {cfg.guidance_parallel}")
-    if cfg.action_guidance == 0:
+    if cfg.text_guidance < 0:
+        raise ValueError(f"text_guidance must be >= 0, got {cfg.text_guidance}")
+    if cfg.action_guidance == 0 and cfg.text_guidance == 0:
         return None
     from model.runtime.world_model import load_world_model
 
     cfg.guidance_reference = cfg.guidance_reference or cfg.init_from
     if not cfg.guidance_reference:
-        raise ValueError("--action-guidance distils a reference network's guided velocity: give "
+        raise ValueError("--action-guidance / --text-guidance distil a reference network's guided velocity: give "
                          "--guidance-reference (or --init-from) a world checkpoint")
     reference = load_world_model(cfg.guidance_reference, "cpu", with_text_encoder=False).dit.float()
     if not same_network(reference.config, dit_cfg):
