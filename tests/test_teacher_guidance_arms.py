@@ -26,6 +26,16 @@ def velocities(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]
     return v, x_s, s
 
 
+RECIPE = dict(preset="tiny-unet", copy_path=True, copy_context="clean", batch=4)
+
+
+def trained_reference(tmp_path) -> dict:
+    """One step of a tiny U-Net run in tmp_path/src, the reference the tests distil; returns the recipe."""
+    source, batches = make_trainer(tiny_config(steps=1, **RECIPE), tmp_path / "src")
+    source.train(batches)
+    return dict(RECIPE)
+
+
 def test_parallel_one_is_plain_guidance():
     v, x_s, s = velocities()
     x0 = predict_x0(x_s, v.chunk(2)[0], s)
@@ -55,9 +65,7 @@ def test_half_weight_lies_between():
 
 
 def test_distilled_target_uses_the_projection(tmp_path):
-    recipe = dict(preset="tiny-unet", copy_path=True, copy_context="clean", batch=4)
-    source, batches = make_trainer(tiny_config(steps=1, **recipe), tmp_path / "src")
-    source.train(batches)
+    recipe = trained_reference(tmp_path)
     cfg = tiny_config(steps=1, action_guidance=1.0, guidance_parallel=0.0, init_from=str(tmp_path / "src"), **recipe)
     trainer, batches = make_trainer(cfg, tmp_path / "apg")
     ref, batch = trainer.reference, batches(0, torch.device("cpu"))
@@ -76,9 +84,7 @@ def test_distilled_target_uses_the_projection(tmp_path):
 
 
 def test_data_target_is_the_datas_velocity_plus_the_guidance_term(tmp_path):
-    recipe = dict(preset="tiny-unet", copy_path=True, copy_context="clean", batch=4)
-    source, batches = make_trainer(tiny_config(steps=1, **recipe), tmp_path / "src")
-    source.train(batches)
+    recipe = trained_reference(tmp_path)
     cfg = tiny_config(steps=1, action_guidance=1.0, guidance_target="data", init_from=str(tmp_path / "src"), **recipe)
     trainer, batches = make_trainer(cfg, tmp_path / "data")
     ref, batch = trainer.reference, batches(0, torch.device("cpu"))
@@ -123,9 +129,7 @@ class PromptReader(torch.nn.Module):
 
 
 def test_text_guidance_adds_the_prompts_term(tmp_path):
-    recipe = dict(preset="tiny-unet", copy_path=True, copy_context="clean", batch=4)
-    source, batches = make_trainer(tiny_config(steps=1, **recipe), tmp_path / "src")
-    source.train(batches)
+    recipe = trained_reference(tmp_path)
     cfg = tiny_config(steps=1, text_guidance=2.0, init_from=str(tmp_path / "src"), **recipe)
     trainer, batches = make_trainer(cfg, tmp_path / "text")  # prompt guidance alone loads the reference too
     assert trainer.reference is not None
@@ -165,9 +169,7 @@ def test_command_line_and_range():
 
 
 def test_out_of_range_weight_is_refused(tmp_path):
-    recipe = dict(preset="tiny-unet", copy_path=True, copy_context="clean", batch=4)
-    source, batches = make_trainer(tiny_config(steps=1, **recipe), tmp_path / "src")
-    source.train(batches)
+    recipe = trained_reference(tmp_path)
     with pytest.raises(ValueError, match="guidance_parallel"):
         make_trainer(tiny_config(action_guidance=1.0, guidance_parallel=1.5, init_from=str(tmp_path / "src"),
                                  **recipe), tmp_path / "bad")
